@@ -1,0 +1,207 @@
+//! Event payloads and the envelope.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+/// Every event type name, in the order of [`EventData`].
+pub const EVENT_TYPES: [&str; 9] = [
+    "share_submitted",
+    "block_found",
+    "miner_connected",
+    "miner_disconnected",
+    "diff_updated",
+    "hashrate_update",
+    "new_block_network",
+    "share_best_diff",
+    "asicboost_detected",
+];
+
+/// One event as it travels: envelope fields plus the typed payload.
+///
+/// Serializes as `{"event":..,"data":{..},"id":..,"ts":..,"source":..,"region":..}`
+/// (JSON key order carries no meaning) and parses back from the same.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// Provides the `event` (type name) and `data` keys of the envelope.
+    #[serde(flatten)]
+    pub data: EventData,
+    /// UUIDv7: unique and time-ordered; consumers de-duplicate on it.
+    pub id: String,
+    /// Unix time in seconds with microsecond resolution.
+    pub ts: f64,
+    /// "hosted" for this pool.
+    pub source: String,
+    pub region: String,
+}
+
+/// Event payloads with the seed system's field names. Difficulties and hash
+/// rates are f64 (hashes per second); durations are seconds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", content = "data", rename_all = "snake_case")]
+pub enum EventData {
+    ShareSubmitted {
+        user: String,
+        worker: String,
+        client_id: u64,
+        /// The target difficulty the share was judged against.
+        diff: f64,
+        /// The share's own difficulty.
+        sdiff: f64,
+        accepted: bool,
+        /// Stratum reject wording (e.g. "Stale"), null when accepted.
+        reject_reason: Option<String>,
+        ip: String,
+    },
+    BlockFound {
+        user: String,
+        worker: String,
+        height: u64,
+        hash: String,
+        /// The share's own difficulty.
+        diff: f64,
+        network_diff: f64,
+        reward_sats: u64,
+        coinbase_sig: String,
+    },
+    MinerConnected {
+        user: String,
+        worker: String,
+        client_id: u64,
+        ip: String,
+        useragent: String,
+        initial_diff: f64,
+    },
+    MinerDisconnected {
+        user: String,
+        worker: String,
+        client_id: u64,
+        ip: String,
+        /// Seconds.
+        session_duration: f64,
+        shares_session: u64,
+    },
+    DiffUpdated {
+        user: String,
+        worker: String,
+        client_id: u64,
+        old_diff: f64,
+        new_diff: f64,
+    },
+    HashrateUpdate {
+        user: String,
+        worker: String,
+        hashrate_1m: f64,
+        hashrate_5m: f64,
+        hashrate_1h: f64,
+        hashrate_1d: f64,
+    },
+    NewBlockNetwork {
+        height: u64,
+        hash: String,
+        diff: f64,
+        prev_hash: String,
+    },
+    ShareBestDiff {
+        user: String,
+        worker: String,
+        new_best: f64,
+        prev_best: f64,
+        /// e.g. "session", "week", "all".
+        timeframe: String,
+    },
+    AsicboostDetected {
+        user: String,
+        worker: String,
+        /// Hex, as in mining.configure ("1fffe000").
+        pool_mask: String,
+        miner_mask: String,
+    },
+}
+
+impl EventData {
+    /// The envelope's `event` value.
+    pub fn event_type(&self) -> &'static str {
+        match self {
+            EventData::ShareSubmitted { .. } => "share_submitted",
+            EventData::BlockFound { .. } => "block_found",
+            EventData::MinerConnected { .. } => "miner_connected",
+            EventData::MinerDisconnected { .. } => "miner_disconnected",
+            EventData::DiffUpdated { .. } => "diff_updated",
+            EventData::HashrateUpdate { .. } => "hashrate_update",
+            EventData::NewBlockNetwork { .. } => "new_block_network",
+            EventData::ShareBestDiff { .. } => "share_best_diff",
+            EventData::AsicboostDetected { .. } => "asicboost_detected",
+        }
+    }
+}
+
+impl Event {
+    pub fn event_type(&self) -> &'static str {
+        self.data.event_type()
+    }
+
+    /// The envelope as one JSON object (no trailing newline).
+    pub fn to_json(&self) -> String {
+        // Serialization of this type cannot fail: string keys only, and serde_json
+        // writes non-finite floats as null. The fallback keeps the call total.
+        serde_json::to_string(self).unwrap_or_else(|_| {
+            format!(
+                "{{\"event\":\"{}\",\"id\":\"{}\",\"data\":null}}",
+                self.event_type(),
+                uuid::Uuid::now_v7()
+            )
+        })
+    }
+
+    /// Parses an envelope produced by [`Event::to_json`].
+    pub fn from_json(text: &str) -> Result<Event, serde_json::Error> {
+        serde_json::from_str(text)
+    }
+}
+
+/// Stamps events with a fresh id, the current time, and this pool's source and region.
+#[derive(Debug, Clone)]
+pub struct EventFactory {
+    region: String,
+    source: String,
+}
+
+impl EventFactory {
+    pub fn new(region: impl Into<String>, source: impl Into<String>) -> EventFactory {
+        EventFactory {
+            region: region.into(),
+            source: source.into(),
+        }
+    }
+
+    pub fn region(&self) -> &str {
+        &self.region
+    }
+
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// An event stamped now.
+    pub fn make(&self, data: EventData) -> Event {
+        let micros = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|elapsed| elapsed.as_micros())
+            .unwrap_or(0);
+        // u128 -> f64: exact for any realistic date (< 2^53 µs ≈ year 2255).
+        self.make_at(data, micros as f64 / 1_000_000.0)
+    }
+
+    /// An event with a given timestamp (seconds), e.g. for replays and tests.
+    pub fn make_at(&self, data: EventData, ts: f64) -> Event {
+        Event {
+            data,
+            // now_v7 keeps ids strictly increasing within the process.
+            id: uuid::Uuid::now_v7().to_string(),
+            ts,
+            source: self.source.clone(),
+            region: self.region.clone(),
+        }
+    }
+}

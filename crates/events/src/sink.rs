@@ -1,0 +1,245 @@
+//! Where events go. A sink never blocks and never fails from the caller's
+//! view: what cannot be delivered right now is dropped and counted.
+
+use std::collections::VecDeque;
+use std::io;
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use serde::Serialize;
+
+use crate::event::Event;
+
+/// Anything that accepts events. `emit` must return promptly (no I/O waits,
+/// no unbounded queues) and swallow its own failures, counting them.
+pub trait EventSink: Send + Sync + 'static {
+    fn emit(&self, event: Event);
+}
+
+impl<S: EventSink + ?Sized> EventSink for Arc<S> {
+    fn emit(&self, event: Event) {
+        (**self).emit(event)
+    }
+}
+
+impl<S: EventSink + ?Sized> EventSink for Box<S> {
+    fn emit(&self, event: Event) {
+        (**self).emit(event)
+    }
+}
+
+/// Discards everything (events disabled).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NullSink;
+
+impl EventSink for NullSink {
+    fn emit(&self, _event: Event) {}
+}
+
+/// Hands each event to several sinks, in order.
+#[derive(Default)]
+pub struct FanoutSink {
+    sinks: Vec<Arc<dyn EventSink>>,
+}
+
+impl FanoutSink {
+    pub fn new(sinks: Vec<Arc<dyn EventSink>>) -> FanoutSink {
+        FanoutSink { sinks }
+    }
+
+    pub fn push(&mut self, sink: Arc<dyn EventSink>) {
+        self.sinks.push(sink);
+    }
+
+    pub fn len(&self) -> usize {
+        self.sinks.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.sinks.is_empty()
+    }
+}
+
+impl EventSink for FanoutSink {
+    fn emit(&self, event: Event) {
+        if let Some((last, rest)) = self.sinks.split_last() {
+            for sink in rest {
+                sink.emit(event.clone());
+            }
+            last.emit(event);
+        }
+    }
+}
+
+/// Keeps the most recent events in a bounded ring (tests, status API).
+/// When full, the oldest event is evicted and counted.
+pub struct MemorySink {
+    capacity: usize,
+    events: Mutex<VecDeque<Event>>,
+    evicted: AtomicU64,
+}
+
+impl MemorySink {
+    /// `capacity` of at least 1.
+    pub fn new(capacity: usize) -> MemorySink {
+        let capacity = capacity.max(1);
+        MemorySink {
+            capacity,
+            events: Mutex::new(VecDeque::with_capacity(capacity.min(4096))),
+            evicted: AtomicU64::new(0),
+        }
+    }
+
+    /// Copies of the retained events, oldest first.
+    pub fn events(&self) -> Vec<Event> {
+        self.events.lock().iter().cloned().collect()
+    }
+
+    /// Removes and returns the retained events, oldest first.
+    pub fn take(&self) -> Vec<Event> {
+        self.events.lock().drain(..).collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.events.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.events.lock().is_empty()
+    }
+
+    /// Events pushed out of the ring because it was full.
+    pub fn evicted(&self) -> u64 {
+        self.evicted.load(Ordering::Relaxed)
+    }
+}
+
+impl EventSink for MemorySink {
+    fn emit(&self, event: Event) {
+        let mut events = self.events.lock();
+        if events.len() >= self.capacity {
+            events.pop_front();
+            self.evicted.fetch_add(1, Ordering::Relaxed);
+        }
+        events.push_back(event);
+    }
+}
+
+/// Failure to set up a sink (emitting itself never fails).
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    #[error("cannot create unix datagram socket for event path {path}: {source}")]
+    Socket {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Delivery counters of a [`DatagramSink`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct SinkStats {
+    pub sent: u64,
+    /// Socket path absent, or nothing bound to it.
+    pub dropped_no_listener: u64,
+    /// The listener's receive queue was full (it is slow or stuck).
+    pub dropped_full: u64,
+    /// Too big for one datagram, or any other send error.
+    pub dropped_other: u64,
+}
+
+impl SinkStats {
+    pub fn dropped_total(&self) -> u64 {
+        self.dropped_no_listener + self.dropped_full + self.dropped_other
+    }
+}
+
+/// Largest event sent; bigger ones are dropped (counted in `dropped_other`).
+/// Below Linux's default unix datagram limit (~208 KiB); real events are < 1 KiB.
+pub const DEFAULT_MAX_DATAGRAM_BYTES: usize = 64 * 1024;
+
+/// Sends one JSON object per datagram to a Unix datagram socket (the event
+/// collector). The sender is unbound and non-blocking and names the path on
+/// every send, so a collector that goes away and comes back (same path) is
+/// picked up again on the next event without any reconnect logic.
+pub struct DatagramSink {
+    socket: UnixDatagram,
+    path: PathBuf,
+    max_datagram_bytes: usize,
+    sent: AtomicU64,
+    dropped_no_listener: AtomicU64,
+    dropped_full: AtomicU64,
+    dropped_other: AtomicU64,
+}
+
+impl DatagramSink {
+    /// The listener need not exist yet; events sent before it does are counted as drops.
+    pub fn new(path: impl Into<PathBuf>) -> Result<DatagramSink, SinkError> {
+        let path = path.into();
+        let socket = UnixDatagram::unbound()
+            .and_then(|socket| socket.set_nonblocking(true).map(|()| socket))
+            .map_err(|source| SinkError::Socket {
+                path: path.clone(),
+                source,
+            })?;
+        Ok(DatagramSink {
+            socket,
+            path,
+            max_datagram_bytes: DEFAULT_MAX_DATAGRAM_BYTES,
+            sent: AtomicU64::new(0),
+            dropped_no_listener: AtomicU64::new(0),
+            dropped_full: AtomicU64::new(0),
+            dropped_other: AtomicU64::new(0),
+        })
+    }
+
+    pub fn with_max_datagram_bytes(mut self, max_datagram_bytes: usize) -> DatagramSink {
+        self.max_datagram_bytes = max_datagram_bytes;
+        self
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn stats(&self) -> SinkStats {
+        SinkStats {
+            sent: self.sent.load(Ordering::Relaxed),
+            dropped_no_listener: self.dropped_no_listener.load(Ordering::Relaxed),
+            dropped_full: self.dropped_full.load(Ordering::Relaxed),
+            dropped_other: self.dropped_other.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Sends already-serialized bytes as one datagram, counting the outcome.
+    pub fn send_bytes(&self, payload: &[u8]) {
+        if payload.len() > self.max_datagram_bytes {
+            self.dropped_other.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let counter = match self.socket.send_to(payload, &self.path) {
+            Ok(_) => &self.sent,
+            Err(error) => match error.kind() {
+                io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => {
+                    &self.dropped_no_listener
+                }
+                io::ErrorKind::WouldBlock => &self.dropped_full,
+                _ if error.raw_os_error() == Some(ENOBUFS) => &self.dropped_full,
+                _ => &self.dropped_other,
+            },
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Linux "no buffer space available": the kernel's send side is out of room.
+const ENOBUFS: i32 = 105;
+
+impl EventSink for DatagramSink {
+    fn emit(&self, event: Event) {
+        self.send_bytes(event.to_json().as_bytes());
+    }
+}

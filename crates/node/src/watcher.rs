@@ -1,0 +1,255 @@
+//! Keeps the newest block template in a watch channel.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bitcoin::BlockHash;
+use serde_json::Value;
+use std::str::FromStr;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::nodeset::NodeSet;
+
+/// First retry delay after every node failed; doubles up to [`MAX_BACKOFF`].
+const MIN_BACKOFF: Duration = Duration::from_millis(250);
+const MAX_BACKOFF: Duration = Duration::from_secs(4);
+/// Longest wait between two ZMQ reconnection attempts.
+const MAX_ZMQ_BACKOFF: Duration = Duration::from_secs(5);
+
+/// How the watcher polls.
+#[derive(Clone, Debug)]
+pub struct WatcherConfig {
+    /// getbestblockhash period (ckpool's `blockpoll`, in ms there).
+    pub block_poll: Duration,
+    /// Template refresh period without a new block (ckpool's
+    /// `update_interval`), so new mempool transactions get mined.
+    pub update_interval: Duration,
+    /// Core's `-zmqpubhashblock` address, e.g. `tcp://127.0.0.1:28332`:
+    /// a new block triggers an immediate fetch. Polling continues anyway.
+    pub zmq_hashblock: Option<String>,
+}
+
+/// One getblocktemplate answer, as published by the watcher.
+#[derive(Clone, Debug)]
+pub struct FetchedTemplate {
+    /// Core's getblocktemplate result, unparsed.
+    pub gbt: Value,
+    /// Which node (priority index) answered.
+    pub node_index: usize,
+    pub fetched_at: Instant,
+    /// `previousblockhash` differs from the previous template's (true for
+    /// the first template): miners must drop their old jobs.
+    pub new_block: bool,
+}
+
+impl FetchedTemplate {
+    /// The template's `previousblockhash`, if present and valid.
+    pub fn previous_block_hash(&self) -> Option<BlockHash> {
+        previous_hash_of(&self.gbt)
+    }
+}
+
+/// Whether the watcher can reach any node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NodeHealth {
+    /// No template fetched yet and no failure yet.
+    Starting,
+    /// The last call succeeded on this node.
+    Up { node_index: usize },
+    /// Every node failed since `since`; the last template stays published.
+    AllDown { since: Instant },
+}
+
+/// Spawns the template-watching task.
+pub struct TemplateWatcher;
+
+impl TemplateWatcher {
+    /// Starts watching. Returns the template channel (`None` until the first
+    /// template), the health channel and the task, which ends when
+    /// `shutdown` is cancelled.
+    pub fn spawn(
+        nodes: Arc<NodeSet>,
+        config: WatcherConfig,
+        shutdown: CancellationToken,
+    ) -> (
+        watch::Receiver<Option<Arc<FetchedTemplate>>>,
+        watch::Receiver<NodeHealth>,
+        JoinHandle<()>,
+    ) {
+        let (template_tx, template_rx) = watch::channel(None);
+        let (health_tx, health_rx) = watch::channel(NodeHealth::Starting);
+        // Capacity 1: one pending "new block" wake-up is enough; when full a
+        // fetch is already due, so further notifications are dropped.
+        let (zmq_tx, zmq_rx) = mpsc::channel(1);
+        if let Some(address) = config.zmq_hashblock.clone() {
+            tokio::spawn(zmq_hashblock_task(address, zmq_tx, shutdown.clone()));
+        }
+        let task = tokio::spawn(watch_loop(
+            nodes,
+            config,
+            shutdown,
+            template_tx,
+            health_tx,
+            zmq_rx,
+        ));
+        (template_rx, health_rx, task)
+    }
+}
+
+fn previous_hash_of(gbt: &Value) -> Option<BlockHash> {
+    gbt.get("previousblockhash")
+        .and_then(Value::as_str)
+        .and_then(|s| BlockHash::from_str(s).ok())
+}
+
+fn set_health(health_tx: &watch::Sender<NodeHealth>, health: NodeHealth) {
+    health_tx.send_if_modified(|current| {
+        // Keep the first `since` while still down.
+        let unchanged = match (&*current, &health) {
+            (NodeHealth::AllDown { .. }, NodeHealth::AllDown { .. }) => true,
+            (a, b) => a == b,
+        };
+        if !unchanged {
+            *current = health;
+        }
+        !unchanged
+    });
+}
+
+async fn watch_loop(
+    nodes: Arc<NodeSet>,
+    config: WatcherConfig,
+    shutdown: CancellationToken,
+    template_tx: watch::Sender<Option<Arc<FetchedTemplate>>>,
+    health_tx: watch::Sender<NodeHealth>,
+    mut zmq_rx: mpsc::Receiver<()>,
+) {
+    let mut need_fetch = true;
+    let mut backoff = MIN_BACKOFF;
+    let mut retry_at = Instant::now();
+    let mut next_refresh = Instant::now();
+    let mut next_poll = Instant::now() + config.block_poll;
+    let mut current_prev: Option<BlockHash> = None;
+    let mut zmq_open = true;
+
+    loop {
+        if need_fetch && Instant::now() >= retry_at {
+            match nodes.get_block_template().await {
+                Ok((node_index, gbt)) => {
+                    let prev = previous_hash_of(&gbt);
+                    let new_block = current_prev.is_none() || prev != current_prev;
+                    current_prev = prev;
+                    let fetched_at = Instant::now();
+                    template_tx.send_replace(Some(Arc::new(FetchedTemplate {
+                        gbt,
+                        node_index,
+                        fetched_at,
+                        new_block,
+                    })));
+                    set_health(&health_tx, NodeHealth::Up { node_index });
+                    need_fetch = false;
+                    backoff = MIN_BACKOFF;
+                    next_refresh = fetched_at + config.update_interval;
+                    next_poll = fetched_at + config.block_poll;
+                }
+                Err(error) => {
+                    tracing::debug!(%error, "cannot fetch a block template");
+                    set_health(&health_tx, NodeHealth::AllDown { since: Instant::now() });
+                    retry_at = Instant::now() + backoff;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+
+        let wake_at = if need_fetch {
+            retry_at
+        } else {
+            next_poll.min(next_refresh)
+        };
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep_until(wake_at.into()) => {}
+            message = zmq_rx.recv(), if zmq_open => {
+                match message {
+                    Some(()) => {
+                        need_fetch = true;
+                        retry_at = Instant::now();
+                    }
+                    None => zmq_open = false,
+                }
+                continue;
+            }
+        }
+
+        let now = Instant::now();
+        if need_fetch {
+            continue;
+        }
+        if now >= next_refresh {
+            need_fetch = true;
+            continue;
+        }
+        if now >= next_poll {
+            next_poll = now + config.block_poll;
+            match nodes.best_block_hash().await {
+                Ok(best) if Some(best) != current_prev => {
+                    need_fetch = true;
+                    retry_at = Instant::now();
+                }
+                Ok(_) => {}
+                Err(error) => {
+                    tracing::debug!(%error, "cannot poll the best block hash");
+                    set_health(&health_tx, NodeHealth::AllDown { since: Instant::now() });
+                    need_fetch = true;
+                    retry_at = Instant::now() + backoff;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+    }
+}
+
+/// Subscribes to Core's `hashblock` topic and wakes the watcher on each
+/// message; reconnects with backoff when the socket fails.
+// TODO: zeromq 0.4 does not report a silently vanished publisher; polling
+// (block_poll) stays on as the safety net, so a dead ZMQ link only costs
+// latency.
+async fn zmq_hashblock_task(address: String, wake: mpsc::Sender<()>, shutdown: CancellationToken) {
+    use zeromq::{Socket, SocketRecv};
+    let mut backoff = MIN_BACKOFF;
+    loop {
+        let session = async {
+            let mut socket = zeromq::SubSocket::new();
+            socket.connect(&address).await?;
+            socket.subscribe("hashblock").await?;
+            tracing::debug!(%address, "zmq hashblock subscribed");
+            loop {
+                let message = socket.recv().await?;
+                let is_hashblock = message
+                    .get(0)
+                    .is_some_and(|topic| topic.as_ref() == b"hashblock");
+                if is_hashblock {
+                    // Full means a fetch is already pending: dropping is fine.
+                    let _ = wake.try_send(());
+                }
+            }
+            #[allow(unreachable_code)]
+            Ok::<(), zeromq::ZmqError>(())
+        };
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            result = session => {
+                if let Err(error) = result {
+                    tracing::debug!(%address, %error, "zmq hashblock connection failed");
+                }
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(MAX_ZMQ_BACKOFF);
+    }
+}

@@ -1,0 +1,275 @@
+//! The solo-mining Stratum V1 server.
+//!
+//! Layers, each knowing only the one below: `server` (accept loop, limits,
+//! shutdown) -> `session` (one connection: lines -> requests -> answers) ->
+//! `tbg-stratum` (messages) and `tbg-work` (jobs, shares). Work comes in
+//! through `work_source` from the node watcher; found blocks leave through
+//! `blocks`; events go to an `EventSink`.
+#![forbid(unsafe_code)]
+
+pub mod blocks;
+pub mod counters;
+pub mod extranonce;
+pub mod memory;
+mod server;
+pub mod session;
+pub mod settings;
+pub mod stats;
+pub mod usersig;
+pub mod work_source;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tbg_events::{EventData, EventFactory, EventSink};
+use tbg_node::NodeSet;
+use tokio::sync::{mpsc, watch};
+
+pub use blocks::{BlockRecord, BlockStatus, FoundBlock};
+pub use counters::PoolCounters;
+pub use settings::PoolSettings;
+pub use stats::{StatsRegistry, UserSnapshot, WorkerSnapshot};
+pub use work_source::{CurrentWork, TemplateUpdate};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    #[error("cannot listen for miners on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// State every session shares.
+pub(crate) struct PoolShared {
+    pub(crate) settings: PoolSettings,
+    pub(crate) extranonces: extranonce::ExtranonceAllocator,
+    pub(crate) stats: StatsRegistry,
+    pub(crate) user_sigs: Arc<usersig::UserSigCache>,
+    user_sig_requests: Option<mpsc::Sender<String>>,
+    pub(crate) difficulty_memory: memory::DifficultyMemory,
+    pub(crate) counters: Arc<PoolCounters>,
+    pub(crate) blocks: blocks::BlockLog,
+    events: Arc<dyn EventSink>,
+    event_factory: EventFactory,
+    job_counter: AtomicU64,
+    client_counter: AtomicU64,
+    nodes: Arc<NodeSet>,
+    epoch: Instant,
+}
+
+impl PoolShared {
+    pub(crate) fn emit(&self, data: EventData) {
+        self.events.emit(self.event_factory.make(data));
+    }
+
+    /// Seconds since the pool started: the clock vardiff runs on.
+    pub(crate) fn seconds(&self, now: Instant) -> f64 {
+        now.saturating_duration_since(self.epoch).as_secs_f64()
+    }
+
+    pub(crate) fn next_job_id(&self) -> u64 {
+        self.job_counter.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub(crate) fn request_user_sig(&self, address: &str) {
+        if let Some(requests) = &self.user_sig_requests {
+            // Full: the periodic refresh picks the address up instead.
+            let _ = requests.try_send(address.to_string());
+        }
+    }
+
+    pub(crate) fn block_found(self: &Arc<Self>, block: FoundBlock) {
+        blocks::submit(self, self.nodes.clone(), block);
+    }
+}
+
+/// Everything the pool needs from outside.
+pub struct PoolDeps {
+    /// Templates from the node watcher (`None` until the first one).
+    pub templates: watch::Receiver<Option<TemplateUpdate>>,
+    /// Where found blocks go.
+    pub nodes: Arc<NodeSet>,
+    pub events: Arc<dyn EventSink>,
+    pub event_factory: EventFactory,
+}
+
+/// A running pool.
+pub struct PoolHandle {
+    local_addr: SocketAddr,
+    shared: Arc<PoolShared>,
+    work_rx: watch::Receiver<Option<Arc<CurrentWork>>>,
+    shutdown_tx: watch::Sender<bool>,
+    server: tokio::task::JoinHandle<()>,
+    background: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// Pool-wide status for the status API and tests.
+#[derive(Debug, Clone, Serialize)]
+pub struct PoolStatus {
+    pub connections: u64,
+    pub miners: u64,
+    pub shares_accepted: u64,
+    pub shares_rejected: u64,
+    pub accepted_difficulty: f64,
+    pub blocks_found: u64,
+    pub blocks_accepted: u64,
+    pub blocks_rejected: u64,
+    /// Height of the block being mined.
+    pub template_height: u64,
+    pub network_difficulty: f64,
+    /// Seconds since the current template was fetched.
+    pub template_age_seconds: Option<f64>,
+    pub redis_up: bool,
+}
+
+/// Starts the pool: binds the stratum port, then serves until shutdown.
+pub async fn start(settings: PoolSettings, deps: PoolDeps) -> Result<PoolHandle, PoolError> {
+    let listener = tokio::net::TcpListener::bind(settings.stratum_bind)
+        .await
+        .map_err(|source| PoolError::Bind { addr: settings.stratum_bind, source })?;
+    let local_addr = listener.local_addr().map_err(|source| PoolError::Bind { addr: settings.stratum_bind, source })?;
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let user_sigs = Arc::new(usersig::UserSigCache::default());
+    let stats = StatsRegistry::default();
+    let mut background = Vec::new();
+
+    let shared_slot: Arc<parking_lot::Mutex<Option<std::sync::Weak<PoolShared>>>> = Arc::default();
+    let user_sig_requests = match &settings.redis_url {
+        Some(url) => {
+            let slot = shared_slot.clone();
+            let active: Arc<dyn Fn() -> Vec<String> + Send + Sync> = Arc::new(move || {
+                let shared = slot.lock().as_ref().and_then(std::sync::Weak::upgrade);
+                shared
+                    .map(|shared| {
+                        shared
+                            .stats
+                            .users(Instant::now())
+                            .into_iter()
+                            .filter(|u| u.workers_connected > 0)
+                            .map(|u| u.address)
+                            .collect()
+                    })
+                    .unwrap_or_default()
+            });
+            let (requests, task) = usersig::spawn_refresher(
+                url.clone(),
+                user_sigs.clone(),
+                active,
+                settings.user_sig_refresh,
+                shutdown_rx.clone(),
+            );
+            background.push(task);
+            Some(requests)
+        }
+        None => None,
+    };
+
+    let shared = Arc::new(PoolShared {
+        extranonces: extranonce::ExtranonceAllocator::new(settings.extranonce1_len, settings.session_resume_window),
+        difficulty_memory: memory::DifficultyMemory::new(settings.difficulty_memory),
+        settings,
+        stats,
+        user_sigs,
+        user_sig_requests,
+        counters: Arc::new(PoolCounters::default()),
+        blocks: blocks::BlockLog::default(),
+        events: deps.events,
+        event_factory: deps.event_factory,
+        job_counter: AtomicU64::new(rand::random::<u32>().into()),
+        client_counter: AtomicU64::new(1),
+        nodes: deps.nodes,
+        epoch: Instant::now(),
+    });
+    *shared_slot.lock() = Some(Arc::downgrade(&shared));
+
+    let (work_tx, work_rx) = watch::channel(None);
+    background.push(tokio::spawn(work_source::run(
+        shared.clone(),
+        deps.templates,
+        work_tx,
+        shutdown_rx.clone(),
+    )));
+    background.push(tokio::spawn(maintenance(shared.clone(), shutdown_rx.clone())));
+    let server = tokio::spawn(server::serve(listener, shared.clone(), work_rx.clone(), shutdown_rx));
+    tracing::info!(%local_addr, network = %shared.settings.network, "stratum server listening");
+    Ok(PoolHandle { local_addr, shared, work_rx, shutdown_tx, server, background })
+}
+
+/// Prunes idle records now and then so memory stays bounded.
+async fn maintenance(shared: Arc<PoolShared>, mut shutdown: watch::Receiver<bool>) {
+    let mut ticker = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = ticker.tick() => {
+                let now = Instant::now();
+                shared.difficulty_memory.prune(now);
+                shared.stats.prune(shared.settings.difficulty_memory, now);
+            }
+        }
+    }
+}
+
+impl PoolHandle {
+    /// The stratum address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub fn counters(&self) -> &PoolCounters {
+        &self.shared.counters
+    }
+
+    pub fn stats(&self) -> &StatsRegistry {
+        &self.shared.stats
+    }
+
+    pub fn blocks(&self) -> Vec<BlockRecord> {
+        self.shared.blocks.records()
+    }
+
+    /// The work currently handed to miners.
+    pub fn current_work(&self) -> Option<Arc<CurrentWork>> {
+        self.work_rx.borrow().clone()
+    }
+
+    /// Waits until work is available or `timeout` passes.
+    pub async fn wait_for_work(&self, timeout: Duration) -> Option<Arc<CurrentWork>> {
+        let mut rx = self.work_rx.clone();
+        let wait = async move { rx.wait_for(Option::is_some).await.ok().and_then(|work| work.clone()) };
+        tokio::time::timeout(timeout, wait).await.ok().flatten()
+    }
+
+    pub fn status(&self) -> PoolStatus {
+        let c = &self.shared.counters;
+        PoolStatus {
+            connections: PoolCounters::get(&c.connections),
+            miners: PoolCounters::get(&c.miners),
+            shares_accepted: PoolCounters::get(&c.shares_accepted),
+            shares_rejected: PoolCounters::get(&c.shares_rejected),
+            accepted_difficulty: c.accepted_difficulty.load(),
+            blocks_found: PoolCounters::get(&c.blocks_found),
+            blocks_accepted: PoolCounters::get(&c.blocks_accepted),
+            blocks_rejected: PoolCounters::get(&c.blocks_rejected),
+            template_height: PoolCounters::get(&c.template_height),
+            network_difficulty: c.network_difficulty.load(),
+            template_age_seconds: self.current_work().map(|w| w.received_at.elapsed().as_secs_f64()),
+            redis_up: self.shared.user_sigs.redis_up(),
+        }
+    }
+
+    /// Graceful stop: stop accepting, tell every miner to reconnect, wait
+    /// (at most `grace`) for the connections to close.
+    pub async fn shutdown(self, grace: Duration) {
+        let _ = self.shutdown_tx.send(true);
+        let _ = tokio::time::timeout(grace, self.server).await;
+        for task in self.background {
+            task.abort();
+        }
+    }
+}

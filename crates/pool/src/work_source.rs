@@ -1,0 +1,90 @@
+//! Templates from the node, turned into the work every session mines on.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use tbg_events::EventData;
+use tbg_work::{JobTemplate, Template};
+use tokio::sync::watch;
+
+use crate::PoolShared;
+
+/// The work of the moment, shared by every session.
+#[derive(Debug)]
+pub struct CurrentWork {
+    /// Increases with every template.
+    pub generation: u64,
+    pub template: Arc<Template>,
+    pub job_template: Arc<JobTemplate>,
+    /// The previous block changed: miners must drop older jobs.
+    pub clean_jobs: bool,
+    pub network_difficulty: f64,
+    pub received_at: Instant,
+}
+
+/// A template as the node watcher hands it over.
+#[derive(Debug, Clone)]
+pub struct TemplateUpdate {
+    pub gbt: serde_json::Value,
+    pub fetched_at: Instant,
+}
+
+/// Parses every template, keeps the last good one, and publishes work.
+/// A template that does not parse is logged and skipped: miners stay on the
+/// previous work rather than getting broken work.
+pub(crate) async fn run(
+    shared: Arc<PoolShared>,
+    mut templates: watch::Receiver<Option<TemplateUpdate>>,
+    work_tx: watch::Sender<Option<Arc<CurrentWork>>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut generation = 0u64;
+    let mut last_prev: Option<bitcoin::BlockHash> = None;
+    loop {
+        let update = templates.borrow_and_update().clone();
+        if let Some(update) = update {
+            match Template::from_gbt(&update.gbt) {
+                Ok(template) => {
+                    generation += 1;
+                    let clean_jobs = last_prev != Some(template.previous_block_hash);
+                    let template = Arc::new(template);
+                    let job_template = Arc::new(JobTemplate::new(template.clone()));
+                    let network_difficulty = tbg_work::target_to_difficulty(&template.target);
+                    if clean_jobs {
+                        tracing::info!(
+                            height = template.height,
+                            prev = %template.previous_block_hash,
+                            txs = template.transactions.len(),
+                            "new block on the network: new work"
+                        );
+                        shared.emit(EventData::NewBlockNetwork {
+                            height: u64::from(template.height.saturating_sub(1)),
+                            hash: template.previous_block_hash.to_string(),
+                            diff: network_difficulty,
+                            prev_hash: last_prev.map(|h| h.to_string()).unwrap_or_default(),
+                        });
+                    }
+                    last_prev = Some(template.previous_block_hash);
+                    shared.counters.set_template(template.height, network_difficulty);
+                    let work = CurrentWork {
+                        generation,
+                        template,
+                        job_template,
+                        clean_jobs,
+                        network_difficulty,
+                        received_at: update.fetched_at,
+                    };
+                    // send_replace: publishing never fails even with no session yet.
+                    work_tx.send_replace(Some(Arc::new(work)));
+                }
+                Err(error) => {
+                    tracing::error!(%error, "node sent a template that does not parse; keeping the previous work");
+                }
+            }
+        }
+        tokio::select! {
+            changed = templates.changed() => if changed.is_err() { return },
+            _ = shutdown.changed() => return,
+        }
+    }
+}
