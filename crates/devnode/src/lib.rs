@@ -12,6 +12,7 @@
 mod node;
 mod rpc;
 mod wallet;
+mod zmq;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -42,6 +43,9 @@ pub enum DevNodeError {
     /// libbitcoinkernel refused an operation or returned unexpected data.
     #[error("bitcoin kernel: {0}")]
     Kernel(String),
+    /// The ZMQ publisher could not bind its endpoint.
+    #[error("zmq: {0}")]
+    Zmq(String),
     /// The built-in wallet could not derive keys or build a transaction.
     #[error("devnode wallet: {0}")]
     Wallet(String),
@@ -67,6 +71,9 @@ pub struct DevNodeOptions {
     pub initial_blocks: u32,
     /// How many wallet transactions to keep in the mempool. Default 4.
     pub template_transactions: usize,
+    /// ZMQ endpoint (e.g. `tcp://127.0.0.1:0`) publishing Bitcoin Core's
+    /// `hashblock` topic on every new tip; `None` disables ZMQ.
+    pub zmq_pub_hashblock: Option<String>,
 }
 
 impl Default for DevNodeOptions {
@@ -78,6 +85,7 @@ impl Default for DevNodeOptions {
             rpc_password: None,
             initial_blocks: 110,
             template_transactions: 4,
+            zmq_pub_hashblock: None,
         }
     }
 }
@@ -122,6 +130,16 @@ impl DevNode {
         .await?;
         let node = Arc::new(node);
 
+        let zmq = match &opts.zmq_pub_hashblock {
+            Some(endpoint) => {
+                let (sender, receiver) = tokio::sync::mpsc::channel(zmq::TIP_QUEUE_CAPACITY);
+                let publisher = zmq::HashBlockPublisher::start(endpoint, receiver).await?;
+                node.set_tip_listener(sender);
+                Some(publisher)
+            }
+            None => None,
+        };
+
         let cookie_secret = random_hex(32);
         let cookie_path = data_dir.join(".cookie");
         write_cookie(&cookie_path, &cookie_secret).await?;
@@ -142,6 +160,7 @@ impl DevNode {
             node: Some(node),
             auth,
             server: Mutex::new(Some(server)),
+            zmq,
         })
     }
 }
@@ -163,6 +182,7 @@ pub struct DevNodeHandle {
     node: Option<Arc<NodeCore>>,
     auth: Arc<RpcAuth>,
     server: Mutex<Option<RpcServer>>,
+    zmq: Option<zmq::HashBlockPublisher>,
 }
 
 impl DevNodeHandle {
@@ -189,6 +209,11 @@ impl DevNodeHandle {
     /// Socket address the RPC server is (or was last) bound to.
     pub fn rpc_addr(&self) -> SocketAddr {
         self.rpc_addr
+    }
+
+    /// The bound ZMQ `hashblock` endpoint (real port), if enabled.
+    pub fn zmq_hashblock_endpoint(&self) -> Option<&str> {
+        self.zmq.as_ref().map(zmq::HashBlockPublisher::endpoint)
     }
 
     fn node(&self) -> Option<&Arc<NodeCore>> {
@@ -279,6 +304,9 @@ impl Drop for DevNodeHandle {
     fn drop(&mut self) {
         if let Some(server) = self.server.lock().take() {
             server.cancel();
+        }
+        if let Some(zmq) = &self.zmq {
+            zmq.stop();
         }
     }
 }

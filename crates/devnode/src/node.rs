@@ -117,6 +117,8 @@ pub(crate) struct NodeCore {
     template_transactions: usize,
     blocks_dir: PathBuf,
     mempool_sequence: std::sync::atomic::AtomicU64,
+    /// Receives every new tip hash (ZMQ hashblock), if someone listens.
+    tip_listener: Mutex<Option<tokio::sync::mpsc::Sender<BlockHash>>>,
     _temp_dir: Option<tempfile::TempDir>,
 }
 
@@ -175,6 +177,7 @@ impl NodeCore {
             template_transactions,
             blocks_dir,
             mempool_sequence: std::sync::atomic::AtomicU64::new(0),
+            tip_listener: Mutex::new(None),
             _temp_dir: temp_dir,
         };
         {
@@ -182,6 +185,20 @@ impl NodeCore {
             node.sync_wallet(&mut wallet)?;
         }
         Ok(node)
+    }
+
+    /// Sends every future tip change to `listener`.
+    pub(crate) fn set_tip_listener(&self, listener: tokio::sync::mpsc::Sender<BlockHash>) {
+        *self.tip_listener.lock() = Some(listener);
+    }
+
+    fn notify_tip(&self, hash: BlockHash) {
+        if let Some(listener) = self.tip_listener.lock().as_ref() {
+            // Full queue: drop this notification rather than block validation.
+            if listener.try_send(hash).is_err() {
+                tracing::debug!(%hash, "tip notification dropped");
+            }
+        }
     }
 
     /// Mines internal blocks until the chain is `target_height` high.
@@ -276,6 +293,7 @@ impl NodeCore {
         let kernel_block = bitcoinkernel::Block::new(&bytes)
             .map_err(|error| DevNodeError::Kernel(format!("block decode: {error}")))?;
         let hash = block.block_hash();
+        let tip_before = self.chainman.active_chain().tip().block_hash().to_bytes();
         self.checked_log.lock().clear();
         let result = self.chainman.process_block(&kernel_block);
         let checked = self
@@ -288,13 +306,21 @@ impl NodeCore {
         let outcome = match result {
             ProcessBlockResult::NewBlock => {
                 self.sync_wallet(wallet)?;
+                let tip_after = self.chainman.active_chain().tip().block_hash().to_bytes();
+                if tip_after != tip_before {
+                    self.notify_tip(BlockHash::from_byte_array(tip_after));
+                }
                 let on_active_chain = self
                     .chainman
                     .get_block_tree_entry(&kernel_hash(&hash))
                     .is_some_and(|entry| self.chainman.active_chain().contains(&entry));
                 match checked {
                     Some(checked) if checked.mode != ValidationMode::Valid => {
-                        SubmitOutcome::Rejected(self.rejection_reason(block, Some(checked)))
+                        SubmitOutcome::Rejected(self.rejection_reason(
+                            block,
+                            Some(checked),
+                            wallet.mempool(),
+                        ))
                     }
                     _ if on_active_chain => SubmitOutcome::Accepted,
                     _ => SubmitOutcome::Inconclusive,
@@ -302,7 +328,7 @@ impl NodeCore {
             }
             ProcessBlockResult::Duplicate => SubmitOutcome::Duplicate,
             ProcessBlockResult::Rejected => {
-                SubmitOutcome::Rejected(self.rejection_reason(block, checked))
+                SubmitOutcome::Rejected(self.rejection_reason(block, checked, wallet.mempool()))
             }
         };
         Ok(outcome)
@@ -311,7 +337,12 @@ impl NodeCore {
     /// The kernel's C API only exposes a coarse validation result, so the
     /// common reject reasons are recomputed here in Bitcoin Core's order
     /// (header checks, merkle root, contextual checks).
-    fn rejection_reason(&self, block: &Block, checked: Option<CheckedBlock>) -> String {
+    fn rejection_reason(
+        &self,
+        block: &Block,
+        checked: Option<CheckedBlock>,
+        mempool: &[MempoolEntry],
+    ) -> String {
         if let Some(CheckedBlock {
             result: BlockValidationResult::CachedInvalid,
             ..
@@ -326,7 +357,7 @@ impl NodeCore {
         if !block.check_merkle_root() {
             return "bad-txnmrklroot".to_string();
         }
-        if block.txdata.first().map_or(true, |tx| !tx.is_coinbase()) {
+        if !matches!(block.txdata.first(), Some(tx) if tx.is_coinbase()) {
             return "bad-cb-missing".to_string();
         }
         let previous = self
@@ -347,6 +378,20 @@ impl NodeCore {
         }
         if !block.check_witness_commitment() {
             return "bad-witness-merkle-match".to_string();
+        }
+        if let Some(fees) = known_fees(block, mempool) {
+            let paid = block.txdata.first().map_or(Amount::ZERO, |coinbase| {
+                coinbase.output.iter().fold(Amount::ZERO, |sum, output| {
+                    sum.checked_add(output.value).unwrap_or(Amount::MAX)
+                })
+            });
+            let allowed = u32::try_from(expected_height)
+                .map_or(Amount::ZERO, block_subsidy)
+                .checked_add(fees)
+                .unwrap_or(Amount::MAX_MONEY);
+            if paid > allowed {
+                return "bad-cb-amount".to_string();
+            }
         }
         match checked.map(|checked| checked.result) {
             Some(BlockValidationResult::InvalidPrev) => "bad-prevblk",
@@ -435,7 +480,10 @@ impl NodeCore {
     }
 
     /// Reads any stored block (active chain or not).
-    pub(crate) fn stored_block(&self, hash: &BlockHash) -> Result<Option<StoredBlock>, DevNodeError> {
+    pub(crate) fn stored_block(
+        &self,
+        hash: &BlockHash,
+    ) -> Result<Option<StoredBlock>, DevNodeError> {
         let Some(entry) = self.chainman.get_block_tree_entry(&kernel_hash(hash)) else {
             return Ok(None);
         };
@@ -587,13 +635,30 @@ pub(crate) fn grind_nonce(header: &mut Header) {
     }
 }
 
+/// Total fees of `block` if every non-coinbase transaction is one of the
+/// wallet's mempool transactions (the only fees this node can know without
+/// the UTXO set).
+fn known_fees(block: &Block, mempool: &[MempoolEntry]) -> Option<Amount> {
+    block
+        .txdata
+        .iter()
+        .skip(1)
+        .try_fold(Amount::ZERO, |sum, tx| {
+            let txid = tx.compute_txid();
+            let entry = mempool
+                .iter()
+                .find(|entry| entry.tx.compute_txid() == txid)?;
+            sum.checked_add(entry.fee)
+        })
+}
+
 /// Regtest block subsidy at `height`.
 pub(crate) fn block_subsidy(height: u32) -> Amount {
     let halvings = height / REGTEST_HALVING_INTERVAL;
     if halvings >= 64 {
         return Amount::ZERO;
     }
-    Amount::from_sat(50 * 100_000_000u64 >> halvings)
+    Amount::from_sat((50 * 100_000_000u64) >> halvings)
 }
 
 fn unix_now() -> u32 {
@@ -604,8 +669,9 @@ fn unix_now() -> u32 {
 }
 
 fn path_text(path: &Path) -> Result<&str, DevNodeError> {
-    path.to_str()
-        .ok_or_else(|| DevNodeError::InvalidOptions(format!("path {} is not UTF-8", path.display())))
+    path.to_str().ok_or_else(|| {
+        DevNodeError::InvalidOptions(format!("path {} is not UTF-8", path.display()))
+    })
 }
 
 fn kernel_hash(hash: &BlockHash) -> bitcoinkernel::BlockHash {

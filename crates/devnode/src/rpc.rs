@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
@@ -29,6 +29,9 @@ const RPC_DESERIALIZATION_ERROR: i64 = -22;
 const RPC_INVALID_REQUEST: i64 = -32600;
 const RPC_METHOD_NOT_FOUND: i64 = -32601;
 const RPC_PARSE_ERROR: i64 = -32700;
+
+/// Largest accepted HTTP request body.
+const MAX_REQUEST_BYTES: usize = 32 * 1024 * 1024;
 
 /// Upper bound for generatetoaddress so one call cannot stall the node.
 const MAX_GENERATE_BLOCKS: u64 = 10_000;
@@ -124,6 +127,8 @@ impl RpcServer {
         })?;
         let app = Router::new()
             .fallback(handle_http)
+            // submitblock carries hex of up to 4 MB blocks (8 MB of text).
+            .layer(DefaultBodyLimit::max(MAX_REQUEST_BYTES))
             .with_state(Arc::new(ServerState { node, auth }));
         let shutdown = CancellationToken::new();
         let signal = shutdown.clone().cancelled_owned();
@@ -217,17 +222,17 @@ async fn handle_request(node: &Arc<NodeCore>, request: Value) -> Option<(StatusC
     let Value::Object(request) = request else {
         let reply = legacy_reply(
             Value::Null,
-            Err(RpcError::new(
-                RPC_INVALID_REQUEST,
-                "Invalid Request object",
-            )),
+            Err(RpcError::new(RPC_INVALID_REQUEST, "Invalid Request object")),
         );
         return Some((StatusCode::BAD_REQUEST, reply));
     };
     let is_v2 = request.get("jsonrpc").and_then(Value::as_str) == Some("2.0");
     let id = request.get("id").cloned();
     let outcome = match request.get("method").and_then(Value::as_str) {
-        None => Err(RpcError::new(RPC_INVALID_REQUEST, "Method must be a string")),
+        None => Err(RpcError::new(
+            RPC_INVALID_REQUEST,
+            "Method must be a string",
+        )),
         Some(method) => {
             let params = match request.get("params") {
                 None | Some(Value::Null) => Ok(Vec::new()),
@@ -483,7 +488,7 @@ fn submit_block(node: &NodeCore, params: &[Value]) -> Result<Value, RpcError> {
     let decode_failed = || RpcError::new(RPC_DESERIALIZATION_ERROR, "Block decode failed");
     let bytes = hex::decode(text).map_err(|_| decode_failed())?;
     let block: Block = bitcoin::consensus::deserialize(&bytes).map_err(|_| decode_failed())?;
-    if block.txdata.first().map_or(true, |tx| !tx.is_coinbase()) {
+    if !matches!(block.txdata.first(), Some(tx) if tx.is_coinbase()) {
         return Err(RpcError::new(
             RPC_DESERIALIZATION_ERROR,
             "Block does not start with a coinbase",
@@ -664,10 +669,7 @@ fn decode_transaction(tx: &Transaction) -> Value {
                     json!(hex::encode(input.script_sig.as_bytes())),
                 );
             } else {
-                fields.insert(
-                    "txid".into(),
-                    json!(input.previous_output.txid.to_string()),
-                );
+                fields.insert("txid".into(), json!(input.previous_output.txid.to_string()));
                 fields.insert("vout".into(), json!(input.previous_output.vout));
                 fields.insert(
                     "scriptSig".into(),

@@ -116,7 +116,7 @@ impl Wallet {
     /// Address for the internally mined block at `height`: alternates between
     /// the two keys so both kinds of coins exist.
     pub(crate) fn mining_script(&self, height: u32) -> ScriptBuf {
-        if height % 2 == 0 {
+        if height & 1 == 0 {
             self.legacy.script_pubkey.clone()
         } else {
             self.segwit.script_pubkey.clone()
@@ -150,7 +150,9 @@ impl Wallet {
             let txid = tx.compute_txid();
             for (vout, output) in tx.output.iter().enumerate() {
                 if self.key_kind(&output.script_pubkey).is_some() {
-                    let Ok(vout) = u32::try_from(vout) else { continue };
+                    let Ok(vout) = u32::try_from(vout) else {
+                        continue;
+                    };
                     self.coins.insert(
                         OutPoint { txid, vout },
                         WalletCoin {
@@ -229,7 +231,7 @@ impl Wallet {
     /// slots the P2WPKH key, falling back to whichever is available.
     fn create_confirmed_spend(&mut self, spend_height: u32, slot: usize) -> Option<MempoolEntry> {
         let spent = self.spent_in_mempool();
-        let preferred = if slot % 2 == 0 {
+        let preferred = if slot & 1 == 0 {
             KeyKind::Legacy
         } else {
             KeyKind::Segwit

@@ -89,9 +89,12 @@ fn miner_script() -> ScriptBuf {
 fn block_from_template(template: &Value, payout: &ScriptBuf) -> Block {
     let height = template["height"].as_i64().expect("height");
     let coinbase_value = template["coinbasevalue"].as_u64().expect("coinbasevalue");
-    let commitment =
-        hex::decode(template["default_witness_commitment"].as_str().expect("commitment"))
-            .expect("commitment hex");
+    let commitment = hex::decode(
+        template["default_witness_commitment"]
+            .as_str()
+            .expect("commitment"),
+    )
+    .expect("commitment hex");
     let coinbase = Transaction {
         version: transaction::Version::TWO,
         lock_time: absolute::LockTime::ZERO,
@@ -140,7 +143,10 @@ fn block_from_template(template: &Value, payout: &ScriptBuf) -> Block {
     };
     block.header.merkle_root = block.compute_merkle_root().expect("merkle root");
     grind(&mut block.header);
-    assert!(block.check_witness_commitment(), "template commitment matches");
+    assert!(
+        block.check_witness_commitment(),
+        "template commitment matches"
+    );
     block
 }
 
@@ -217,7 +223,10 @@ async fn template_to_submitted_block() {
     let payout = miner_script();
     let block = block_from_template(&template, &payout);
     let hash = block.block_hash();
-    assert_eq!(rpc.call("submitblock", json!([block_hex(&block)])).await, Value::Null);
+    assert_eq!(
+        rpc.call("submitblock", json!([block_hex(&block)])).await,
+        Value::Null
+    );
     assert_eq!(rpc.call("getblockcount", json!([])).await, json!(111));
     assert_eq!(node.block_count(), 111);
     assert_eq!(
@@ -237,7 +246,11 @@ async fn template_to_submitted_block() {
     // The confirmed transactions left the mempool and new ones replaced them.
     let next = fetch_template(&rpc).await;
     assert_eq!(next["previousblockhash"], json!(hash.to_string()));
-    let confirmed: Vec<String> = block.txdata.iter().map(|tx| tx.compute_txid().to_string()).collect();
+    let confirmed: Vec<String> = block
+        .txdata
+        .iter()
+        .map(|tx| tx.compute_txid().to_string())
+        .collect();
     let next_transactions = next["transactions"].as_array().expect("transactions");
     assert!(!next_transactions.is_empty());
     assert!(next_transactions
@@ -247,7 +260,9 @@ async fn template_to_submitted_block() {
     // A corrupted merkle root is refused with a reason string.
     let mut corrupted = block_from_template(&next, &payout);
     corrupted.header.merkle_root = TxMerkleNode::from_byte_array([0x42; 32]);
-    let reason = rpc.call("submitblock", json!([block_hex(&corrupted)])).await;
+    let reason = rpc
+        .call("submitblock", json!([block_hex(&corrupted)]))
+        .await;
     let reason = reason.as_str().expect("rejection reason string");
     assert!(
         reason == "high-hash" || reason == "bad-txnmrklroot",
@@ -255,7 +270,8 @@ async fn template_to_submitted_block() {
     );
     grind(&mut corrupted.header);
     assert_eq!(
-        rpc.call("submitblock", json!([block_hex(&corrupted)])).await,
+        rpc.call("submitblock", json!([block_hex(&corrupted)]))
+            .await,
         json!("bad-txnmrklroot")
     );
     assert_eq!(node.block_count(), 111);
@@ -380,16 +396,107 @@ async fn rpc_can_go_down_and_come_back_on_the_same_port() {
     assert_eq!(rpc.call("getblockcount", json!([])).await, json!(1));
 
     node.stop_rpc().await;
-    let refused = reqwest::Client::new()
+    // The same client (with a pooled keep-alive connection) must see it down.
+    let refused = rpc
+        .client
         .post(node.rpc_url())
         .timeout(Duration::from_secs(5))
         .basic_auth(node.rpc_user(), Some(node.rpc_password()))
         .json(&json!({"id": "test", "method": "getblockcount", "params": []}))
         .send()
         .await;
-    assert!(refused.is_err(), "rpc is down");
+    assert!(refused.is_err(), "rpc is down: {refused:?}");
 
     node.start_rpc().await.expect("rpc restarts");
-    assert_eq!(Rpc::new(&node).call("getblockcount", json!([])).await, json!(1));
+    assert_eq!(
+        Rpc::new(&node).call("getblockcount", json!([])).await,
+        json!(1)
+    );
+    node.shutdown().await;
+}
+
+#[tokio::test]
+async fn overpaying_coinbase_is_rejected_by_consensus() {
+    let node = start(110).await;
+    let rpc = Rpc::new(&node);
+    let mut template = fetch_template(&rpc).await;
+    let greedy = template["coinbasevalue"].as_u64().expect("value") + 1;
+    template["coinbasevalue"] = json!(greedy);
+    let block = block_from_template(&template, &miner_script());
+    assert_eq!(
+        rpc.call("submitblock", json!([block_hex(&block)])).await,
+        json!("bad-cb-amount")
+    );
+    assert_eq!(node.block_count(), 110);
+    node.shutdown().await;
+}
+
+#[tokio::test]
+async fn persistent_data_dir_survives_restart() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let options = DevNodeOptions {
+        data_dir: Some(dir.path().to_path_buf()),
+        initial_blocks: 105,
+        template_transactions: 2,
+        ..DevNodeOptions::default()
+    };
+    let node = DevNode::start(options.clone()).await.expect("first start");
+    let tip = node.best_block_hash();
+    assert_eq!(node.block_count(), 105);
+    node.shutdown().await;
+
+    let node = DevNode::start(options).await.expect("restart");
+    assert_eq!(node.block_count(), 105, "no blocks re-mined");
+    assert_eq!(node.best_block_hash(), tip);
+    let template = fetch_template(&Rpc::new(&node)).await;
+    assert_eq!(
+        template["transactions"].as_array().map(Vec::len),
+        Some(2),
+        "wallet found its matured coins again"
+    );
+    node.shutdown().await;
+}
+
+#[tokio::test]
+async fn zmq_publishes_hashblock_for_new_tips() {
+    use zeromq::{Socket, SocketRecv};
+
+    let node = DevNode::start(DevNodeOptions {
+        initial_blocks: 1,
+        zmq_pub_hashblock: Some("tcp://127.0.0.1:0".to_string()),
+        ..DevNodeOptions::default()
+    })
+    .await
+    .expect("devnode starts");
+    let endpoint = node
+        .zmq_hashblock_endpoint()
+        .expect("zmq enabled")
+        .to_string();
+    let mut subscriber = zeromq::SubSocket::new();
+    subscriber.connect(&endpoint).await.expect("connect");
+    subscriber.subscribe("hashblock").await.expect("subscribe");
+
+    // A subscription takes effect asynchronously: mine until one arrives.
+    let mut mined = Vec::new();
+    let mut received = None;
+    for _ in 0..50 {
+        mined.extend(node.mine_blocks(1, &miner_script()).await.expect("mine"));
+        if let Ok(message) =
+            tokio::time::timeout(Duration::from_millis(200), subscriber.recv()).await
+        {
+            received = Some(message.expect("zmq message"));
+            break;
+        }
+    }
+    let message = received.expect("a hashblock message");
+    let frames = message.into_vec();
+    assert_eq!(frames.len(), 3);
+    assert_eq!(&frames[0][..], b"hashblock");
+    let hash_hex = hex::encode(&frames[1][..]);
+    assert!(
+        mined.iter().any(|hash| hash.to_string() == hash_hex),
+        "hash {hash_hex} in display order is one of {mined:?}"
+    );
+    assert_eq!(frames[2].len(), 4, "u32 sequence");
     node.shutdown().await;
 }

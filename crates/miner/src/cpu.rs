@@ -158,7 +158,7 @@ pub async fn run_miner(
         }
     };
 
-    let mut send = |id: u64, method: &str, params: Value| {
+    let send = |id: u64, method: &str, params: Value| {
         let mut line = json!({"id": id, "method": method, "params": params}).to_string();
         line.push('\n');
         line

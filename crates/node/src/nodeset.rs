@@ -117,7 +117,10 @@ pub struct NodeSet {
 impl std::fmt::Debug for NodeSet {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("NodeSet")
-            .field("nodes", &self.nodes.iter().map(|n| &n.client).collect::<Vec<_>>())
+            .field(
+                "nodes",
+                &self.nodes.iter().map(|n| &n.client).collect::<Vec<_>>(),
+            )
             .field("network", &self.network)
             .finish()
     }
@@ -203,7 +206,9 @@ impl NodeSet {
 
     /// getbestblockhash on the first node that answers.
     pub async fn best_block_hash(&self) -> Result<BlockHash, NodeError> {
-        let (index, hex) = self.first_ok::<String>("getbestblockhash", json!([])).await?;
+        let (index, hex) = self
+            .first_ok::<String>("getbestblockhash", json!([]))
+            .await?;
         self.parse_hash(index, "getbestblockhash", &hex)
     }
 
@@ -295,11 +300,10 @@ impl NodeSet {
     fn worth_trying(&self, node: &Node, now: Instant) -> bool {
         let state = node.state.lock();
         state.up
-            || state
-                .last_failure
-                .map_or(true, |failed| {
-                    now.saturating_duration_since(failed) >= self.down_retry
-                })
+            || match state.last_failure {
+                None => true,
+                Some(failed) => now.saturating_duration_since(failed) >= self.down_retry,
+            }
     }
 
     /// Calls `method` on each node in priority order until one answers.

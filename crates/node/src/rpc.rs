@@ -142,7 +142,11 @@ impl RpcClient {
 
     /// Calls `method` with positional `params` (a JSON array; `null` means
     /// none) and decodes `result` as `T`.
-    pub async fn call<T: DeserializeOwned>(&self, method: &str, params: Value) -> Result<T, RpcError> {
+    pub async fn call<T: DeserializeOwned>(
+        &self,
+        method: &str,
+        params: Value,
+    ) -> Result<T, RpcError> {
         let started = Instant::now();
         let outcome = self.call_with_cookie_retry(method, params).await;
         let elapsed = started.elapsed();
@@ -185,7 +189,12 @@ impl RpcClient {
         }
     }
 
-    async fn call_once(&self, method: &str, params: &Value, reread_cookie: bool) -> Result<Value, RpcError> {
+    async fn call_once(
+        &self,
+        method: &str,
+        params: &Value,
+        reread_cookie: bool,
+    ) -> Result<Value, RpcError> {
         let (user, pass) = self.credentials(reread_cookie).await?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let body = json!({"jsonrpc": "1.0", "id": id, "method": method, "params": params});
@@ -200,7 +209,10 @@ impl RpcClient {
             .map_err(|e| transport_error(url, method, &e))?;
         let status = response.status().as_u16();
         if status == 401 || status == 403 {
-            return Err(RpcError::Auth { url: url.clone(), status });
+            return Err(RpcError::Auth {
+                url: url.clone(),
+                status,
+            });
         }
         let text = response
             .text()

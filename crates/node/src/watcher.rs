@@ -156,7 +156,12 @@ async fn watch_loop(
                 }
                 Err(error) => {
                     tracing::debug!(%error, "cannot fetch a block template");
-                    set_health(&health_tx, NodeHealth::AllDown { since: Instant::now() });
+                    set_health(
+                        &health_tx,
+                        NodeHealth::AllDown {
+                            since: Instant::now(),
+                        },
+                    );
                     retry_at = Instant::now() + backoff;
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
@@ -201,7 +206,12 @@ async fn watch_loop(
                 Ok(_) => {}
                 Err(error) => {
                     tracing::debug!(%error, "cannot poll the best block hash");
-                    set_health(&health_tx, NodeHealth::AllDown { since: Instant::now() });
+                    set_health(
+                        &health_tx,
+                        NodeHealth::AllDown {
+                            since: Instant::now(),
+                        },
+                    );
                     need_fetch = true;
                     retry_at = Instant::now() + backoff;
                     backoff = (backoff * 2).min(MAX_BACKOFF);

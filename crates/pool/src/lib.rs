@@ -12,6 +12,7 @@ pub mod counters;
 pub mod extranonce;
 pub mod memory;
 mod server;
+pub mod service;
 pub mod session;
 pub mod settings;
 pub mod stats;
@@ -25,14 +26,15 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use tbg_events::{EventData, EventFactory, EventSink};
-use tbg_node::NodeSet;
+use tbg_node::{FetchedTemplate, NodeHealth, NodeSet};
 use tokio::sync::{mpsc, watch};
 
 pub use blocks::{BlockRecord, BlockStatus, FoundBlock};
 pub use counters::PoolCounters;
+pub use service::{NodeSettings, PoolService, ServiceError};
 pub use settings::PoolSettings;
 pub use stats::{StatsRegistry, UserSnapshot, WorkerSnapshot};
-pub use work_source::{CurrentWork, TemplateUpdate};
+pub use work_source::CurrentWork;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PoolError {
@@ -59,6 +61,7 @@ pub(crate) struct PoolShared {
     job_counter: AtomicU64,
     client_counter: AtomicU64,
     nodes: Arc<NodeSet>,
+    node_health: watch::Receiver<NodeHealth>,
     epoch: Instant,
 }
 
@@ -91,7 +94,9 @@ impl PoolShared {
 /// Everything the pool needs from outside.
 pub struct PoolDeps {
     /// Templates from the node watcher (`None` until the first one).
-    pub templates: watch::Receiver<Option<TemplateUpdate>>,
+    pub templates: watch::Receiver<Option<Arc<FetchedTemplate>>>,
+    /// Whether any node answers (from the same watcher).
+    pub node_health: watch::Receiver<NodeHealth>,
     /// Where found blocks go.
     pub nodes: Arc<NodeSet>,
     pub events: Arc<dyn EventSink>,
@@ -125,6 +130,10 @@ pub struct PoolStatus {
     /// Seconds since the current template was fetched.
     pub template_age_seconds: Option<f64>,
     pub redis_up: bool,
+    /// False while every node is unreachable (miners keep the last work).
+    pub node_up: bool,
+    /// Seconds since every node became unreachable.
+    pub nodes_down_seconds: Option<f64>,
 }
 
 /// Starts the pool: binds the stratum port, then serves until shutdown.
@@ -183,6 +192,7 @@ pub async fn start(settings: PoolSettings, deps: PoolDeps) -> Result<PoolHandle,
         job_counter: AtomicU64::new(rand::random::<u32>().into()),
         client_counter: AtomicU64::new(1),
         nodes: deps.nodes,
+        node_health: deps.node_health,
         epoch: Instant::now(),
     });
     *shared_slot.lock() = Some(Arc::downgrade(&shared));
@@ -247,6 +257,7 @@ impl PoolHandle {
 
     pub fn status(&self) -> PoolStatus {
         let c = &self.shared.counters;
+        let health = self.shared.node_health.borrow().clone();
         PoolStatus {
             connections: PoolCounters::get(&c.connections),
             miners: PoolCounters::get(&c.miners),
@@ -260,6 +271,11 @@ impl PoolHandle {
             network_difficulty: c.network_difficulty.load(),
             template_age_seconds: self.current_work().map(|w| w.received_at.elapsed().as_secs_f64()),
             redis_up: self.shared.user_sigs.redis_up(),
+            node_up: !matches!(health, NodeHealth::AllDown { .. }),
+            nodes_down_seconds: match health {
+                NodeHealth::AllDown { since } => Some(since.elapsed().as_secs_f64()),
+                _ => None,
+            },
         }
     }
 

@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use tbg_events::EventData;
+use tbg_node::FetchedTemplate;
 use tbg_work::{JobTemplate, Template};
 use tokio::sync::watch;
 
@@ -22,19 +23,12 @@ pub struct CurrentWork {
     pub received_at: Instant,
 }
 
-/// A template as the node watcher hands it over.
-#[derive(Debug, Clone)]
-pub struct TemplateUpdate {
-    pub gbt: serde_json::Value,
-    pub fetched_at: Instant,
-}
-
 /// Parses every template, keeps the last good one, and publishes work.
 /// A template that does not parse is logged and skipped: miners stay on the
 /// previous work rather than getting broken work.
 pub(crate) async fn run(
     shared: Arc<PoolShared>,
-    mut templates: watch::Receiver<Option<TemplateUpdate>>,
+    mut templates: watch::Receiver<Option<Arc<FetchedTemplate>>>,
     work_tx: watch::Sender<Option<Arc<CurrentWork>>>,
     mut shutdown: watch::Receiver<bool>,
 ) {

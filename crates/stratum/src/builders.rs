@@ -63,7 +63,9 @@ fn to_line<T: Serialize>(message: &T) -> String {
             line.push('\n');
             line
         }
-        Err(_) => String::from("{\"id\":null,\"result\":null,\"error\":[20,\"internal error\",null]}\n"),
+        Err(_) => {
+            String::from("{\"id\":null,\"result\":null,\"error\":[20,\"internal error\",null]}\n")
+        }
     }
 }
 
@@ -165,7 +167,11 @@ pub fn show_message(message: &str) -> String {
 /// Result of mining.subscribe in ckpool's shape:
 /// `[[["mining.notify", SESSION_ID]], EXTRANONCE1, EXTRANONCE2_SIZE]`.
 pub fn subscribe_result(session_id: &str, extranonce1_hex: &str, extranonce2_size: usize) -> Value {
-    json!([[["mining.notify", session_id]], extranonce1_hex, extranonce2_size])
+    json!([
+        [["mining.notify", session_id]],
+        extranonce1_hex,
+        extranonce2_size
+    ])
 }
 
 /// Result of mining.configure (BIP310): `{"version-rolling": true,

@@ -6,7 +6,7 @@ pub(crate) fn is_hex(s: &str) -> bool {
 
 /// Decodes an even-length hex string; `None` on any invalid character or odd length.
 pub(crate) fn decode(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
+    if s.len() % 2 == 1 {
         return None;
     }
     s.as_bytes()

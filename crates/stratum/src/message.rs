@@ -223,11 +223,11 @@ fn required_array(params: &Value) -> Result<&[Value], RejectReason> {
 }
 
 /// A non-empty string param, else `missing`.
-fn non_empty_str<'a>(
-    items: &'a [Value],
+fn non_empty_str(
+    items: &[Value],
     index: usize,
     missing: RejectReason,
-) -> Result<&'a str, RejectReason> {
+) -> Result<&str, RejectReason> {
     match items.get(index) {
         Some(Value::String(s)) if !s.is_empty() => Ok(s),
         _ => Err(missing),
@@ -252,9 +252,7 @@ fn parse_subscribe(params: &Value) -> Result<ClientMessage, RejectReason> {
         _ => None,
     };
     let session_id = match items.get(1) {
-        Some(Value::String(id))
-            if id.len() <= MAX_SESSION_ID_CHARS && hexutil::is_hex(id) =>
-        {
+        Some(Value::String(id)) if id.len() <= MAX_SESSION_ID_CHARS && hexutil::is_hex(id) => {
             Some(id.to_ascii_lowercase())
         }
         _ => None,
@@ -307,7 +305,7 @@ fn parse_submit(params: &Value) -> Result<Submit, RejectReason> {
     if extranonce2.len() > 2 * MAX_EXTRANONCE2_BYTES {
         return Err(RejectReason::InvalidNonce2Length);
     }
-    if !hexutil::is_hex(extranonce2) || extranonce2.len() % 2 != 0 {
+    if !hexutil::is_hex(extranonce2) || extranonce2.len() % 2 == 1 {
         return Err(RejectReason::InvalidNonce2Hex);
     }
     let ntime = non_empty_str(items, 3, RejectReason::NoNtime)?;
@@ -320,9 +318,7 @@ fn parse_submit(params: &Value) -> Result<Submit, RejectReason> {
     }
     let version_bits = match items.get(5) {
         None | Some(Value::Null) => None,
-        Some(Value::String(bits)) if bits.len() <= 8 && hexutil::is_hex(bits) => {
-            Some(bits.clone())
-        }
+        Some(Value::String(bits)) if bits.len() <= 8 && hexutil::is_hex(bits) => Some(bits.clone()),
         Some(_) => return Err(RejectReason::InvalidVersionMask),
     };
     Ok(Submit {

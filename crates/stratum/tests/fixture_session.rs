@@ -19,7 +19,10 @@ fn line_of(value: &Value) -> Vec<u8> {
 }
 
 fn parse_line_json(line: &str) -> Value {
-    assert!(line.ends_with('\n'), "line must end with a newline: {line:?}");
+    assert!(
+        line.ends_with('\n'),
+        "line must end with a newline: {line:?}"
+    );
     assert_eq!(line.matches('\n').count(), 1, "exactly one line: {line:?}");
     serde_json::from_str(line.trim_end()).expect("builder output is JSON")
 }
@@ -89,11 +92,19 @@ fn notify_rebuilds_recorded_notifies() {
 fn recorded_submits_parse_to_submit() {
     let fixture = fixture();
     let expected = [
-        ("6b07109300000003", "6b0710cf", 0x6b0710cf_u32, 0xae95368c_u32),
+        (
+            "6b07109300000003",
+            "6b0710cf",
+            0x6b0710cf_u32,
+            0xae95368c_u32,
+        ),
         ("6b07109300000006", "6b071115", 0x6b071115, 0x6a401e02),
     ];
-    for (case, (job_id, ntime, ntime_value, nonce_value)) in
-        fixture["cases"].as_array().expect("cases").iter().zip(expected)
+    for (case, (job_id, ntime, ntime_value, nonce_value)) in fixture["cases"]
+        .as_array()
+        .expect("cases")
+        .iter()
+        .zip(expected)
     {
         let req = parse_request(&line_of(&case["submit"])).expect("parses");
         assert_eq!(req.id, json!(4));
@@ -130,6 +141,10 @@ fn nonce_reads_as_header_little_endian_bytes() {
         panic!("not a submit")
     };
     let nonce = submit.nonce_u32().expect("hex");
-    let le: String = nonce.to_le_bytes().iter().map(|b| format!("{b:02x}")).collect();
+    let le: String = nonce
+        .to_le_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     assert_eq!(&header_hex[152..160], le);
 }

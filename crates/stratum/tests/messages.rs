@@ -22,13 +22,22 @@ fn line_json(line: &str) -> Value {
 const ADDR: &str = "bcrt1pmfr3p9j00pfxjh0zmgp99y8zftmd3s5pmedqhyptwy6lm87hf5ssm803es";
 
 fn submit_params() -> Value {
-    json!([format!("{ADDR}.rig1"), "6b07109300000003", "0000000000000000", "6b0710cf", "ae95368c"])
+    json!([
+        format!("{ADDR}.rig1"),
+        "6b07109300000003",
+        "0000000000000000",
+        "6b0710cf",
+        "ae95368c"
+    ])
 }
 
 #[test]
 fn submit_with_version_bits() {
     let mut params = submit_params();
-    params.as_array_mut().expect("array").push(json!("1fffe000"));
+    params
+        .as_array_mut()
+        .expect("array")
+        .push(json!("1fffe000"));
     let Ok(ClientMessage::Submit(submit)) = message("mining.submit", params) else {
         panic!("not a submit")
     };
@@ -55,19 +64,34 @@ fn every_submit_reject_path() {
         (json!("string"), RejectReason::ParamsNotArray),
         (Value::Null, RejectReason::ParamsNotArray),
         (json!(["a", "b", "c", "d"]), RejectReason::InvalidArraySize),
-        (json!(["a", "b", "c", "d", "e", "f", "g"]), RejectReason::InvalidArraySize),
+        (
+            json!(["a", "b", "c", "d", "e", "f", "g"]),
+            RejectReason::InvalidArraySize,
+        ),
         (with(0, json!("")), RejectReason::NoUsername),
         (with(0, json!(5)), RejectReason::NoUsername),
-        (with(0, json!("a".repeat(MAX_USERNAME_CHARS + 1))), RejectReason::WorkerMismatch),
+        (
+            with(0, json!("a".repeat(MAX_USERNAME_CHARS + 1))),
+            RejectReason::WorkerMismatch,
+        ),
         (with(1, json!("")), RejectReason::NoJobId),
         (with(1, Value::Null), RejectReason::NoJobId),
-        (with(1, json!("x".repeat(MAX_JOB_ID_CHARS + 1))), RejectReason::InvalidJobId),
+        (
+            with(1, json!("x".repeat(MAX_JOB_ID_CHARS + 1))),
+            RejectReason::InvalidJobId,
+        ),
         (with(1, json!("job id")), RejectReason::InvalidJobId),
         (with(2, json!("")), RejectReason::NoNonce2),
         (with(2, json!(0)), RejectReason::NoNonce2),
-        (with(2, json!("zz00000000000000")), RejectReason::InvalidNonce2Hex),
+        (
+            with(2, json!("zz00000000000000")),
+            RejectReason::InvalidNonce2Hex,
+        ),
         (with(2, json!("000")), RejectReason::InvalidNonce2Hex),
-        (with(2, json!("00".repeat(MAX_EXTRANONCE2_BYTES + 1))), RejectReason::InvalidNonce2Length),
+        (
+            with(2, json!("00".repeat(MAX_EXTRANONCE2_BYTES + 1))),
+            RejectReason::InvalidNonce2Length,
+        ),
         (with(3, json!("")), RejectReason::NoNtime),
         (with(3, json!(1700000000)), RejectReason::NoNtime),
         (with(3, json!("6b0710c")), RejectReason::InvalidNtimeHex),
@@ -113,13 +137,26 @@ fn authorize_paths() {
         (json!([]), RejectReason::NoUsername),
         (json!([""]), RejectReason::NoUsername),
         (json!([42]), RejectReason::NoUsername),
-        (json!([format!("{ADDR}.rig\n2026-01-01 INFO forged")]), RejectReason::InvalidUsername),
-        (json!([format!("{ADDR}.{}", "w".repeat(MAX_WORKER_NAME_CHARS + 1))]), RejectReason::InvalidUsername),
-        (json!(["a".repeat(MAX_ADDRESS_CHARS + 1)]), RejectReason::InvalidAddress),
+        (
+            json!([format!("{ADDR}.rig\n2026-01-01 INFO forged")]),
+            RejectReason::InvalidUsername,
+        ),
+        (
+            json!([format!("{ADDR}.{}", "w".repeat(MAX_WORKER_NAME_CHARS + 1))]),
+            RejectReason::InvalidUsername,
+        ),
+        (
+            json!(["a".repeat(MAX_ADDRESS_CHARS + 1)]),
+            RejectReason::InvalidAddress,
+        ),
         (json!([".worker"]), RejectReason::InvalidAddress),
     ];
     for (params, expected) in cases {
-        assert_eq!(message("mining.authorize", params.clone()), Err(expected), "{params}");
+        assert_eq!(
+            message("mining.authorize", params.clone()),
+            Err(expected),
+            "{params}"
+        );
     }
     // Longest accepted worker name.
     let longest = format!("{ADDR}.{}", "w".repeat(MAX_WORKER_NAME_CHARS));
@@ -199,19 +236,34 @@ fn configure_bip310() {
     };
     let request = ConfigureRequest::from_parts(&extensions, &params).expect("valid");
     let rolling = request.version_rolling.expect("version rolling asked");
-    assert_eq!(rolling, VersionRollingRequest { mask: 0xffffffff, min_bit_count: 2 });
+    assert_eq!(
+        rolling,
+        VersionRollingRequest {
+            mask: 0xffffffff,
+            min_bit_count: 2
+        }
+    );
     assert_eq!(rolling.negotiate(0x1fffe000), 0x1fffe000);
     assert_eq!(request.minimum_difficulty, Some(2048.0));
-    assert_eq!(request.unknown_extensions, vec!["subscribe-extranonce".to_owned()]);
+    assert_eq!(
+        request.unknown_extensions,
+        vec!["subscribe-extranonce".to_owned()]
+    );
 
     let bad_mask = ConfigureRequest::from_parts(
         &["version-rolling".into()],
-        &json!({"version-rolling.mask": "nothex"}).as_object().cloned().expect("map"),
+        &json!({"version-rolling.mask": "nothex"})
+            .as_object()
+            .cloned()
+            .expect("map"),
     );
     assert_eq!(bad_mask, Err(RejectReason::InvalidVersionMask));
     let bad_bits = ConfigureRequest::from_parts(
         &["version-rolling".into()],
-        &json!({"version-rolling.min-bit-count": -1}).as_object().cloned().expect("map"),
+        &json!({"version-rolling.min-bit-count": -1})
+            .as_object()
+            .cloned()
+            .expect("map"),
     );
     assert_eq!(bad_bits, Err(RejectReason::InvalidVersionMask));
 
@@ -220,9 +272,16 @@ fn configure_bip310() {
         (json!([]), RejectReason::InvalidArraySize),
         (json!(["version-rolling"]), RejectReason::ParamsNotArray),
         (json!([[1, 2]]), RejectReason::InvalidArraySize),
-        (json!([["version-rolling"], "mask"]), RejectReason::ParamsNotArray),
+        (
+            json!([["version-rolling"], "mask"]),
+            RejectReason::ParamsNotArray,
+        ),
     ] {
-        assert_eq!(message("mining.configure", params.clone()), Err(expected), "{params}");
+        assert_eq!(
+            message("mining.configure", params.clone()),
+            Err(expected),
+            "{params}"
+        );
     }
 
     let granted = configure_result(&ConfigureResponse {
@@ -257,7 +316,14 @@ fn suggest_difficulty_extremes() {
         message("mining.suggest_difficulty", json!([i64::MAX])),
         Ok(ClientMessage::SuggestDifficulty(i64::MAX as f64))
     );
-    for bad in [json!([-1]), json!([0]), json!(["NaN"]), json!(["inf"]), json!([null]), json!([[1]])] {
+    for bad in [
+        json!([-1]),
+        json!([0]),
+        json!(["NaN"]),
+        json!(["inf"]),
+        json!([null]),
+        json!([[1]]),
+    ] {
         assert_eq!(
             message("mining.suggest_difficulty", bad.clone()),
             Err(RejectReason::InvalidDifficulty),
@@ -293,7 +359,11 @@ fn other_methods() {
 #[test]
 fn reject_reasons_have_ckpool_wording_codes_and_labels() {
     let wording = [
-        (RejectReason::InvalidNonce2Length, "Invalid nonce2 length", 20),
+        (
+            RejectReason::InvalidNonce2Length,
+            "Invalid nonce2 length",
+            20,
+        ),
         (RejectReason::WorkerMismatch, "Worker mismatch", 24),
         (RejectReason::NoNonce, "No nonce", 20),
         (RejectReason::NoNtime, "No ntime", 20),
@@ -318,9 +388,9 @@ fn reject_reasons_have_ckpool_wording_codes_and_labels() {
         assert_eq!(reason.code(), code, "{text}");
     }
     let mut labels: Vec<&str> = RejectReason::ALL.iter().map(|r| r.label()).collect();
-    assert!(labels
-        .iter()
-        .all(|l| l.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')));
+    assert!(labels.iter().all(|l| l
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')));
     labels.sort_unstable();
     labels.dedup();
     assert_eq!(labels.len(), RejectReason::ALL.len(), "labels are distinct");
@@ -332,7 +402,10 @@ fn response_lines() {
     assert_eq!(ok, json!({"id": 3, "result": true, "error": null}));
 
     let err = line_json(&response_error(&json!("a\"b\n"), 21, "Stale"));
-    assert_eq!(err, json!({"id": "a\"b\n", "result": null, "error": [21, "Stale", null]}));
+    assert_eq!(
+        err,
+        json!({"id": "a\"b\n", "result": null, "error": [21, "Stale", null]})
+    );
 
     let reject = line_json(&response_reject(&json!(i64::MAX), RejectReason::Duplicate));
     assert_eq!(
@@ -340,8 +413,9 @@ fn response_lines() {
         json!({"id": i64::MAX, "result": false, "error": [22, "Duplicate", null],
                "reject-reason": "Duplicate"})
     );
-    assert!(response_reject(&json!(i64::MAX), RejectReason::Duplicate)
-        .contains("9223372036854775807"));
+    assert!(
+        response_reject(&json!(i64::MAX), RejectReason::Duplicate).contains("9223372036854775807")
+    );
 }
 
 #[test]

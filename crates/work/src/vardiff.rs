@@ -23,6 +23,18 @@ const IDLE_INTERVALS: f64 = 6.0;
 /// Largest decrease per idle retarget.
 const MAX_STEP_DOWN: f64 = 8.0;
 
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct WindowAverage {
+    secs: f64,
+    shares: f64,
+}
+
+impl WindowAverage {
+    fn interval_secs(&self) -> f64 {
+        self.secs / self.shares
+    }
+}
+
 /// Vardiff settings (difficulties are pool difficulties, diff1 = 1).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct VardiffConfig {
@@ -55,8 +67,11 @@ pub struct Vardiff {
     difficulty: f64,
     /// max(pool minimum, miner's suggested difficulty).
     floor: f64,
-    /// Moving average of the share interval at the current difficulty.
-    ema_interval_secs: Option<f64>,
+    /// Moving averages of window length and window share count; their
+    /// ratio is the average share interval at the current difficulty.
+    /// (A plain average of per-window means would be biased: a window that
+    /// closes on a share counts short gaps more often than long ones.)
+    ema_window: Option<WindowAverage>,
     window_start_secs: f64,
     window_shares: u32,
 }
@@ -88,7 +103,7 @@ impl Vardiff {
             difficulty: start.clamp(config.min_difficulty, config.max_difficulty),
             floor: config.min_difficulty,
             config,
-            ema_interval_secs: None,
+            ema_window: None,
             window_start_secs: now_secs,
             window_shares: 0,
         }
@@ -101,7 +116,7 @@ impl Vardiff {
 
     /// Moving average of the share interval, once there is one.
     pub fn average_interval_secs(&self) -> Option<f64> {
-        self.ema_interval_secs
+        self.ema_window.map(|w| w.interval_secs())
     }
 
     /// `mining.suggest_difficulty`: becomes the floor and the new starting
@@ -112,7 +127,7 @@ impl Vardiff {
             return None;
         }
         self.floor = suggested.clamp(self.config.min_difficulty, self.config.max_difficulty);
-        self.ema_interval_secs = None;
+        self.ema_window = None;
         self.start_window(now_secs);
         self.change_to(self.floor)
     }
@@ -127,14 +142,14 @@ impl Vardiff {
         if self.window_shares >= BURST_SHARES && elapsed * BURST_SPEED < expected {
             // Much too fast: the old average means nothing at this rate.
             let ratio = if elapsed > 0.0 { expected / elapsed } else { MAX_STEP_UP };
-            self.ema_interval_secs = None;
+            self.ema_window = None;
             self.start_window(now_secs);
             return self.change_to(self.difficulty * ratio.min(MAX_STEP_UP));
         }
         if elapsed < self.config.retarget_window_secs {
             return None;
         }
-        self.close_window(elapsed / f64::from(self.window_shares), now_secs)
+        self.close_window(elapsed, now_secs)
     }
 
     /// Call periodically: lowers the difficulty of a miner whose shares
@@ -147,7 +162,7 @@ impl Vardiff {
                 return None;
             }
             // No share at all: the true interval is at least `elapsed`.
-            self.ema_interval_secs = None;
+            self.ema_window = None;
             self.start_window(now_secs);
             let factor = (target / elapsed).max(1.0 / MAX_STEP_DOWN);
             return self.change_to(self.difficulty * factor);
@@ -155,16 +170,21 @@ impl Vardiff {
         if elapsed < self.config.retarget_window_secs {
             return None;
         }
-        self.close_window(elapsed / f64::from(self.window_shares), now_secs)
+        self.close_window(elapsed, now_secs)
     }
 
-    fn close_window(&mut self, mean_interval: f64, now_secs: f64) -> Option<f64> {
+    fn close_window(&mut self, elapsed: f64, now_secs: f64) -> Option<f64> {
+        let shares = f64::from(self.window_shares);
         self.start_window(now_secs);
-        let ema = match self.ema_interval_secs {
-            Some(previous) => EMA_ALPHA * mean_interval + (1.0 - EMA_ALPHA) * previous,
-            None => mean_interval,
+        let average = match self.ema_window {
+            Some(previous) => WindowAverage {
+                secs: EMA_ALPHA * elapsed + (1.0 - EMA_ALPHA) * previous.secs,
+                shares: EMA_ALPHA * shares + (1.0 - EMA_ALPHA) * previous.shares,
+            },
+            None => WindowAverage { secs: elapsed, shares },
         };
-        self.ema_interval_secs = Some(ema);
+        self.ema_window = Some(average);
+        let ema = average.interval_secs();
         let target = self.config.target_interval_secs;
         let relative = ema / target;
         if (BAND_LOW..=BAND_HIGH).contains(&relative) || !relative.is_finite() {
@@ -197,8 +217,8 @@ impl Vardiff {
         if (new - old).abs() <= old * 1e-9 {
             return None;
         }
-        if let Some(ema) = self.ema_interval_secs.as_mut() {
-            *ema *= new / old;
+        if let Some(average) = self.ema_window.as_mut() {
+            average.secs *= new / old;
         }
         self.difficulty = new;
         Some(new)

@@ -1,0 +1,276 @@
+//! The config structure. Every field has a default and is documented;
+//! config.example.toml shows the same keys.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// Which Bitcoin network the pool mines on.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NetworkName {
+    #[default]
+    #[serde(alias = "bitcoin", alias = "main")]
+    Mainnet,
+    /// testnet3.
+    #[serde(alias = "testnet3")]
+    Testnet,
+    Testnet4,
+    Signet,
+    Regtest,
+}
+
+impl NetworkName {
+    pub fn to_bitcoin(self) -> bitcoin::Network {
+        match self {
+            NetworkName::Mainnet => bitcoin::Network::Bitcoin,
+            NetworkName::Testnet => bitcoin::Network::Testnet,
+            NetworkName::Testnet4 => bitcoin::Network::Testnet4,
+            NetworkName::Signet => bitcoin::Network::Signet,
+            NetworkName::Regtest => bitcoin::Network::Regtest,
+        }
+    }
+
+    /// Bitcoin Core's default RPC port on this network.
+    pub fn default_rpc_port(self) -> u16 {
+        match self {
+            NetworkName::Mainnet => 8332,
+            NetworkName::Testnet => 18332,
+            NetworkName::Testnet4 => 48332,
+            NetworkName::Signet => 38332,
+            NetworkName::Regtest => 18443,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NetworkName::Mainnet => "mainnet",
+            NetworkName::Testnet => "testnet",
+            NetworkName::Testnet4 => "testnet4",
+            NetworkName::Signet => "signet",
+            NetworkName::Regtest => "regtest",
+        }
+    }
+}
+
+/// The whole config file.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Bitcoin network: mainnet, testnet, testnet4, signet or regtest.
+    pub network: NetworkName,
+    /// Directory for log files (ckpool `logdir`).
+    pub logdir: PathBuf,
+    /// Bitcoin Core nodes in priority order (ckpool `btcd`). Empty by
+    /// default; at least one is required unless the node is embedded.
+    pub nodes: Vec<NodeConfig>,
+    /// Stratum pool settings.
+    pub pool: PoolSection,
+    /// Event socket (share/block events for side services).
+    pub events: EventsSection,
+    /// Optional Redis (per-user coinbase signatures).
+    pub redis: RedisSection,
+    /// Prometheus metrics endpoint.
+    pub metrics: MetricsSection,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            network: NetworkName::Mainnet,
+            logdir: PathBuf::from("logs"),
+            nodes: Vec::new(),
+            pool: PoolSection::default(),
+            events: EventsSection::default(),
+            redis: RedisSection::default(),
+            metrics: MetricsSection::default(),
+        }
+    }
+}
+
+/// One Bitcoin Core node (ckpool `btcd` entry).
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeConfig {
+    /// RPC address, `host:port` or `http://host:port`.
+    pub url: String,
+    /// RPC user (ckpool `auth`); with `pass`, or use `cookie_file`.
+    #[serde(alias = "auth", skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// RPC password; better set through TBG_NODE_<N>_PASS / TBG_NODE_PASS.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pass: Option<String>,
+    /// Path of Core's `.cookie` file, instead of user/pass.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cookie_file: Option<PathBuf>,
+    /// Core's `-zmqpubhashblock` address, e.g. `tcp://127.0.0.1:28332`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub zmq_hashblock: Option<String>,
+    /// Whether this node notifies new blocks (ckpool `notify`); kept for
+    /// ckpool compatibility, polling runs in any case.
+    pub notify: bool,
+}
+
+impl Default for NodeConfig {
+    fn default() -> NodeConfig {
+        NodeConfig {
+            url: "127.0.0.1:8332".to_owned(),
+            user: None,
+            pass: None,
+            cookie_file: None,
+            zmq_hashblock: None,
+            notify: true,
+        }
+    }
+}
+
+impl fmt::Debug for NodeConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NodeConfig")
+            .field("url", &self.url)
+            .field("user", &self.user)
+            .field("pass", &self.pass.as_ref().map(|_| "<redacted>"))
+            .field("cookie_file", &self.cookie_file)
+            .field("zmq_hashblock", &self.zmq_hashblock)
+            .field("notify", &self.notify)
+            .finish()
+    }
+}
+
+/// Stratum pool settings (ckpool key names as aliases).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PoolSection {
+    /// Stratum listen address (ckpool `serverurl`, first entry).
+    #[serde(alias = "serverurl")]
+    pub bind: String,
+    /// Pool tag in every coinbase scriptSig (ckpool `btcsig`).
+    #[serde(alias = "btcsig")]
+    pub pool_tag: String,
+    /// Pool's own payout address (ckpool `btcaddress`); in solo mode each
+    /// miner's username is its payout address, so this is optional.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub btcaddress: Option<String>,
+    /// getbestblockhash polling period in ms (ckpool `blockpoll`).
+    #[serde(alias = "blockpoll")]
+    pub blockpoll_ms: u64,
+    /// Template refresh period in seconds without a new block (ckpool
+    /// `update_interval`).
+    #[serde(alias = "update_interval")]
+    pub update_interval_s: u64,
+    /// Lowest share difficulty; fractions allowed, e.g. 0.0001.
+    pub mindiff: f64,
+    /// Difficulty given to a new miner.
+    pub startdiff: f64,
+    /// Highest share difficulty; 0 = no limit.
+    pub maxdiff: f64,
+    /// BIP310 version-rolling mask, hex.
+    pub version_mask: String,
+    /// extranonce1 bytes per connection, 2..=8.
+    pub nonce1length: u8,
+    /// extranonce2 bytes rolled by miners, 2..=8.
+    pub nonce2length: u8,
+    /// Most simultaneous miner connections; 0 = unlimited.
+    pub maxclients: u32,
+    /// Vardiff target: seconds between shares of one miner.
+    pub share_interval_s: f64,
+    /// Longest accepted stratum line in bytes.
+    pub max_line_bytes: usize,
+    /// Share of each block reward donated, in percent (ckpool `donation`).
+    pub donation: f64,
+}
+
+impl Default for PoolSection {
+    fn default() -> PoolSection {
+        PoolSection {
+            bind: "0.0.0.0:3333".to_owned(),
+            pool_tag: "/tbg/".to_owned(),
+            btcaddress: None,
+            blockpoll_ms: 500,
+            update_interval_s: 30,
+            mindiff: 1.0,
+            startdiff: 42.0,
+            maxdiff: 0.0,
+            version_mask: "1fffe000".to_owned(),
+            nonce1length: 4,
+            nonce2length: 8,
+            maxclients: 0,
+            share_interval_s: 10.0,
+            max_line_bytes: 16384,
+            donation: 0.0,
+        }
+    }
+}
+
+/// Event socket settings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EventsSection {
+    /// Unix datagram socket events are sent to (ckpool `event_socket_path`).
+    #[serde(alias = "event_socket_path")]
+    pub socket_path: PathBuf,
+    /// Region tag in every event (ckpool `tbg_region`).
+    #[serde(alias = "tbg_region")]
+    pub region: String,
+    /// Source tag in every event.
+    pub source: String,
+}
+
+impl Default for EventsSection {
+    fn default() -> EventsSection {
+        EventsSection {
+            socket_path: PathBuf::from("/tmp/ckpool/events.sock"),
+            region: "local".to_owned(),
+            source: "hosted".to_owned(),
+        }
+    }
+}
+
+/// Redis settings.
+#[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisSection {
+    /// `redis://[:password@]host:port/db`; unset = no Redis (ckpool
+    /// `redis_url`). Better set through TBG_REDIS_URL when it has a password.
+    #[serde(alias = "redis_url", skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+}
+
+impl fmt::Debug for RedisSection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisSection")
+            .field("url", &self.url.as_deref().map(redact_url))
+            .finish()
+    }
+}
+
+/// `scheme://user:secret@host` -> `scheme://user:<redacted>@host`.
+pub(crate) fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let Some((userinfo, host)) = rest.rsplit_once('@') else {
+        return url.to_owned();
+    };
+    match userinfo.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:<redacted>@{host}"),
+        None => format!("{scheme}://<redacted>@{host}"),
+    }
+}
+
+/// Prometheus metrics settings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsSection {
+    /// HTTP listen address of /metrics (ckpool `metrics_port` sets the port).
+    pub bind: String,
+}
+
+impl Default for MetricsSection {
+    fn default() -> MetricsSection {
+        MetricsSection {
+            bind: "0.0.0.0:9100".to_owned(),
+        }
+    }
+}

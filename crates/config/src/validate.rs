@@ -1,0 +1,245 @@
+//! Checks every value, naming the key of the first bad one.
+
+use std::net::SocketAddr;
+use std::str::FromStr;
+
+use crate::error::ConfigError;
+use crate::model::{redact_url, Config, NodeConfig};
+
+/// Longest pool tag: the coinbase scriptSig is limited to 100 bytes and also
+/// holds the height (up to 5 bytes), the extranonces (up to 17 bytes) and a
+/// per-user signature (up to 21 bytes), plus push opcodes.
+pub const MAX_POOL_TAG_LEN: usize = 40;
+
+/// Version bits a miner may roll (BIP320).
+pub const VERSION_MASK_ALLOWED: u32 = 0x1fff_e000;
+
+const NONCE_LENGTHS: std::ops::RangeInclusive<u8> = 2..=8;
+const MAX_BLOCKPOLL_MS: u64 = 60_000;
+const MAX_UPDATE_INTERVAL_S: u64 = 3_600;
+const MIN_LINE_BYTES: usize = 1024;
+const MAX_LINE_BYTES: usize = 1024 * 1024;
+const MAX_TAG_LEN: usize = 64;
+
+impl Config {
+    /// Checks every value; at least one node is required.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.check(true)
+    }
+
+    /// As [`Config::validate`], but allows an empty `nodes` list, for a pool
+    /// that runs with an embedded node.
+    pub fn validate_embedded_node(&self) -> Result<(), ConfigError> {
+        self.check(false)
+    }
+
+    fn check(&self, nodes_required: bool) -> Result<(), ConfigError> {
+        if nodes_required && self.nodes.is_empty() {
+            return Err(ConfigError::new("nodes", "[]", "at least one [[nodes]] entry is required"));
+        }
+        for (index, node) in self.nodes.iter().enumerate() {
+            check_node(index, node)?;
+        }
+        if self.logdir.as_os_str().is_empty() {
+            return Err(ConfigError::new("logdir", "\"\"", "must not be empty"));
+        }
+        self.check_pool()?;
+        let events = &self.events;
+        if events.socket_path.as_os_str().is_empty() {
+            return Err(ConfigError::new("events.socket_path", "\"\"", "must not be empty"));
+        }
+        check_tag("events.region", &events.region)?;
+        check_tag("events.source", &events.source)?;
+        if let Some(url) = &self.redis.url {
+            let known = ["redis://", "rediss://", "unix://", "redis+unix://"];
+            if !known.iter().any(|scheme| url.starts_with(scheme)) {
+                return Err(ConfigError::new(
+                    "redis.url",
+                    redact_url(url),
+                    "must start with redis://, rediss:// or unix://",
+                ));
+            }
+        }
+        check_socket_addr("metrics.bind", &self.metrics.bind)?;
+        Ok(())
+    }
+
+    fn check_pool(&self) -> Result<(), ConfigError> {
+        let pool = &self.pool;
+        check_socket_addr("pool.bind", &pool.bind)?;
+        if pool.pool_tag.len() > MAX_POOL_TAG_LEN {
+            return Err(ConfigError::new(
+                "pool.pool_tag",
+                format!("{:?}", pool.pool_tag),
+                format!("must be at most {MAX_POOL_TAG_LEN} bytes to fit the 100-byte coinbase scriptSig"),
+            ));
+        }
+        if !pool.pool_tag.bytes().all(|b| (0x20..=0x7e).contains(&b)) {
+            return Err(ConfigError::new(
+                "pool.pool_tag",
+                format!("{:?}", pool.pool_tag),
+                "must be printable ASCII",
+            ));
+        }
+        if let Some(address) = &pool.btcaddress {
+            let network = self.network.to_bitcoin();
+            let valid = bitcoin::Address::from_str(address)
+                .map_err(|e| e.to_string())
+                .and_then(|a| a.require_network(network).map_err(|e| e.to_string()));
+            if let Err(reason) = valid {
+                return Err(ConfigError::new(
+                    "pool.btcaddress",
+                    address,
+                    format!("not a {} address: {reason}", self.network.as_str()),
+                ));
+            }
+        }
+        if pool.blockpoll_ms == 0 || pool.blockpoll_ms > MAX_BLOCKPOLL_MS {
+            return Err(ConfigError::new(
+                "pool.blockpoll_ms",
+                pool.blockpoll_ms,
+                format!("must be between 1 and {MAX_BLOCKPOLL_MS}"),
+            ));
+        }
+        if pool.update_interval_s == 0 || pool.update_interval_s > MAX_UPDATE_INTERVAL_S {
+            return Err(ConfigError::new(
+                "pool.update_interval_s",
+                pool.update_interval_s,
+                format!("must be between 1 and {MAX_UPDATE_INTERVAL_S}"),
+            ));
+        }
+        if !(pool.mindiff.is_finite() && pool.mindiff > 0.0) {
+            return Err(ConfigError::new("pool.mindiff", pool.mindiff, "must be a finite number above 0"));
+        }
+        if !(pool.maxdiff.is_finite() && (pool.maxdiff == 0.0 || pool.maxdiff >= pool.mindiff)) {
+            return Err(ConfigError::new(
+                "pool.maxdiff",
+                pool.maxdiff,
+                format!("must be 0 (no limit) or at least mindiff ({})", pool.mindiff),
+            ));
+        }
+        let startdiff_in_range = pool.startdiff.is_finite()
+            && pool.startdiff >= pool.mindiff
+            && (pool.maxdiff == 0.0 || pool.startdiff <= pool.maxdiff);
+        if !startdiff_in_range {
+            return Err(ConfigError::new(
+                "pool.startdiff",
+                pool.startdiff,
+                "must be between mindiff and maxdiff",
+            ));
+        }
+        check_version_mask(&pool.version_mask)?;
+        for (key, value) in [("pool.nonce1length", pool.nonce1length), ("pool.nonce2length", pool.nonce2length)] {
+            if !NONCE_LENGTHS.contains(&value) {
+                return Err(ConfigError::new(
+                    key,
+                    value,
+                    format!("must be between {} and {}", NONCE_LENGTHS.start(), NONCE_LENGTHS.end()),
+                ));
+            }
+        }
+        if !(pool.share_interval_s.is_finite() && pool.share_interval_s > 0.0) {
+            return Err(ConfigError::new(
+                "pool.share_interval_s",
+                pool.share_interval_s,
+                "must be a finite number of seconds above 0",
+            ));
+        }
+        if !(MIN_LINE_BYTES..=MAX_LINE_BYTES).contains(&pool.max_line_bytes) {
+            return Err(ConfigError::new(
+                "pool.max_line_bytes",
+                pool.max_line_bytes,
+                format!("must be between {MIN_LINE_BYTES} and {MAX_LINE_BYTES}"),
+            ));
+        }
+        if !(pool.donation.is_finite() && (0.0..=99.9).contains(&pool.donation)) {
+            return Err(ConfigError::new("pool.donation", pool.donation, "must be a percentage between 0 and 99.9"));
+        }
+        Ok(())
+    }
+}
+
+fn check_node(index: usize, node: &NodeConfig) -> Result<(), ConfigError> {
+    let key = |field: &str| format!("nodes[{index}].{field}");
+    let host_port = node
+        .url
+        .strip_prefix("http://")
+        .unwrap_or(&node.url)
+        .trim_end_matches('/');
+    let port_ok = host_port
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0));
+    if !port_ok {
+        return Err(ConfigError::new(
+            key("url"),
+            format!("{:?}", node.url),
+            "must be host:port or http://host:port",
+        ));
+    }
+    match (&node.user, &node.pass, &node.cookie_file) {
+        (Some(_), Some(_), None) | (None, None, Some(_)) => {}
+        (None, None, None) => {
+            return Err(ConfigError::new(
+                key("user"),
+                "",
+                "needs user and pass (or TBG_NODE_PASS), or cookie_file",
+            ))
+        }
+        (Some(_) | None, Some(_) | None, Some(_)) => {
+            return Err(ConfigError::new(
+                key("cookie_file"),
+                "",
+                "set either user/pass or cookie_file, not both",
+            ))
+        }
+        (Some(_), None, None) => {
+            return Err(ConfigError::new(key("pass"), "", "missing (set it or TBG_NODE_PASS)"))
+        }
+        (None, Some(_), None) => return Err(ConfigError::new(key("user"), "", "missing: pass is set without user")),
+    }
+    if let Some(zmq) = &node.zmq_hashblock {
+        if !zmq.starts_with("tcp://") {
+            return Err(ConfigError::new(key("zmq_hashblock"), zmq, "must be tcp://host:port"));
+        }
+    }
+    Ok(())
+}
+
+fn check_socket_addr(key: &str, value: &str) -> Result<(), ConfigError> {
+    SocketAddr::from_str(value)
+        .map(|_| ())
+        .map_err(|_| ConfigError::new(key, format!("{value:?}"), "must be an ip:port address"))
+}
+
+fn check_version_mask(mask: &str) -> Result<(), ConfigError> {
+    let parsed = if mask.is_empty() || mask.len() > 8 || !mask.bytes().all(|b| b.is_ascii_hexdigit()) {
+        None
+    } else {
+        u32::from_str_radix(mask, 16).ok()
+    };
+    match parsed {
+        None => Err(ConfigError::new(
+            "pool.version_mask",
+            format!("{mask:?}"),
+            "must be 1 to 8 hex digits",
+        )),
+        Some(bits) if bits & !VERSION_MASK_ALLOWED != 0 => Err(ConfigError::new(
+            "pool.version_mask",
+            format!("{mask:?}"),
+            format!("must stay inside the BIP320 bits {VERSION_MASK_ALLOWED:08x}"),
+        )),
+        Some(_) => Ok(()),
+    }
+}
+
+fn check_tag(key: &str, value: &str) -> Result<(), ConfigError> {
+    let printable = value.bytes().all(|b| (0x21..=0x7e).contains(&b));
+    if value.is_empty() || value.len() > MAX_TAG_LEN || !printable {
+        return Err(ConfigError::new(
+            key,
+            format!("{value:?}"),
+            format!("must be 1 to {MAX_TAG_LEN} printable ASCII characters without spaces"),
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,70 @@
+//! The pool wired to its nodes: node set, template watcher, stratum server.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tbg_events::{EventFactory, EventSink};
+use tbg_node::{NodeEndpoint, NodeError, NodeHealth, NodeSet, TemplateWatcher, WatcherConfig};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::{PoolDeps, PoolError, PoolHandle, PoolSettings};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("node configuration: {0}")]
+    Node(#[from] NodeError),
+    #[error(transparent)]
+    Pool(#[from] PoolError),
+}
+
+/// How the service reaches its nodes.
+#[derive(Debug, Clone)]
+pub struct NodeSettings {
+    /// In priority order.
+    pub endpoints: Vec<NodeEndpoint>,
+    pub rpc_timeout: Duration,
+    pub watcher: WatcherConfig,
+}
+
+/// A running pool with its node watcher.
+pub struct PoolService {
+    pub pool: PoolHandle,
+    pub nodes: Arc<NodeSet>,
+    pub node_health: watch::Receiver<NodeHealth>,
+    watcher_stop: CancellationToken,
+    watcher: tokio::task::JoinHandle<()>,
+}
+
+impl PoolService {
+    pub async fn start(
+        settings: PoolSettings,
+        node_settings: NodeSettings,
+        events: Arc<dyn EventSink>,
+        event_factory: EventFactory,
+    ) -> Result<PoolService, ServiceError> {
+        let nodes = Arc::new(NodeSet::new(node_settings.endpoints, node_settings.rpc_timeout, settings.network)?);
+        let watcher_stop = CancellationToken::new();
+        let (templates, node_health, watcher) =
+            TemplateWatcher::spawn(nodes.clone(), node_settings.watcher, watcher_stop.clone());
+        let pool = crate::start(
+            settings,
+            PoolDeps {
+                templates,
+                node_health: node_health.clone(),
+                nodes: nodes.clone(),
+                events,
+                event_factory,
+            },
+        )
+        .await?;
+        Ok(PoolService { pool, nodes, node_health, watcher_stop, watcher })
+    }
+
+    /// Graceful stop: miners are told to reconnect, then the watcher stops.
+    pub async fn shutdown(self, grace: Duration) {
+        self.pool.shutdown(grace).await;
+        self.watcher_stop.cancel();
+        let _ = self.watcher.await;
+    }
+}
