@@ -1,1 +1,330 @@
-fn main() {}
+//! `tbg`: the solo-mining service's one binary.
+
+mod settings;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use tbg_config::{Config, ConfigError};
+use tbg_devnode::{DevNode, DevNodeOptions};
+use tbg_events::{DatagramSink, EventFactory, EventSink};
+use tbg_pool::PoolService;
+
+/// Exit code for a configuration error (a bad key or value).
+const EXIT_CONFIG: i32 = 2;
+
+#[derive(Parser)]
+#[command(name = "tbg", version, about = "Bitcoin solo-mining pool: Stratum V1, events, devnet")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Clone)]
+struct ConfigArgs {
+    /// TOML config file (see config.example.toml); defaults apply without it.
+    #[arg(long, short = 'c', env = "TBG_CONFIG")]
+    config: Option<PathBuf>,
+    /// A ckpool JSON config to run with unchanged (ckpool key names).
+    #[arg(long, conflicts_with = "config")]
+    ckpool_conf: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the pool against the Bitcoin Core nodes of the config.
+    Pool {
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+    /// Run an embedded regtest node (Bitcoin Core's validation engine) and
+    /// the pool against it: no Bitcoin Core, no database needed.
+    Devnet {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Stratum address for miners.
+        #[arg(long, default_value = "0.0.0.0:3333")]
+        stratum: SocketAddr,
+        /// Where the regtest chain is kept (a temporary directory if not given).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// RPC address of the embedded node (for bitcoin-cli and friends).
+        #[arg(long, default_value = "127.0.0.1:18443")]
+        rpc: SocketAddr,
+        /// Also run the built-in CPU miner in this process.
+        #[arg(long)]
+        miner: bool,
+        /// Payout address of the built-in miner (a fresh one if not given).
+        #[arg(long, requires = "miner")]
+        miner_address: Option<String>,
+        /// Stop after the built-in miner has found this many blocks.
+        #[arg(long, requires = "miner")]
+        blocks: Option<u64>,
+    },
+    /// The CPU miner alone, against any Stratum V1 pool.
+    Miner {
+        /// Pool address, host:port.
+        #[arg(long, default_value = "127.0.0.1:3333")]
+        pool: String,
+        /// Username: payout address, optionally `.worker`.
+        #[arg(long, short = 'u')]
+        user: String,
+        /// Difficulty to suggest to the pool.
+        #[arg(long)]
+        suggest_difficulty: Option<f64>,
+        /// Stop after this many blocks.
+        #[arg(long)]
+        blocks: Option<u64>,
+    },
+    /// Check a config file (exit code 2 when it is wrong) and print it as TOML.
+    CheckConfig {
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    init_logging();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            std::process::exit(1);
+        }
+    };
+    let result = runtime.block_on(run(cli));
+    // Blocking tasks (a stuck RPC, the kernel) must not hold the exit.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    if let Err(error) = result {
+        if let Some(config_error) = error.downcast_ref::<ConfigError>() {
+            eprintln!("config error: {config_error}");
+            std::process::exit(EXIT_CONFIG);
+        }
+        eprintln!("error: {error:#}");
+        std::process::exit(1);
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).init();
+}
+
+fn env_lookup(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+/// Reads the config (TOML or ckpool JSON), applies env overrides; validates
+/// as for a pool with nodes, or for the devnet's embedded node.
+fn load_config(args: &ConfigArgs, embedded_node: bool) -> Result<Config> {
+    let mut config = match (&args.config, &args.ckpool_conf) {
+        (Some(path), _) => Config::load(path)?,
+        (None, Some(path)) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read ckpool config {}", path.display()))?;
+            let (config, warnings) = Config::from_ckpool_json(&text)?;
+            for warning in warnings {
+                tracing::warn!("ckpool config: {warning}");
+            }
+            config
+        }
+        (None, None) => Config::default(),
+    };
+    let applied = config.apply_env(&env_lookup);
+    if !applied.is_empty() {
+        tracing::info!(variables = ?applied, "configuration overridden from the environment");
+    }
+    if embedded_node {
+        config.validate_embedded_node()?;
+    } else {
+        config.validate()?;
+    }
+    Ok(config)
+}
+
+fn event_sink(config: &Config) -> Result<Arc<dyn EventSink>> {
+    let path = &config.events.socket_path;
+    let sink = DatagramSink::new(path.clone())
+        .with_context(|| format!("event socket {}", path.display()))?;
+    Ok(Arc::new(sink))
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Pool { config } => {
+            let config = load_config(&config, false)?;
+            run_pool(&config).await
+        }
+        Command::Devnet { config, stratum, data_dir, rpc, miner, miner_address, blocks } => {
+            let mut config = load_config(&config, true)?;
+            config.network = tbg_config::NetworkName::Regtest;
+            config.pool.bind = stratum.to_string();
+            run_devnet(config, data_dir, rpc, miner.then_some((miner_address, blocks))).await
+        }
+        Command::Miner { pool, user, suggest_difficulty, blocks } => {
+            let address = tokio::net::lookup_host(&pool)
+                .await
+                .with_context(|| format!("cannot resolve {pool}"))?
+                .next()
+                .with_context(|| format!("no address for {pool}"))?;
+            let mut config = tbg_miner::MinerConfig::new(address, user);
+            config.suggest_difficulty = suggest_difficulty;
+            config.max_blocks = blocks;
+            run_miner(config).await
+        }
+        Command::CheckConfig { config } => {
+            let config = load_config(&config, false)?;
+            print!("{}", config.to_toml_string()?);
+            Ok(())
+        }
+    }
+}
+
+async fn start_pool(config: &Config) -> Result<PoolService> {
+    let pool_settings = settings::pool_settings(config)?;
+    let node_settings = settings::node_settings(config);
+    let events = event_sink(config)?;
+    let factory = EventFactory::new(config.events.region.clone(), config.events.source.clone());
+    Ok(PoolService::start(pool_settings, node_settings, events, factory).await?)
+}
+
+/// Runs the pool until SIGINT/SIGTERM, then stops gracefully.
+async fn run_pool(config: &Config) -> Result<()> {
+    let service = start_pool(config).await?;
+    shutdown_signal().await;
+    stop_pool(service).await;
+    Ok(())
+}
+
+async fn stop_pool(service: PoolService) {
+    tracing::info!("stopping: telling miners to reconnect");
+    service.shutdown(Duration::from_millis(1500)).await;
+    tracing::info!("stopped");
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {},
+                _ = term.recv() => {},
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+async fn run_devnet(
+    mut config: Config,
+    data_dir: Option<PathBuf>,
+    rpc: SocketAddr,
+    miner: Option<(Option<String>, Option<u64>)>,
+) -> Result<()> {
+    tracing::info!("starting the embedded regtest node (Bitcoin Core's validation engine)");
+    let node = DevNode::start(DevNodeOptions { data_dir, rpc_bind: rpc, ..DevNodeOptions::default() })
+        .await
+        .context("embedded node")?;
+    tracing::info!(
+        rpc = %node.rpc_url,
+        cookie = %node.cookie_path.display(),
+        height = node.block_count(),
+        "embedded node ready"
+    );
+    config.nodes = vec![tbg_config::NodeConfig {
+        url: node.rpc_url.clone(),
+        cookie_file: Some(node.cookie_path.clone()),
+        ..tbg_config::NodeConfig::default()
+    }];
+    // CPU miners need tiny difficulties on regtest; ASICs ramp up by vardiff.
+    if config.pool.mindiff >= 1.0 {
+        config.pool.mindiff = 0.0001;
+        config.pool.startdiff = config.pool.startdiff.min(0.001);
+    }
+    let service = match start_pool(&config).await {
+        Ok(service) => service,
+        Err(error) => {
+            node.shutdown().await;
+            return Err(error);
+        }
+    };
+    let stratum = service.pool.local_addr();
+    let stratum = if stratum.ip().is_unspecified() {
+        SocketAddr::from(([127, 0, 0, 1], stratum.port()))
+    } else {
+        stratum
+    };
+    let miner_task = miner.map(|(address, blocks)| {
+        let address = address.unwrap_or_else(fresh_regtest_address);
+        tokio::spawn(async move {
+            tracing::info!(%address, pool = %stratum, "built-in CPU miner starting");
+            let mut miner = tbg_miner::MinerConfig::new(stratum, format!("{address}.cpu"));
+            miner.max_blocks = blocks;
+            if let Err(error) = run_miner(miner).await {
+                tracing::error!(error = %format!("{error:#}"), "built-in miner stopped");
+            }
+        })
+    });
+    match miner_task {
+        Some(mut task) => {
+            tokio::select! {
+                _ = &mut task => {},
+                _ = shutdown_signal() => task.abort(),
+            }
+        }
+        None => shutdown_signal().await,
+    }
+    stop_pool(service).await;
+    node.shutdown().await;
+    Ok(())
+}
+
+fn fresh_regtest_address() -> String {
+    use bitcoin::secp256k1::{rand, Secp256k1, SecretKey};
+    let secp = Secp256k1::new();
+    let secret = SecretKey::new(&mut rand::thread_rng());
+    let key = bitcoin::CompressedPublicKey(secret.public_key(&secp));
+    bitcoin::Address::p2wpkh(&key, bitcoin::Network::Regtest).to_string()
+}
+
+async fn run_miner(config: tbg_miner::MinerConfig) -> Result<()> {
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let (event_tx, mut event_rx) = tokio::sync::mpsc::channel(256);
+    let pool = config.pool;
+    let miner = tokio::spawn(tbg_miner::run_miner(config, stop_rx, Some(event_tx)));
+    let printer = tokio::spawn(async move {
+        while let Some(event) = event_rx.recv().await {
+            match event {
+                tbg_miner::MinerEvent::ShareAccepted { block_candidate: true, hash, .. } => {
+                    tracing::info!(%hash, "miner: block found and accepted by the pool");
+                }
+                tbg_miner::MinerEvent::ShareRejected { reason, .. } => {
+                    tracing::warn!(%reason, "miner: share rejected");
+                }
+                tbg_miner::MinerEvent::Difficulty(difficulty) => {
+                    tracing::debug!(difficulty, "miner: new difficulty");
+                }
+                _ => {}
+            }
+        }
+    });
+    tokio::select! {
+        result = miner => {
+            let summary = result.context("miner task")?.with_context(|| format!("mining on {pool}"))?;
+            tracing::info!(accepted = summary.accepted, rejected = summary.rejected, blocks = summary.block_candidates, "miner finished");
+        }
+        _ = shutdown_signal() => {
+            let _ = stop_tx.send(true);
+        }
+    }
+    printer.abort();
+    Ok(())
+}

@@ -1,6 +1,6 @@
 //! Import of a ckpool JSON config (`ckpool.conf`), for drop-in migration.
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use crate::error::ConfigError;
 use crate::model::{Config, NetworkName, NodeConfig};
@@ -38,15 +38,30 @@ impl Config {
         let root: Value = serde_json::from_str(text).map_err(|e| ConfigError {
             key: String::new(),
             value: String::new(),
-            reason: format!("ckpool json syntax error at line {}, column {}: {e}", e.line(), e.column()),
+            reason: format!(
+                "ckpool json syntax error at line {}, column {}: {e}",
+                e.line(),
+                e.column()
+            ),
         })?;
         let Value::Object(root) = root else {
-            return Err(ConfigError::new("ckpool config", "", "must be a json object"));
+            return Err(ConfigError::new(
+                "ckpool config",
+                "",
+                "must be a json object",
+            ));
         };
         let mut config = Config::default();
         let mut warnings = Vec::new();
         for (key, value) in &root {
             import_key(&mut config, &mut warnings, key, value)?;
+        }
+        if let Some(value) = root.get("zmqblock") {
+            let address = string("zmqblock", value)?;
+            match config.nodes.first_mut() {
+                Some(first) => first.zmq_hashblock = Some(address),
+                None => warnings.push("zmqblock ignored: no btcd node is defined".to_owned()),
+            }
         }
         if let Some(network) = guess_network(&config) {
             warnings.push(format!(
@@ -61,7 +76,12 @@ impl Config {
     }
 }
 
-fn import_key(config: &mut Config, warnings: &mut Vec<String>, key: &str, value: &Value) -> Result<(), ConfigError> {
+fn import_key(
+    config: &mut Config,
+    warnings: &mut Vec<String>,
+    key: &str,
+    value: &Value,
+) -> Result<(), ConfigError> {
     let pool = &mut config.pool;
     match key {
         "btcd" => config.nodes = import_nodes(value)?,
@@ -97,14 +117,8 @@ fn import_key(config: &mut Config, warnings: &mut Vec<String>, key: &str, value:
         "nonce2length" => pool.nonce2length = integer(key, value)?,
         "logdir" => config.logdir = string(key, value)?.into(),
         "maxclients" => pool.maxclients = integer(key, value)?,
-        "zmqblock" => {
-            let address = string(key, value)?;
-            match config.nodes.first_mut() {
-                Some(first) => first.zmq_hashblock = Some(address),
-                // `btcd` may come later in the object: keep it for later.
-                None => warnings.push(format!("zmqblock ignored: no btcd node is defined before it")),
-            }
-        }
+        // Applied after `btcd`, whatever the key order.
+        "zmqblock" => {}
         "event_socket_path" => config.events.socket_path = string(key, value)?.into(),
         "metrics_port" => {
             let port: u16 = integer(key, value)?;
@@ -119,7 +133,11 @@ fn import_key(config: &mut Config, warnings: &mut Vec<String>, key: &str, value:
 
 fn import_nodes(value: &Value) -> Result<Vec<NodeConfig>, ConfigError> {
     let Value::Array(entries) = value else {
-        return Err(ConfigError::new("btcd", kind(value), "must be a list of {url, auth, pass, notify}"));
+        return Err(ConfigError::new(
+            "btcd",
+            kind(value),
+            "must be a list of {url, auth, pass, notify}",
+        ));
     };
     entries
         .iter()
@@ -127,7 +145,11 @@ fn import_nodes(value: &Value) -> Result<Vec<NodeConfig>, ConfigError> {
         .map(|(index, entry)| {
             let key = |field: &str| format!("btcd[{index}].{field}");
             let Value::Object(fields) = entry else {
-                return Err(ConfigError::new(format!("btcd[{index}]"), kind(entry), "must be an object"));
+                return Err(ConfigError::new(
+                    format!("btcd[{index}]"),
+                    kind(entry),
+                    "must be an object",
+                ));
             };
             let mut node = NodeConfig::default();
             for (field, value) in fields {
@@ -136,8 +158,12 @@ fn import_nodes(value: &Value) -> Result<Vec<NodeConfig>, ConfigError> {
                     "auth" => node.user = Some(string(&key("auth"), value)?),
                     "pass" => node.pass = Some(string(&key("pass"), value).map_err(hide_value)?),
                     "notify" => node.notify = boolean(&key("notify"), value)?,
-                    "cookie_file" => node.cookie_file = Some(string(&key("cookie_file"), value)?.into()),
-                    "zmq_hashblock" => node.zmq_hashblock = Some(string(&key("zmq_hashblock"), value)?),
+                    "cookie_file" => {
+                        node.cookie_file = Some(string(&key("cookie_file"), value)?.into())
+                    }
+                    "zmq_hashblock" => {
+                        node.zmq_hashblock = Some(string(&key("zmq_hashblock"), value)?)
+                    }
                     other => {
                         return Err(ConfigError::new(key(other), "", "unknown btcd field"));
                     }
@@ -206,6 +232,3 @@ fn integer<T: TryFrom<u64>>(key: &str, value: &Value) -> Result<T, ConfigError> 
         .and_then(|n| T::try_from(n).ok())
         .ok_or_else(|| ConfigError::new(key, value, "must be a whole number in range"))
 }
-
-#[allow(dead_code)]
-fn _object_type_check(_: &Map<String, Value>) {}

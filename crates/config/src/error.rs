@@ -28,7 +28,11 @@ impl fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {}
 
 impl ConfigError {
-    pub(crate) fn new(key: impl Into<String>, value: impl fmt::Display, reason: impl Into<String>) -> ConfigError {
+    pub(crate) fn new(
+        key: impl Into<String>,
+        value: impl fmt::Display,
+        reason: impl Into<String>,
+    ) -> ConfigError {
         ConfigError {
             key: key.into(),
             value: value.to_string(),
@@ -42,7 +46,10 @@ const MAX_VALUE_EXCERPT: usize = 60;
 
 /// Turns a TOML error into a [`ConfigError`] with the key path, the text at
 /// the error and its line and column.
-pub(crate) fn from_toml(text: &str, error: serde_path_to_error::Error<toml::de::Error>) -> ConfigError {
+pub(crate) fn from_toml(
+    text: &str,
+    error: serde_path_to_error::Error<toml::de::Error>,
+) -> ConfigError {
     let path = error.path().to_string();
     let inner = error.into_inner();
     let span = inner.span();
@@ -51,7 +58,10 @@ pub(crate) fn from_toml(text: &str, error: serde_path_to_error::Error<toml::de::
         .and_then(|span| text.get(span.clone()))
         .map(|excerpt| {
             let first_line = excerpt.lines().next().unwrap_or_default().trim();
-            first_line.chars().take(MAX_VALUE_EXCERPT).collect::<String>()
+            first_line
+                .chars()
+                .take(MAX_VALUE_EXCERPT)
+                .collect::<String>()
         })
         .unwrap_or_default();
     let position = span
@@ -76,6 +86,12 @@ pub(crate) fn from_toml(text: &str, error: serde_path_to_error::Error<toml::de::
 fn line_column(text: &str, offset: usize) -> (usize, usize) {
     let before = text.get(..offset).unwrap_or(text);
     let line = before.matches('\n').count() + 1;
-    let column = before.rsplit('\n').next().unwrap_or_default().chars().count() + 1;
+    let column = before
+        .rsplit('\n')
+        .next()
+        .unwrap_or_default()
+        .chars()
+        .count()
+        + 1;
     (line, column)
 }

@@ -30,13 +30,16 @@ use std::path::Path;
 /// text starts with `{`) is read as a ckpool config, anything else as TOML.
 /// Warnings of a ckpool import are dropped here: call
 /// [`Config::from_ckpool_json`] to see them.
-pub fn load(path: Option<&Path>, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+pub fn load(
+    path: Option<&Path>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, ConfigError> {
     let mut config = match path {
         None => Config::default(),
         Some(path) => {
             let text = read_file(path)?;
-            let is_json = path.extension().is_some_and(|e| e == "json")
-                || text.trim_start().starts_with('{');
+            let is_json =
+                path.extension().is_some_and(|e| e == "json") || text.trim_start().starts_with('{');
             if is_json {
                 Config::from_ckpool_json(&text)?.0
             } else {

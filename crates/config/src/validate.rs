@@ -35,7 +35,11 @@ impl Config {
 
     fn check(&self, nodes_required: bool) -> Result<(), ConfigError> {
         if nodes_required && self.nodes.is_empty() {
-            return Err(ConfigError::new("nodes", "[]", "at least one [[nodes]] entry is required"));
+            return Err(ConfigError::new(
+                "nodes",
+                "[]",
+                "at least one [[nodes]] entry is required",
+            ));
         }
         for (index, node) in self.nodes.iter().enumerate() {
             check_node(index, node)?;
@@ -46,7 +50,11 @@ impl Config {
         self.check_pool()?;
         let events = &self.events;
         if events.socket_path.as_os_str().is_empty() {
-            return Err(ConfigError::new("events.socket_path", "\"\"", "must not be empty"));
+            return Err(ConfigError::new(
+                "events.socket_path",
+                "\"\"",
+                "must not be empty",
+            ));
         }
         check_tag("events.region", &events.region)?;
         check_tag("events.source", &events.source)?;
@@ -109,13 +117,20 @@ impl Config {
             ));
         }
         if !(pool.mindiff.is_finite() && pool.mindiff > 0.0) {
-            return Err(ConfigError::new("pool.mindiff", pool.mindiff, "must be a finite number above 0"));
+            return Err(ConfigError::new(
+                "pool.mindiff",
+                pool.mindiff,
+                "must be a finite number above 0",
+            ));
         }
         if !(pool.maxdiff.is_finite() && (pool.maxdiff == 0.0 || pool.maxdiff >= pool.mindiff)) {
             return Err(ConfigError::new(
                 "pool.maxdiff",
                 pool.maxdiff,
-                format!("must be 0 (no limit) or at least mindiff ({})", pool.mindiff),
+                format!(
+                    "must be 0 (no limit) or at least mindiff ({})",
+                    pool.mindiff
+                ),
             ));
         }
         let startdiff_in_range = pool.startdiff.is_finite()
@@ -129,12 +144,19 @@ impl Config {
             ));
         }
         check_version_mask(&pool.version_mask)?;
-        for (key, value) in [("pool.nonce1length", pool.nonce1length), ("pool.nonce2length", pool.nonce2length)] {
+        for (key, value) in [
+            ("pool.nonce1length", pool.nonce1length),
+            ("pool.nonce2length", pool.nonce2length),
+        ] {
             if !NONCE_LENGTHS.contains(&value) {
                 return Err(ConfigError::new(
                     key,
                     value,
-                    format!("must be between {} and {}", NONCE_LENGTHS.start(), NONCE_LENGTHS.end()),
+                    format!(
+                        "must be between {} and {}",
+                        NONCE_LENGTHS.start(),
+                        NONCE_LENGTHS.end()
+                    ),
                 ));
             }
         }
@@ -153,7 +175,11 @@ impl Config {
             ));
         }
         if !(pool.donation.is_finite() && (0.0..=99.9).contains(&pool.donation)) {
-            return Err(ConfigError::new("pool.donation", pool.donation, "must be a percentage between 0 and 99.9"));
+            return Err(ConfigError::new(
+                "pool.donation",
+                pool.donation,
+                "must be a percentage between 0 and 99.9",
+            ));
         }
         Ok(())
     }
@@ -193,13 +219,27 @@ fn check_node(index: usize, node: &NodeConfig) -> Result<(), ConfigError> {
             ))
         }
         (Some(_), None, None) => {
-            return Err(ConfigError::new(key("pass"), "", "missing (set it or TBG_NODE_PASS)"))
+            return Err(ConfigError::new(
+                key("pass"),
+                "",
+                "missing (set it or TBG_NODE_PASS)",
+            ))
         }
-        (None, Some(_), None) => return Err(ConfigError::new(key("user"), "", "missing: pass is set without user")),
+        (None, Some(_), None) => {
+            return Err(ConfigError::new(
+                key("user"),
+                "",
+                "missing: pass is set without user",
+            ))
+        }
     }
     if let Some(zmq) = &node.zmq_hashblock {
         if !zmq.starts_with("tcp://") {
-            return Err(ConfigError::new(key("zmq_hashblock"), zmq, "must be tcp://host:port"));
+            return Err(ConfigError::new(
+                key("zmq_hashblock"),
+                zmq,
+                "must be tcp://host:port",
+            ));
         }
     }
     Ok(())
@@ -212,11 +252,12 @@ fn check_socket_addr(key: &str, value: &str) -> Result<(), ConfigError> {
 }
 
 fn check_version_mask(mask: &str) -> Result<(), ConfigError> {
-    let parsed = if mask.is_empty() || mask.len() > 8 || !mask.bytes().all(|b| b.is_ascii_hexdigit()) {
-        None
-    } else {
-        u32::from_str_radix(mask, 16).ok()
-    };
+    let parsed =
+        if mask.is_empty() || mask.len() > 8 || !mask.bytes().all(|b| b.is_ascii_hexdigit()) {
+            None
+        } else {
+            u32::from_str_radix(mask, 16).ok()
+        };
     match parsed {
         None => Err(ConfigError::new(
             "pool.version_mask",

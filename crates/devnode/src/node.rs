@@ -351,7 +351,9 @@ impl NodeCore {
             return "duplicate-invalid".to_string();
         }
         let hash = block.block_hash();
-        if !Target::from_compact(block.header.bits).is_met_by(hash) {
+        let target = Target::from_compact(block.header.bits);
+        let pow_limit = Target::from_compact(CompactTarget::from_consensus(REGTEST_BITS));
+        if target > pow_limit || !target.is_met_by(hash) {
             return "high-hash".to_string();
         }
         if !block.check_merkle_root() {
@@ -411,9 +413,9 @@ impl NodeCore {
             .map_err(|_| DevNodeError::Kernel("active chain has no tip".to_string()))?;
         let last_scanned = wallet.scanned_hashes().len().checked_sub(1);
         if let Some(last) = last_scanned {
-            let still_active = chain
-                .at_height(last)
-                .is_some_and(|entry| entry_hash(&entry) == wallet.scanned_hashes()[last]);
+            let still_active = chain.at_height(last).is_some_and(|entry| {
+                wallet.scanned_hashes().get(last) == Some(&entry_hash(&entry))
+            });
             if !still_active {
                 wallet.reset_chain_view();
             }

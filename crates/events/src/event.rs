@@ -45,8 +45,10 @@ pub enum EventData {
         worker: String,
         client_id: u64,
         /// The target difficulty the share was judged against.
+        #[serde(deserialize_with = "f64_or_nan")]
         diff: f64,
         /// The share's own difficulty.
+        #[serde(deserialize_with = "f64_or_nan")]
         sdiff: f64,
         accepted: bool,
         /// Stratum reject wording (e.g. "Stale"), null when accepted.
@@ -59,7 +61,9 @@ pub enum EventData {
         height: u64,
         hash: String,
         /// The share's own difficulty.
+        #[serde(deserialize_with = "f64_or_nan")]
         diff: f64,
+        #[serde(deserialize_with = "f64_or_nan")]
         network_diff: f64,
         reward_sats: u64,
         coinbase_sig: String,
@@ -70,6 +74,7 @@ pub enum EventData {
         client_id: u64,
         ip: String,
         useragent: String,
+        #[serde(deserialize_with = "f64_or_nan")]
         initial_diff: f64,
     },
     MinerDisconnected {
@@ -78,6 +83,7 @@ pub enum EventData {
         client_id: u64,
         ip: String,
         /// Seconds.
+        #[serde(deserialize_with = "f64_or_nan")]
         session_duration: f64,
         shares_session: u64,
     },
@@ -85,27 +91,36 @@ pub enum EventData {
         user: String,
         worker: String,
         client_id: u64,
+        #[serde(deserialize_with = "f64_or_nan")]
         old_diff: f64,
+        #[serde(deserialize_with = "f64_or_nan")]
         new_diff: f64,
     },
     HashrateUpdate {
         user: String,
         worker: String,
+        #[serde(deserialize_with = "f64_or_nan")]
         hashrate_1m: f64,
+        #[serde(deserialize_with = "f64_or_nan")]
         hashrate_5m: f64,
+        #[serde(deserialize_with = "f64_or_nan")]
         hashrate_1h: f64,
+        #[serde(deserialize_with = "f64_or_nan")]
         hashrate_1d: f64,
     },
     NewBlockNetwork {
         height: u64,
         hash: String,
+        #[serde(deserialize_with = "f64_or_nan")]
         diff: f64,
         prev_hash: String,
     },
     ShareBestDiff {
         user: String,
         worker: String,
+        #[serde(deserialize_with = "f64_or_nan")]
         new_best: f64,
+        #[serde(deserialize_with = "f64_or_nan")]
         prev_best: f64,
         /// e.g. "session", "week", "all".
         timeframe: String,
@@ -117,6 +132,12 @@ pub enum EventData {
         pool_mask: String,
         miner_mask: String,
     },
+}
+
+/// serde_json writes a non-finite float (a producer bug such as 0/0 hash rate)
+/// as `null`; reading it back as NaN keeps the rest of the event usable.
+fn f64_or_nan<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<f64, D::Error> {
+    Option::<f64>::deserialize(deserializer).map(|value| value.unwrap_or(f64::NAN))
 }
 
 impl EventData {

@@ -264,3 +264,39 @@ fn unknown_event_type_does_not_parse() {
     let text = r#"{"event":"forged","id":"x","ts":1.0,"source":"s","region":"r","data":{}}"#;
     assert!(Event::from_json(text).is_err());
 }
+
+#[test]
+fn non_finite_numbers_still_parse_back() {
+    let factory = EventFactory::new("r", "hosted");
+    let event = factory.make(EventData::HashrateUpdate {
+        user: "u".into(),
+        worker: "w".into(),
+        hashrate_1m: f64::NAN,
+        hashrate_5m: f64::INFINITY,
+        hashrate_1h: 3.0,
+        hashrate_1d: 4.0,
+    });
+    let text = event.to_json();
+    assert!(text.contains("\"hashrate_1m\":null"));
+    let parsed = Event::from_json(&text).expect("parses despite nulls");
+    let EventData::HashrateUpdate {
+        hashrate_1m,
+        hashrate_5m,
+        hashrate_1h,
+        ..
+    } = parsed.data
+    else {
+        panic!("wrong type")
+    };
+    assert!(hashrate_1m.is_nan() && hashrate_5m.is_nan());
+    assert_eq!(hashrate_1h, 3.0);
+}
+
+#[test]
+fn unknown_fields_are_ignored_for_forward_compatibility() {
+    let text = r#"{"event":"new_block_network","id":"x","ts":1.5,"source":"hosted","region":"r","v":2,
+                   "data":{"height":5,"hash":"h","diff":1.0,"prev_hash":"p","extra":true}}"#;
+    let event = Event::from_json(text).expect("parses");
+    assert_eq!(event.event_type(), "new_block_network");
+    assert_eq!(event.ts, 1.5);
+}

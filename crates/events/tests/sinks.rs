@@ -176,3 +176,32 @@ fn fanout_and_memory_sinks() {
     assert_eq!(first.take().len(), 3);
     assert!(first.is_empty());
 }
+
+#[test]
+fn concurrent_emitters_share_one_sink() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("events.sock");
+    let receiver = listener(&path);
+    let sink = Arc::new(DatagramSink::new(&path).expect("sink"));
+    let factory = EventFactory::new("test", "hosted");
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            let sink = Arc::clone(&sink);
+            let factory = factory.clone();
+            std::thread::spawn(move || {
+                for n in 0..25 {
+                    sink.emit(event(&factory, t * 100 + n));
+                }
+            })
+        })
+        .collect();
+    for thread in threads {
+        thread.join().expect("emitter thread");
+    }
+    let stats = sink.stats();
+    assert_eq!(stats.sent + stats.dropped_full, 100);
+    let mut ids = std::collections::HashSet::new();
+    for _ in 0..stats.sent {
+        assert!(ids.insert(receive(&receiver).id));
+    }
+}

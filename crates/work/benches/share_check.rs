@@ -1,1 +1,87 @@
-fn main() {}
+//! One share validation against a job from Core's real template.
+
+use std::sync::Arc;
+
+use criterion::{black_box, criterion_group, criterion_main, Criterion};
+use serde_json::Value;
+use tbg_work::{build_coinbase, parse_payout_address, Job, JobTemplate, Network, Template};
+
+fn gbt() -> Value {
+    let text = include_str!(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../fixtures/bitcoin-core-rpc-regtest.json"
+    ));
+    let all: Value = serde_json::from_str(text).expect("fixture is JSON");
+    all["calls"][0]["response"]["result"].clone()
+}
+
+fn share_check(c: &mut Criterion) {
+    let template = Arc::new(Template::from_gbt(&gbt()).expect("template"));
+    let payout = parse_payout_address(
+        "bcrt1pmfr3p9j00pfxjh0zmgp99y8zftmd3s5pmedqhyptwy6lm87hf5ssm803es",
+        Network::Regtest,
+    )
+    .expect("address");
+    let coinbase = build_coinbase(&template, &payout, "tbg", Some("rig1"), 4, 8).expect("coinbase");
+    let job = Job {
+        template: Arc::new(JobTemplate::new(template.clone())),
+        coinbase: Arc::new(coinbase),
+    };
+    let extranonce1 = [1u8, 2, 3, 4];
+    let extranonce2 = [0u8; 8];
+    let mut nonce = 0u32;
+    c.bench_function("share_check", |b| {
+        b.iter(|| {
+            nonce = nonce.wrapping_add(1);
+            black_box(job.check_share(
+                black_box(&extranonce1),
+                black_box(&extranonce2),
+                template.cur_time,
+                nonce,
+                0x2000_0000,
+            ))
+        })
+    });
+}
+
+/// The same check with a 12-level merkle branch (a 4,000-transaction block).
+fn share_check_deep_branch(c: &mut Criterion) {
+    let mut template = Template::from_gbt(&gbt()).expect("template");
+    let tx = template.transactions[0].clone();
+    template.transactions = vec![tx; 4_000];
+    let template = Arc::new(template);
+    let payout = parse_payout_address(
+        "bcrt1pmfr3p9j00pfxjh0zmgp99y8zftmd3s5pmedqhyptwy6lm87hf5ssm803es",
+        Network::Regtest,
+    )
+    .expect("address");
+    let coinbase = build_coinbase(&template, &payout, "tbg", Some("rig1"), 4, 8).expect("coinbase");
+    let job = Job {
+        template: Arc::new(JobTemplate::new(template.clone())),
+        coinbase: Arc::new(coinbase),
+    };
+    assert_eq!(job.template.merkle_branch.len(), 12);
+    let mut nonce = 0u32;
+    c.bench_function("share_check_4000tx", |b| {
+        b.iter(|| {
+            nonce = nonce.wrapping_add(1);
+            black_box(job.check_share(&[1, 2, 3, 4], &[0; 8], template.cur_time, nonce, 0x2000_0000))
+        })
+    });
+}
+
+/// sha2 (SHA-NI when present) against bitcoin_hashes for one merkle node.
+fn sha256d_64_bytes(c: &mut Criterion) {
+    use bitcoin::hashes::{sha256d, Hash};
+    use sha2::{Digest, Sha256};
+    let node = [7u8; 64];
+    c.bench_function("sha256d_64B_sha2", |b| {
+        b.iter(|| Sha256::digest(Sha256::digest(black_box(&node))))
+    });
+    c.bench_function("sha256d_64B_bitcoin_hashes", |b| {
+        b.iter(|| sha256d::Hash::hash(black_box(&node)))
+    });
+}
+
+criterion_group!(benches, share_check, share_check_deep_branch, sha256d_64_bytes);
+criterion_main!(benches);

@@ -8,7 +8,7 @@ use sha2::Digest;
 
 use crate::coinbase::CoinbaseParts;
 use crate::difficulty::share_difficulty;
-use crate::hashing::{finish_sha256d, merkle_node, sha256d};
+use crate::hashing::{finish_sha256d, merkle_node, sha256d_header};
 use crate::template::{decode_hex_array, Template};
 
 /// Why a job or coinbase could not be built.
@@ -223,7 +223,7 @@ impl Job {
         version: u32,
     ) -> ShareCheck {
         let header = self.header_for(extranonce1, extranonce2, ntime, nonce, version);
-        let hash = BlockHash::from_byte_array(sha256d(&header));
+        let hash = BlockHash::from_byte_array(sha256d_header(&header));
         ShareCheck {
             hash,
             share_difficulty: share_difficulty(&hash),

@@ -78,14 +78,12 @@ fn converges_to_the_target_interval_across_ten_orders_of_magnitude() {
                 settled.iter().map(|(_, d)| d / ideal).sum::<f64>() / settled.len() as f64;
             let settled_changes = run.changes.iter().filter(|(t, _)| *t >= settled_from).count();
             let hours = (duration - settled_from) / 3600.0;
-            eprintln!("DBG h={hashrate} seed={seed} interval={mean_interval:.2} mean_ratio={mean_ratio:.3} final={final_ratio:.3} changes={settled_changes}");
-            continue;
             assert!(
-                (0.8 * TARGET_SECS..=1.2 * TARGET_SECS).contains(&mean_interval),
+                (0.9 * TARGET_SECS..=1.1 * TARGET_SECS).contains(&mean_interval),
                 "hashrate {hashrate} seed {seed}: mean interval {mean_interval:.2}s"
             );
             assert!(
-                (0.75..=1.33).contains(&mean_ratio),
+                (0.85..=1.15).contains(&mean_ratio),
                 "hashrate {hashrate} seed {seed}: mean difficulty / ideal {mean_ratio:.3}"
             );
             assert!(
@@ -111,7 +109,6 @@ fn large_miner_ramps_up_fast() {
         .iter()
         .find(|(_, d)| *d >= 1e6)
         .expect("reaches a tenth of the ideal difficulty");
-    eprintln!("DBG {:?}", &run.changes[..run.changes.len().min(30)]);
     assert!(first_near.0 < 10.0, "took {}s", first_near.0);
     assert!(run.changes.windows(2).all(|w| w[1].1 / w[0].1 <= 64.0 + 1e-9), "step above x64");
 }

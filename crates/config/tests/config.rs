@@ -1,0 +1,383 @@
+use std::collections::HashMap;
+
+use tbg_config::{Config, ConfigError, NetworkName, NodeConfig};
+
+const EXAMPLE: &str = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/config.example.toml"));
+
+fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+    let map: HashMap<String, String> = pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    move |name| map.get(name).cloned()
+}
+
+/// A valid config with one node.
+fn valid() -> Config {
+    Config::from_toml_str(
+        r#"
+network = "regtest"
+[[nodes]]
+url = "127.0.0.1:18443"
+user = "u"
+pass = "p"
+"#,
+    )
+    .unwrap()
+}
+
+#[test]
+fn example_config_parses_and_documents_the_defaults() {
+    let mut example = Config::from_toml_str(EXAMPLE).unwrap();
+    assert_eq!(example.nodes.len(), 1);
+    assert_eq!(example.nodes[0].user.as_deref(), Some("bitcoinrpc"));
+    // The example gives a password through the environment.
+    example.apply_env(&env_of(&[("TBG_NODE_PASS", "secret")]));
+    example.validate().unwrap();
+    // Apart from the example node, every value shown is the default.
+    example.nodes.clear();
+    assert_eq!(example, Config::default());
+}
+
+#[test]
+fn empty_file_gives_defaults_and_defaults_round_trip() {
+    let from_empty = Config::from_toml_str("").unwrap();
+    assert_eq!(from_empty, Config::default());
+    let text = Config::default().to_toml_string().unwrap();
+    assert_eq!(Config::from_toml_str(&text).unwrap(), from_empty);
+    // A full config round-trips too (Options, nodes).
+    let mut full = valid();
+    full.redis.url = Some("redis://127.0.0.1:6379/0".into());
+    let text = full.to_toml_string().unwrap();
+    assert_eq!(Config::from_toml_str(&text).unwrap(), full);
+}
+
+#[test]
+fn defaults_match_the_brief() {
+    let config = Config::default();
+    assert_eq!(config.network, NetworkName::Mainnet);
+    assert_eq!(config.pool.bind, "0.0.0.0:3333");
+    assert_eq!(config.pool.pool_tag, "/tbg/");
+    assert_eq!(config.pool.blockpoll_ms, 500);
+    assert_eq!(config.pool.update_interval_s, 30);
+    assert_eq!(config.pool.mindiff, 1.0);
+    assert_eq!(config.pool.startdiff, 42.0);
+    assert_eq!(config.pool.maxdiff, 0.0);
+    assert_eq!(config.pool.version_mask, "1fffe000");
+    assert_eq!((config.pool.nonce1length, config.pool.nonce2length), (4, 8));
+    assert_eq!(config.pool.max_line_bytes, 16384);
+    assert_eq!(
+        config.events.socket_path.to_str(),
+        Some("/tmp/ckpool/events.sock")
+    );
+    assert_eq!(config.metrics.bind, "0.0.0.0:9100");
+    assert_eq!(config.network.to_bitcoin(), bitcoin::Network::Bitcoin);
+}
+
+#[test]
+fn fractional_mindiff_is_accepted() {
+    let mut config = valid();
+    config.pool.mindiff = 0.0001;
+    config.pool.startdiff = 0.001;
+    config.validate().unwrap();
+}
+
+#[test]
+fn bad_values_name_their_key() {
+    let cases: Vec<(&str, Box<dyn Fn(&mut Config)>)> = vec![
+        ("pool.nonce1length", Box::new(|c| c.pool.nonce1length = 12)),
+        ("pool.nonce2length", Box::new(|c| c.pool.nonce2length = 1)),
+        ("pool.mindiff", Box::new(|c| c.pool.mindiff = 0.0)),
+        ("pool.mindiff", Box::new(|c| c.pool.mindiff = f64::NAN)),
+        ("pool.maxdiff", Box::new(|c| c.pool.maxdiff = 0.5)),
+        ("pool.startdiff", Box::new(|c| c.pool.startdiff = 0.5)),
+        (
+            "pool.version_mask",
+            Box::new(|c| c.pool.version_mask = "zz".into()),
+        ),
+        (
+            "pool.version_mask",
+            Box::new(|c| c.pool.version_mask = "ffffffff".into()),
+        ),
+        ("pool.bind", Box::new(|c| c.pool.bind = "nowhere".into())),
+        (
+            "pool.pool_tag",
+            Box::new(|c| c.pool.pool_tag = "x".repeat(41)),
+        ),
+        (
+            "pool.pool_tag",
+            Box::new(|c| c.pool.pool_tag = "tag\n".into()),
+        ),
+        (
+            "pool.btcaddress",
+            Box::new(|c| c.pool.btcaddress = Some("notanaddress".into())),
+        ),
+        ("pool.blockpoll_ms", Box::new(|c| c.pool.blockpoll_ms = 0)),
+        (
+            "pool.update_interval_s",
+            Box::new(|c| c.pool.update_interval_s = 0),
+        ),
+        (
+            "pool.share_interval_s",
+            Box::new(|c| c.pool.share_interval_s = -1.0),
+        ),
+        (
+            "pool.max_line_bytes",
+            Box::new(|c| c.pool.max_line_bytes = 10),
+        ),
+        ("pool.donation", Box::new(|c| c.pool.donation = 100.0)),
+        ("metrics.bind", Box::new(|c| c.metrics.bind = "9100".into())),
+        (
+            "events.region",
+            Box::new(|c| c.events.region = String::new()),
+        ),
+        (
+            "redis.url",
+            Box::new(|c| c.redis.url = Some("http://x".into())),
+        ),
+        ("nodes", Box::new(|c| c.nodes.clear())),
+        (
+            "nodes[0].url",
+            Box::new(|c| c.nodes[0].url = "localhost".into()),
+        ),
+        ("nodes[0].pass", Box::new(|c| c.nodes[0].pass = None)),
+        (
+            "nodes[0].cookie_file",
+            Box::new(|c| c.nodes[0].cookie_file = Some("/x".into())),
+        ),
+        (
+            "nodes[0].zmq_hashblock",
+            Box::new(|c| c.nodes[0].zmq_hashblock = Some("ipc://x".into())),
+        ),
+    ];
+    for (key, spoil) in cases {
+        let mut config = valid();
+        spoil(&mut config);
+        let error = config.validate().expect_err(key);
+        assert_eq!(error.key, key, "{error}");
+    }
+}
+
+#[test]
+fn error_line_reads_like_the_brief() {
+    let mut config = valid();
+    config.pool.nonce1length = 12;
+    let error = config.validate().unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "pool.nonce1length = 12: must be between 2 and 8"
+    );
+}
+
+#[test]
+fn embedded_node_allows_no_nodes() {
+    let config = Config::default();
+    assert_eq!(config.validate().unwrap_err().key, "nodes");
+    config.validate_embedded_node().unwrap();
+}
+
+#[test]
+fn regtest_address_checked_against_network() {
+    let mut config = valid();
+    config.pool.btcaddress = Some("bcrt1qw508d6qejxtdg4y5r3zarvary0c5xw7kygt080".into());
+    config.validate().unwrap();
+    config.network = NetworkName::Mainnet;
+    assert_eq!(config.validate().unwrap_err().key, "pool.btcaddress");
+}
+
+#[test]
+fn toml_errors_carry_key_and_position() {
+    let error = Config::from_toml_str("[pool]\nnonce1length = \"four\"\n").unwrap_err();
+    assert_eq!(error.key, "pool.nonce1length");
+    assert!(error.reason.contains("line 2, column 16"), "{error}");
+
+    let error = Config::from_toml_str("[pool]\nmindiff = 1.0\nbogus = 3\n").unwrap_err();
+    assert!(error.reason.contains("line 3"), "{error}");
+    assert!(error.reason.contains("bogus"), "{error}");
+
+    let error = Config::from_toml_str("network = \"mainnet\"\n[pool\n").unwrap_err();
+    assert!(error.reason.contains("line 2"), "{error}");
+
+    let error = Config::from_toml_str("network = \"moonnet\"\n").unwrap_err();
+    assert_eq!(error.key, "network");
+}
+
+#[test]
+fn ckpool_aliases_are_accepted_in_toml() {
+    let config = Config::from_toml_str(
+        "[pool]\nbtcsig = \"/old/\"\nblockpoll = 100\nupdate_interval = 60\n[events]\ntbg_region = \"eu\"\n",
+    )
+    .unwrap();
+    assert_eq!(config.pool.pool_tag, "/old/");
+    assert_eq!(config.pool.blockpoll_ms, 100);
+    assert_eq!(config.pool.update_interval_s, 60);
+    assert_eq!(config.events.region, "eu");
+}
+
+#[test]
+fn env_overrides_replace_secrets() {
+    let mut config = valid();
+    config.nodes.push(NodeConfig {
+        url: "127.0.0.1:18444".into(),
+        user: Some("u2".into()),
+        pass: Some("file-pass-2".into()),
+        ..NodeConfig::default()
+    });
+    let applied = config.apply_env(&env_of(&[
+        ("TBG_NODE_PASS", "env-pass"),
+        ("TBG_NODE_1_PASS", "env-pass-1"),
+        ("TBG_REDIS_URL", "redis://:pw@127.0.0.1:6379"),
+    ]));
+    assert_eq!(config.nodes[0].pass.as_deref(), Some("env-pass"));
+    assert_eq!(config.nodes[1].pass.as_deref(), Some("env-pass-1"));
+    assert_eq!(
+        config.redis.url.as_deref(),
+        Some("redis://:pw@127.0.0.1:6379")
+    );
+    assert_eq!(
+        applied,
+        vec!["TBG_NODE_1_PASS", "TBG_NODE_PASS", "TBG_REDIS_URL"]
+    );
+    config.validate().unwrap();
+
+    // No variables: nothing changes.
+    let before = config.clone();
+    assert!(config.apply_env(&|_| None).is_empty());
+    assert_eq!(config, before);
+}
+
+#[test]
+fn debug_hides_passwords() {
+    let mut config = valid();
+    config.nodes[0].pass = Some("hunter2-secret".into());
+    config.redis.url = Some("redis://user:redis-secret@127.0.0.1:6379/0".into());
+    let text = format!("{config:?}");
+    assert!(!text.contains("hunter2-secret"), "{text}");
+    assert!(!text.contains("redis-secret"), "{text}");
+    assert!(text.contains("127.0.0.1:18443"), "{text}");
+}
+
+/// A realistic ckpool.conf (solo mode, two nodes, reference-system keys).
+const CKPOOL_CONF: &str = r#"{
+"btcd" :  [
+	{
+		"url" : "127.0.0.1:18443",
+		"auth" : "bitcoinrpc",
+		"pass" : "ckpool-secret",
+		"notify" : true
+	},
+	{
+		"url" : "backup.example:18443",
+		"auth" : "user2",
+		"pass" : "pass2",
+		"notify" : false
+	}
+],
+"btcaddress" : "bcrt1qw508d6qejxtdg4y5r3zarvary0c5xw7kygt080",
+"btcsig" : "/mined by ck/",
+"blockpoll" : 100,
+"donation" : 0.5,
+"serverurl" : [
+	"0.0.0.0:3334",
+	"0.0.0.0:4444"
+],
+"mindiff" : 0.001,
+"startdiff" : 42,
+"maxdiff" : 0,
+"update_interval" : 20,
+"version_mask" : "1fffe000",
+"nonce1length" : 4,
+"nonce2length" : 8,
+"logdir" : "/var/log/ckpool",
+"maxclients" : 5000,
+"zmqblock" : "tcp://127.0.0.1:28332",
+"event_socket_path" : "/run/ckpool/events.sock",
+"metrics_port" : 9200,
+"redis_url" : "redis://127.0.0.1:6379/1",
+"tbg_region" : "eu-west",
+"sockdir" : "/tmp/ckpool",
+"proxy" : false
+}"#;
+
+#[test]
+fn ckpool_json_import() {
+    let (config, warnings) = Config::from_ckpool_json(CKPOOL_CONF).unwrap();
+    assert_eq!(
+        config.network,
+        NetworkName::Regtest,
+        "guessed from rpc port 18443"
+    );
+    assert_eq!(config.nodes.len(), 2);
+    assert_eq!(config.nodes[0].url, "127.0.0.1:18443");
+    assert_eq!(config.nodes[0].user.as_deref(), Some("bitcoinrpc"));
+    assert_eq!(config.nodes[0].pass.as_deref(), Some("ckpool-secret"));
+    assert!(config.nodes[0].notify);
+    assert!(!config.nodes[1].notify);
+    assert_eq!(
+        config.nodes[0].zmq_hashblock.as_deref(),
+        Some("tcp://127.0.0.1:28332")
+    );
+    assert_eq!(config.nodes[1].zmq_hashblock, None);
+    let pool = &config.pool;
+    assert_eq!(pool.bind, "0.0.0.0:3334");
+    assert_eq!(pool.pool_tag, "/mined by ck/");
+    assert_eq!(pool.blockpoll_ms, 100);
+    assert_eq!(pool.donation, 0.5);
+    assert_eq!(pool.mindiff, 0.001);
+    assert_eq!(pool.startdiff, 42.0);
+    assert_eq!(pool.update_interval_s, 20);
+    assert_eq!(pool.maxclients, 5000);
+    assert_eq!(config.logdir.to_str(), Some("/var/log/ckpool"));
+    assert_eq!(
+        config.events.socket_path.to_str(),
+        Some("/run/ckpool/events.sock")
+    );
+    assert_eq!(config.events.region, "eu-west");
+    assert_eq!(config.metrics.bind, "0.0.0.0:9200");
+    assert_eq!(
+        config.redis.url.as_deref(),
+        Some("redis://127.0.0.1:6379/1")
+    );
+    config.validate().unwrap();
+
+    let joined = warnings.join("\n");
+    assert!(joined.contains("sockdir"), "{joined}");
+    assert!(joined.contains("proxy"), "{joined}");
+    assert!(joined.contains("serverurl"), "{joined}");
+    assert!(joined.contains("regtest"), "{joined}");
+    assert_eq!(warnings.len(), 4, "{joined}");
+}
+
+#[test]
+fn ckpool_json_errors_name_the_ckpool_key() {
+    let error = Config::from_ckpool_json(r#"{"nonce1length": "four"}"#).unwrap_err();
+    assert_eq!(error.key, "nonce1length");
+    let error = Config::from_ckpool_json(r#"{"btcd": [{"url": 8332}]}"#).unwrap_err();
+    assert_eq!(error.key, "btcd[0].url");
+    let error = Config::from_ckpool_json(r#"{"btcd": [{"url": "a:1", "pass": 5}]}"#).unwrap_err();
+    assert_eq!(error.key, "btcd[0].pass");
+    let error = Config::from_ckpool_json("{\n\"mindiff\": ,}").unwrap_err();
+    assert!(error.reason.contains("line 2"), "{error}");
+}
+
+#[test]
+fn load_reads_toml_and_ckpool_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let toml_path = dir.path().join("tbg.toml");
+    std::fs::write(&toml_path, EXAMPLE).unwrap();
+    let env = env_of(&[("TBG_NODE_PASS", "from-env")]);
+    let config = tbg_config::load(Some(&toml_path), &env).unwrap();
+    assert_eq!(config.nodes[0].pass.as_deref(), Some("from-env"));
+
+    // Without the password the example is incomplete.
+    let error: ConfigError = tbg_config::load(Some(&toml_path), &|_| None).unwrap_err();
+    assert_eq!(error.key, "nodes[0].pass");
+
+    let json_path = dir.path().join("ckpool.json");
+    std::fs::write(&json_path, CKPOOL_CONF).unwrap();
+    let config = tbg_config::load(Some(&json_path), &|_| None).unwrap();
+    assert_eq!(config.pool.bind, "0.0.0.0:3334");
+
+    let error = tbg_config::load(Some(&dir.path().join("missing.toml")), &|_| None).unwrap_err();
+    assert_eq!(error.key, "config file");
+}
