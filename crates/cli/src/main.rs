@@ -18,7 +18,11 @@ use tbg_pool::PoolService;
 const EXIT_CONFIG: i32 = 2;
 
 #[derive(Parser)]
-#[command(name = "tbg", version, about = "Bitcoin solo-mining pool: Stratum V1, events, devnet")]
+#[command(
+    name = "tbg",
+    version,
+    about = "Bitcoin solo-mining pool: Stratum V1, events, devnet"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -90,7 +94,10 @@ enum Command {
 fn main() {
     let cli = Cli::parse();
     init_logging();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("error: cannot start the async runtime: {error}");
@@ -113,7 +120,10 @@ fn main() {
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .init();
 }
 
 fn env_lookup(name: &str) -> Option<String> {
@@ -161,13 +171,32 @@ async fn run(cli: Cli) -> Result<()> {
             let config = load_config(&config, false)?;
             run_pool(&config).await
         }
-        Command::Devnet { config, stratum, data_dir, rpc, miner, miner_address, blocks } => {
+        Command::Devnet {
+            config,
+            stratum,
+            data_dir,
+            rpc,
+            miner,
+            miner_address,
+            blocks,
+        } => {
             let mut config = load_config(&config, true)?;
             config.network = tbg_config::NetworkName::Regtest;
             config.pool.bind = stratum.to_string();
-            run_devnet(config, data_dir, rpc, miner.then_some((miner_address, blocks))).await
+            run_devnet(
+                config,
+                data_dir,
+                rpc,
+                miner.then_some((miner_address, blocks)),
+            )
+            .await
         }
-        Command::Miner { pool, user, suggest_difficulty, blocks } => {
+        Command::Miner {
+            pool,
+            user,
+            suggest_difficulty,
+            blocks,
+        } => {
             let address = tokio::net::lookup_host(&pool)
                 .await
                 .with_context(|| format!("cannot resolve {pool}"))?
@@ -230,9 +259,13 @@ async fn run_devnet(
     miner: Option<(Option<String>, Option<u64>)>,
 ) -> Result<()> {
     tracing::info!("starting the embedded regtest node (Bitcoin Core's validation engine)");
-    let node = DevNode::start(DevNodeOptions { data_dir, rpc_bind: rpc, ..DevNodeOptions::default() })
-        .await
-        .context("embedded node")?;
+    let node = DevNode::start(DevNodeOptions {
+        data_dir,
+        rpc_bind: rpc,
+        ..DevNodeOptions::default()
+    })
+    .await
+    .context("embedded node")?;
     tracing::info!(
         rpc = %node.rpc_url,
         cookie = %node.cookie_path.display(),
@@ -303,7 +336,11 @@ async fn run_miner(config: tbg_miner::MinerConfig) -> Result<()> {
     let printer = tokio::spawn(async move {
         while let Some(event) = event_rx.recv().await {
             match event {
-                tbg_miner::MinerEvent::ShareAccepted { block_candidate: true, hash, .. } => {
+                tbg_miner::MinerEvent::ShareAccepted {
+                    block_candidate: true,
+                    hash,
+                    ..
+                } => {
                     tracing::info!(%hash, "miner: block found and accepted by the pool");
                 }
                 tbg_miner::MinerEvent::ShareRejected { reason, .. } => {

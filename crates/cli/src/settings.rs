@@ -12,7 +12,8 @@ use tbg_pool::{NodeSettings, PoolSettings};
 pub fn pool_settings(config: &Config) -> Result<PoolSettings> {
     let pool = &config.pool;
     let mut settings = PoolSettings::new(config.network.to_bitcoin());
-    settings.stratum_bind = resolve_bind(&pool.bind).with_context(|| format!("pool.bind = {}", pool.bind))?;
+    settings.stratum_bind =
+        resolve_bind(&pool.bind).with_context(|| format!("pool.bind = {}", pool.bind))?;
     settings.pool_tag = pool.pool_tag.clone();
     settings.extranonce1_len = usize::from(pool.nonce1length);
     settings.extranonce2_len = usize::from(pool.nonce2length);

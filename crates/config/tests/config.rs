@@ -82,9 +82,12 @@ fn fractional_mindiff_is_accepted() {
     config.validate().unwrap();
 }
 
+/// Makes one value of a valid config wrong.
+type Spoil = Box<dyn Fn(&mut Config)>;
+
 #[test]
 fn bad_values_name_their_key() {
-    let cases: Vec<(&str, Box<dyn Fn(&mut Config)>)> = vec![
+    let cases: Vec<(&str, Spoil)> = vec![
         ("pool.nonce1length", Box::new(|c| c.pool.nonce1length = 12)),
         ("pool.nonce2length", Box::new(|c| c.pool.nonce2length = 1)),
         ("pool.mindiff", Box::new(|c| c.pool.mindiff = 0.0)),

@@ -28,7 +28,10 @@ impl Reply {
         match &self.error {
             Value::Null => None,
             Value::Array(parts) => parts.get(1).and_then(Value::as_str).map(str::to_string),
-            Value::Object(map) => map.get("message").and_then(Value::as_str).map(str::to_string),
+            Value::Object(map) => map
+                .get("message")
+                .and_then(Value::as_str)
+                .map(str::to_string),
             other => Some(other.to_string()),
         }
     }
@@ -82,7 +85,8 @@ impl StratumClient {
         if read == 0 {
             return Err(MinerError::Closed);
         }
-        serde_json::from_str(&line).map_err(|e| MinerError::Protocol(format!("bad JSON from pool: {e}")))
+        serde_json::from_str(&line)
+            .map_err(|e| MinerError::Protocol(format!("bad JSON from pool: {e}")))
     }
 
     /// Sends a request and waits for its reply, keeping pushes for later.

@@ -50,12 +50,26 @@ impl MinerConfig {
 /// What the miner saw, for tests and for `tbg devnet --miner` output.
 #[derive(Debug, Clone, PartialEq)]
 pub enum MinerEvent {
-    Subscribed { extranonce1: String, extranonce2_size: usize },
+    Subscribed {
+        extranonce1: String,
+        extranonce2_size: usize,
+    },
     Authorized,
     Difficulty(f64),
-    Job { job_id: String, clean: bool },
-    ShareAccepted { job_id: String, share_difficulty: f64, block_candidate: bool, hash: String },
-    ShareRejected { job_id: String, reason: String },
+    Job {
+        job_id: String,
+        clean: bool,
+    },
+    ShareAccepted {
+        job_id: String,
+        share_difficulty: f64,
+        block_candidate: bool,
+        hash: String,
+    },
+    ShareRejected {
+        job_id: String,
+        reason: String,
+    },
 }
 
 /// Totals when the miner stops.
@@ -78,7 +92,7 @@ struct Found {
 
 /// Network target check: the header hash (little endian) at or below the
 /// target encoded in nbits.
-fn meets_nbits(hash: &[u8; 32], nbits: u32) -> bool {
+pub(crate) fn meets_nbits(hash: &[u8; 32], nbits: u32) -> bool {
     let target = bitcoin::CompactTarget::from_consensus(nbits);
     let target = bitcoin::Target::from_compact(target);
     let hash_value = bitcoin::Target::from_le_bytes(*hash);
@@ -132,7 +146,9 @@ pub async fn run_miner(
     mut shutdown: watch::Receiver<bool>,
     events: Option<mpsc::Sender<MinerEvent>>,
 ) -> Result<MinerSummary, MinerError> {
-    let stream = TcpStream::connect(config.pool).await.map_err(MinerError::Io)?;
+    let stream = TcpStream::connect(config.pool)
+        .await
+        .map_err(MinerError::Io)?;
     stream.set_nodelay(true).map_err(MinerError::Io)?;
     let (read_half, mut write_half) = stream.into_split();
 
@@ -142,7 +158,9 @@ pub async fn run_miner(
     let reader = tokio::spawn(async move {
         let mut lines = BufReader::new(read_half).lines();
         while let Ok(Some(line)) = lines.next_line().await {
-            let Ok(value) = serde_json::from_str::<Value>(&line) else { continue };
+            let Ok(value) = serde_json::from_str::<Value>(&line) else {
+                continue;
+            };
             if line_tx.send(value).await.is_err() {
                 break;
             }
@@ -168,7 +186,14 @@ pub async fn run_miner(
         .await
         .map_err(MinerError::Io)?;
     write_half
-        .write_all(send(2, "mining.authorize", json!([config.username, config.password])).as_bytes())
+        .write_all(
+            send(
+                2,
+                "mining.authorize",
+                json!([config.username, config.password]),
+            )
+            .as_bytes(),
+        )
         .await
         .map_err(MinerError::Io)?;
     if let Some(diff) = config.suggest_difficulty {
@@ -187,7 +212,8 @@ pub async fn run_miner(
     let mut next_nonce: u32 = 0;
     let mut next_id: u64 = 10;
     // Submissions awaiting an answer: id -> (job id, difficulty, candidate, hash).
-    let mut in_flight: std::collections::HashMap<u64, (String, f64, bool, String)> = Default::default();
+    let mut in_flight: std::collections::HashMap<u64, (String, f64, bool, String)> =
+        Default::default();
     let cancel = Arc::new(AtomicBool::new(false));
     let mut grinding: Option<tokio::task::JoinHandle<Option<Found>>> = None;
     let started = Instant::now();
@@ -208,7 +234,15 @@ pub async fn run_miner(
                 let cancel = cancel.clone();
                 cancel.store(false, Ordering::Relaxed);
                 grinding = Some(tokio::task::spawn_blocking(move || {
-                    grind(&current, &en1, &extranonce2, difficulty, start, count, &cancel)
+                    grind(
+                        &current,
+                        &en1,
+                        &extranonce2,
+                        difficulty,
+                        start,
+                        count,
+                        &cancel,
+                    )
                 }));
             }
         }

@@ -26,15 +26,17 @@ pub struct MinerJob {
 }
 
 fn param_str<'a>(params: &'a [Value], index: usize, name: &str) -> Result<&'a str, MinerError> {
-    params
-        .get(index)
-        .and_then(Value::as_str)
-        .ok_or_else(|| MinerError::Protocol(format!("mining.notify: {name} missing or not a string")))
+    params.get(index).and_then(Value::as_str).ok_or_else(|| {
+        MinerError::Protocol(format!("mining.notify: {name} missing or not a string"))
+    })
 }
 
 fn hex_u32(text: &str, name: &str) -> Result<u32, MinerError> {
-    u32::from_str_radix(text, 16)
-        .map_err(|_| MinerError::Protocol(format!("mining.notify: {name} {text:?} is not 8 hex digits")))
+    u32::from_str_radix(text, 16).map_err(|_| {
+        MinerError::Protocol(format!(
+            "mining.notify: {name} {text:?} is not 8 hex digits"
+        ))
+    })
 }
 
 fn hex_bytes(text: &str, name: &str) -> Result<Vec<u8>, MinerError> {
@@ -60,18 +62,25 @@ impl MinerJob {
             .map_err(|_| MinerError::Protocol("mining.notify: prevhash is not 32 bytes".into()))?;
         // Stratum sends the header's prevhash with each 4-byte word reversed.
         let mut prevhash_header = [0u8; 32];
-        for (out, word) in prevhash_header.chunks_exact_mut(4).zip(prev.chunks_exact(4)) {
+        for (out, word) in prevhash_header
+            .chunks_exact_mut(4)
+            .zip(prev.chunks_exact(4))
+        {
             out.copy_from_slice(&[word[3], word[2], word[1], word[0]]);
         }
         let branch = params[4]
             .as_array()
-            .ok_or_else(|| MinerError::Protocol("mining.notify: merkle branch not an array".into()))?
+            .ok_or_else(|| {
+                MinerError::Protocol("mining.notify: merkle branch not an array".into())
+            })?
             .iter()
             .map(|h| {
                 let bytes = hex_bytes(h.as_str().unwrap_or(""), "merkle branch")?;
-                bytes
-                    .try_into()
-                    .map_err(|_| MinerError::Protocol("mining.notify: merkle branch entry is not 32 bytes".into()))
+                bytes.try_into().map_err(|_| {
+                    MinerError::Protocol(
+                        "mining.notify: merkle branch entry is not 32 bytes".into(),
+                    )
+                })
             })
             .collect::<Result<Vec<[u8; 32]>, MinerError>>()?;
         Ok(MinerJob {
@@ -120,6 +129,54 @@ impl MinerJob {
         header[72..76].copy_from_slice(&self.nbits.to_le_bytes());
         header[76..80].copy_from_slice(&nonce.to_le_bytes());
         header
+    }
+}
+
+impl MinerJob {
+    /// Searches nonces from `start` for a header meeting `difficulty`;
+    /// returns the nonce and its hash. Blocking: call off the async runtime
+    /// for large difficulties.
+    pub fn find_nonce(
+        &self,
+        extranonce1: &[u8],
+        extranonce2: &[u8],
+        ntime: u32,
+        version: u32,
+        difficulty: f64,
+        start: u32,
+    ) -> Option<(u32, [u8; 32])> {
+        let root = self.merkle_root(extranonce1, extranonce2);
+        let mut header = self.header(&root, ntime, start, version);
+        for nonce in start..=u32::MAX {
+            header[76..80].copy_from_slice(&nonce.to_le_bytes());
+            let hash = sha256d(&header);
+            if hash_difficulty(&hash) >= difficulty {
+                return Some((nonce, hash));
+            }
+        }
+        None
+    }
+
+    /// A nonce whose header meets neither `difficulty` nor the network
+    /// target (for rejection tests).
+    pub fn find_failing_nonce(
+        &self,
+        extranonce1: &[u8],
+        extranonce2: &[u8],
+        ntime: u32,
+        version: u32,
+        difficulty: f64,
+    ) -> u32 {
+        let root = self.merkle_root(extranonce1, extranonce2);
+        let mut header = self.header(&root, ntime, 0, version);
+        for nonce in 0..=u32::MAX {
+            header[76..80].copy_from_slice(&nonce.to_le_bytes());
+            let hash = sha256d(&header);
+            if hash_difficulty(&hash) < difficulty && !crate::cpu::meets_nbits(&hash, self.nbits) {
+                return nonce;
+            }
+        }
+        0
     }
 }
 

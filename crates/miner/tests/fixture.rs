@@ -5,14 +5,19 @@ use serde_json::Value;
 use tbg_miner::{sha256d, MinerJob};
 
 fn fixture() -> Value {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures/stratum-ckpool-cpuminer-regtest.json");
-    serde_json::from_str(&std::fs::read_to_string(path).expect("fixture readable")).expect("fixture is JSON")
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../fixtures/stratum-ckpool-cpuminer-regtest.json"
+    );
+    serde_json::from_str(&std::fs::read_to_string(path).expect("fixture readable"))
+        .expect("fixture is JSON")
 }
 
 #[test]
 fn headers_built_from_recorded_notify_match_accepted_blocks() {
     let fixture = fixture();
-    let extranonce1 = hex::decode(fixture["subscribe_result"]["result"][1].as_str().unwrap()).unwrap();
+    let extranonce1 =
+        hex::decode(fixture["subscribe_result"]["result"][1].as_str().unwrap()).unwrap();
     let cases = fixture["cases"].as_array().unwrap();
     assert!(!cases.is_empty());
     for case in cases {
@@ -25,9 +30,17 @@ fn headers_built_from_recorded_notify_match_accepted_blocks() {
 
         let root = job.merkle_root(&extranonce1, &extranonce2);
         let header = job.header(&root, ntime, nonce, job.version);
-        assert_eq!(&header[..], &block[..80], "header of height {}", case["height"]);
+        assert_eq!(
+            &header[..],
+            &block[..80],
+            "header of height {}",
+            case["height"]
+        );
         let hash = sha256d(&header);
         assert_eq!(hash, sha256d(&block[..80]));
-        assert!(tbg_miner::hash_difficulty(&hash) >= 1.0, "the recorded share met difficulty 1");
+        assert!(
+            tbg_miner::hash_difficulty(&hash) >= 1.0,
+            "the recorded share met difficulty 1"
+        );
     }
 }

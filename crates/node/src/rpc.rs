@@ -222,8 +222,7 @@ impl RpcClient {
         // and a JSON-RPC body, so the body decides, not the status.
         let parsed: RpcResponse = match serde_json::from_str(&text) {
             Ok(parsed) => parsed,
-            Err(e) if status >= 400 => {
-                let _ = e;
+            Err(_) if status >= 400 => {
                 return Err(RpcError::Http {
                     url: url.clone(),
                     method: method.to_owned(),

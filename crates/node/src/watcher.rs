@@ -235,6 +235,7 @@ async fn zmq_hashblock_task(address: String, wake: mpsc::Sender<()>, shutdown: C
             socket.connect(&address).await?;
             socket.subscribe("hashblock").await?;
             tracing::debug!(%address, "zmq hashblock subscribed");
+            backoff = MIN_BACKOFF;
             loop {
                 let message = socket.recv().await?;
                 let is_hashblock = message

@@ -706,3 +706,61 @@ async fn watcher_refreshes_on_update_interval_without_new_block() {
     shutdown.cancel();
     tokio::time::timeout(WAIT, task).await.unwrap().unwrap();
 }
+
+#[tokio::test]
+async fn watcher_fetches_at_once_on_zmq_hashblock() {
+    use zeromq::{Socket, SocketSend};
+    let server = ReplayServer::start("user", "pass").await;
+    let mut publisher = zeromq::PubSocket::new();
+    let zmq_endpoint = publisher
+        .bind("tcp://127.0.0.1:0")
+        .await
+        .unwrap()
+        .to_string();
+    let nodes = Arc::new(
+        NodeSet::new(
+            vec![server.endpoint("user", "pass")],
+            TIMEOUT,
+            Network::Regtest,
+        )
+        .unwrap(),
+    );
+    let shutdown = CancellationToken::new();
+    // Polling and refresh far away: only ZMQ can trigger the second fetch.
+    let (mut templates, _health, task) = TemplateWatcher::spawn(
+        nodes,
+        WatcherConfig {
+            block_poll: Duration::from_secs(3600),
+            update_interval: Duration::from_secs(3600),
+            zmq_hashblock: Some(zmq_endpoint),
+        },
+        shutdown.clone(),
+    );
+    tokio::time::timeout(WAIT, templates.wait_for(Option::is_some))
+        .await
+        .unwrap()
+        .unwrap();
+
+    *server.state.best_hash.lock() = RECORDED_BLOCK_102.to_owned();
+    let new_tip = hash(RECORDED_BLOCK_102);
+    let arrived = |t: &Option<Arc<tbg_node::FetchedTemplate>>| {
+        t.as_ref().and_then(|t| t.previous_block_hash()) == Some(new_tip)
+    };
+    // The subscription reaches the publisher asynchronously, so publish
+    // Core's 3-frame hashblock message until the watcher reacts (bounded).
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !arrived(&templates.borrow()) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no fetch after zmq hashblock"
+        );
+        let mut message = zeromq::ZmqMessage::from("hashblock");
+        message.push_back(bytes::Bytes::from(vec![0u8; 32]));
+        message.push_back(bytes::Bytes::from(vec![0u8; 4]));
+        publisher.send(message).await.unwrap();
+        let _ = tokio::time::timeout(Duration::from_millis(50), templates.changed()).await;
+    }
+    assert!(templates.borrow().as_ref().unwrap().new_block);
+    shutdown.cancel();
+    tokio::time::timeout(WAIT, task).await.unwrap().unwrap();
+}

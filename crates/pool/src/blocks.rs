@@ -103,15 +103,26 @@ pub(crate) fn submit(shared: &Arc<PoolShared>, nodes: Arc<NodeSet>, block: Found
     });
     let shared = shared.clone();
     tokio::spawn(async move {
-        let outcome = nodes.submit_block(&block.block_hex, block.height, block.hash).await;
-        let answers: Vec<String> =
-            outcome.answers.iter().map(|a| format!("{}: {:?}", a.url, a.answer)).collect();
+        let outcome = nodes
+            .submit_block(&block.block_hex, block.height, block.hash)
+            .await;
+        let answers: Vec<String> = outcome
+            .answers
+            .iter()
+            .map(|a| format!("{}: {:?}", a.url, a.answer))
+            .collect();
         if outcome.accepted {
-            shared.counters.blocks_accepted.fetch_add(1, Ordering::Relaxed);
+            shared
+                .counters
+                .blocks_accepted
+                .fetch_add(1, Ordering::Relaxed);
             tracing::info!(height = block.height, hash = %hash, user = %block.user, answers = ?answers, "block accepted");
             shared.blocks.update(&hash, BlockStatus::Accepted, answers);
         } else {
-            shared.counters.blocks_rejected.fetch_add(1, Ordering::Relaxed);
+            shared
+                .counters
+                .blocks_rejected
+                .fetch_add(1, Ordering::Relaxed);
             tracing::error!(height = block.height, hash = %hash, user = %block.user, answers = ?answers, "block REJECTED by every node");
             shared.blocks.update(&hash, BlockStatus::Rejected, answers);
         }

@@ -21,7 +21,10 @@ impl AtomicF64 {
         let mut current = self.0.load(Ordering::Relaxed);
         loop {
             let next = (f64::from_bits(current) + value).to_bits();
-            match self.0.compare_exchange_weak(current, next, Ordering::Relaxed, Ordering::Relaxed) {
+            match self
+                .0
+                .compare_exchange_weak(current, next, Ordering::Relaxed, Ordering::Relaxed)
+            {
                 Ok(_) => return,
                 Err(actual) => current = actual,
             }
@@ -77,7 +80,10 @@ impl PoolCounters {
     }
     pub fn share_rejected(&self, reason: RejectReason) {
         self.shares_rejected.fetch_add(1, Ordering::Relaxed);
-        let index = RejectReason::ALL.iter().position(|r| *r == reason).unwrap_or(REASONS - 1);
+        let index = RejectReason::ALL
+            .iter()
+            .position(|r| *r == reason)
+            .unwrap_or(REASONS - 1);
         if let Some(slot) = self.shares_rejected_by_reason.get(index) {
             slot.fetch_add(1, Ordering::Relaxed);
         }
@@ -96,7 +102,8 @@ impl PoolCounters {
         self.asicboost_miners.fetch_add(1, Ordering::Relaxed);
     }
     pub fn set_template(&self, height: u32, network_difficulty: f64) {
-        self.template_height.store(u64::from(height), Ordering::Relaxed);
+        self.template_height
+            .store(u64::from(height), Ordering::Relaxed);
         self.network_difficulty.store(network_difficulty);
     }
     pub fn notify_sent(&self, template_received: Instant) {
@@ -106,7 +113,8 @@ impl PoolCounters {
     }
     pub fn share_latency(&self, elapsed: Duration) {
         let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
-        self.share_latency_ns_sum.fetch_add(nanos, Ordering::Relaxed);
+        self.share_latency_ns_sum
+            .fetch_add(nanos, Ordering::Relaxed);
         self.share_latency_count.fetch_add(1, Ordering::Relaxed);
     }
     pub fn get(counter: &AtomicU64) -> u64 {

@@ -48,7 +48,10 @@ impl ExtranonceAllocator {
         ExtranonceAllocator {
             length,
             resume_window,
-            state: Mutex::new(AllocatorState { next: start, by_session: HashMap::new() }),
+            state: Mutex::new(AllocatorState {
+                next: start,
+                by_session: HashMap::new(),
+            }),
         }
     }
 
@@ -66,9 +69,11 @@ impl ExtranonceAllocator {
     pub fn allocate(&self, requested_session: Option<&str>, now: Instant) -> Option<Allocation> {
         let mut state = self.state.lock();
         let window = self.resume_window;
-        state
-            .by_session
-            .retain(|_, record| record.released_at.map_or(true, |at| now.saturating_duration_since(at) < window));
+        state.by_session.retain(|_, record| {
+            record
+                .released_at
+                .map_or(true, |at| now.saturating_duration_since(at) < window)
+        });
         if let Some(session) = requested_session {
             if let Some(record) = state.by_session.get_mut(session) {
                 if record.released_at.is_some() {
@@ -83,19 +88,35 @@ impl ExtranonceAllocator {
         }
         // The space holds 2^(8*length) values; skip any still recorded.
         let modulus_bits = 8 * self.length as u32;
-        let attempts = if modulus_bits >= 24 { 1u64 << 24 } else { 1u64 << modulus_bits };
+        let attempts = if modulus_bits >= 24 {
+            1u64 << 24
+        } else {
+            1u64 << modulus_bits
+        };
         for _ in 0..attempts {
-            let value = if modulus_bits >= 64 { state.next } else { state.next % (1u64 << modulus_bits) };
+            let value = if modulus_bits >= 64 {
+                state.next
+            } else {
+                state.next % (1u64 << modulus_bits)
+            };
             state.next = state.next.wrapping_add(1);
             let extranonce1 = self.encode(value);
             let session_id = hex::encode(&extranonce1);
             if state.by_session.contains_key(&session_id) {
                 continue;
             }
-            state
-                .by_session
-                .insert(session_id.clone(), Record { extranonce1: extranonce1.clone(), released_at: None });
-            return Some(Allocation { session_id, extranonce1, resumed: false });
+            state.by_session.insert(
+                session_id.clone(),
+                Record {
+                    extranonce1: extranonce1.clone(),
+                    released_at: None,
+                },
+            );
+            return Some(Allocation {
+                session_id,
+                extranonce1,
+                resumed: false,
+            });
         }
         None
     }
@@ -135,7 +156,9 @@ mod tests {
         assert_eq!(resumed.extranonce1, first.extranonce1);
         // Expired records are forgotten.
         allocator.release(&first.session_id, now);
-        let late = allocator.allocate(Some(&first.session_id), now + Duration::from_secs(61)).unwrap();
+        let late = allocator
+            .allocate(Some(&first.session_id), now + Duration::from_secs(61))
+            .unwrap();
         assert!(!late.resumed);
     }
 

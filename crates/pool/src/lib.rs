@@ -140,8 +140,14 @@ pub struct PoolStatus {
 pub async fn start(settings: PoolSettings, deps: PoolDeps) -> Result<PoolHandle, PoolError> {
     let listener = tokio::net::TcpListener::bind(settings.stratum_bind)
         .await
-        .map_err(|source| PoolError::Bind { addr: settings.stratum_bind, source })?;
-    let local_addr = listener.local_addr().map_err(|source| PoolError::Bind { addr: settings.stratum_bind, source })?;
+        .map_err(|source| PoolError::Bind {
+            addr: settings.stratum_bind,
+            source,
+        })?;
+    let local_addr = listener.local_addr().map_err(|source| PoolError::Bind {
+        addr: settings.stratum_bind,
+        source,
+    })?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let user_sigs = Arc::new(usersig::UserSigCache::default());
     let stats = StatsRegistry::default();
@@ -179,7 +185,10 @@ pub async fn start(settings: PoolSettings, deps: PoolDeps) -> Result<PoolHandle,
     };
 
     let shared = Arc::new(PoolShared {
-        extranonces: extranonce::ExtranonceAllocator::new(settings.extranonce1_len, settings.session_resume_window),
+        extranonces: extranonce::ExtranonceAllocator::new(
+            settings.extranonce1_len,
+            settings.session_resume_window,
+        ),
         difficulty_memory: memory::DifficultyMemory::new(settings.difficulty_memory),
         settings,
         stats,
@@ -204,10 +213,25 @@ pub async fn start(settings: PoolSettings, deps: PoolDeps) -> Result<PoolHandle,
         work_tx,
         shutdown_rx.clone(),
     )));
-    background.push(tokio::spawn(maintenance(shared.clone(), shutdown_rx.clone())));
-    let server = tokio::spawn(server::serve(listener, shared.clone(), work_rx.clone(), shutdown_rx));
+    background.push(tokio::spawn(maintenance(
+        shared.clone(),
+        shutdown_rx.clone(),
+    )));
+    let server = tokio::spawn(server::serve(
+        listener,
+        shared.clone(),
+        work_rx.clone(),
+        shutdown_rx,
+    ));
     tracing::info!(%local_addr, network = %shared.settings.network, "stratum server listening");
-    Ok(PoolHandle { local_addr, shared, work_rx, shutdown_tx, server, background })
+    Ok(PoolHandle {
+        local_addr,
+        shared,
+        work_rx,
+        shutdown_tx,
+        server,
+        background,
+    })
 }
 
 /// Prunes idle records now and then so memory stays bounded.
@@ -251,7 +275,12 @@ impl PoolHandle {
     /// Waits until work is available or `timeout` passes.
     pub async fn wait_for_work(&self, timeout: Duration) -> Option<Arc<CurrentWork>> {
         let mut rx = self.work_rx.clone();
-        let wait = async move { rx.wait_for(Option::is_some).await.ok().and_then(|work| work.clone()) };
+        let wait = async move {
+            rx.wait_for(Option::is_some)
+                .await
+                .ok()
+                .and_then(|work| work.clone())
+        };
         tokio::time::timeout(timeout, wait).await.ok().flatten()
     }
 
@@ -269,7 +298,9 @@ impl PoolHandle {
             blocks_rejected: PoolCounters::get(&c.blocks_rejected),
             template_height: PoolCounters::get(&c.template_height),
             network_difficulty: c.network_difficulty.load(),
-            template_age_seconds: self.current_work().map(|w| w.received_at.elapsed().as_secs_f64()),
+            template_age_seconds: self
+                .current_work()
+                .map(|w| w.received_at.elapsed().as_secs_f64()),
             redis_up: self.shared.user_sigs.redis_up(),
             node_up: !matches!(health, NodeHealth::AllDown { .. }),
             nodes_down_seconds: match health {

@@ -15,7 +15,10 @@ pub struct DifficultyMemory {
 
 impl DifficultyMemory {
     pub fn new(keep_for: Duration) -> DifficultyMemory {
-        DifficultyMemory { keep_for, entries: Mutex::new(HashMap::new()) }
+        DifficultyMemory {
+            keep_for,
+            entries: Mutex::new(HashMap::new()),
+        }
     }
 
     pub fn remember(&self, user: &str, worker: &str, difficulty: f64, now: Instant) {
@@ -33,7 +36,9 @@ impl DifficultyMemory {
     /// Drops expired entries; called periodically so memory stays bounded.
     pub fn prune(&self, now: Instant) {
         let keep_for = self.keep_for;
-        self.entries.lock().retain(|_, (_, at)| now.saturating_duration_since(*at) < keep_for);
+        self.entries
+            .lock()
+            .retain(|_, (_, at)| now.saturating_duration_since(*at) < keep_for);
     }
 
     pub fn len(&self) -> usize {
@@ -54,9 +59,15 @@ mod tests {
         let memory = DifficultyMemory::new(Duration::from_secs(24 * 3600));
         let now = Instant::now();
         memory.remember("addr", "rig", 512.0, now);
-        assert_eq!(memory.recall("addr", "rig", now + Duration::from_secs(3600)), Some(512.0));
+        assert_eq!(
+            memory.recall("addr", "rig", now + Duration::from_secs(3600)),
+            Some(512.0)
+        );
         assert_eq!(memory.recall("addr", "other", now), None);
-        assert_eq!(memory.recall("addr", "rig", now + Duration::from_secs(25 * 3600)), None);
+        assert_eq!(
+            memory.recall("addr", "rig", now + Duration::from_secs(25 * 3600)),
+            None
+        );
         memory.prune(now + Duration::from_secs(25 * 3600));
         assert!(memory.is_empty());
     }

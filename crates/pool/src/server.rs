@@ -68,12 +68,17 @@ pub(crate) async fn serve(
             }
         };
         if !admit(&shared, &per_ip, peer) {
-            shared.counters.connections_refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            shared
+                .counters
+                .connections_refused
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             drop(stream);
             continue;
         }
         let _ = stream.set_nodelay(true);
-        let client_id = shared.client_counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let client_id = shared
+            .client_counter
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let session = Session::new(shared.clone(), client_id, peer);
         let shared = shared.clone();
         let per_ip = per_ip.clone();

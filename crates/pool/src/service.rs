@@ -43,7 +43,11 @@ impl PoolService {
         events: Arc<dyn EventSink>,
         event_factory: EventFactory,
     ) -> Result<PoolService, ServiceError> {
-        let nodes = Arc::new(NodeSet::new(node_settings.endpoints, node_settings.rpc_timeout, settings.network)?);
+        let nodes = Arc::new(NodeSet::new(
+            node_settings.endpoints,
+            node_settings.rpc_timeout,
+            settings.network,
+        )?);
         let watcher_stop = CancellationToken::new();
         let (templates, node_health, watcher) =
             TemplateWatcher::spawn(nodes.clone(), node_settings.watcher, watcher_stop.clone());
@@ -58,7 +62,13 @@ impl PoolService {
             },
         )
         .await?;
-        Ok(PoolService { pool, nodes, node_health, watcher_stop, watcher })
+        Ok(PoolService {
+            pool,
+            nodes,
+            node_health,
+            watcher_stop,
+            watcher,
+        })
     }
 
     /// Graceful stop: miners are told to reconnect, then the watcher stops.

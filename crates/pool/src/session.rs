@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 use bitcoin::ScriptBuf;
 use serde_json::Value;
 use tbg_events::EventData;
-use tbg_stratum::{ClientMessage, ConfigureRequest, ConfigureResponse, NotifyParams, RejectReason, Request, Submit};
+use tbg_stratum::{
+    ClientMessage, ConfigureRequest, ConfigureResponse, NotifyParams, RejectReason, Request, Submit,
+};
 use tbg_work::{build_coinbase, Job, Vardiff};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::sync::watch;
@@ -159,7 +161,12 @@ impl Session {
         let mut line = Vec::with_capacity(512);
         let max_line = self.shared.settings.max_line_bytes;
         let mut out = String::with_capacity(1024);
-        let mut vardiff_tick = tokio::time::interval(self.shared.settings.share_interval.max(Duration::from_secs(1)));
+        let mut vardiff_tick = tokio::time::interval(
+            self.shared
+                .settings
+                .share_interval
+                .max(Duration::from_secs(1)),
+        );
         vardiff_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let reason = loop {
             let deadline = if self.authorized.is_none() {
@@ -220,11 +227,18 @@ impl Session {
         reason
     }
 
-    async fn flush<W: AsyncWrite + Unpin>(&self, writer: &mut W, out: &mut String) -> Result<(), CloseReason> {
+    async fn flush<W: AsyncWrite + Unpin>(
+        &self,
+        writer: &mut W,
+        out: &mut String,
+    ) -> Result<(), CloseReason> {
         if out.is_empty() {
             return Ok(());
         }
-        let write = tokio::time::timeout(self.shared.settings.write_timeout, writer.write_all(out.as_bytes()));
+        let write = tokio::time::timeout(
+            self.shared.settings.write_timeout,
+            writer.write_all(out.as_bytes()),
+        );
         let result = match write.await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(CloseReason::IoError),
@@ -250,7 +264,11 @@ impl Session {
             Err(error) => {
                 self.shared.counters.protocol_error(error.label());
                 let id = error.request_id().cloned().unwrap_or(Value::Null);
-                out.push_str(&tbg_stratum::response_error(&id, error.code(), &error.to_string()));
+                out.push_str(&tbg_stratum::response_error(
+                    &id,
+                    error.code(),
+                    &error.to_string(),
+                ));
                 return Ok(());
             }
         };
@@ -266,10 +284,15 @@ impl Session {
             }
         };
         match message {
-            ClientMessage::Subscribe { user_agent, session_id } => {
+            ClientMessage::Subscribe {
+                user_agent,
+                session_id,
+            } => {
                 self.subscribe(&request, user_agent, session_id, out)?;
             }
-            ClientMessage::Authorize { username, .. } => self.authorize(&request, &username, out, work_rx),
+            ClientMessage::Authorize { username, .. } => {
+                self.authorize(&request, &username, out, work_rx)
+            }
             ClientMessage::Submit(submit) => self.submit(&request, &submit, out, work_rx)?,
             ClientMessage::Configure { extensions, params } => {
                 self.configure(&request, &extensions, &params, out);
@@ -284,7 +307,10 @@ impl Session {
             ClientMessage::Unknown(method) => {
                 tracing::debug!(client = self.client_id, method = %method, "unknown method");
                 self.shared.counters.protocol_error("unknown_method");
-                out.push_str(&tbg_stratum::response_reject(&request.id, RejectReason::UnknownMethod));
+                out.push_str(&tbg_stratum::response_reject(
+                    &request.id,
+                    RejectReason::UnknownMethod,
+                ));
             }
         }
         Ok(())
@@ -310,7 +336,9 @@ impl Session {
                 }
             }
         }
-        let Some(allocation) = &self.allocation else { return Ok(()) };
+        let Some(allocation) = &self.allocation else {
+            return Ok(());
+        };
         let result = tbg_stratum::subscribe_result(
             &allocation.session_id,
             &hex::encode(&allocation.extranonce1),
@@ -382,7 +410,10 @@ impl Session {
         // raised to whatever the miner asked for.
         let remembered = self.shared.difficulty_memory.recall(address, &worker, now);
         self.difficulty = remembered.unwrap_or(self.shared.settings.start_difficulty);
-        let mut vardiff = Vardiff::new(self.vardiff_config(self.difficulty), self.shared.seconds(now));
+        let mut vardiff = Vardiff::new(
+            self.vardiff_config(self.difficulty),
+            self.shared.seconds(now),
+        );
         if let Some(floor) = self.suggested_difficulty {
             vardiff.suggest_difficulty(floor, self.shared.seconds(now));
         }
@@ -438,7 +469,11 @@ impl Session {
                 if let Some(user) = &self.authorized {
                     self.shared.emit(EventData::AsicboostDetected {
                         user: user.address.clone(),
-                        worker: user.workers.first().map(|(w, _)| w.clone()).unwrap_or_default(),
+                        worker: user
+                            .workers
+                            .first()
+                            .map(|(w, _)| w.clone())
+                            .unwrap_or_default(),
                         pool_mask: format!("{:08x}", self.shared.settings.version_mask),
                         miner_mask: format!("{:08x}", rolling.mask),
                     });
@@ -448,10 +483,16 @@ impl Session {
         }
         if let Some(minimum) = parsed.minimum_difficulty {
             // A floor like suggest_difficulty; applied at authorize when it comes first.
-            self.suggested_difficulty = Some(self.suggested_difficulty.map_or(minimum, |s| s.max(minimum)));
+            self.suggested_difficulty = Some(
+                self.suggested_difficulty
+                    .map_or(minimum, |s| s.max(minimum)),
+            );
             response.minimum_difficulty = Some(true);
         }
-        out.push_str(&tbg_stratum::response_ok(&request.id, tbg_stratum::configure_result(&response)));
+        out.push_str(&tbg_stratum::response_ok(
+            &request.id,
+            tbg_stratum::configure_result(&response),
+        ));
     }
 
     fn suggest_difficulty(
@@ -465,7 +506,10 @@ impl Session {
         out.push_str(&tbg_stratum::response_ok(&request.id, Value::Bool(true)));
         let now = Instant::now();
         let seconds = self.shared.seconds(now);
-        let changed = self.vardiff.as_mut().and_then(|vardiff| vardiff.suggest_difficulty(difficulty, seconds));
+        let changed = self
+            .vardiff
+            .as_mut()
+            .and_then(|vardiff| vardiff.suggest_difficulty(difficulty, seconds));
         if let Some(new) = changed {
             self.retarget(new, now, out, work_rx);
         }
@@ -477,7 +521,9 @@ impl Session {
         out.push_str(&tbg_stratum::set_difficulty(new));
         if let Some(user) = &self.authorized {
             for (worker, _) in &user.workers {
-                self.shared.difficulty_memory.remember(&user.address, worker, new, now);
+                self.shared
+                    .difficulty_memory
+                    .remember(&user.address, worker, new, now);
                 self.shared.emit(EventData::DiffUpdated {
                     user: user.address.clone(),
                     worker: worker.clone(),
@@ -491,8 +537,12 @@ impl Session {
 
     /// Sends a job for `work` (coinbase built for this user).
     fn push_job(&mut self, work: &Arc<CurrentWork>, out: &mut String) {
-        let Some(user) = &mut self.authorized else { return };
-        let Some(allocation) = &self.allocation else { return };
+        let Some(user) = &mut self.authorized else {
+            return;
+        };
+        let Some(allocation) = &self.allocation else {
+            return;
+        };
         // A new signature from Redis is picked up with the next job.
         user.user_sig = self.shared.user_sigs.get(&user.address);
         let coinbase = match build_coinbase(
@@ -512,7 +562,10 @@ impl Session {
         let clean_jobs = work.clean_jobs && work.generation != self.work_generation_sent;
         self.work_generation_sent = work.generation;
         let id = format!("{:016x}", self.shared.next_job_id());
-        let job = Job { template: work.job_template.clone(), coinbase: Arc::new(coinbase) };
+        let job = Job {
+            template: work.job_template.clone(),
+            coinbase: Arc::new(coinbase),
+        };
         let params = NotifyParams {
             job_id: id.clone(),
             prevhash: work.job_template.prevhash_hex.clone(),
@@ -550,7 +603,12 @@ impl Session {
     ) -> Result<(), CloseReason> {
         out.push_str(&tbg_stratum::response_reject(&request.id, reason));
         self.shared.counters.share_rejected(reason);
-        let worker = submit.map(|s| split_address_worker(&s.worker).1.unwrap_or("default").to_string());
+        let worker = submit.map(|s| {
+            split_address_worker(&s.worker)
+                .1
+                .unwrap_or("default")
+                .to_string()
+        });
         if let Some(user) = &self.authorized {
             let worker_name = worker.unwrap_or_default();
             if let Some((_, handle)) = user.workers.iter().find(|(name, _)| *name == worker_name) {
@@ -607,8 +665,12 @@ impl Session {
         work_rx: &watch::Receiver<Option<Arc<CurrentWork>>>,
         now: Instant,
     ) -> Result<AcceptedShare, RejectReason> {
-        let Some(allocation) = &self.allocation else { return Err(RejectReason::NotSubscribed) };
-        let Some(user) = &self.authorized else { return Err(RejectReason::Unauthorized) };
+        let Some(allocation) = &self.allocation else {
+            return Err(RejectReason::NotSubscribed);
+        };
+        let Some(user) = &self.authorized else {
+            return Err(RejectReason::Unauthorized);
+        };
         let (address, worker) = split_address_worker(&submit.worker);
         let worker = worker.unwrap_or("default");
         if address != user.address {
@@ -620,7 +682,10 @@ impl Session {
         let Some(job_index) = self.jobs.iter().position(|job| job.id == submit.job_id) else {
             return Err(RejectReason::InvalidJobId);
         };
-        let current_prev = work_rx.borrow().as_ref().map(|work| work.template.previous_block_hash);
+        let current_prev = work_rx
+            .borrow()
+            .as_ref()
+            .map(|work| work.template.previous_block_hash);
         let job = &self.jobs[job_index];
         if current_prev.is_some_and(|prev| prev != job.prev_hash) {
             return Err(RejectReason::Stale);
@@ -631,7 +696,8 @@ impl Session {
         }
         let ntime = submit.ntime_u32()?;
         let nonce = submit.nonce_u32()?;
-        let window = u32::try_from(self.shared.settings.ntime_future_window.as_secs()).unwrap_or(u32::MAX);
+        let window =
+            u32::try_from(self.shared.settings.ntime_future_window.as_secs()).unwrap_or(u32::MAX);
         if ntime < job.ntime || ntime > job.ntime.saturating_add(window) {
             return Err(RejectReason::NtimeOutOfRange);
         }
@@ -654,7 +720,9 @@ impl Session {
             return Err(RejectReason::Duplicate);
         }
         let job = &self.jobs[job_index];
-        let check = job.job.check_share(&allocation.extranonce1, &extranonce2, ntime, nonce, version);
+        let check =
+            job.job
+                .check_share(&allocation.extranonce1, &extranonce2, ntime, nonce, version);
         if check.share_difficulty < job.difficulty && !check.meets_network {
             return Err(RejectReason::AboveTarget);
         }
@@ -687,11 +755,16 @@ impl Session {
     ) {
         let _ = submit;
         let Some(user) = &self.authorized else { return };
-        let Some(allocation) = &self.allocation else { return };
+        let Some(allocation) = &self.allocation else {
+            return;
+        };
         let (worker, handle) = &user.workers[share.worker_index.min(user.workers.len() - 1)];
         self.shares_session += 1;
         self.shared.counters.share_accepted(share.target_difficulty);
-        let previous_best = handle.lock().record_accepted(share.target_difficulty, share.share_difficulty, now);
+        let previous_best =
+            handle
+                .lock()
+                .record_accepted(share.target_difficulty, share.share_difficulty, now);
         if let Some(prev_best) = previous_best {
             self.shared.emit(EventData::ShareBestDiff {
                 user: user.address.clone(),
@@ -714,8 +787,13 @@ impl Session {
         });
         if share.is_block {
             let job = &self.jobs[share.job_index];
-            let block_hex =
-                job.job.block_hex(&allocation.extranonce1, &share.extranonce2, share.ntime, share.nonce, share.version);
+            let block_hex = job.job.block_hex(
+                &allocation.extranonce1,
+                &share.extranonce2,
+                share.ntime,
+                share.nonce,
+                share.version,
+            );
             let template = &job.job.template;
             tracing::info!(
                 height = template.height,
@@ -736,7 +814,9 @@ impl Session {
                 coinbase_sig: user.user_sig.clone().unwrap_or_default(),
             });
         }
-        if now.saturating_duration_since(self.last_hashrate_event) >= self.shared.settings.hashrate_event_interval {
+        if now.saturating_duration_since(self.last_hashrate_event)
+            >= self.shared.settings.hashrate_event_interval
+        {
             self.last_hashrate_event = now;
             let stats = handle.lock();
             let [h1m, h5m, h1h, h1d] = stats.rates.hashrates(now);
@@ -751,7 +831,10 @@ impl Session {
             });
         }
         let seconds = self.shared.seconds(now);
-        let retarget = self.vardiff.as_mut().and_then(|vardiff| vardiff.on_share(seconds));
+        let retarget = self
+            .vardiff
+            .as_mut()
+            .and_then(|vardiff| vardiff.on_share(seconds));
         if let Some(new) = retarget {
             self.retarget(new, now, out, work_rx);
         }
@@ -777,10 +860,18 @@ impl Session {
     }
 
     /// Periodic vardiff check, so a miner whose shares stopped gets an easier difficulty.
-    fn poll_vardiff(&mut self, out: &mut String, work_rx: &watch::Receiver<Option<Arc<CurrentWork>>>) {
+    fn poll_vardiff(
+        &mut self,
+        out: &mut String,
+        work_rx: &watch::Receiver<Option<Arc<CurrentWork>>>,
+    ) {
         let now = Instant::now();
         let seconds = self.shared.seconds(now);
-        if let Some(new) = self.vardiff.as_mut().and_then(|vardiff| vardiff.poll(seconds)) {
+        if let Some(new) = self
+            .vardiff
+            .as_mut()
+            .and_then(|vardiff| vardiff.poll(seconds))
+        {
             self.retarget(new, now, out, work_rx);
         }
     }
@@ -794,14 +885,18 @@ impl Session {
         if let Some(user) = self.authorized.take() {
             self.shared.counters.miner_disconnected();
             for (worker, handle) in &user.workers {
-                self.shared.difficulty_memory.remember(&user.address, worker, self.difficulty, now);
+                self.shared
+                    .difficulty_memory
+                    .remember(&user.address, worker, self.difficulty, now);
                 StatsRegistry::detach(handle);
                 self.shared.emit(EventData::MinerDisconnected {
                     user: user.address.clone(),
                     worker: worker.clone(),
                     client_id: self.client_id,
                     ip: self.peer.ip().to_string(),
-                    session_duration: now.saturating_duration_since(self.connected_at).as_secs_f64(),
+                    session_duration: now
+                        .saturating_duration_since(self.connected_at)
+                        .as_secs_f64(),
                     shares_session: self.shares_session,
                 });
             }
@@ -829,9 +924,15 @@ pub fn split_address_worker(username: &str) -> (&str, Option<&str>) {
     match username.find(['.', '_']) {
         Some(pos) => {
             let worker = &username[pos + 1..];
-            (&username[..pos], if worker.is_empty() { None } else { Some(worker) })
+            (
+                &username[..pos],
+                if worker.is_empty() {
+                    None
+                } else {
+                    Some(worker)
+                },
+            )
         }
         None => (username, None),
     }
 }
-

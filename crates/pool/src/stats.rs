@@ -26,7 +26,10 @@ pub struct DecayingRates {
 
 impl DecayingRates {
     pub fn new(now: Instant) -> DecayingRates {
-        DecayingRates { rates: [0.0; 4], last: now }
+        DecayingRates {
+            rates: [0.0; 4],
+            last: now,
+        }
     }
 
     fn decay_to(&mut self, now: Instant) {
@@ -85,7 +88,12 @@ impl WorkerStats {
 
     /// Records an accepted share; returns the previous all-time best when this
     /// share beats it.
-    pub fn record_accepted(&mut self, target_difficulty: f64, share_difficulty: f64, now: Instant) -> Option<f64> {
+    pub fn record_accepted(
+        &mut self,
+        target_difficulty: f64,
+        share_difficulty: f64,
+        now: Instant,
+    ) -> Option<f64> {
         self.rates.record(target_difficulty, now);
         self.shares_accepted += 1;
         self.accepted_difficulty += target_difficulty;
@@ -177,19 +185,27 @@ impl StatsRegistry {
 
     pub fn user(&self, address: &str, now: Instant) -> Option<UserSnapshot> {
         let users = self.users.lock();
-        users.get(address).map(|workers| snapshot_user(address, workers, now))
+        users
+            .get(address)
+            .map(|workers| snapshot_user(address, workers, now))
     }
 
     pub fn users(&self, now: Instant) -> Vec<UserSnapshot> {
         let users = self.users.lock();
-        let mut out: Vec<UserSnapshot> =
-            users.iter().map(|(address, workers)| snapshot_user(address, workers, now)).collect();
+        let mut out: Vec<UserSnapshot> = users
+            .iter()
+            .map(|(address, workers)| snapshot_user(address, workers, now))
+            .collect();
         out.sort_by(|a, b| a.address.cmp(&b.address));
         out
     }
 }
 
-fn snapshot_user(address: &str, workers: &HashMap<String, WorkerHandle>, now: Instant) -> UserSnapshot {
+fn snapshot_user(
+    address: &str,
+    workers: &HashMap<String, WorkerHandle>,
+    now: Instant,
+) -> UserSnapshot {
     let mut snapshot = UserSnapshot {
         address: address.to_string(),
         hashrate_1m: 0.0,
@@ -222,7 +238,9 @@ fn snapshot_user(address: &str, workers: &HashMap<String, WorkerHandle>, now: In
             shares_accepted: stats.shares_accepted,
             shares_rejected: stats.shares_rejected,
             best_difficulty: stats.best_difficulty_ever,
-            seconds_since_last_share: stats.last_share.map(|t| now.saturating_duration_since(t).as_secs_f64()),
+            seconds_since_last_share: stats
+                .last_share
+                .map(|t| now.saturating_duration_since(t).as_secs_f64()),
             connections: stats.connections,
         });
     }
@@ -248,7 +266,10 @@ mod tests {
         for (hashrate, window) in rates.hashrates(now).iter().zip(WINDOWS) {
             let error = (hashrate - expected).abs() / expected;
             // A share just landed: the short window reads high by diff/window.
-            assert!(error < 0.05 + 8.0 / window / 4.0, "window {window}: {hashrate} vs {expected}");
+            assert!(
+                error < 0.05 + 8.0 / window / 4.0,
+                "window {window}: {hashrate} vs {expected}"
+            );
         }
     }
 

@@ -34,7 +34,10 @@ pub fn validate_user_sig(raw: &str) -> Result<&str, UserSigError> {
     if chars > MAX_USER_SIG_CHARS {
         return Err(UserSigError::TooLong(chars));
     }
-    if let Some(bad) = raw.chars().find(|c| !(c.is_ascii_alphanumeric() || " _-.:!#/".contains(*c))) {
+    if let Some(bad) = raw
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || " _-.:!#/".contains(*c)))
+    {
         return Err(UserSigError::BadCharacter(bad));
     }
     Ok(raw)
@@ -108,12 +111,19 @@ pub fn spawn_refresher(
                     batch
                 }
             };
-            let unique: Vec<String> = addresses.into_iter().collect::<HashSet<_>>().into_iter().collect();
+            let unique: Vec<String> = addresses
+                .into_iter()
+                .collect::<HashSet<_>>()
+                .into_iter()
+                .collect();
             if unique.is_empty() {
                 continue;
             }
             if connection.is_none() {
-                let connect = tokio::time::timeout(Duration::from_secs(2), client.get_multiplexed_async_connection());
+                let connect = tokio::time::timeout(
+                    Duration::from_secs(2),
+                    client.get_multiplexed_async_connection(),
+                );
                 match connect.await {
                     Ok(Ok(conn)) => {
                         if warned {
@@ -130,23 +140,32 @@ pub fn spawn_refresher(
                     }
                     Err(_) => {
                         if !warned {
-                            tracing::warn!("redis connect timed out; mining with the default coinbase tag");
+                            tracing::warn!(
+                                "redis connect timed out; mining with the default coinbase tag"
+                            );
                             warned = true;
                         }
                     }
                 }
             }
             let Some(conn) = connection.as_mut() else {
-                cache.redis_up.store(false, std::sync::atomic::Ordering::Relaxed);
+                cache
+                    .redis_up
+                    .store(false, std::sync::atomic::Ordering::Relaxed);
                 continue;
             };
             let keys: Vec<String> = unique.iter().map(|a| format!("{KEY_PREFIX}{a}")).collect();
             let mut command = redis::cmd("MGET");
             command.arg(&keys);
-            let fetch = tokio::time::timeout(Duration::from_secs(2), command.query_async::<Vec<Option<String>>>(conn));
+            let fetch = tokio::time::timeout(
+                Duration::from_secs(2),
+                command.query_async::<Vec<Option<String>>>(conn),
+            );
             match fetch.await {
                 Ok(Ok(values)) => {
-                    cache.redis_up.store(true, std::sync::atomic::Ordering::Relaxed);
+                    cache
+                        .redis_up
+                        .store(true, std::sync::atomic::Ordering::Relaxed);
                     for (address, value) in unique.iter().zip(values) {
                         let signature = value.and_then(|raw| match validate_user_sig(&raw) {
                             Ok(sig) => Some(sig.to_string()),
@@ -160,13 +179,17 @@ pub fn spawn_refresher(
                 }
                 Ok(Err(error)) => {
                     tracing::warn!(%error, "redis lookup failed; keeping the signatures already known");
-                    cache.redis_up.store(false, std::sync::atomic::Ordering::Relaxed);
+                    cache
+                        .redis_up
+                        .store(false, std::sync::atomic::Ordering::Relaxed);
                     connection = None;
                     warned = true;
                 }
                 Err(_) => {
                     tracing::warn!("redis lookup timed out; keeping the signatures already known");
-                    cache.redis_up.store(false, std::sync::atomic::Ordering::Relaxed);
+                    cache
+                        .redis_up
+                        .store(false, std::sync::atomic::Ordering::Relaxed);
                     connection = None;
                     warned = true;
                 }
@@ -182,11 +205,26 @@ mod tests {
 
     #[test]
     fn signatures_are_checked() {
-        assert_eq!(validate_user_sig("Satoshi #1/2.0:ok!_-"), Ok("Satoshi #1/2.0:ok!_-"));
+        assert_eq!(
+            validate_user_sig("Satoshi #1/2.0:ok!_-"),
+            Ok("Satoshi #1/2.0:ok!_-")
+        );
         assert_eq!(validate_user_sig(""), Err(UserSigError::Empty));
-        assert_eq!(validate_user_sig("a".repeat(21).as_str()), Err(UserSigError::TooLong(21)));
-        assert_eq!(validate_user_sig("evil\"json"), Err(UserSigError::BadCharacter('"')));
-        assert_eq!(validate_user_sig("new\nline"), Err(UserSigError::BadCharacter('\n')));
-        assert_eq!(validate_user_sig("émoji"), Err(UserSigError::BadCharacter('é')));
+        assert_eq!(
+            validate_user_sig("a".repeat(21).as_str()),
+            Err(UserSigError::TooLong(21))
+        );
+        assert_eq!(
+            validate_user_sig("evil\"json"),
+            Err(UserSigError::BadCharacter('"'))
+        );
+        assert_eq!(
+            validate_user_sig("new\nline"),
+            Err(UserSigError::BadCharacter('\n'))
+        );
+        assert_eq!(
+            validate_user_sig("émoji"),
+            Err(UserSigError::BadCharacter('é'))
+        );
     }
 }

@@ -59,7 +59,9 @@ pub(crate) async fn run(
                         });
                     }
                     last_prev = Some(template.previous_block_hash);
-                    shared.counters.set_template(template.height, network_difficulty);
+                    shared
+                        .counters
+                        .set_template(template.height, network_difficulty);
                     let work = CurrentWork {
                         generation,
                         template,

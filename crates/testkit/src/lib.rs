@@ -38,8 +38,13 @@ pub enum AddressKind {
 }
 
 impl AddressKind {
-    pub const ALL: [AddressKind; 5] =
-        [AddressKind::P2pkh, AddressKind::P2sh, AddressKind::P2wpkh, AddressKind::P2wsh, AddressKind::P2tr];
+    pub const ALL: [AddressKind; 5] = [
+        AddressKind::P2pkh,
+        AddressKind::P2sh,
+        AddressKind::P2wpkh,
+        AddressKind::P2wsh,
+        AddressKind::P2tr,
+    ];
 }
 
 /// A fresh regtest address of `kind` and its scriptPubKey.
@@ -105,7 +110,9 @@ impl TestEnv {
     /// Node and pool, with the settings adjusted by `adjust`.
     pub async fn start_with(adjust: impl FnOnce(&mut PoolSettings)) -> TestEnv {
         init_tracing();
-        let node = DevNode::start(DevNodeOptions::default()).await.expect("devnode starts");
+        let node = DevNode::start(DevNodeOptions::default())
+            .await
+            .expect("devnode starts");
         let mut settings = test_settings();
         adjust(&mut settings);
         let endpoint = node_endpoint(&node);
@@ -113,18 +120,34 @@ impl TestEnv {
     }
 
     /// The pool with the given node endpoints (for failover tests).
-    pub async fn start_pool(node: DevNodeHandle, endpoints: Vec<NodeEndpoint>, settings: PoolSettings) -> TestEnv {
+    pub async fn start_pool(
+        node: DevNodeHandle,
+        endpoints: Vec<NodeEndpoint>,
+        settings: PoolSettings,
+    ) -> TestEnv {
         let events = Arc::new(MemorySink::new(200_000));
         let service = PoolService::start(
             settings,
-            NodeSettings { endpoints, rpc_timeout: Duration::from_secs(5), watcher: test_watcher() },
+            NodeSettings {
+                endpoints,
+                rpc_timeout: Duration::from_secs(5),
+                watcher: test_watcher(),
+            },
             events.clone(),
             EventFactory::new("test", "hosted"),
         )
         .await
         .expect("pool starts");
-        service.pool.wait_for_work(Duration::from_secs(30)).await.expect("the pool gets a template");
-        TestEnv { node, service, events }
+        service
+            .pool
+            .wait_for_work(Duration::from_secs(30))
+            .await
+            .expect("the pool gets a template");
+        TestEnv {
+            node,
+            service,
+            events,
+        }
     }
 
     pub fn stratum_addr(&self) -> SocketAddr {
@@ -133,14 +156,26 @@ impl TestEnv {
 
     /// Events of one type seen so far.
     pub fn events_of(&self, event_type: &str) -> Vec<Event> {
-        self.events.events().into_iter().filter(|e| e.event_type() == event_type).collect()
+        self.events
+            .events()
+            .into_iter()
+            .filter(|e| e.event_type() == event_type)
+            .collect()
     }
 
     /// Waits until `check` holds, polling every 20 ms, or panics after `timeout`.
-    pub async fn wait_until(&self, what: &str, timeout: Duration, mut check: impl FnMut(&TestEnv) -> bool) {
+    pub async fn wait_until(
+        &self,
+        what: &str,
+        timeout: Duration,
+        mut check: impl FnMut(&TestEnv) -> bool,
+    ) {
         let deadline = tokio::time::Instant::now() + timeout;
         while !check(self) {
-            assert!(tokio::time::Instant::now() < deadline, "timed out waiting for: {what}");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting for: {what}"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -155,8 +190,181 @@ impl TestEnv {
 pub fn node_endpoint(node: &DevNodeHandle) -> NodeEndpoint {
     NodeEndpoint {
         url: node.rpc_url.clone(),
-        auth: NodeAuth::UserPass { user: node.rpc_user.clone(), pass: node.rpc_password.clone() },
+        auth: NodeAuth::UserPass {
+            user: node.rpc_user.clone(),
+            pass: node.rpc_password.clone(),
+        },
     }
 }
 
 pub use tbg_miner::{mine_shares, MinerConfig, MinerEvent, StratumClient};
+
+/// A miner driven step by step: subscribed and authorized, holding the
+/// latest job and difficulty, submitting exactly what a test asks for.
+pub struct ManualMiner {
+    pub client: StratumClient,
+    pub username: String,
+    pub session_id: String,
+    pub extranonce1: Vec<u8>,
+    pub extranonce2_size: usize,
+    pub difficulty: f64,
+    pub job: tbg_miner::MinerJob,
+    /// The answer to the mining.configure sent before authorize, if any.
+    pub configure_result: Option<serde_json::Value>,
+}
+
+impl ManualMiner {
+    /// Connects, subscribes, authorizes and waits for the first difficulty and job.
+    pub async fn connect(addr: SocketAddr, username: &str) -> ManualMiner {
+        ManualMiner::connect_with(addr, username, None, None).await
+    }
+
+    /// As `connect`, passing `session_id` to subscribe and sending a
+    /// mining.configure with `configure` params between subscribe and authorize.
+    pub async fn connect_with(
+        addr: SocketAddr,
+        username: &str,
+        session_id: Option<&str>,
+        configure: Option<serde_json::Value>,
+    ) -> ManualMiner {
+        let mut client = StratumClient::connect(addr)
+            .await
+            .expect("connect to the pool");
+        let params = match session_id {
+            Some(id) => serde_json::json!(["test-miner/1.0", id]),
+            None => serde_json::json!(["test-miner/1.0"]),
+        };
+        let subscribed = client
+            .request("mining.subscribe", params)
+            .await
+            .expect("subscribe answered");
+        let result = &subscribed.result;
+        let session_id = result[0][0][1].as_str().expect("session id").to_string();
+        let extranonce1 = hex_decode(result[1].as_str().expect("extranonce1"));
+        let extranonce2_size = result[2].as_u64().expect("extranonce2 size") as usize;
+        let configure_result = match configure {
+            Some(params) => Some(
+                client
+                    .request("mining.configure", params)
+                    .await
+                    .expect("configure answered")
+                    .result,
+            ),
+            None => None,
+        };
+        let authorized = client
+            .request("mining.authorize", serde_json::json!([username, "x"]))
+            .await
+            .expect("authorize answered");
+        assert_eq!(
+            authorized.result,
+            serde_json::Value::Bool(true),
+            "authorize: {:?}",
+            authorized.error
+        );
+        let difficulty = client
+            .wait_push("mining.set_difficulty")
+            .await
+            .expect("difficulty")[0]
+            .as_f64()
+            .expect("difficulty is a number");
+        let notify = client.wait_push("mining.notify").await.expect("a job");
+        let job = tbg_miner::MinerJob::from_notify_params(&notify).expect("a valid job");
+        ManualMiner {
+            client,
+            username: username.to_string(),
+            session_id,
+            extranonce1,
+            extranonce2_size,
+            difficulty,
+            job,
+            configure_result,
+        }
+    }
+
+    /// Sends a mining.submit with these fields and returns the pool's answer.
+    pub async fn submit(
+        &mut self,
+        job_id: &str,
+        extranonce2: &[u8],
+        ntime: u32,
+        nonce: u32,
+        version_bits: Option<u32>,
+    ) -> tbg_miner::Reply {
+        let mut params = vec![
+            serde_json::json!(self.username),
+            serde_json::json!(job_id),
+            serde_json::json!(hex_encode(extranonce2)),
+            serde_json::json!(format!("{ntime:08x}")),
+            serde_json::json!(format!("{nonce:08x}")),
+        ];
+        if let Some(bits) = version_bits {
+            params.push(serde_json::json!(format!("{bits:08x}")));
+        }
+        self.client
+            .request("mining.submit", serde_json::Value::Array(params))
+            .await
+            .expect("submit answered")
+    }
+
+    /// An extranonce2 of the right size from a counter.
+    pub fn extranonce2(&self, counter: u64) -> Vec<u8> {
+        let mut bytes = counter.to_le_bytes().to_vec();
+        bytes.resize(self.extranonce2_size, 0);
+        bytes
+    }
+
+    /// Finds a nonce meeting the current difficulty for the current job.
+    pub fn grind(&self, extranonce2: &[u8], version: u32) -> u32 {
+        self.job
+            .find_nonce(
+                &self.extranonce1,
+                extranonce2,
+                self.job.ntime,
+                version,
+                self.difficulty,
+                0,
+            )
+            .expect("a nonce exists at test difficulties")
+            .0
+    }
+
+    /// Grinds and submits one valid share on the current job.
+    pub async fn submit_valid(&mut self, counter: u64) -> tbg_miner::Reply {
+        let extranonce2 = self.extranonce2(counter);
+        let nonce = self.grind(&extranonce2, self.job.version);
+        let job_id = self.job.job_id.clone();
+        let ntime = self.job.ntime;
+        self.submit(&job_id, &extranonce2, ntime, nonce, None).await
+    }
+
+    /// Reads pushes until a new job arrives; updates difficulty on the way.
+    pub async fn next_job(&mut self) -> &tbg_miner::MinerJob {
+        loop {
+            let push = self.client.next_push().await.expect("a push from the pool");
+            match push["method"].as_str() {
+                Some("mining.set_difficulty") => {
+                    if let Some(d) = push["params"][0].as_f64() {
+                        self.difficulty = d;
+                    }
+                }
+                Some("mining.notify") => {
+                    self.job = tbg_miner::MinerJob::from_notify_params(&push["params"])
+                        .expect("a valid job");
+                    return &self.job;
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+fn hex_decode(text: &str) -> Vec<u8> {
+    (0..text.len() / 2)
+        .filter_map(|i| u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok())
+        .collect()
+}
+
+fn hex_encode(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

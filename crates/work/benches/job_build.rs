@@ -39,14 +39,16 @@ fn big_template(count: u32) -> Template {
 
 fn job_build(c: &mut Criterion) {
     let template = Arc::new(big_template(4_000));
-    let payout =
-        parse_payout_address("bc1qar0srrr7xfkvy5l643lydnw9re59gtzzwf5mdq", Network::Bitcoin)
-            .expect("address");
+    let payout = parse_payout_address(
+        "bc1qar0srrr7xfkvy5l643lydnw9re59gtzzwf5mdq",
+        Network::Bitcoin,
+    )
+    .expect("address");
     c.bench_function("job_build", |b| {
         b.iter(|| {
             let job_template = JobTemplate::new(black_box(template.clone()));
-            let coinbase = build_coinbase(&template, &payout, "tbg", Some("rig1"), 4, 8)
-                .expect("coinbase");
+            let coinbase =
+                build_coinbase(&template, &payout, "tbg", Some("rig1"), 4, 8).expect("coinbase");
             black_box((job_template, coinbase))
         })
     });

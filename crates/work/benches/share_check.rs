@@ -65,7 +65,13 @@ fn share_check_deep_branch(c: &mut Criterion) {
     c.bench_function("share_check_4000tx", |b| {
         b.iter(|| {
             nonce = nonce.wrapping_add(1);
-            black_box(job.check_share(&[1, 2, 3, 4], &[0; 8], template.cur_time, nonce, 0x2000_0000))
+            black_box(job.check_share(
+                &[1, 2, 3, 4],
+                &[0; 8],
+                template.cur_time,
+                nonce,
+                0x2000_0000,
+            ))
         })
     });
 }
@@ -83,5 +89,10 @@ fn sha256d_64_bytes(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, share_check, share_check_deep_branch, sha256d_64_bytes);
+criterion_group!(
+    benches,
+    share_check,
+    share_check_deep_branch,
+    sha256d_64_bytes
+);
 criterion_main!(benches);

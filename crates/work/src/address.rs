@@ -34,13 +34,17 @@ pub fn parse_payout_address(addr: &str, network: Network) -> Result<ScriptBuf, A
         return Err(AddressError::TooLong { len: addr.len() });
     }
     let unchecked: Address<NetworkUnchecked> =
-        addr.parse().map_err(|e: bitcoin::address::ParseError| AddressError::Invalid {
-            address: addr.to_owned(),
-            reason: e.to_string(),
-        })?;
+        addr.parse()
+            .map_err(|e: bitcoin::address::ParseError| AddressError::Invalid {
+                address: addr.to_owned(),
+                reason: e.to_string(),
+            })?;
     let checked = unchecked
         .require_network(network)
-        .map_err(|_| AddressError::WrongNetwork { address: addr.to_owned(), network })?;
+        .map_err(|_| AddressError::WrongNetwork {
+            address: addr.to_owned(),
+            network,
+        })?;
     match checked.address_type() {
         Some(
             AddressType::P2pkh
@@ -49,6 +53,8 @@ pub fn parse_payout_address(addr: &str, network: Network) -> Result<ScriptBuf, A
             | AddressType::P2wsh
             | AddressType::P2tr,
         ) => Ok(checked.script_pubkey()),
-        _ => Err(AddressError::UnsupportedType { address: addr.to_owned() }),
+        _ => Err(AddressError::UnsupportedType {
+            address: addr.to_owned(),
+        }),
     }
 }

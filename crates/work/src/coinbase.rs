@@ -51,17 +51,28 @@ impl CoinbaseParts {
         let tx: Transaction = deserialize(&bytes)
             .map_err(|e| WorkError::InvalidCoinbase(format!("does not decode: {e}")))?;
         if !tx.is_coinbase() {
-            return Err(WorkError::InvalidCoinbase("not a coinbase transaction".into()));
+            return Err(WorkError::InvalidCoinbase(
+                "not a coinbase transaction".into(),
+            ));
         }
         // Stratum coinbases carry no witness; segwit encoding would move the extranonce.
         if serialize(&tx).len() != bytes.len() {
-            return Err(WorkError::InvalidCoinbase("serialized with a witness".into()));
+            return Err(WorkError::InvalidCoinbase(
+                "serialized with a witness".into(),
+            ));
         }
-        let has_witness_commitment =
-            tx.output.iter().any(|out| is_witness_commitment(out.script_pubkey.as_bytes()));
+        let has_witness_commitment = tx
+            .output
+            .iter()
+            .any(|out| is_witness_commitment(out.script_pubkey.as_bytes()));
         let mut coinb1_state = Sha256::new();
         coinb1_state.update(&coinb1);
-        Ok(CoinbaseParts { coinb1, coinb2, has_witness_commitment, coinb1_state })
+        Ok(CoinbaseParts {
+            coinb1,
+            coinb2,
+            has_witness_commitment,
+            coinb1_state,
+        })
     }
 
     /// Hash state after coinb1 (cloned per share, no allocation).
@@ -129,7 +140,9 @@ pub fn build_coinbase(
     if extranonce_len == 0 || extranonce_len > 75 {
         return Err(WorkError::ExtranonceLength(extranonce_len));
     }
-    let height_script = Builder::new().push_int(i64::from(template.height)).into_script();
+    let height_script = Builder::new()
+        .push_int(i64::from(template.height))
+        .into_script();
 
     let mut tag = String::from(pool_tag);
     if let Some(sig) = user_sig {
@@ -140,19 +153,28 @@ pub fn build_coinbase(
     let fixed_len = height_script.len() + 1 + extranonce_len;
     let room = MAX_COINBASE_SCRIPT_SIG_LEN
         .checked_sub(fixed_len + 1)
-        .ok_or(WorkError::ScriptSigTooLong { needed: fixed_len + 1 })?;
+        .ok_or(WorkError::ScriptSigTooLong {
+            needed: fixed_len + 1,
+        })?;
     truncate_at_char_boundary(&mut tag, room.min(75));
 
-    let tag_push = PushBytesBuf::try_from(tag.into_bytes())
-        .map_err(|_| WorkError::ScriptSigTooLong { needed: MAX_COINBASE_SCRIPT_SIG_LEN + 1 })?;
+    let tag_push =
+        PushBytesBuf::try_from(tag.into_bytes()).map_err(|_| WorkError::ScriptSigTooLong {
+            needed: MAX_COINBASE_SCRIPT_SIG_LEN + 1,
+        })?;
     let extranonce_push = PushBytesBuf::try_from(vec![0u8; extranonce_len])
         .map_err(|_| WorkError::ExtranonceLength(extranonce_len))?;
     let mut script_sig = height_script.into_bytes();
     script_sig.extend_from_slice(
-        Builder::new().push_slice(tag_push).push_slice(extranonce_push).as_bytes(),
+        Builder::new()
+            .push_slice(tag_push)
+            .push_slice(extranonce_push)
+            .as_bytes(),
     );
     if script_sig.len() > MAX_COINBASE_SCRIPT_SIG_LEN {
-        return Err(WorkError::ScriptSigTooLong { needed: script_sig.len() });
+        return Err(WorkError::ScriptSigTooLong {
+            needed: script_sig.len(),
+        });
     }
 
     let mut output = vec![TxOut {
@@ -160,7 +182,10 @@ pub fn build_coinbase(
         script_pubkey: payout_script.to_owned(),
     }];
     if let Some(commitment) = &template.default_witness_commitment {
-        output.push(TxOut { value: Amount::ZERO, script_pubkey: commitment.clone() });
+        output.push(TxOut {
+            value: Amount::ZERO,
+            script_pubkey: commitment.clone(),
+        });
     }
     let script_sig_len = script_sig.len();
     let tx = Transaction {
@@ -179,7 +204,10 @@ pub fn build_coinbase(
     let bytes = serialize(&tx);
     let extranonce_start = BEFORE_SCRIPT_SIG_LEN + 1 + script_sig_len - extranonce_len;
     let coinb1 = bytes.get(..extranonce_start).unwrap_or_default().to_vec();
-    let coinb2 = bytes.get(extranonce_start + extranonce_len..).unwrap_or_default().to_vec();
+    let coinb2 = bytes
+        .get(extranonce_start + extranonce_len..)
+        .unwrap_or_default()
+        .to_vec();
     CoinbaseParts::new(coinb1, coinb2, extranonce_len)
 }
 

@@ -147,7 +147,10 @@ mod tests {
                     break;
                 }
             }
-            assert!(!hash_meets_target(&BlockHash::from_byte_array(above), &target));
+            assert!(!hash_meets_target(
+                &BlockHash::from_byte_array(above),
+                &target
+            ));
         }
         assert_eq!(share_difficulty(&BlockHash::all_zeros()), f64::MAX);
     }

@@ -66,8 +66,11 @@ pub struct JobTemplate {
 impl JobTemplate {
     /// Builds the shared job data for a template.
     pub fn new(template: Arc<Template>) -> JobTemplate {
-        let txids: Vec<[u8; 32]> =
-            template.transactions.iter().map(|tx| tx.txid.to_byte_array()).collect();
+        let txids: Vec<[u8; 32]> = template
+            .transactions
+            .iter()
+            .map(|tx| tx.txid.to_byte_array())
+            .collect();
         let merkle_branch = coinbase_merkle_branch(txids);
         let data_len = template.transactions.iter().map(|tx| tx.data.len()).sum();
         let mut transactions_data = Vec::with_capacity(data_len);
@@ -113,7 +116,9 @@ impl JobTemplate {
             .map(|h| decode_hex_array::<32>(h).map_err(|e| bad("merkle_branch", e)))
             .collect::<Result<Vec<_>, _>>()?;
         let word = |field: &str, text: &str| {
-            decode_hex_array::<4>(text).map(u32::from_be_bytes).map_err(|e| bad(field, e))
+            decode_hex_array::<4>(text)
+                .map(u32::from_be_bytes)
+                .map_err(|e| bad(field, e))
         };
         let version = word("version", parts.version)?;
         let bits = CompactTarget::from_consensus(word("nbits", parts.nbits)?);
@@ -176,12 +181,17 @@ fn coinbase_merkle_branch(mut level: Vec<[u8; 32]>) -> Vec<[u8; 32]> {
         branch.push(first);
         // With the coinbase slot in front the level has len + 1 entries; an
         // odd count duplicates its last entry.
-        if level.len() % 2 == 0 {
+        if level.len() & 1 == 0 {
             if let Some(last) = level.last().copied() {
                 level.push(last);
             }
         }
-        level = level.get(1..).unwrap_or_default().chunks_exact(2).map(pair_hash).collect();
+        level = level
+            .get(1..)
+            .unwrap_or_default()
+            .chunks_exact(2)
+            .map(pair_hash)
+            .collect();
     }
     branch
 }
@@ -279,7 +289,8 @@ impl Job {
         );
         block.extend_from_slice(&header);
         block.extend_from_slice(&bitcoin::consensus::serialize(&count));
-        self.coinbase.write_block_coinbase(&mut block, extranonce1, extranonce2);
+        self.coinbase
+            .write_block_coinbase(&mut block, extranonce1, extranonce2);
         block.extend_from_slice(&self.template.transactions_data);
         block
     }
@@ -308,7 +319,7 @@ mod tests {
     /// Plain merkle root over all leaves (Bitcoin's odd-duplicate rule).
     fn full_root(mut level: Vec<[u8; 32]>) -> [u8; 32] {
         while level.len() > 1 {
-            if level.len() % 2 == 1 {
+            if level.len() & 1 == 1 {
                 level.push(*level.last().unwrap());
             }
             level = level.chunks_exact(2).map(pair_hash).collect();

@@ -83,7 +83,9 @@ impl Template {
 
         let target = Target::from_compact(bits);
         if let Some(value) = obj.get("target").filter(|v| !v.is_null()) {
-            let text = value.as_str().ok_or_else(|| invalid("target", "not a string"))?;
+            let text = value
+                .as_str()
+                .ok_or_else(|| invalid("target", "not a string"))?;
             let bytes = decode_hex_array::<32>(text).map_err(|e| invalid("target", e))?;
             if Target::from_be_bytes(bytes) != target {
                 return Err(invalid("target", "does not match bits"));
@@ -94,7 +96,9 @@ impl Template {
             None | Some(Value::Null) => None,
             Some(value) => {
                 let field = "default_witness_commitment";
-                let text = value.as_str().ok_or_else(|| invalid(field, "not a string"))?;
+                let text = value
+                    .as_str()
+                    .ok_or_else(|| invalid(field, "not a string"))?;
                 let script = ScriptBuf::from_bytes(
                     hex::decode(text).map_err(|e| invalid(field, format!("bad hex: {e}")))?,
                 );
@@ -148,8 +152,8 @@ fn parse_tx(index: usize, tx: &Value) -> Result<TemplateTx, TemplateError> {
     };
     let data = hex::decode(text_of("data")?)
         .map_err(|e| invalid(name("data"), format!("bad hex: {e}")))?;
-    let decoded: Transaction = deserialize(&data)
-        .map_err(|e| invalid(name("data"), format!("not a transaction: {e}")))?;
+    let decoded: Transaction =
+        deserialize(&data).map_err(|e| invalid(name("data"), format!("not a transaction: {e}")))?;
     if decoded.is_coinbase() {
         return Err(invalid(name("data"), "is a coinbase transaction"));
     }
@@ -170,7 +174,12 @@ fn parse_tx(index: usize, tx: &Value) -> Result<TemplateTx, TemplateError> {
             .as_u64()
             .ok_or_else(|| invalid(name("fee"), "not a non-negative integer"))?,
     };
-    Ok(TemplateTx { data, txid, wtxid, fee })
+    Ok(TemplateTx {
+        data,
+        txid,
+        wtxid,
+        fee,
+    })
 }
 
 fn required<'a>(obj: &'a Map<String, Value>, key: &str) -> Result<&'a Value, TemplateError> {
@@ -181,7 +190,9 @@ fn required<'a>(obj: &'a Map<String, Value>, key: &str) -> Result<&'a Value, Tem
 }
 
 fn str_field<'a>(obj: &'a Map<String, Value>, key: &str) -> Result<&'a str, TemplateError> {
-    required(obj, key)?.as_str().ok_or_else(|| invalid(key, "not a string"))
+    required(obj, key)?
+        .as_str()
+        .ok_or_else(|| invalid(key, "not a string"))
 }
 
 fn u32_field(obj: &Map<String, Value>, key: &str) -> Result<u32, TemplateError> {
@@ -204,5 +215,8 @@ pub(crate) fn decode_hex_array<const N: usize>(text: &str) -> Result<[u8; N], St
 }
 
 fn invalid(field: impl Into<String>, reason: impl ToString) -> TemplateError {
-    TemplateError::Invalid { field: field.into(), reason: reason.to_string() }
+    TemplateError::Invalid {
+        field: field.into(),
+        reason: reason.to_string(),
+    }
 }

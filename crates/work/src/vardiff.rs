@@ -84,9 +84,10 @@ impl Vardiff {
         if !(config.min_difficulty.is_finite() && config.min_difficulty > 0.0) {
             config.min_difficulty = VardiffConfig::default().min_difficulty;
         }
-        if !(config.max_difficulty.is_finite() && config.max_difficulty >= config.min_difficulty)
-        {
-            config.max_difficulty = config.min_difficulty.max(VardiffConfig::default().max_difficulty);
+        if !(config.max_difficulty.is_finite() && config.max_difficulty >= config.min_difficulty) {
+            config.max_difficulty = config
+                .min_difficulty
+                .max(VardiffConfig::default().max_difficulty);
         }
         if !(config.target_interval_secs.is_finite() && config.target_interval_secs > 0.0) {
             config.target_interval_secs = VardiffConfig::default().target_interval_secs;
@@ -141,7 +142,11 @@ impl Vardiff {
 
         if self.window_shares >= BURST_SHARES && elapsed * BURST_SPEED < expected {
             // Much too fast: the old average means nothing at this rate.
-            let ratio = if elapsed > 0.0 { expected / elapsed } else { MAX_STEP_UP };
+            let ratio = if elapsed > 0.0 {
+                expected / elapsed
+            } else {
+                MAX_STEP_UP
+            };
             self.ema_window = None;
             self.start_window(now_secs);
             return self.change_to(self.difficulty * ratio.min(MAX_STEP_UP));
@@ -181,7 +186,10 @@ impl Vardiff {
                 secs: EMA_ALPHA * elapsed + (1.0 - EMA_ALPHA) * previous.secs,
                 shares: EMA_ALPHA * shares + (1.0 - EMA_ALPHA) * previous.shares,
             },
-            None => WindowAverage { secs: elapsed, shares },
+            None => WindowAverage {
+                secs: elapsed,
+                shares,
+            },
         };
         self.ema_window = Some(average);
         let ema = average.interval_secs();
@@ -211,7 +219,11 @@ impl Vardiff {
     /// Clamps and applies a new difficulty; the average interval is rescaled
     /// because shares arrive proportionally slower at a higher difficulty.
     fn change_to(&mut self, proposed: f64) -> Option<f64> {
-        let new = if proposed.is_finite() { proposed } else { self.config.max_difficulty };
+        let new = if proposed.is_finite() {
+            proposed
+        } else {
+            self.config.max_difficulty
+        };
         let new = new.clamp(self.floor, self.config.max_difficulty);
         let old = self.difficulty;
         if (new - old).abs() <= old * 1e-9 {

@@ -33,8 +33,14 @@ fn regtest_addresses() -> Vec<(&'static str, String)> {
         ("p2pkh", Address::p2pkh(public, network).to_string()),
         ("p2sh", Address::p2shwpkh(&public, network).to_string()),
         ("p2wpkh", Address::p2wpkh(&public, network).to_string()),
-        ("p2wsh", Address::p2wsh(&witness_script, network).to_string()),
-        ("p2tr", Address::p2tr(&secp, xonly, None, network).to_string()),
+        (
+            "p2wsh",
+            Address::p2wsh(&witness_script, network).to_string(),
+        ),
+        (
+            "p2tr",
+            Address::p2tr(&secp, xonly, None, network).to_string(),
+        ),
     ]
 }
 
@@ -64,8 +70,7 @@ fn coinbase_for_every_address_type_is_valid() {
     for (kind, address) in regtest_addresses() {
         let payout = parse_payout_address(&address, Network::Regtest).unwrap();
         for user_sig in [None, Some("rig-7")] {
-            let parts =
-                build_coinbase(&template, &payout, "tbg", user_sig, 4, 8).unwrap();
+            let parts = build_coinbase(&template, &payout, "tbg", user_sig, 4, 8).unwrap();
             let tx = assembled(&parts);
             assert!(tx.is_coinbase(), "{kind}");
             assert_eq!(tx.input.len(), 1);
@@ -74,7 +79,11 @@ fn coinbase_for_every_address_type_is_valid() {
             assert!(tx.lock_time.to_consensus_u32() == 0);
             assert!(tx.version.0 == 1 || tx.version.0 == 2);
             let script_sig = tx.input[0].script_sig.as_bytes();
-            assert!(script_sig.len() <= 100, "{kind}: {} bytes", script_sig.len());
+            assert!(
+                script_sig.len() <= 100,
+                "{kind}: {} bytes",
+                script_sig.len()
+            );
             // Core's BIP34 check: the scriptSig starts with CScript() << height.
             let expected_height = Builder::new().push_int(104).into_script();
             assert!(script_sig.starts_with(expected_height.as_bytes()), "{kind}");
@@ -86,9 +95,17 @@ fn coinbase_for_every_address_type_is_valid() {
                 None => "tbg".to_owned(),
             };
             assert_eq!(pushes[1], tag.as_bytes(), "{kind}");
-            assert_eq!(pushes[2], [&EXTRANONCE1[..], &EXTRANONCE2[..]].concat(), "{kind}");
+            assert_eq!(
+                pushes[2],
+                [&EXTRANONCE1[..], &EXTRANONCE2[..]].concat(),
+                "{kind}"
+            );
             // coinb1 ends right before the extranonce and coinb2 starts right after.
-            assert_eq!(parts.coinb1.last(), Some(&12u8), "{kind}: push opcode for 12 bytes");
+            assert_eq!(
+                parts.coinb1.last(),
+                Some(&12u8),
+                "{kind}: push opcode for 12 bytes"
+            );
             assert_eq!(&parts.coinb2[..4], &[0xff; 4], "{kind}: sequence follows");
 
             assert_eq!(tx.output.len(), 2, "{kind}");
@@ -120,7 +137,10 @@ fn small_heights_use_the_opcode_form_core_expects() {
         let parts = build_coinbase(&template, &payout, "tbg", None, 4, 8).unwrap();
         let tx = assembled(&parts);
         let script_sig = tx.input[0].script_sig.as_bytes();
-        assert!(script_sig.starts_with(&prefix), "height {height}: {script_sig:02x?}");
+        assert!(
+            script_sig.starts_with(&prefix),
+            "height {height}: {script_sig:02x?}"
+        );
         assert!(script_sig.len() >= 2, "Core's bad-cb-length lower bound");
     }
 }
@@ -130,8 +150,15 @@ fn long_tags_are_truncated_never_the_extranonce() {
     let template = gbt_template();
     let payout = parse_payout_address(&regtest_addresses()[4].1, Network::Regtest).unwrap();
     let long_sig = "é".repeat(80);
-    let parts =
-        build_coinbase(&template, &payout, "a-very-long-pool-tag", Some(&long_sig), 8, 16).unwrap();
+    let parts = build_coinbase(
+        &template,
+        &payout,
+        "a-very-long-pool-tag",
+        Some(&long_sig),
+        8,
+        16,
+    )
+    .unwrap();
     let tx = assembled_with(&parts, &[9u8; 8], &[8u8; 16]);
     // Filled to the limit, less at most one byte of a split 2-byte character.
     let len = tx.input[0].script_sig.len();
@@ -181,7 +208,10 @@ fn found_block_from_core_template_is_valid() {
     let version = job.template.version;
     let ntime = template.cur_time;
     let nonce = (0u32..1000)
-        .find(|n| job.check_share(&EXTRANONCE1, &EXTRANONCE2, ntime, *n, version).meets_network)
+        .find(|n| {
+            job.check_share(&EXTRANONCE1, &EXTRANONCE2, ntime, *n, version)
+                .meets_network
+        })
         .expect("about half of all nonces meet the regtest target");
     let check = job.check_share(&EXTRANONCE1, &EXTRANONCE2, ntime, nonce, version);
     let bytes = job.block_bytes(&EXTRANONCE1, &EXTRANONCE2, ntime, nonce, version);
@@ -193,12 +223,21 @@ fn found_block_from_core_template_is_valid() {
     assert!(block.header.validate_pow(block.header.target()).is_ok());
     assert_eq!(block.bip34_block_height().unwrap(), 104);
     assert_eq!(block.txdata.len(), 2);
-    assert_eq!(block.txdata[1].compute_txid(), template.transactions[0].txid);
-    assert_eq!(block.txdata[0].input[0].witness.to_vec(), vec![vec![0u8; 32]]);
+    assert_eq!(
+        block.txdata[1].compute_txid(),
+        template.transactions[0].txid
+    );
+    assert_eq!(
+        block.txdata[0].input[0].witness.to_vec(),
+        vec![vec![0u8; 32]]
+    );
 
     // A share that misses the network target is still hashed consistently.
     let miss = (0u32..1000)
-        .find(|n| !job.check_share(&EXTRANONCE1, &EXTRANONCE2, ntime, *n, version).meets_network)
+        .find(|n| {
+            !job.check_share(&EXTRANONCE1, &EXTRANONCE2, ntime, *n, version)
+                .meets_network
+        })
         .unwrap();
     let miss_check = job.check_share(&EXTRANONCE1, &EXTRANONCE2, ntime, miss, version);
     assert!(miss_check.share_difficulty < tbg_work::target_to_difficulty(&template.target));
@@ -242,7 +281,10 @@ fn mainnet_and_testnet_addresses_are_checked_against_the_network() {
         "bc1p5d7rjq7g6rdk2yhzks9smlaqtedr4dekq08ge8ztwac72sfr9rusxg3297",
     ];
     for address in mainnet {
-        assert!(parse_payout_address(address, Network::Bitcoin).is_ok(), "{address}");
+        assert!(
+            parse_payout_address(address, Network::Bitcoin).is_ok(),
+            "{address}"
+        );
         assert!(matches!(
             parse_payout_address(address, Network::Regtest),
             Err(AddressError::WrongNetwork { .. })
@@ -257,7 +299,10 @@ fn mainnet_and_testnet_addresses_are_checked_against_the_network() {
 
 #[test]
 fn malformed_addresses_are_rejected() {
-    assert_eq!(parse_payout_address("", Network::Regtest), Err(AddressError::Empty));
+    assert_eq!(
+        parse_payout_address("", Network::Regtest),
+        Err(AddressError::Empty)
+    );
     let long = "b".repeat(91);
     assert_eq!(
         parse_payout_address(&long, Network::Bitcoin),
@@ -270,7 +315,10 @@ fn malformed_addresses_are_rejected() {
         "bc1qar0srrr7xfkvy5l643lydnw9re59gtzzwf5mdx",
     ] {
         assert!(
-            matches!(parse_payout_address(bad, Network::Bitcoin), Err(AddressError::Invalid { .. })),
+            matches!(
+                parse_payout_address(bad, Network::Bitcoin),
+                Err(AddressError::Invalid { .. })
+            ),
             "{bad}"
         );
     }

@@ -53,8 +53,12 @@ fn cases() -> (Vec<u8>, Vec<Case>) {
 
 fn job_from_notify(case: &Case, extranonce_len: usize) -> Job {
     let p = &case.notify;
-    let branch: Vec<String> =
-        p[4].as_array().unwrap().iter().map(|h| h.as_str().unwrap().to_owned()).collect();
+    let branch: Vec<String> = p[4]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h.as_str().unwrap().to_owned())
+        .collect();
     let parts = NotifyParts {
         height: case.height,
         prevhash: p[1].as_str().unwrap(),
@@ -91,24 +95,61 @@ fn recorded_shares_hash_to_the_accepted_blocks() {
     for case in &cases {
         let job = job_from_notify(case, extranonce1.len() + case.extranonce2.len());
         let version = job.template.version;
-        let check = job.check_share(&extranonce1, &case.extranonce2, case.ntime, case.nonce, version);
+        let check = job.check_share(
+            &extranonce1,
+            &case.extranonce2,
+            case.ntime,
+            case.nonce,
+            version,
+        );
         let header_hash = BlockHash::from_raw_hash(sha256d::Hash::hash(&case.block_bytes[..80]));
         assert_eq!(header_hash, case.accepted_hash, "fixture self-consistency");
         assert_eq!(check.hash, case.accepted_hash, "height {}", case.height);
-        assert!(check.meets_network, "an accepted block meets the network target");
-        assert!(check.share_difficulty >= 1.0, "cpuminer mined at difficulty 1");
+        assert!(
+            check.meets_network,
+            "an accepted block meets the network target"
+        );
+        assert!(
+            check.share_difficulty >= 1.0,
+            "cpuminer mined at difficulty 1"
+        );
 
         let coinbase = job.coinbase.assemble(&extranonce1, &case.extranonce2);
-        assert_eq!(coinbase, without_witness(&case.block.txdata[0]), "height {}", case.height);
+        assert_eq!(
+            coinbase,
+            without_witness(&case.block.txdata[0]),
+            "height {}",
+            case.height
+        );
         assert!(job.coinbase.has_witness_commitment);
 
-        let block = job.block_bytes(&extranonce1, &case.extranonce2, case.ntime, case.nonce, version);
-        assert_eq!(hex::encode(&block), hex::encode(&case.block_bytes), "height {}", case.height);
+        let block = job.block_bytes(
+            &extranonce1,
+            &case.extranonce2,
+            case.ntime,
+            case.nonce,
+            version,
+        );
         assert_eq!(
-            job.block_hex(&extranonce1, &case.extranonce2, case.ntime, case.nonce, version),
+            hex::encode(&block),
+            hex::encode(&case.block_bytes),
+            "height {}",
+            case.height
+        );
+        assert_eq!(
+            job.block_hex(
+                &extranonce1,
+                &case.extranonce2,
+                case.ntime,
+                case.nonce,
+                version
+            ),
             hex::encode(&case.block_bytes)
         );
-        assert_eq!(job.template.previous_block_hash, case.block.header.prev_blockhash);
+        assert_eq!(
+            job.template.previous_block_hash,
+            case.block.header.prev_blockhash
+        );
     }
 }
 
@@ -140,8 +181,11 @@ fn gbt_for(case: &Case, previous: &BlockHash) -> Value {
             })
         })
         .collect();
-    let coinbase_value: u64 =
-        case.block.txdata[0].output.iter().map(|o| o.value.to_sat()).sum();
+    let coinbase_value: u64 = case.block.txdata[0]
+        .output
+        .iter()
+        .map(|o| o.value.to_sat())
+        .sum();
     json!({
         "version": case.block.header.version.to_consensus(),
         "previousblockhash": previous.to_string(),
@@ -163,14 +207,25 @@ fn template_notify_fields_match_what_ckpool_sent() {
             Template::from_gbt(&gbt_for(case, &case.block.header.prev_blockhash)).unwrap();
         let job_template = JobTemplate::new(Arc::new(template));
         let notify = &case.notify;
-        assert_eq!(job_template.prevhash_hex, notify[1].as_str().unwrap(), "prevhash");
-        let branch: Vec<&str> =
-            notify[4].as_array().unwrap().iter().map(|h| h.as_str().unwrap()).collect();
+        assert_eq!(
+            job_template.prevhash_hex,
+            notify[1].as_str().unwrap(),
+            "prevhash"
+        );
+        let branch: Vec<&str> = notify[4]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| h.as_str().unwrap())
+            .collect();
         assert_eq!(job_template.merkle_branch_hex, branch, "merkle branch");
         assert_eq!(job_template.version_hex, notify[5].as_str().unwrap());
         assert_eq!(job_template.nbits_hex, notify[6].as_str().unwrap());
         assert_eq!(job_template.ntime_hex, notify[7].as_str().unwrap());
-        assert_eq!(job_template.transaction_count(), case.block.txdata.len() - 1);
+        assert_eq!(
+            job_template.transaction_count(),
+            case.block.txdata.len() - 1
+        );
     }
 }
 
@@ -178,8 +233,10 @@ fn template_notify_fields_match_what_ckpool_sent() {
 fn case_103_prevhash_is_case_102_block_in_stratum_order() {
     let (_, cases) = cases();
     // Block 103 builds on the accepted block 102.
-    let template =
-        Template::from_gbt(&gbt_for(&cases[1], &cases[0].accepted_hash)).unwrap();
+    let template = Template::from_gbt(&gbt_for(&cases[1], &cases[0].accepted_hash)).unwrap();
     let job_template = JobTemplate::new(Arc::new(template));
-    assert_eq!(job_template.prevhash_hex, cases[1].notify[1].as_str().unwrap());
+    assert_eq!(
+        job_template.prevhash_hex,
+        cases[1].notify[1].as_str().unwrap()
+    );
 }

@@ -60,7 +60,11 @@ fn simulate(hashrate: f64, seed: u64, config: VardiffConfig, duration_secs: f64)
             next_share = now + gap(hashrate / vardiff.difficulty());
         }
     }
-    Run { vardiff, shares, changes }
+    Run {
+        vardiff,
+        shares,
+        changes,
+    }
 }
 
 #[test]
@@ -70,13 +74,21 @@ fn converges_to_the_target_interval_across_ten_orders_of_magnitude() {
     for (index, hashrate) in [1e-4, 1e-2, 1.0, 1e2, 1e4, 1e6].into_iter().enumerate() {
         for seed in 0..3u64 {
             let run = simulate(hashrate, 1000 * index as u64 + seed, config(), duration);
-            let settled: Vec<_> = run.shares.iter().filter(|(t, _)| *t >= settled_from).collect();
+            let settled: Vec<_> = run
+                .shares
+                .iter()
+                .filter(|(t, _)| *t >= settled_from)
+                .collect();
             let mean_interval = (duration - settled_from) / settled.len() as f64;
             let ideal = hashrate * TARGET_SECS;
             let final_ratio = run.vardiff.difficulty() / ideal;
             let mean_ratio =
                 settled.iter().map(|(_, d)| d / ideal).sum::<f64>() / settled.len() as f64;
-            let settled_changes = run.changes.iter().filter(|(t, _)| *t >= settled_from).count();
+            let settled_changes = run
+                .changes
+                .iter()
+                .filter(|(t, _)| *t >= settled_from)
+                .count();
             let hours = (duration - settled_from) / 3600.0;
             assert!(
                 (0.9 * TARGET_SECS..=1.1 * TARGET_SECS).contains(&mean_interval),
@@ -110,7 +122,12 @@ fn large_miner_ramps_up_fast() {
         .find(|(_, d)| *d >= 1e6)
         .expect("reaches a tenth of the ideal difficulty");
     assert!(first_near.0 < 10.0, "took {}s", first_near.0);
-    assert!(run.changes.windows(2).all(|w| w[1].1 / w[0].1 <= 64.0 + 1e-9), "step above x64");
+    assert!(
+        run.changes
+            .windows(2)
+            .all(|w| w[1].1 / w[0].1 <= 64.0 + 1e-9),
+        "step above x64"
+    );
 }
 
 #[test]
@@ -139,7 +156,10 @@ fn clamps_to_min_and_max() {
     assert_eq!(slow.vardiff.difficulty(), 1.0);
     assert!(slow.changes.iter().all(|(_, d)| *d >= 1.0));
     // Start difficulty outside the limits is clamped too.
-    let high_start = VardiffConfig { start_difficulty: 1e6, ..narrow };
+    let high_start = VardiffConfig {
+        start_difficulty: 1e6,
+        ..narrow
+    };
     assert_eq!(Vardiff::new(high_start, 0.0).difficulty(), 1000.0);
 }
 
@@ -158,9 +178,17 @@ fn suggested_difficulty_is_a_floor_but_never_below_pool_minimum() {
     }
     assert_eq!(vardiff.difficulty(), 500.0);
 
-    let pool = VardiffConfig { min_difficulty: 8.0, start_difficulty: 8.0, ..config() };
+    let pool = VardiffConfig {
+        min_difficulty: 8.0,
+        start_difficulty: 8.0,
+        ..config()
+    };
     let mut vardiff = Vardiff::new(pool, 0.0);
-    assert_eq!(vardiff.suggest_difficulty(0.5, 0.0), None, "below pool minimum: stays at 8");
+    assert_eq!(
+        vardiff.suggest_difficulty(0.5, 0.0),
+        None,
+        "below pool minimum: stays at 8"
+    );
     assert_eq!(vardiff.difficulty(), 8.0);
     for bad in [f64::NAN, f64::INFINITY, -1.0, 0.0] {
         assert_eq!(vardiff.suggest_difficulty(bad, 0.0), None);
@@ -171,19 +199,39 @@ fn suggested_difficulty_is_a_floor_but_never_below_pool_minimum() {
 #[test]
 fn steady_miner_at_the_right_difficulty_is_left_alone_in_the_band() {
     // Shares exactly every 10 s at the ideal difficulty: never retarget.
-    let mut vardiff = Vardiff::new(VardiffConfig { start_difficulty: 100.0, ..config() }, 0.0);
+    let mut vardiff = Vardiff::new(
+        VardiffConfig {
+            start_difficulty: 100.0,
+            ..config()
+        },
+        0.0,
+    );
     for i in 1..=2000 {
         let now = f64::from(i) * TARGET_SECS;
         assert_eq!(vardiff.on_share(now), None, "share {i}");
         assert_eq!(vardiff.poll(now + 1.0), None);
     }
     // Shares 15% too fast stay inside the 0.8-1.2 band as well.
-    let mut vardiff = Vardiff::new(VardiffConfig { start_difficulty: 100.0, ..config() }, 0.0);
+    let mut vardiff = Vardiff::new(
+        VardiffConfig {
+            start_difficulty: 100.0,
+            ..config()
+        },
+        0.0,
+    );
     for i in 1..=2000 {
         assert_eq!(vardiff.on_share(f64::from(i) * TARGET_SECS * 0.85), None);
     }
     // 2x too fast (outside the band): raised, dampened to halfway at first.
-    let mut vardiff = Vardiff::new(VardiffConfig { start_difficulty: 100.0, ..config() }, 0.0);
-    let first = (1..=100).find_map(|i| vardiff.on_share(f64::from(i) * 5.0)).unwrap();
+    let mut vardiff = Vardiff::new(
+        VardiffConfig {
+            start_difficulty: 100.0,
+            ..config()
+        },
+        0.0,
+    );
+    let first = (1..=100)
+        .find_map(|i| vardiff.on_share(f64::from(i) * 5.0))
+        .unwrap();
     assert!((first - 150.0).abs() < 1e-6, "{first}");
 }

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Installs what building and testing need on a fresh Debian machine that has
+# only the Rust toolchain. Idempotent: installs only what is missing.
+set -euo pipefail
+
+need=()
+command -v cmake >/dev/null 2>&1 || need+=(cmake)
+[ -f /usr/include/boost/version.hpp ] || need+=(libboost-dev)
+command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
+if [ "${TBG_SETUP_TEST_DEPS:-0}" = 1 ]; then
+  command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+fi
+
+if [ ${#need[@]} -gt 0 ]; then
+  echo "setup: installing ${need[*]}"
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${need[@]}"
+fi
