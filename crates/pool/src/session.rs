@@ -205,11 +205,10 @@ impl Session {
                 }
                 changed = work_rx.changed() => {
                     if changed.is_err() { break CloseReason::Shutdown; }
-                    if self.authorized.is_some() {
-                        let work = work_rx.borrow_and_update().clone();
-                        if let Some(work) = work {
-                            self.push_job(&work, &mut out);
-                        }
+                    let work = work_rx.borrow_and_update().clone();
+                    // Authorize may already have sent this generation.
+                    if let Some(work) = work.filter(|w| w.generation != self.work_generation_sent) {
+                        self.push_job(&work, &mut out);
                     }
                 }
                 _ = vardiff_tick.tick() => self.poll_vardiff(&mut out, &work_rx),

@@ -1,0 +1,221 @@
+//! The pool keeps miners working through node and Redis outages
+//! (plan scenarios 2 and 5) and fails over between nodes.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use bitcoin::BlockHash;
+use serde_json::json;
+use tbg_devnode::{DevNode, DevNodeOptions};
+use tbg_pool::BlockStatus;
+use tbg_testkit::{
+    node_endpoint, regtest_address, test_settings, AddressKind, ManualMiner, RedisServer, TestEnv,
+};
+
+/// Mines one share (a block on regtest) on the miner's current job and waits
+/// for the pool's verdict on the block.
+async fn mine_block(env: &TestEnv, miner: &mut ManualMiner, counter: u64) -> tbg_pool::BlockRecord {
+    let before = env.service.pool.blocks().len();
+    let reply = miner.submit_valid(counter).await;
+    assert_eq!(
+        reply.result,
+        json!(true),
+        "share accepted: {:?}",
+        reply.error
+    );
+    env.wait_until("block verdict", Duration::from_secs(20), |env| {
+        env.service
+            .pool
+            .blocks()
+            .get(before)
+            .is_some_and(|b| b.status != BlockStatus::Submitting)
+    })
+    .await;
+    env.service.pool.blocks()[before].clone()
+}
+
+/// Waits for a job built on `prev` (display hex) and returns it.
+async fn job_on(miner: &mut ManualMiner, expected_prev: BlockHash) {
+    let expected = tbg_testkit::stratum_prevhash(&expected_prev);
+    while miner.job.prevhash_hex != expected {
+        tokio::time::timeout(Duration::from_secs(20), miner.next_job())
+            .await
+            .expect("new work in time");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn all_nodes_down_then_back() {
+    let env = TestEnv::start().await;
+    let (address, _) = regtest_address(AddressKind::P2wpkh);
+    let mut miner = ManualMiner::connect(env.stratum_addr(), &address).await;
+    assert!(env.service.pool.status().node_up);
+
+    env.node.stop_rpc().await;
+    env.wait_until("pool sees the node down", Duration::from_secs(10), |env| {
+        !env.service.pool.status().node_up
+    })
+    .await;
+    // Still mining on the last work: shares accepted, a new miner gets that work.
+    let block = mine_block(&env, &mut miner, 1).await;
+    assert_eq!(block.status, BlockStatus::Rejected, "no node could take it");
+    let late = ManualMiner::connect(env.stratum_addr(), &format!("{address}.late")).await;
+    assert_eq!(
+        late.job.prevhash_hex, miner.job.prevhash_hex,
+        "stale work served while down"
+    );
+    assert!(env.service.pool.status().nodes_down_seconds.is_some());
+
+    let height = env.node.block_count();
+    env.node.start_rpc().await.unwrap();
+    env.wait_until("pool sees the node back", Duration::from_secs(10), |env| {
+        env.service.pool.status().node_up
+    })
+    .await;
+    let block = mine_block(&env, &mut miner, 2).await;
+    assert_eq!(block.status, BlockStatus::Accepted);
+    assert_eq!(env.node.block_count(), height + 1);
+    env.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fails_over_to_the_next_node_and_back() {
+    tbg_testkit::init_tracing();
+    let primary = DevNode::start(DevNodeOptions::default()).await.unwrap();
+    let backup = DevNode::start(DevNodeOptions::default()).await.unwrap();
+    // Both nodes start from the same deterministic chain; one more block on
+    // the backup tells their work apart.
+    let (_, someone) = regtest_address(AddressKind::P2pkh);
+    backup.mine_blocks(1, &someone).await.unwrap();
+    let backup_handle_endpoint = node_endpoint(&backup);
+    let endpoints = vec![node_endpoint(&primary), backup_handle_endpoint];
+    let env = TestEnv::start_pool(primary, endpoints, test_settings()).await;
+    let (address, script) = regtest_address(AddressKind::P2sh);
+    let mut miner = ManualMiner::connect(env.stratum_addr(), &address).await;
+    job_on(&mut miner, env.node.best_block_hash()).await;
+
+    // Primary fails: work comes from the backup, blocks land there.
+    env.node.stop_rpc().await;
+    job_on(&mut miner, backup.best_block_hash()).await;
+    let block = mine_block(&env, &mut miner, 1).await;
+    assert_eq!(block.status, BlockStatus::Accepted);
+    let hash = BlockHash::from_str(&block.hash).unwrap();
+    let on_backup = backup
+        .get_block(&hash)
+        .expect("the backup node has the block");
+    assert_eq!(on_backup.txdata[0].output[0].script_pubkey, script);
+    assert!(env.events_of("new_block_network").len() >= 2);
+
+    // Primary back: preferred again.
+    env.node.start_rpc().await.unwrap();
+    job_on(&mut miner, env.node.best_block_hash()).await;
+    let block = mine_block(&env, &mut miner, 2).await;
+    assert_eq!(block.status, BlockStatus::Accepted);
+    assert!(env
+        .node
+        .get_block(&BlockHash::from_str(&block.hash).unwrap())
+        .is_some());
+    env.shutdown().await;
+    backup.shutdown().await;
+}
+
+fn coinbase_script_sig(env: &TestEnv, hash: &str) -> Vec<u8> {
+    let block = env
+        .node
+        .get_block(&BlockHash::from_str(hash).unwrap())
+        .unwrap();
+    block.txdata[0].input[0].script_sig.to_bytes()
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_coinbase_signature_from_redis_and_redis_outage() {
+    let mut redis = RedisServer::start();
+    let env = TestEnv::start_with(|settings| {
+        settings.redis_url = Some(redis.url());
+        settings.user_sig_refresh = Duration::from_millis(300);
+    })
+    .await;
+    let (address, _) = regtest_address(AddressKind::P2tr);
+    let (forger, _) = regtest_address(AddressKind::P2wpkh);
+    assert_eq!(
+        redis.cli(&[
+            "SET",
+            &format!("user_coinbase:{address}"),
+            "Solo #1: hi/there!"
+        ]),
+        "OK"
+    );
+    assert_eq!(
+        redis.cli(&["SET", &format!("user_coinbase:{forger}"), "evil\"},{\"sig"]),
+        "OK"
+    );
+
+    let mut miner = ManualMiner::connect(env.stratum_addr(), &address).await;
+    let mut bad = ManualMiner::connect(env.stratum_addr(), &forger).await;
+    // The signature is fetched on authorize and used from the next job on.
+    env.wait_until("redis answered", Duration::from_secs(10), |env| {
+        env.service.pool.status().redis_up
+    })
+    .await;
+    let (_, other) = regtest_address(AddressKind::P2pkh);
+    env.node.mine_blocks(1, &other).await.unwrap();
+    job_on(&mut miner, env.node.best_block_hash()).await;
+    job_on(&mut bad, env.node.best_block_hash()).await;
+    let block = mine_block(&env, &mut miner, 1).await;
+    assert_eq!(block.status, BlockStatus::Accepted);
+    let script_sig = coinbase_script_sig(&env, &block.hash);
+    assert!(
+        contains(&script_sig, b"/tbg//Solo #1: hi/there!"),
+        "{}",
+        String::from_utf8_lossy(&script_sig)
+    );
+    let found = env.events_of("block_found");
+    assert!(found.iter().any(|e| matches!(&e.data,
+        tbg_events::EventData::BlockFound { coinbase_sig, .. } if coinbase_sig == "Solo #1: hi/there!")));
+
+    // A signature outside the allowed alphabet never reaches a block.
+    job_on(&mut bad, env.node.best_block_hash()).await;
+    let block = mine_block(&env, &mut bad, 2).await;
+    let script_sig = coinbase_script_sig(&env, &block.hash);
+    assert!(
+        !contains(&script_sig, b"evil"),
+        "{}",
+        String::from_utf8_lossy(&script_sig)
+    );
+    assert!(contains(&script_sig, b"/tbg/"));
+
+    // Redis dies: mining goes on.
+    redis.kill();
+    env.wait_until(
+        "pool notices redis is down",
+        Duration::from_secs(10),
+        |env| !env.service.pool.status().redis_up,
+    )
+    .await;
+    job_on(&mut miner, env.node.best_block_hash()).await;
+    let block = mine_block(&env, &mut miner, 3).await;
+    assert_eq!(block.status, BlockStatus::Accepted);
+    env.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_redis_the_pool_mines_with_its_default_tag() {
+    let closed = tbg_testkit::free_port();
+    let env = TestEnv::start_with(|settings| {
+        settings.redis_url = Some(format!("redis://127.0.0.1:{closed}/"));
+        settings.user_sig_refresh = Duration::from_millis(300);
+    })
+    .await;
+    let (address, _) = regtest_address(AddressKind::P2pkh);
+    let mut miner = ManualMiner::connect(env.stratum_addr(), &address).await;
+    let block = mine_block(&env, &mut miner, 1).await;
+    assert_eq!(block.status, BlockStatus::Accepted);
+    let script_sig = coinbase_script_sig(&env, &block.hash);
+    assert!(contains(&script_sig, b"/tbg/"));
+    assert!(!env.service.pool.status().redis_up);
+    env.shutdown().await;
+}
