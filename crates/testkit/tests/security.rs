@@ -1109,10 +1109,13 @@ async fn invalid_addresses_are_refused_and_the_connection_stays_open() {
     env.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn graceful_shutdown_sends_client_reconnect_before_closing() {
+/// One shutdown with three authorized miners and one subscribed connection:
+/// each must read `client.reconnect` as the last thing before the close.
+async fn shutdown_round(round: usize) {
     let env = TestEnv::start().await;
-    assert_pool_serves(&env).await;
+    if round == 0 {
+        assert_pool_serves(&env).await;
+    }
     let addr = env.stratum_addr();
     let (address, _) = regtest_address(AddressKind::P2wpkh);
     let mut miners = Vec::new();
@@ -1121,25 +1124,29 @@ async fn graceful_shutdown_sends_client_reconnect_before_closing() {
         client.wait_push("mining.notify").await.expect("work");
         miners.push(client);
     }
-    let mut unauthorized = subscribed_client(&env).await;
-    let mut clients: Vec<&mut StratumClient> = miners.iter_mut().collect();
-    clients.push(&mut unauthorized);
+    miners.push(subscribed_client(&env).await);
     let started = Instant::now();
     let watch = async {
-        for client in clients {
+        let mut outcomes = Vec::new();
+        for client in &mut miners {
             let received = read_until_closed(client, Duration::from_secs(5)).await;
-            let methods: Vec<&str> = received
+            let methods: Vec<String> = received
                 .iter()
                 .filter_map(|m| m["method"].as_str())
+                .map(str::to_string)
                 .collect();
-            assert_eq!(
-                methods.last(),
-                Some(&"client.reconnect"),
-                "last message before close: {received:?}"
-            );
+            outcomes.push(methods);
         }
+        outcomes
     };
-    tokio::join!(env.shutdown(), watch);
+    let ((), outcomes) = tokio::join!(env.shutdown(), watch);
+    for (index, methods) in outcomes.iter().enumerate() {
+        assert_eq!(
+            methods.last().map(String::as_str),
+            Some("client.reconnect"),
+            "round {round}, connection {index}: pushes before the close: {methods:?}"
+        );
+    }
     assert!(
         started.elapsed() < Duration::from_secs(5),
         "shutdown took {:?}",
@@ -1153,5 +1160,23 @@ async fn graceful_shutdown_sends_client_reconnect_before_closing() {
             late.read_message().await.is_err(),
             "a stopped pool answered"
         );
+    }
+}
+
+/// BUG (pool), intermittent (about 1 run in 10 under CPU load, 1 in 30
+/// otherwise): a miner connected during a graceful shutdown can be closed
+/// WITHOUT `client.reconnect`. `PoolHandle::shutdown` sends the shutdown
+/// signal to the sessions and to `work_source::run` at once; work_source
+/// returns and drops the work sender, and a session that polls
+/// `work_rx.changed()` after that (its `shutdown.changed()` was polled
+/// just before the signal) takes `if changed.is_err() { break
+/// CloseReason::Shutdown; }` in session.rs, which closes without writing
+/// the reconnect. Pool logs show `reason=Shutdown` for the session and the
+/// client sees a clean EOF with no `client.reconnect`. Several rounds
+/// make the race likelier to show.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_sends_client_reconnect_before_closing() {
+    for round in 0..4 {
+        shutdown_round(round).await;
     }
 }
