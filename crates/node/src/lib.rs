@@ -19,4 +19,4 @@ pub use nodeset::{
     DEFAULT_DOWN_RETRY,
 };
 pub use rpc::{RpcClient, RpcError, RpcObserver};
-pub use watcher::{FetchedTemplate, NodeHealth, TemplateWatcher, WatcherConfig};
+pub use watcher::{FetchedTemplate, NodeHealth, RefreshTrigger, TemplateWatcher, WatcherConfig};

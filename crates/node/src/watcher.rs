@@ -78,13 +78,35 @@ impl TemplateWatcher {
         watch::Receiver<NodeHealth>,
         JoinHandle<()>,
     ) {
+        let (templates, health, task, _) =
+            TemplateWatcher::spawn_with_trigger(nodes, config, shutdown);
+        (templates, health, task)
+    }
+
+    /// As [`TemplateWatcher::spawn`], plus a trigger that asks for a new
+    /// template at once (the pool pulls it after one of its blocks is
+    /// accepted, instead of waiting for the next poll).
+    pub fn spawn_with_trigger(
+        nodes: Arc<NodeSet>,
+        config: WatcherConfig,
+        shutdown: CancellationToken,
+    ) -> (
+        watch::Receiver<Option<Arc<FetchedTemplate>>>,
+        watch::Receiver<NodeHealth>,
+        JoinHandle<()>,
+        RefreshTrigger,
+    ) {
         let (template_tx, template_rx) = watch::channel(None);
         let (health_tx, health_rx) = watch::channel(NodeHealth::Starting);
-        // Capacity 1: one pending "new block" wake-up is enough; when full a
-        // fetch is already due, so further notifications are dropped.
-        let (zmq_tx, zmq_rx) = mpsc::channel(1);
+        // Capacity 1: one pending "fetch now" wake-up is enough; when full a
+        // fetch is already due, so further requests are dropped.
+        let (wake_tx, wake_rx) = mpsc::channel(1);
         if let Some(address) = config.zmq_hashblock.clone() {
-            tokio::spawn(zmq_hashblock_task(address, zmq_tx, shutdown.clone()));
+            tokio::spawn(zmq_hashblock_task(
+                address,
+                wake_tx.clone(),
+                shutdown.clone(),
+            ));
         }
         let task = tokio::spawn(watch_loop(
             nodes,
@@ -92,9 +114,20 @@ impl TemplateWatcher {
             shutdown,
             template_tx,
             health_tx,
-            zmq_rx,
+            wake_rx,
         ));
-        (template_rx, health_rx, task)
+        (template_rx, health_rx, task, RefreshTrigger(wake_tx))
+    }
+}
+
+/// Asks the watcher for a new template now.
+#[derive(Clone, Debug)]
+pub struct RefreshTrigger(mpsc::Sender<()>);
+
+impl RefreshTrigger {
+    /// Never blocks; a request while one is pending is merged into it.
+    pub fn request(&self) {
+        let _ = self.0.try_send(());
     }
 }
 
@@ -106,6 +139,16 @@ fn previous_hash_of(gbt: &Value) -> Option<BlockHash> {
 
 fn set_health(health_tx: &watch::Sender<NodeHealth>, health: NodeHealth) {
     health_tx.send_if_modified(|current| {
+        match (&*current, &health) {
+            (NodeHealth::AllDown { .. }, NodeHealth::AllDown { .. }) => {}
+            (_, NodeHealth::AllDown { .. }) => {
+                tracing::warn!("every Bitcoin Core node is unreachable: miners keep the last work until one is back");
+            }
+            (NodeHealth::AllDown { since }, NodeHealth::Up { node_index }) => {
+                tracing::info!(node_index, down_for = ?since.elapsed(), "a Bitcoin Core node is reachable again");
+            }
+            _ => {}
+        }
         // Keep the first `since` while still down.
         let unchanged = match (&*current, &health) {
             (NodeHealth::AllDown { .. }, NodeHealth::AllDown { .. }) => true,

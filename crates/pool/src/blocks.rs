@@ -112,6 +112,10 @@ pub(crate) fn submit(shared: &Arc<PoolShared>, nodes: Arc<NodeSet>, block: Found
             .map(|a| format!("{}: {:?}", a.url, a.answer))
             .collect();
         if outcome.accepted {
+            // Our block is the new tip: fetch work on top of it now.
+            if let Some(refresh) = &shared.refresh {
+                refresh.request();
+            }
             shared
                 .counters
                 .blocks_accepted

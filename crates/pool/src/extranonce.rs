@@ -72,7 +72,7 @@ impl ExtranonceAllocator {
         state.by_session.retain(|_, record| {
             record
                 .released_at
-                .map_or(true, |at| now.saturating_duration_since(at) < window)
+                .is_none_or(|at| now.saturating_duration_since(at) < window)
         });
         if let Some(session) = requested_session {
             if let Some(record) = state.by_session.get_mut(session) {

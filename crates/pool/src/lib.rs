@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use tbg_events::{EventData, EventFactory, EventSink};
-use tbg_node::{FetchedTemplate, NodeHealth, NodeSet};
+use tbg_node::{FetchedTemplate, NodeHealth, NodeSet, RefreshTrigger};
 use tokio::sync::{mpsc, watch};
 
 pub use blocks::{BlockRecord, BlockStatus, FoundBlock};
@@ -62,6 +62,7 @@ pub(crate) struct PoolShared {
     client_counter: AtomicU64,
     nodes: Arc<NodeSet>,
     node_health: watch::Receiver<NodeHealth>,
+    pub(crate) refresh: Option<RefreshTrigger>,
     epoch: Instant,
 }
 
@@ -97,6 +98,8 @@ pub struct PoolDeps {
     pub templates: watch::Receiver<Option<Arc<FetchedTemplate>>>,
     /// Whether any node answers (from the same watcher).
     pub node_health: watch::Receiver<NodeHealth>,
+    /// Asks the watcher for a new template (after one of our blocks is accepted).
+    pub refresh: Option<RefreshTrigger>,
     /// Where found blocks go.
     pub nodes: Arc<NodeSet>,
     pub events: Arc<dyn EventSink>,
@@ -202,6 +205,7 @@ pub async fn start(settings: PoolSettings, deps: PoolDeps) -> Result<PoolHandle,
         client_counter: AtomicU64::new(1),
         nodes: deps.nodes,
         node_health: deps.node_health,
+        refresh: deps.refresh,
         epoch: Instant::now(),
     });
     *shared_slot.lock() = Some(Arc::downgrade(&shared));

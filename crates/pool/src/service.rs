@@ -49,13 +49,17 @@ impl PoolService {
             settings.network,
         )?);
         let watcher_stop = CancellationToken::new();
-        let (templates, node_health, watcher) =
-            TemplateWatcher::spawn(nodes.clone(), node_settings.watcher, watcher_stop.clone());
+        let (templates, node_health, watcher, refresh) = TemplateWatcher::spawn_with_trigger(
+            nodes.clone(),
+            node_settings.watcher,
+            watcher_stop.clone(),
+        );
         let pool = crate::start(
             settings,
             PoolDeps {
                 templates,
                 node_health: node_health.clone(),
+                refresh: Some(refresh),
                 nodes: nodes.clone(),
                 events,
                 event_factory,

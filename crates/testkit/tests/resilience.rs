@@ -219,3 +219,58 @@ async fn without_redis_the_pool_mines_with_its_default_tag() {
     assert!(!env.service.pool.status().redis_up);
     env.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zmq_hashblock_brings_new_work_without_polling() {
+    tbg_testkit::init_tracing();
+    let node = DevNode::start(DevNodeOptions {
+        zmq_pub_hashblock: Some(format!("tcp://127.0.0.1:{}", tbg_testkit::free_port())),
+        ..DevNodeOptions::default()
+    })
+    .await
+    .unwrap();
+    let zmq = node
+        .zmq_hashblock_endpoint()
+        .expect("zmq endpoint")
+        .to_string();
+    let endpoint = node_endpoint(&node);
+    let events = std::sync::Arc::new(tbg_events::MemorySink::new(10_000));
+    // Polling every 10 minutes: only ZMQ can bring the new block in time.
+    let service = tbg_pool::PoolService::start(
+        test_settings(),
+        tbg_pool::NodeSettings {
+            endpoints: vec![endpoint],
+            rpc_timeout: Duration::from_secs(5),
+            watcher: tbg_node::WatcherConfig {
+                block_poll: Duration::from_secs(600),
+                update_interval: Duration::from_secs(600),
+                zmq_hashblock: Some(zmq),
+            },
+        },
+        events,
+        tbg_events::EventFactory::new("test", "hosted"),
+    )
+    .await
+    .unwrap();
+    service
+        .pool
+        .wait_for_work(Duration::from_secs(30))
+        .await
+        .unwrap();
+    let (address, _) = regtest_address(AddressKind::P2wpkh);
+    let mut miner = ManualMiner::connect(service.pool.local_addr(), &address).await;
+    // The subscriber needs a moment to connect before the first publish.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (_, other) = regtest_address(AddressKind::P2pkh);
+    let mined = node.mine_blocks(1, &other).await.unwrap();
+    let started = std::time::Instant::now();
+    job_on(&mut miner, mined[0]).await;
+    assert!(miner.job.clean_jobs);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "new work after {:?}",
+        started.elapsed()
+    );
+    service.shutdown(Duration::from_secs(2)).await;
+    node.shutdown().await;
+}
