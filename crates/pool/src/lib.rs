@@ -215,7 +215,6 @@ pub async fn start(settings: PoolSettings, deps: PoolDeps) -> Result<PoolHandle,
         shared.clone(),
         deps.templates,
         work_tx,
-        shutdown_rx.clone(),
     )));
     background.push(tokio::spawn(maintenance(
         shared.clone(),

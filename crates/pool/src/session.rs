@@ -53,6 +53,9 @@ struct SessionJob {
     ntime: u32,
     reward_sats: u64,
     seen: HashSet<(u64, u32, u32, u32)>,
+    /// Merkle root of the last extranonce2 seen on this job: miners send
+    /// many shares per extranonce2, and the root is most of the hashing.
+    last_root: Option<(u64, [u8; 32])>,
 }
 
 struct Authorized {
@@ -204,7 +207,12 @@ impl Session {
                     }
                 }
                 changed = work_rx.changed() => {
-                    if changed.is_err() { break CloseReason::Shutdown; }
+                    if changed.is_err() {
+                        // The pool is stopping: the miner should go elsewhere.
+                        out.push_str(&tbg_stratum::client_reconnect(None, None, None));
+                        let _ = self.flush(&mut writer, &mut out).await;
+                        break CloseReason::Shutdown;
+                    }
                     let work = work_rx.borrow_and_update().clone();
                     // Authorize may already have sent this generation.
                     if let Some(work) = work.filter(|w| w.generation != self.work_generation_sent) {
@@ -258,7 +266,10 @@ impl Session {
         if trimmed.iter().all(u8::is_ascii_whitespace) {
             return Ok(());
         }
-        let request = match tbg_stratum::parse_request(trimmed) {
+        let request = match tbg_stratum::parse_request_with_limit(
+            trimmed,
+            self.shared.settings.max_line_bytes,
+        ) {
             Ok(request) => request,
             Err(error) => {
                 self.shared.counters.protocol_error(error.label());
@@ -588,6 +599,7 @@ impl Session {
             reward_sats: work.template.coinbase_value,
             job,
             seen: HashSet::new(),
+            last_root: None,
         });
         self.shared.counters.notify_sent(work.received_at);
     }
@@ -718,14 +730,19 @@ impl Session {
         if self.jobs[job_index].seen.contains(&key) {
             return Err(RejectReason::Duplicate);
         }
-        let job = &self.jobs[job_index];
-        let check =
-            job.job
-                .check_share(&allocation.extranonce1, &extranonce2, ntime, nonce, version);
+        let job = &mut self.jobs[job_index];
+        let root = match job.last_root {
+            Some((cached_en2, root)) if cached_en2 == key.0 && extranonce2.len() <= 8 => root,
+            _ => {
+                let root = job.job.merkle_root(&allocation.extranonce1, &extranonce2);
+                job.last_root = Some((key.0, root));
+                root
+            }
+        };
+        let check = job.job.check_share_with_root(&root, ntime, nonce, version);
         if check.share_difficulty < job.difficulty && !check.meets_network {
             return Err(RejectReason::AboveTarget);
         }
-        let job = &mut self.jobs[job_index];
         if job.seen.len() < MAX_SHARES_REMEMBERED_PER_JOB {
             job.seen.insert(key);
         }

@@ -30,7 +30,6 @@ pub(crate) async fn run(
     shared: Arc<PoolShared>,
     mut templates: watch::Receiver<Option<Arc<FetchedTemplate>>>,
     work_tx: watch::Sender<Option<Arc<CurrentWork>>>,
-    mut shutdown: watch::Receiver<bool>,
 ) {
     let mut generation = 0u64;
     let mut last_prev: Option<bitcoin::BlockHash> = None;
@@ -78,9 +77,11 @@ pub(crate) async fn run(
                 }
             }
         }
-        tokio::select! {
-            changed = templates.changed() => if changed.is_err() { return },
-            _ = shutdown.changed() => return,
+        // Runs until the watcher goes away or the pool aborts it after every
+        // session has said goodbye; it does not watch `shutdown` itself, so
+        // sessions never see their work channel close before they are told.
+        if templates.changed().await.is_err() {
+            return;
         }
     }
 }

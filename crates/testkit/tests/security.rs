@@ -633,10 +633,11 @@ async fn hostile_worker_names_and_user_agents_are_recorded_verbatim_and_forge_no
     assert!(shares.len() >= 2, "{shares:?}");
     assert!(shares.iter().all(|(name, _)| name == worker), "{shares:?}");
     let blocks = env.events_of("block_found");
-    assert_eq!(
-        blocks.len() as u64,
-        blocks_before as u64 + summary.block_candidates,
-        "{blocks:?}"
+    // At least the miner's own count: a submit still in flight when it
+    // stopped may have found one more.
+    assert!(
+        blocks.len() as u64 >= blocks_before as u64 + summary.block_candidates.max(1),
+        "{summary:?} {blocks:?}"
     );
     for block in &blocks {
         let EventData::BlockFound {

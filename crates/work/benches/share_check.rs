@@ -76,6 +76,39 @@ fn share_check_deep_branch(c: &mut Criterion) {
     });
 }
 
+/// What the pool does for the second and later shares of one extranonce2
+/// (miners roll nonce and version many times per extranonce2): the merkle
+/// root is reused, only the header is hashed.
+fn share_check_cached_root(c: &mut Criterion) {
+    let mut template = Template::from_gbt(&gbt()).expect("template");
+    let tx = template.transactions[0].clone();
+    template.transactions = vec![tx; 4_000];
+    let template = Arc::new(template);
+    let payout = parse_payout_address(
+        "bcrt1pmfr3p9j00pfxjh0zmgp99y8zftmd3s5pmedqhyptwy6lm87hf5ssm803es",
+        Network::Regtest,
+    )
+    .expect("address");
+    let coinbase = build_coinbase(&template, &payout, "tbg", Some("rig1"), 4, 8).expect("coinbase");
+    let job = Job {
+        template: Arc::new(JobTemplate::new(template.clone())),
+        coinbase: Arc::new(coinbase),
+    };
+    let root = job.merkle_root(&[1, 2, 3, 4], &[0; 8]);
+    let mut nonce = 0u32;
+    c.bench_function("share_check_4000tx_cached_root", |b| {
+        b.iter(|| {
+            nonce = nonce.wrapping_add(1);
+            black_box(job.check_share_with_root(
+                black_box(&root),
+                template.cur_time,
+                nonce,
+                0x2000_0000,
+            ))
+        })
+    });
+}
+
 /// sha2 (SHA-NI when present) against bitcoin_hashes for one merkle node.
 fn sha256d_64_bytes(c: &mut Criterion) {
     use bitcoin::hashes::{sha256d, Hash};
@@ -93,6 +126,7 @@ criterion_group!(
     benches,
     share_check,
     share_check_deep_branch,
+    share_check_cached_root,
     sha256d_64_bytes
 );
 criterion_main!(benches);

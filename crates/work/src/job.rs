@@ -232,13 +232,37 @@ impl Job {
         nonce: u32,
         version: u32,
     ) -> ShareCheck {
-        let header = self.header_for(extranonce1, extranonce2, ntime, nonce, version);
+        let root = self.merkle_root(extranonce1, extranonce2);
+        self.check_share_with_root(&root, ntime, nonce, version)
+    }
+
+    /// As [`Job::check_share`] with the merkle root already computed by
+    /// [`Job::merkle_root`]: miners roll nonce and version many times per
+    /// extranonce2, so a pool can reuse the root (most of a share's hashing
+    /// on large templates) for every share of the same extranonce2.
+    pub fn check_share_with_root(
+        &self,
+        merkle_root: &[u8; 32],
+        ntime: u32,
+        nonce: u32,
+        version: u32,
+    ) -> ShareCheck {
+        let header = self.template.header(version, merkle_root, ntime, nonce);
         let hash = BlockHash::from_byte_array(sha256d_header(&header));
         ShareCheck {
             hash,
             share_difficulty: share_difficulty(&hash),
             meets_network: self.template.network_target.is_met_by(hash),
         }
+    }
+
+    /// The merkle root (internal byte order) of the block for these extranonces.
+    pub fn merkle_root(&self, extranonce1: &[u8], extranonce2: &[u8]) -> [u8; 32] {
+        let mut root = self.coinbase_hash(extranonce1, extranonce2);
+        for sibling in &self.template.merkle_branch {
+            root = merkle_node(&root, sibling);
+        }
+        root
     }
 
     /// The coinbase txid's bytes (internal order) for these extranonces.
@@ -259,10 +283,7 @@ impl Job {
         nonce: u32,
         version: u32,
     ) -> [u8; 80] {
-        let mut root = self.coinbase_hash(extranonce1, extranonce2);
-        for sibling in &self.template.merkle_branch {
-            root = merkle_node(&root, sibling);
-        }
+        let root = self.merkle_root(extranonce1, extranonce2);
         self.template.header(version, &root, ntime, nonce)
     }
 
