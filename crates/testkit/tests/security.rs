@@ -283,11 +283,8 @@ async fn lines_over_the_limit_get_an_error_and_are_closed() {
     env.shutdown().await;
 }
 
-/// BUG (pool): `PoolSettings::max_line_bytes` only bounds the reader; the
-/// session then parses with `tbg_stratum::parse_request`, whose fixed
-/// 16 KiB `MAX_LINE_BYTES` refuses longer lines. A limit configured above
-/// 16 KiB is therefore never honoured. Expected to fail until
-/// session.rs calls `parse_request_with_limit(line, max_line_bytes)`.
+/// Regression: the configured `max_line_bytes` bounds both the reader and
+/// the parser (the parser once used its fixed 16 KiB default).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_configured_line_limit_above_16_kib_is_honoured() {
     let env = TestEnv::start_with(|settings| settings.max_line_bytes = 64 * 1024).await;
@@ -1156,17 +1153,10 @@ async fn shutdown_round(round: usize) {
     }
 }
 
-/// BUG (pool), intermittent (about 1 run in 10 under CPU load, 1 in 30
-/// otherwise): a miner connected during a graceful shutdown can be closed
-/// WITHOUT `client.reconnect`. `PoolHandle::shutdown` sends the shutdown
-/// signal to the sessions and to `work_source::run` at once; work_source
-/// returns and drops the work sender, and a session that polls
-/// `work_rx.changed()` after that (its `shutdown.changed()` was polled
-/// just before the signal) takes `if changed.is_err() { break
-/// CloseReason::Shutdown; }` in session.rs, which closes without writing
-/// the reconnect. Pool logs show `reason=Shutdown` for the session and the
-/// client sees a clean EOF with no `client.reconnect`. Several rounds
-/// make the race likelier to show.
+/// Regression: every miner connected during a graceful shutdown gets
+/// `client.reconnect` before the close (a race once let a session see its
+/// work channel close first and leave silently). Several rounds make a
+/// race likelier to show.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graceful_shutdown_sends_client_reconnect_before_closing() {
     for round in 0..4 {
