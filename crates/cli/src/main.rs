@@ -221,7 +221,32 @@ async fn start_pool(config: &Config) -> Result<PoolService> {
     let node_settings = settings::node_settings(config);
     let events = event_sink(config)?;
     let factory = EventFactory::new(config.events.region.clone(), config.events.source.clone());
-    Ok(PoolService::start(pool_settings, node_settings, events, factory).await?)
+    let journal = open_journal(config)?;
+    Ok(PoolService::start(pool_settings, node_settings, events, journal, factory).await?)
+}
+
+fn open_journal(config: &Config) -> Result<Option<tbg_journal::Journal>> {
+    let section = &config.journal;
+    if !section.enabled {
+        tracing::warn!("journal disabled: events go to the datagram socket only and may be lost");
+        return Ok(None);
+    }
+    if let Some(parent) = section.path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("journal.path: cannot create {}", parent.display()))?;
+    }
+    let mut journal_config = tbg_journal::JournalConfig::new(section.path.clone());
+    journal_config.durability = match section.durability {
+        tbg_config::JournalDurability::ProcessCrash => tbg_journal::Durability::ProcessCrash,
+        tbg_config::JournalDurability::PowerLoss => tbg_journal::Durability::PowerLoss,
+    };
+    journal_config.retention_max_age =
+        Duration::from_secs(section.retention_days.saturating_mul(86_400));
+    journal_config.retention_max_bytes = section.retention_max_mb.saturating_mul(1024 * 1024);
+    let journal = tbg_journal::Journal::open(journal_config)
+        .with_context(|| format!("journal {}", section.path.display()))?;
+    tracing::info!(path = %section.path.display(), "event journal open");
+    Ok(Some(journal))
 }
 
 /// Runs the pool until SIGINT/SIGTERM, then stops gracefully.
@@ -259,9 +284,24 @@ async fn run_devnet(
     rpc: SocketAddr,
     miner: Option<(Option<String>, Option<u64>)>,
 ) -> Result<()> {
+    // Chain and journal live in the data dir; a temporary one when not given.
+    let temp_dir = match &data_dir {
+        Some(_) => None,
+        None => Some(
+            tempfile::Builder::new()
+                .prefix("tbg-devnet-")
+                .tempdir()
+                .context("temporary data dir")?,
+        ),
+    };
+    let base = data_dir
+        .clone()
+        .or_else(|| temp_dir.as_ref().map(|t| t.path().to_path_buf()))
+        .unwrap_or_default();
+    config.journal.path = base.join("journal.db");
     tracing::info!("starting the embedded regtest node (Bitcoin Core's validation engine)");
     let node = DevNode::start(DevNodeOptions {
-        data_dir,
+        data_dir: Some(base.join("chain")),
         rpc_bind: rpc,
         ..DevNodeOptions::default()
     })

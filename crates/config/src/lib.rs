@@ -18,7 +18,8 @@ mod validate;
 pub use ckpool::CKPOOL_KEYS;
 pub use error::ConfigError;
 pub use model::{
-    Config, EventsSection, MetricsSection, NetworkName, NodeConfig, PoolSection, RedisSection,
+    CollectorSection, Config, EventsSection, JournalDurability, JournalSection, MetricsSection,
+    NetworkName, NodeConfig, PoolSection, RedisSection,
 };
 pub use validate::{MAX_POOL_TAG_LEN, VERSION_MASK_ALLOWED};
 
@@ -96,6 +97,7 @@ impl Config {
     ///   `nodes[N]`).
     /// - `TBG_NODE_USER`, `TBG_NODE_PASS`: every node without its own.
     /// - `TBG_REDIS_URL`: `redis.url`.
+    /// - `TBG_POSTGRES_URL`: `collector.postgres_url`.
     pub fn apply_env(&mut self, env: &dyn Fn(&str) -> Option<String>) -> Vec<String> {
         let mut applied = Vec::new();
         let mut lookup = |name: String| {
@@ -119,6 +121,9 @@ impl Config {
         }
         if let Some(url) = lookup("TBG_REDIS_URL".to_owned()) {
             self.redis.url = Some(url);
+        }
+        if let Some(url) = lookup("TBG_POSTGRES_URL".to_owned()) {
+            self.collector.postgres_url = Some(url);
         }
         applied.sort();
         applied.dedup();

@@ -73,6 +73,10 @@ pub struct Config {
     pub redis: RedisSection,
     /// Prometheus metrics endpoint.
     pub metrics: MetricsSection,
+    /// The pool's durable event journal.
+    pub journal: JournalSection,
+    /// `tbg collector`: journal -> Redis Streams + PostgreSQL.
+    pub collector: CollectorSection,
 }
 
 impl Default for Config {
@@ -85,6 +89,8 @@ impl Default for Config {
             events: EventsSection::default(),
             redis: RedisSection::default(),
             metrics: MetricsSection::default(),
+            journal: JournalSection::default(),
+            collector: CollectorSection::default(),
         }
     }
 }
@@ -272,5 +278,89 @@ impl Default for MetricsSection {
         MetricsSection {
             bind: "0.0.0.0:9100".to_owned(),
         }
+    }
+}
+
+/// How much a journaled event survives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum JournalDurability {
+    /// Survives a crash of the pool process (SQLite synchronous=NORMAL).
+    ProcessCrash,
+    /// Also survives a power loss (fsync on every commit; slower).
+    PowerLoss,
+}
+
+/// The pool's durable event journal (SQLite, WAL mode).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JournalSection {
+    /// Journal every event before answering the miner. Off = datagram socket only.
+    pub enabled: bool,
+    /// The SQLite file; `tbg collector` reads the same path.
+    pub path: PathBuf,
+    pub durability: JournalDurability,
+    /// Events older than this many days are deleted (must exceed any sink outage).
+    pub retention_days: u64,
+    /// The oldest events are deleted while the file is larger than this.
+    pub retention_max_mb: u64,
+}
+
+impl Default for JournalSection {
+    fn default() -> JournalSection {
+        JournalSection {
+            enabled: true,
+            path: PathBuf::from("journal/events.db"),
+            durability: JournalDurability::ProcessCrash,
+            retention_days: 7,
+            retention_max_mb: 10 * 1024,
+        }
+    }
+}
+
+/// `tbg collector` settings.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CollectorSection {
+    /// PostgreSQL connection string (`postgres://user:pass@host:5432/db` or
+    /// `host=... user=...`); unset = no PostgreSQL sink. Better set through
+    /// TBG_POSTGRES_URL.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub postgres_url: Option<String>,
+    /// Redis for the streams; unset = `redis.url`; both unset = no Redis sink.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis_url: Option<String>,
+    /// `MAXLEN ~` of every `mining:<event>` stream.
+    pub stream_maxlen: u64,
+    /// Most events per write.
+    pub batch_max: usize,
+    /// Longest wait to fill a batch, in milliseconds.
+    pub batch_wait_ms: u64,
+}
+
+impl Default for CollectorSection {
+    fn default() -> CollectorSection {
+        CollectorSection {
+            postgres_url: None,
+            redis_url: None,
+            stream_maxlen: 100_000,
+            batch_max: 500,
+            batch_wait_ms: 1000,
+        }
+    }
+}
+
+impl fmt::Debug for CollectorSection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CollectorSection")
+            .field(
+                "postgres_url",
+                &self.postgres_url.as_deref().map(redact_url),
+            )
+            .field("redis_url", &self.redis_url.as_deref().map(redact_url))
+            .field("stream_maxlen", &self.stream_maxlen)
+            .field("batch_max", &self.batch_max)
+            .field("batch_wait_ms", &self.batch_wait_ms)
+            .finish()
     }
 }

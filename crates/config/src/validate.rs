@@ -58,6 +58,43 @@ impl Config {
         }
         check_tag("events.region", &events.region)?;
         check_tag("events.source", &events.source)?;
+        let journal = &self.journal;
+        if journal.path.as_os_str().is_empty() {
+            return Err(ConfigError::new(
+                "journal.path",
+                "\"\"",
+                "must not be empty",
+            ));
+        }
+        if journal.retention_days == 0 {
+            return Err(ConfigError::new(
+                "journal.retention_days",
+                0,
+                "must be at least 1",
+            ));
+        }
+        if journal.retention_max_mb < 16 {
+            return Err(ConfigError::new(
+                "journal.retention_max_mb",
+                journal.retention_max_mb,
+                "must be at least 16",
+            ));
+        }
+        let collector = &self.collector;
+        if collector.batch_max == 0 || collector.batch_max > 100_000 {
+            return Err(ConfigError::new(
+                "collector.batch_max",
+                collector.batch_max,
+                "must be between 1 and 100000",
+            ));
+        }
+        if collector.stream_maxlen == 0 {
+            return Err(ConfigError::new(
+                "collector.stream_maxlen",
+                0,
+                "must be at least 1",
+            ));
+        }
         if let Some(url) = &self.redis.url {
             let known = ["redis://", "rediss://", "unix://", "redis+unix://"];
             if !known.iter().any(|scheme| url.starts_with(scheme)) {

@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use tbg_events::{EventData, EventFactory, EventSink};
+use tbg_journal::Journal;
 use tbg_node::{FetchedTemplate, NodeHealth, NodeSet, RefreshTrigger};
 use tokio::sync::{mpsc, watch};
 
@@ -57,6 +58,7 @@ pub(crate) struct PoolShared {
     pub(crate) counters: Arc<PoolCounters>,
     pub(crate) blocks: blocks::BlockLog,
     events: Arc<dyn EventSink>,
+    pub(crate) journal: Option<Journal>,
     event_factory: EventFactory,
     job_counter: AtomicU64,
     client_counter: AtomicU64,
@@ -67,8 +69,16 @@ pub(crate) struct PoolShared {
 }
 
 impl PoolShared {
-    pub(crate) fn emit(&self, data: EventData) {
-        self.events.emit(self.event_factory.make(data));
+    /// Records an event: into the journal first (returns its seq, 0 without
+    /// a journal), then to the best-effort sinks.
+    pub(crate) fn emit(&self, data: EventData) -> u64 {
+        let event = self.event_factory.make(data);
+        let seq = self
+            .journal
+            .as_ref()
+            .map_or(0, |journal| journal.append(&event));
+        self.events.emit(event);
+        seq
     }
 
     /// Seconds since the pool started: the clock vardiff runs on.
@@ -102,7 +112,11 @@ pub struct PoolDeps {
     pub refresh: Option<RefreshTrigger>,
     /// Where found blocks go.
     pub nodes: Arc<NodeSet>,
+    /// Best-effort sinks (the plan's datagram socket).
     pub events: Arc<dyn EventSink>,
+    /// The durable journal: when set, a miner hears "accepted" only once the
+    /// events of its share are committed.
+    pub journal: Option<Journal>,
     pub event_factory: EventFactory,
 }
 
@@ -200,6 +214,7 @@ pub async fn start(settings: PoolSettings, deps: PoolDeps) -> Result<PoolHandle,
         counters: Arc::new(PoolCounters::default()),
         blocks: blocks::BlockLog::default(),
         events: deps.events,
+        journal: deps.journal,
         event_factory: deps.event_factory,
         job_counter: AtomicU64::new(rand::random::<u32>().into()),
         client_counter: AtomicU64::new(1),
@@ -321,5 +336,16 @@ impl PoolHandle {
         for task in self.background {
             task.abort();
         }
+        // Disconnect events are in the journal queue: commit them.
+        if let Some(journal) = self.shared.journal.clone() {
+            if let Err(error) = journal.close().await {
+                tracing::error!(%error, "journal flush at shutdown failed");
+            }
+        }
+    }
+
+    /// The journal, when the pool has one.
+    pub fn journal(&self) -> Option<&Journal> {
+        self.shared.journal.as_ref()
     }
 }

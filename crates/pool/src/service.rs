@@ -41,6 +41,7 @@ impl PoolService {
         settings: PoolSettings,
         node_settings: NodeSettings,
         events: Arc<dyn EventSink>,
+        journal: Option<tbg_journal::Journal>,
         event_factory: EventFactory,
     ) -> Result<PoolService, ServiceError> {
         let nodes = Arc::new(NodeSet::new(
@@ -62,6 +63,7 @@ impl PoolService {
                 refresh: Some(refresh),
                 nodes: nodes.clone(),
                 events,
+                journal,
                 event_factory,
             },
         )

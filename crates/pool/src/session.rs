@@ -7,6 +7,7 @@
 
 use std::collections::{HashSet, VecDeque};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -86,6 +87,9 @@ pub(crate) struct Session {
     invalid_window: (Instant, u32),
     last_activity: Instant,
     last_hashrate_event: Instant,
+    /// Highest journal seq of this connection's events: answers wait until
+    /// it is durable.
+    pending_seq: AtomicU64,
 }
 
 enum LineRead {
@@ -148,6 +152,7 @@ impl Session {
             invalid_window: (now, 0),
             last_activity: now,
             last_hashrate_event: now,
+            pending_seq: AtomicU64::new(0),
         }
     }
 
@@ -234,6 +239,11 @@ impl Session {
         reason
     }
 
+    fn emit(&self, data: EventData) {
+        let seq = self.shared.emit(data);
+        self.pending_seq.fetch_max(seq, Ordering::Relaxed);
+    }
+
     async fn flush<W: AsyncWrite + Unpin>(
         &self,
         writer: &mut W,
@@ -241,6 +251,13 @@ impl Session {
     ) -> Result<(), CloseReason> {
         if out.is_empty() {
             return Ok(());
+        }
+        // Nothing is confirmed to the miner before its events are durable.
+        if let Some(journal) = &self.shared.journal {
+            let seq = self.pending_seq.load(Ordering::Relaxed);
+            if seq > journal.committed_seq() && journal.wait_durable(seq).await.is_err() {
+                return Err(CloseReason::Shutdown);
+            }
         }
         let write = tokio::time::timeout(
             self.shared.settings.write_timeout,
@@ -429,7 +446,7 @@ impl Session {
         }
         self.difficulty = vardiff.difficulty();
         self.vardiff = Some(vardiff);
-        self.shared.emit(EventData::MinerConnected {
+        self.emit(EventData::MinerConnected {
             user: address.to_string(),
             worker: worker.clone(),
             client_id: self.client_id,
@@ -477,7 +494,7 @@ impl Session {
                 self.version_mask = Some(mask);
                 response.version_mask = Some(mask);
                 if let Some(user) = &self.authorized {
-                    self.shared.emit(EventData::AsicboostDetected {
+                    self.emit(EventData::AsicboostDetected {
                         user: user.address.clone(),
                         worker: user
                             .workers
@@ -534,7 +551,7 @@ impl Session {
                 self.shared
                     .difficulty_memory
                     .remember(&user.address, worker, new, now);
-                self.shared.emit(EventData::DiffUpdated {
+                self.emit(EventData::DiffUpdated {
                     user: user.address.clone(),
                     worker: worker.clone(),
                     client_id: self.client_id,
@@ -625,7 +642,7 @@ impl Session {
             if let Some((_, handle)) = user.workers.iter().find(|(name, _)| *name == worker_name) {
                 handle.lock().record_rejected();
             }
-            self.shared.emit(EventData::ShareSubmitted {
+            self.emit(EventData::ShareSubmitted {
                 user: user.address.clone(),
                 worker: worker_name,
                 client_id: self.client_id,
@@ -782,7 +799,7 @@ impl Session {
                 .lock()
                 .record_accepted(share.target_difficulty, share.share_difficulty, now);
         if let Some(prev_best) = previous_best {
-            self.shared.emit(EventData::ShareBestDiff {
+            self.emit(EventData::ShareBestDiff {
                 user: user.address.clone(),
                 worker: worker.clone(),
                 new_best: share.share_difficulty,
@@ -791,7 +808,7 @@ impl Session {
             });
         }
         self.best_session = self.best_session.max(share.share_difficulty);
-        self.shared.emit(EventData::ShareSubmitted {
+        self.emit(EventData::ShareSubmitted {
             user: user.address.clone(),
             worker: worker.clone(),
             client_id: self.client_id,
@@ -837,7 +854,7 @@ impl Session {
             let stats = handle.lock();
             let [h1m, h5m, h1h, h1d] = stats.rates.hashrates(now);
             drop(stats);
-            self.shared.emit(EventData::HashrateUpdate {
+            self.emit(EventData::HashrateUpdate {
                 user: user.address.clone(),
                 worker: worker.clone(),
                 hashrate_1m: h1m,
@@ -905,7 +922,7 @@ impl Session {
                     .difficulty_memory
                     .remember(&user.address, worker, self.difficulty, now);
                 StatsRegistry::detach(handle);
-                self.shared.emit(EventData::MinerDisconnected {
+                self.emit(EventData::MinerDisconnected {
                     user: user.address.clone(),
                     worker: worker.clone(),
                     client_id: self.client_id,

@@ -119,11 +119,31 @@ impl TestEnv {
         TestEnv::start_pool(node, vec![endpoint], settings).await
     }
 
+    /// Node and pool journaling every event to `journal` before answering.
+    pub async fn start_with_journal(journal: tbg_journal::Journal) -> TestEnv {
+        init_tracing();
+        let node = DevNode::start(DevNodeOptions::default())
+            .await
+            .expect("devnode starts");
+        let endpoint = node_endpoint(&node);
+        TestEnv::start_pool_with(node, vec![endpoint], test_settings(), Some(journal)).await
+    }
+
     /// The pool with the given node endpoints (for failover tests).
     pub async fn start_pool(
         node: DevNodeHandle,
         endpoints: Vec<NodeEndpoint>,
         settings: PoolSettings,
+    ) -> TestEnv {
+        TestEnv::start_pool_with(node, endpoints, settings, None).await
+    }
+
+    /// The pool with the given endpoints, settings and journal.
+    pub async fn start_pool_with(
+        node: DevNodeHandle,
+        endpoints: Vec<NodeEndpoint>,
+        settings: PoolSettings,
+        journal: Option<tbg_journal::Journal>,
     ) -> TestEnv {
         let events = Arc::new(MemorySink::new(200_000));
         let service = PoolService::start(
@@ -134,6 +154,7 @@ impl TestEnv {
                 watcher: test_watcher(),
             },
             events.clone(),
+            journal,
             EventFactory::new("test", "hosted"),
         )
         .await

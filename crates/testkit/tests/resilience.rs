@@ -248,6 +248,7 @@ async fn zmq_hashblock_brings_new_work_without_polling() {
             },
         },
         events,
+        None,
         tbg_events::EventFactory::new("test", "hosted"),
     )
     .await

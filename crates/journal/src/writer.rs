@@ -1,0 +1,807 @@
+//! The writer: a handle that queues, and one OS thread that commits.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use parking_lot::{Condvar, Mutex};
+use rusqlite::{params, Connection, OpenFlags};
+use tbg_events::Event;
+use tokio::sync::{oneshot, watch};
+
+use crate::error::{classify, is_corruption, JournalError};
+use crate::schema::{self, Tip};
+use crate::{Durability, JournalConfig, RETENTION_INTERVAL};
+
+/// How long SQLite waits on a lock held by another connection (a reader's
+/// checkpoint-blocking snapshot, an operator's sqlite3 shell).
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Retry delays after a failed commit: doubling from the first to the last.
+const BACKOFF_FIRST: Duration = Duration::from_millis(10);
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// On close, give up after this many consecutive failed commits.
+const CLOSE_ATTEMPTS: u32 = 5;
+/// Retention deletes at most this many rows per statement, so one pass never
+/// builds a huge transaction.
+const RETENTION_CHUNK: i64 = 20_000;
+
+const INSERT: &str =
+    "INSERT INTO journal (seq, event_id, ts, event_type, region, stream_ms, payload)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (event_id) DO NOTHING";
+
+/// A snapshot of the journal's counters.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct JournalStats {
+    /// Events accepted by `append` since open.
+    pub appended: u64,
+    /// Events committed since open (including ignored duplicates).
+    pub committed: u64,
+    /// The last seq handed out by `append`.
+    pub last_appended_seq: u64,
+    /// Every seq up to this one is durable.
+    pub committed_seq: u64,
+    /// Appended but not yet committed. The queue has no hard cap: the pool
+    /// waits for durability before answering a miner, so the backlog is
+    /// bounded by the shares in flight; a growing backlog means the disk is
+    /// failing or too slow (see `errors`).
+    pub backlog: u64,
+    /// Transactions committed.
+    pub batches: u64,
+    pub last_batch_size: u64,
+    pub largest_batch_size: u64,
+    /// Appends whose event id was already in the journal (stored once).
+    pub duplicates_ignored: u64,
+    /// Failed commits (each is retried with backoff; nothing is dropped).
+    pub errors: u64,
+    /// Failed commits since the last successful one; non-zero means not ready.
+    pub consecutive_failures: u64,
+    pub last_error: Option<String>,
+    /// Database size in bytes (page_count * page_size), WAL excluded.
+    pub bytes: u64,
+    pub retention_runs: u64,
+    pub retention_deleted: u64,
+    /// Events appended after `close`; they are never written.
+    pub dropped_after_close: u64,
+    /// Where a corrupt journal file was moved to, most recent first.
+    pub corrupt_files_moved: Vec<PathBuf>,
+    /// Set when a corrupt file was moved aside and its last seq could not be
+    /// read, so seqs restarted at 1: a reader's cursor beyond `last_seq`
+    /// must be reset.
+    pub seq_continuity_lost: bool,
+}
+
+/// One queued event, serialized by the caller so the writer thread only writes.
+struct PendingRow {
+    seq: u64,
+    event_id: String,
+    ts: f64,
+    event_type: &'static str,
+    region: String,
+    payload: String,
+}
+
+struct Queue {
+    rows: Vec<PendingRow>,
+    next_seq: u64,
+    closing: bool,
+    writer_stopped: bool,
+    retention_requests: Vec<oneshot::Sender<Result<u64, String>>>,
+    close_waiters: Vec<oneshot::Sender<Result<(), JournalError>>>,
+}
+
+struct Shared {
+    queue: Mutex<Queue>,
+    wake: Condvar,
+    /// Wakes the checkpointer early when the writer stops.
+    wake_checkpointer: Condvar,
+    stats: Mutex<JournalStats>,
+}
+
+struct Inner {
+    shared: Arc<Shared>,
+    committed: watch::Receiver<u64>,
+    path: PathBuf,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // The last handle is gone: let the writer flush what is queued and stop.
+        self.shared.queue.lock().closing = true;
+        self.shared.wake.notify_one();
+    }
+}
+
+/// Cheap, cloneable handle to the journal's writer thread.
+#[derive(Clone)]
+pub struct Journal {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Journal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Journal")
+            .field("path", &self.inner.path)
+            .field("committed_seq", &self.committed_seq())
+            .finish()
+    }
+}
+
+impl Journal {
+    /// Opens (or creates) the journal and starts its writer thread. A file
+    /// that SQLite reports as corrupt or not a database is renamed to
+    /// `<name>.corrupt-<unix time>` and a fresh journal started in its place.
+    pub fn open(config: JournalConfig) -> Result<Journal, JournalError> {
+        let mut stats = JournalStats::default();
+        let (db, tip) = WriterDb::open_or_replace(&config, &mut stats)?;
+        let (committed_tx, committed_rx) = watch::channel(tip.last_seq);
+        stats.committed_seq = tip.last_seq;
+        stats.last_appended_seq = tip.last_seq;
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(Queue {
+                rows: Vec::new(),
+                next_seq: tip.last_seq + 1,
+                closing: false,
+                writer_stopped: false,
+                retention_requests: Vec::new(),
+                close_waiters: Vec::new(),
+            }),
+            wake: Condvar::new(),
+            wake_checkpointer: Condvar::new(),
+            stats: Mutex::new(stats),
+        });
+        let checkpointer = spawn_checkpointer(&config.path, Arc::clone(&shared));
+        let writer = Writer {
+            checkpointer,
+            db,
+            shared: Arc::clone(&shared),
+            committed: committed_tx,
+            max_batch: config.max_batch.max(1),
+            last_stream_ms: tip.last_stream_ms,
+            config: config.clone(),
+            needs_reopen: false,
+        };
+        std::thread::Builder::new()
+            .name("tbg-journal".into())
+            .spawn(move || writer.run())
+            .map_err(JournalError::Spawn)?;
+        Ok(Journal {
+            inner: Arc::new(Inner {
+                shared,
+                committed: committed_rx,
+                path: config.path,
+            }),
+        })
+    }
+
+    /// Queues an event and returns the seq it will be stored under. Never
+    /// blocks on I/O and never fails; durability is [`Journal::wait_durable`].
+    pub fn append(&self, event: &Event) -> u64 {
+        // Serialize outside the lock: callers run in parallel, the writer does not.
+        let row = PendingRow {
+            seq: 0,
+            event_id: event.id.clone(),
+            ts: event.ts,
+            event_type: event.event_type(),
+            region: event.region.clone(),
+            payload: event.to_json(),
+        };
+        let shared = &self.inner.shared;
+        let (seq, stopped) = {
+            let mut queue = shared.queue.lock();
+            // Assigned under the lock so queue order is seq order: a batch never
+            // commits seq n+1 before seq n.
+            let seq = queue.next_seq;
+            queue.next_seq += 1;
+            let stopped = queue.writer_stopped || queue.closing;
+            if !stopped {
+                queue.rows.push(PendingRow { seq, ..row });
+            }
+            (seq, stopped)
+        };
+        let mut stats = shared.stats.lock();
+        stats.appended += 1;
+        stats.last_appended_seq = stats.last_appended_seq.max(seq);
+        if stopped {
+            stats.dropped_after_close += 1;
+        } else {
+            drop(stats);
+            shared.wake.notify_one();
+        }
+        seq
+    }
+
+    /// Resolves once `seq` (and every seq before it) is committed; at once if
+    /// it already is. While commits fail this keeps waiting (the writer
+    /// retries), which is what makes the pool report not-ready.
+    pub async fn wait_durable(&self, seq: u64) -> Result<(), JournalError> {
+        if seq <= *self.inner.committed.borrow() {
+            return Ok(());
+        }
+        let last_appended = self.inner.shared.queue.lock().next_seq.saturating_sub(1);
+        if seq > last_appended {
+            return Err(JournalError::UnknownSeq { seq, last_appended });
+        }
+        let mut committed = self.inner.committed.clone();
+        committed
+            .wait_for(|committed| *committed >= seq)
+            .await
+            .map(|_| ())
+            .map_err(|_| JournalError::Closed { seq })
+    }
+
+    /// Every seq up to this one is durable.
+    pub fn committed_seq(&self) -> u64 {
+        *self.inner.committed.borrow()
+    }
+
+    pub fn stats(&self) -> JournalStats {
+        let queue_next = self.inner.shared.queue.lock().next_seq;
+        let mut stats = self.inner.shared.stats.lock().clone();
+        stats.committed_seq = self.committed_seq();
+        stats.backlog = queue_next
+            .saturating_sub(1)
+            .saturating_sub(stats.committed_seq)
+            .saturating_sub(stats.dropped_after_close);
+        stats
+    }
+
+    /// True while commits succeed (no failure since the last success).
+    pub fn is_healthy(&self) -> bool {
+        self.inner.shared.stats.lock().consecutive_failures == 0
+    }
+
+    /// The journal file.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Runs a retention pass now on the writer thread (it also runs at open
+    /// and every [`RETENTION_INTERVAL`]); returns the rows deleted.
+    pub async fn enforce_retention(&self) -> Result<u64, JournalError> {
+        let (reply, answer) = oneshot::channel();
+        {
+            let mut queue = self.inner.shared.queue.lock();
+            if queue.writer_stopped {
+                return Err(JournalError::Closed { seq: 0 });
+            }
+            queue.retention_requests.push(reply);
+        }
+        self.inner.shared.wake.notify_one();
+        match answer.await {
+            Ok(Ok(deleted)) => Ok(deleted),
+            Ok(Err(detail)) => Err(JournalError::Retention {
+                path: self.inner.path.clone(),
+                detail,
+            }),
+            Err(_) => Err(JournalError::Closed { seq: 0 }),
+        }
+    }
+
+    /// Commits everything queued, then stops the writer thread. Appends made
+    /// after this (through other clones) are counted and dropped.
+    pub async fn close(self) -> Result<(), JournalError> {
+        let (reply, answer) = oneshot::channel();
+        {
+            let mut queue = self.inner.shared.queue.lock();
+            if queue.writer_stopped {
+                return Ok(());
+            }
+            queue.closing = true;
+            queue.close_waiters.push(reply);
+        }
+        self.inner.shared.wake.notify_one();
+        answer.await.unwrap_or(Ok(()))
+    }
+}
+
+/// The connection and the file it belongs to.
+struct WriterDb {
+    conn: Connection,
+}
+
+impl WriterDb {
+    fn open_or_replace(
+        config: &JournalConfig,
+        stats: &mut JournalStats,
+    ) -> Result<(WriterDb, Tip), JournalError> {
+        match WriterDb::open(config) {
+            Ok(opened) => Ok(opened),
+            Err(JournalError::Corrupt { detail, .. }) => {
+                let floor = best_effort_last_seq(&config.path);
+                let moved_to = move_aside(&config.path)?;
+                tracing::error!(
+                    path = %config.path.display(),
+                    moved_to = %moved_to.display(),
+                    %detail,
+                    recovered_last_seq = ?floor,
+                    "journal is corrupt; moved it aside and starting a fresh journal"
+                );
+                stats.corrupt_files_moved.insert(0, moved_to);
+                let (db, mut tip) = WriterDb::open(config)?;
+                match floor {
+                    Some(last_seq) => tip.last_seq = tip.last_seq.max(last_seq),
+                    None => stats.seq_continuity_lost = true,
+                }
+                Ok((db, tip))
+            }
+            Err(other) => Err(other),
+        }
+    }
+
+    fn open(config: &JournalConfig) -> Result<(WriterDb, Tip), JournalError> {
+        let path = &config.path;
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+                | OpenFlags::SQLITE_OPEN_CREATE
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|source| JournalError::Open {
+            path: path.clone(),
+            source,
+        })?;
+        let synchronous = match config.durability {
+            Durability::ProcessCrash => "NORMAL",
+            Durability::PowerLoss => "FULL",
+        };
+        conn.busy_timeout(BUSY_TIMEOUT)
+            .map_err(|e| classify(path, "setting busy_timeout", None, e))?;
+        // auto_vacuum only takes effect on a database without tables, so it is
+        // set before anything creates the file's first page.
+        conn.execute_batch("PRAGMA auto_vacuum = INCREMENTAL;")
+            .map_err(|e| classify(path, "setting auto_vacuum", None, e))?;
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))
+            .map_err(|e| classify(path, "switching to WAL", None, e))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(JournalError::Corrupt {
+                path: path.clone(),
+                after_seq: None,
+                detail: format!("journal_mode is {mode}, WAL could not be enabled"),
+            });
+        }
+        // Checkpoints (which fsync the main file) run on the checkpointer
+        // thread's own connection, off the commit path.
+        conn.execute_batch(&format!(
+            "PRAGMA synchronous = {synchronous}; PRAGMA wal_autocheckpoint = 0;"
+        ))
+        .map_err(|e| classify(path, "setting synchronous", None, e))?;
+        let tip = schema::create_or_validate(&conn, path)?;
+        Ok((WriterDb { conn }, tip))
+    }
+
+    fn size_bytes(&self) -> u64 {
+        let pages: i64 = self
+            .conn
+            .query_row("PRAGMA page_count", [], |row| row.get(0))
+            .unwrap_or(0);
+        let page_size: i64 = self
+            .conn
+            .query_row("PRAGMA page_size", [], |row| row.get(0))
+            .unwrap_or(0);
+        u64::try_from(pages.saturating_mul(page_size)).unwrap_or(0)
+    }
+
+    fn used_bytes(&self) -> u64 {
+        let free: i64 = self
+            .conn
+            .query_row("PRAGMA freelist_count", [], |row| row.get(0))
+            .unwrap_or(0);
+        let page_size: i64 = self
+            .conn
+            .query_row("PRAGMA page_size", [], |row| row.get(0))
+            .unwrap_or(0);
+        self.size_bytes()
+            .saturating_sub(u64::try_from(free.saturating_mul(page_size)).unwrap_or(0))
+    }
+
+    /// One transaction for all rows. Returns (new last stream_ms, duplicates).
+    fn commit(
+        &mut self,
+        rows: &[PendingRow],
+        last_stream_ms: i64,
+    ) -> Result<(i64, u64), rusqlite::Error> {
+        let transaction = self.conn.transaction()?;
+        let mut stream_ms = last_stream_ms;
+        let mut duplicates = 0;
+        {
+            let mut insert = transaction.prepare_cached(INSERT)?;
+            for row in rows {
+                // SQLite stores NaN as NULL, which NOT NULL refuses: a bad ts
+                // from a producer must not wedge the whole batch. The payload
+                // keeps what the producer sent.
+                let ts = if row.ts.is_finite() { row.ts } else { 0.0 };
+                // Float-to-int `as` saturates; stream ids only grow.
+                stream_ms = stream_ms.max((ts * 1000.0) as i64);
+                let changed = insert.execute(params![
+                    i64::try_from(row.seq).unwrap_or(i64::MAX),
+                    row.event_id,
+                    ts,
+                    row.event_type,
+                    row.region,
+                    stream_ms,
+                    row.payload,
+                ])?;
+                if changed == 0 {
+                    duplicates += 1;
+                }
+            }
+        }
+        transaction.commit()?;
+        Ok((stream_ms, duplicates))
+    }
+
+    /// Deletes by age, then by size, then gives the space back. Never
+    /// deletes the newest row, so the seq high-water mark survives a restart.
+    fn retain(&mut self, config: &JournalConfig) -> Result<u64, rusqlite::Error> {
+        let mut deleted = 0u64;
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|elapsed| elapsed.as_secs_f64())
+            .unwrap_or(0.0);
+        let cutoff = now - config.retention_max_age.as_secs_f64();
+        loop {
+            let changed = self.conn.execute(
+                "DELETE FROM journal WHERE seq IN (SELECT seq FROM journal WHERE ts < ?1
+                   AND seq < (SELECT MAX(seq) FROM journal) LIMIT ?2)",
+                params![cutoff, RETENTION_CHUNK],
+            )?;
+            deleted += changed as u64;
+            if (changed as i64) < RETENTION_CHUNK {
+                break;
+            }
+        }
+        loop {
+            let used = self.used_bytes();
+            if used <= config.retention_max_bytes {
+                break;
+            }
+            let rows: i64 = self
+                .conn
+                .query_row("SELECT COUNT(*) FROM journal", [], |row| row.get(0))?;
+            if rows <= 1 {
+                break;
+            }
+            let excess = used - config.retention_max_bytes;
+            let bytes_per_row = (used / rows as u64).max(1);
+            // A little more than the estimate, so the loop rarely runs twice.
+            let to_delete = i64::try_from(excess / bytes_per_row + 1)
+                .unwrap_or(i64::MAX)
+                .saturating_add(rows / 100)
+                .clamp(1, RETENTION_CHUNK);
+            let changed = self.conn.execute(
+                "DELETE FROM journal WHERE seq IN (SELECT seq FROM journal
+                   WHERE seq < (SELECT MAX(seq) FROM journal) ORDER BY seq LIMIT ?1)",
+                params![to_delete],
+            )?;
+            deleted += changed as u64;
+            if changed == 0 {
+                break;
+            }
+        }
+        if deleted > 0 {
+            // Each step of this pragma frees one page: run it to the end.
+            let mut vacuum = self.conn.prepare("PRAGMA incremental_vacuum")?;
+            let mut steps = vacuum.query([])?;
+            while steps.next()?.is_some() {}
+        }
+        // Folds the WAL back into the file and truncates it; a reader holding
+        // an old snapshot makes this partial, which is harmless.
+        let _busy: i64 = self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| row.get(0))?;
+        Ok(deleted)
+    }
+}
+
+/// How often the checkpointer folds the WAL into the main file.
+const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Runs PASSIVE checkpoints from a second connection so the writer never
+/// pays for the main file's fsync; a PASSIVE checkpoint never blocks the
+/// writer or readers. Stops with the writer. Failing to start it only means
+/// the WAL grows until the writer's periodic TRUNCATE checkpoint.
+fn spawn_checkpointer(path: &Path, shared: Arc<Shared>) -> Option<std::thread::JoinHandle<()>> {
+    let path = path.to_path_buf();
+    let started = std::thread::Builder::new()
+        .name("tbg-journal-ckpt".into())
+        .spawn(move || {
+            let conn = match Connection::open_with_flags(
+                &path,
+                OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            ) {
+                Ok(conn) => conn,
+                Err(error) => {
+                    tracing::error!(path = %path.display(), %error, "journal checkpointer cannot open");
+                    return;
+                }
+            };
+            loop {
+                {
+                    let mut queue = shared.queue.lock();
+                    if queue.writer_stopped {
+                        return;
+                    }
+                    shared.wake_checkpointer.wait_for(&mut queue, CHECKPOINT_INTERVAL);
+                    if queue.writer_stopped {
+                        return;
+                    }
+                }
+                if let Err(error) =
+                    conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| row.get::<_, i64>(0))
+                {
+                    tracing::warn!(path = %path.display(), %error, "journal checkpoint failed");
+                }
+            }
+        });
+    started
+        .map_err(|error| tracing::error!(%error, "cannot start journal checkpointer thread"))
+        .ok()
+}
+
+/// Tries to read the last seq of a damaged file so a fresh journal can
+/// continue after it.
+fn best_effort_last_seq(path: &Path) -> Option<u64> {
+    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).ok()?;
+    conn.query_row("SELECT MAX(seq) FROM journal", [], |row| {
+        row.get::<_, Option<i64>>(0)
+    })
+    .ok()
+    .flatten()
+    .and_then(|seq| u64::try_from(seq).ok())
+}
+
+/// Renames the file (and its -wal/-shm, which belong to it) to
+/// `<name>.corrupt-<unix time>`.
+fn move_aside(path: &Path) -> Result<PathBuf, JournalError> {
+    let unix = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_secs())
+        .unwrap_or(0);
+    let with_suffix = |suffix: &str| {
+        let mut name = path.as_os_str().to_owned();
+        name.push(suffix);
+        PathBuf::from(name)
+    };
+    let mut target = with_suffix(&format!(".corrupt-{unix}"));
+    let mut attempt = 1;
+    while target.exists() {
+        target = with_suffix(&format!(".corrupt-{unix}-{attempt}"));
+        attempt += 1;
+    }
+    std::fs::rename(path, &target).map_err(|error| JournalError::Corrupt {
+        path: path.to_path_buf(),
+        after_seq: None,
+        detail: format!("cannot move it aside to {}: {error}", target.display()),
+    })?;
+    for sidecar in ["-wal", "-shm"] {
+        let from = with_suffix(sidecar);
+        if from.exists() {
+            let mut to = target.as_os_str().to_owned();
+            to.push(sidecar);
+            if let Err(error) = std::fs::rename(&from, PathBuf::from(to)) {
+                tracing::error!(path = %from.display(), %error, "cannot move journal sidecar aside");
+            }
+        }
+    }
+    Ok(target)
+}
+
+struct Writer {
+    checkpointer: Option<std::thread::JoinHandle<()>>,
+    db: WriterDb,
+    shared: Arc<Shared>,
+    committed: watch::Sender<u64>,
+    max_batch: usize,
+    last_stream_ms: i64,
+    config: JournalConfig,
+    needs_reopen: bool,
+}
+
+impl Writer {
+    fn run(mut self) {
+        let mut pending: Vec<PendingRow> = Vec::new();
+        self.retention_pass(Vec::new());
+        let mut next_retention = Instant::now() + RETENTION_INTERVAL;
+        let mut retry_at: Option<Instant> = None;
+        let mut backoff = BACKOFF_FIRST;
+        let mut close_failures = 0u32;
+        let mut last_error = String::new();
+        loop {
+            let (closing, retention_requests) = {
+                let mut queue = self.shared.queue.lock();
+                loop {
+                    let now = Instant::now();
+                    // After a failure nothing is committed before the backoff ends.
+                    let can_commit = !matches!(retry_at, Some(at) if now < at);
+                    let has_work = (can_commit
+                        && (!queue.rows.is_empty() || !pending.is_empty() || queue.closing))
+                        || !queue.retention_requests.is_empty()
+                        || now >= next_retention;
+                    if has_work {
+                        break;
+                    }
+                    let deadline = retry_at.map_or(next_retention, |at| at.min(next_retention));
+                    self.shared.wake.wait_until(&mut queue, deadline);
+                }
+                if pending.is_empty() {
+                    // Swap whole: the caller side gets back an empty Vec with
+                    // the previous round's capacity.
+                    std::mem::swap(&mut pending, &mut queue.rows);
+                } else {
+                    pending.append(&mut queue.rows);
+                }
+                (queue.closing, std::mem::take(&mut queue.retention_requests))
+            };
+            if !matches!(retry_at, Some(at) if Instant::now() < at) {
+                retry_at = None;
+                match self.commit_all(&mut pending) {
+                    Ok(()) => {
+                        backoff = BACKOFF_FIRST;
+                        close_failures = 0;
+                    }
+                    Err(error) => {
+                        last_error = error;
+                        retry_at = Some(Instant::now() + backoff);
+                        backoff = (backoff * 2).min(BACKOFF_MAX);
+                        if closing {
+                            close_failures += 1;
+                        }
+                    }
+                }
+            }
+            if !retention_requests.is_empty() || Instant::now() >= next_retention {
+                self.retention_pass(retention_requests);
+                next_retention = Instant::now() + RETENTION_INTERVAL;
+            }
+            if closing && (pending.is_empty() || close_failures >= CLOSE_ATTEMPTS) {
+                let (waiters, unwritten) = {
+                    let mut queue = self.shared.queue.lock();
+                    if !queue.rows.is_empty() && close_failures < CLOSE_ATTEMPTS {
+                        continue; // appended just before close: flush them too
+                    }
+                    queue.writer_stopped = true;
+                    let unwritten = (pending.len() + queue.rows.len()) as u64;
+                    queue.rows.clear();
+                    (std::mem::take(&mut queue.close_waiters), unwritten)
+                };
+                let path = self.config.path.clone();
+                if unwritten > 0 {
+                    tracing::error!(path = %path.display(), unwritten, error = %last_error,
+                        "journal closed with events not written");
+                }
+                // Close the connection (checkpointing the WAL into the file)
+                // before telling anyone the journal is closed.
+                // The checkpointer has seen writer_stopped; its connection
+                // must be closed too, so nothing holds the file afterwards.
+                self.shared.wake_checkpointer.notify_all();
+                if let Some(checkpointer) = self.checkpointer.take() {
+                    let _ = checkpointer.join();
+                }
+                drop(self);
+                for waiter in waiters {
+                    let result = if unwritten == 0 {
+                        Ok(())
+                    } else {
+                        Err(JournalError::Unflushed {
+                            path: path.clone(),
+                            unwritten,
+                            detail: last_error.clone(),
+                        })
+                    };
+                    let _ = waiter.send(result);
+                }
+                return;
+            }
+        }
+    }
+
+    /// Commits `pending` in transactions of at most `max_batch`; on failure
+    /// leaves the uncommitted rows in `pending` and returns the error text.
+    fn commit_all(&mut self, pending: &mut Vec<PendingRow>) -> Result<(), String> {
+        if self.needs_reopen && !self.reopen() {
+            self.shared.stats.lock().errors += 1;
+            return Err("cannot create a fresh journal after moving a corrupt one aside".into());
+        }
+        while !pending.is_empty() {
+            let count = pending.len().min(self.max_batch);
+            let batch = &pending[..count];
+            let last_seq = batch.last().map_or(0, |row| row.seq);
+            match self.db.commit(batch, self.last_stream_ms) {
+                Ok((stream_ms, duplicates)) => {
+                    self.last_stream_ms = stream_ms;
+                    pending.drain(..count);
+                    let bytes = self.db.size_bytes();
+                    let mut stats = self.shared.stats.lock();
+                    stats.committed += count as u64;
+                    stats.batches += 1;
+                    stats.last_batch_size = count as u64;
+                    stats.largest_batch_size = stats.largest_batch_size.max(count as u64);
+                    stats.duplicates_ignored += duplicates;
+                    stats.consecutive_failures = 0;
+                    stats.bytes = bytes;
+                    drop(stats);
+                    // Stats first, so a waiter that wakes sees them updated.
+                    self.committed.send_replace(last_seq);
+                }
+                Err(error) => {
+                    let text = format!("commit of {count} events failed: {error}");
+                    tracing::error!(path = %self.config.path.display(), %error, "journal commit failed; retrying");
+                    {
+                        let mut stats = self.shared.stats.lock();
+                        stats.errors += 1;
+                        stats.consecutive_failures += 1;
+                        stats.last_error = Some(text.clone());
+                    }
+                    if is_corruption(&error) {
+                        self.replace_corrupt_file(&error);
+                    }
+                    return Err(text);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The file went bad under us: move it aside and continue in a fresh one,
+    /// keeping seqs and stream ids going from where we are.
+    fn replace_corrupt_file(&mut self, error: &rusqlite::Error) {
+        let fresh = self.config.path.clone();
+        // Swap in a throwaway connection so the damaged one is closed before
+        // its file is renamed.
+        let Ok(placeholder) = Connection::open_in_memory() else {
+            return;
+        };
+        let old = std::mem::replace(&mut self.db.conn, placeholder);
+        drop(old);
+        let moved_to = match move_aside(&fresh) {
+            Ok(moved_to) => moved_to,
+            Err(move_error) => {
+                tracing::error!(%move_error, "cannot move corrupt journal aside");
+                return;
+            }
+        };
+        tracing::error!(path = %fresh.display(), moved_to = %moved_to.display(), %error,
+            "journal became corrupt; moved it aside and continuing in a fresh journal");
+        self.shared
+            .stats
+            .lock()
+            .corrupt_files_moved
+            .insert(0, moved_to);
+        self.needs_reopen = true;
+        self.reopen();
+    }
+
+    /// Opens the fresh journal after a corrupt one was moved aside.
+    fn reopen(&mut self) -> bool {
+        match WriterDb::open(&self.config) {
+            Ok((db, _tip)) => {
+                self.db = db;
+                self.needs_reopen = false;
+                true
+            }
+            Err(open_error) => {
+                tracing::error!(%open_error, "cannot create a fresh journal; will retry");
+                false
+            }
+        }
+    }
+
+    fn retention_pass(&mut self, requests: Vec<oneshot::Sender<Result<u64, String>>>) {
+        let result = self.db.retain(&self.config).map_err(|error| {
+            tracing::error!(path = %self.config.path.display(), %error, "journal retention failed");
+            format!("retention failed: {error}")
+        });
+        {
+            let mut stats = self.shared.stats.lock();
+            stats.retention_runs += 1;
+            if let Ok(deleted) = result {
+                stats.retention_deleted += deleted;
+            }
+            stats.bytes = self.db.size_bytes();
+        }
+        for request in requests {
+            let _ = request.send(result.clone());
+        }
+    }
+}
