@@ -1,5 +1,6 @@
 //! `tbg`: the solo-mining service's one binary.
 
+mod collector;
 mod settings;
 
 use std::net::SocketAddr;
@@ -83,6 +84,21 @@ enum Command {
         /// Stop after this many blocks.
         #[arg(long)]
         blocks: Option<u64>,
+    },
+    /// Deliver the journal's events to Redis Streams and PostgreSQL.
+    Collector {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Re-deliver from this point: unix time, RFC3339 time or event id
+        /// (after a database restore). Idempotent: nothing is stored twice.
+        #[arg(long, requires = "replay")]
+        from: Option<String>,
+        /// Replay from `--from` before collecting.
+        #[arg(long)]
+        replay: bool,
+        /// Print the pending database migrations and exit without applying them.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Check a config file (exit code 2 when it is wrong) and print it as TOML.
     CheckConfig {
@@ -208,6 +224,15 @@ async fn run(cli: Cli) -> Result<()> {
             config.max_blocks = blocks;
             run_miner(config).await
         }
+        Command::Collector {
+            config,
+            from,
+            replay,
+            dry_run,
+        } => {
+            let config = load_config(&config, true)?;
+            collector::run(&config, replay.then_some(from).flatten(), dry_run).await
+        }
         Command::CheckConfig { config } => {
             let config = load_config(&config, false)?;
             print!("{}", config.to_toml_string()?);
@@ -263,7 +288,7 @@ async fn stop_pool(service: PoolService) {
     tracing::info!("stopped");
 }
 
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};

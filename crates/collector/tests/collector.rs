@@ -6,7 +6,9 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{now, share, wait_until, PgServer, RecordMaker, RedisServer};
+use common::{
+    now, pg_client, redis_connection, share, wait_until, PgServer, RecordMaker, RedisServer,
+};
 use futures::StreamExt;
 use tbg_collector::migrations::{self, Migration, MIGRATIONS};
 use tbg_collector::{
@@ -94,7 +96,7 @@ async fn count(client: &tokio_postgres::Client, sql: &str) -> i64 {
 #[tokio::test]
 async fn migrations_apply_on_an_empty_database_once() {
     let pg = PgServer::start();
-    let mut client = pg.client().await;
+    let mut client = pg_client(&pg).await;
     let pending = migrations::pending_migrations(&client).await.unwrap();
     assert_eq!(pending.len(), MIGRATIONS.len());
     let applied = migrations::apply_migrations(&mut client).await.unwrap();
@@ -105,7 +107,7 @@ async fn migrations_apply_on_an_empty_database_once() {
         .unwrap()
         .is_empty());
     // A restart applies nothing and keeps the recorded rows.
-    let mut restarted = pg.client().await;
+    let mut restarted = pg_client(&pg).await;
     assert!(migrations::apply_migrations(&mut restarted)
         .await
         .unwrap()
@@ -156,7 +158,7 @@ async fn migrations_apply_on_an_empty_database_once() {
 #[tokio::test]
 async fn a_changed_applied_migration_is_refused_by_name() {
     let pg = PgServer::start();
-    let mut client = pg.client().await;
+    let mut client = pg_client(&pg).await;
     migrations::apply_migrations(&mut client).await.unwrap();
     let mut altered: Vec<Migration> = MIGRATIONS.to_vec();
     altered[0].sql = "CREATE TABLE something_else (x int);";
@@ -375,12 +377,12 @@ async fn a_mixed_batch_lands_once_everywhere_and_a_replay_changes_nothing() {
     let block_event = tbg_events::Event::from_json(&payload).unwrap();
     assert_eq!(block_event.event_type(), "block_found");
 
-    let client = pg.client().await;
+    let client = pg_client(&pg).await;
     check_postgres(&client).await;
     let ids: HashSet<String> = pg_event_ids(&client).await.into_iter().collect();
     assert_eq!(ids, expected_ids);
 
-    let mut connection = redis.connection().await;
+    let mut connection = redis_connection(&redis).await;
     let check_redis = |entries: Vec<(String, HashMap<String, String>)>| {
         let ids: HashSet<String> = entries.iter().map(|(_, f)| f["id"].clone()).collect();
         assert_eq!(entries.len(), 9);
@@ -515,7 +517,7 @@ async fn outage_scenario(stop_postgres: bool) {
 
     let expected: HashSet<String> = journal_ids.iter().cloned().collect();
     assert_eq!(expected.len(), 1400);
-    let client = pg.client().await;
+    let client = pg_client(&pg).await;
     let pg_ids = pg_event_ids(&client).await;
     assert_eq!(
         pg_ids.len(),
@@ -529,7 +531,7 @@ async fn outage_scenario(stop_postgres: bool) {
         1400,
         "aggregates counted a share twice"
     );
-    let mut connection = redis.connection().await;
+    let mut connection = redis_connection(&redis).await;
     let entries = redis_entries(&mut connection).await;
     assert_eq!(
         entries.len(),
@@ -589,7 +591,7 @@ async fn retention_drops_expired_day_partitions_only() {
     let collector = Collector::start(config(Some(&pg), Some(&redis)), source.clone());
     wait_for_cursor(&collector, SinkKind::Postgres, 2).await;
     collector.shutdown().await;
-    let client = pg.client().await;
+    let client = pg_client(&pg).await;
     assert_eq!(
         count(&client, "SELECT COUNT(*) FROM mining_events").await,
         2
@@ -641,7 +643,7 @@ async fn events_from_the_real_journal_reach_both_stores_while_the_pool_writes() 
     collector.shutdown().await;
     journal.close().await.unwrap();
 
-    let client = pg.client().await;
+    let client = pg_client(&pg).await;
     let pg_ids = pg_event_ids(&client).await;
     assert_eq!(pg_ids.len(), 1200);
     assert_eq!(pg_ids.into_iter().collect::<HashSet<_>>(), ids);
@@ -651,7 +653,7 @@ async fn events_from_the_real_journal_reach_both_stores_while_the_pool_writes() 
         .unwrap()
         .get(0);
     assert_eq!(region, "us");
-    let mut connection = redis.connection().await;
+    let mut connection = redis_connection(&redis).await;
     let xlen: u64 = redis::cmd("XLEN")
         .arg("mining:share_submitted")
         .query_async(&mut connection)

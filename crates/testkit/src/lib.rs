@@ -1,5 +1,9 @@
 //! Test helpers: an embedded regtest node and the pool on free ports, wired
-//! as in production, plus payout addresses of every type.
+//! as in production, plus payout addresses of every type and private
+//! PostgreSQL and Redis servers.
+
+pub mod servers;
+pub use servers::{PgServer, RedisServer};
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Once};
@@ -388,80 +392,6 @@ fn hex_decode(text: &str) -> Vec<u8> {
 
 fn hex_encode(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// A redis-server of the test's own, on a free port, killed on drop, so that
-/// stopping it never disturbs other tests or the machine's shared server.
-pub struct RedisServer {
-    pub port: u16,
-    child: Option<std::process::Child>,
-    _dir: tempfile::TempDir,
-}
-
-impl RedisServer {
-    pub fn start() -> RedisServer {
-        let port = free_port();
-        let dir = tempfile::tempdir().expect("temp dir for redis");
-        let child = std::process::Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .arg("--dir")
-            .arg(dir.path())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("redis-server runs (scripts/setup.sh installs it)");
-        let server = RedisServer {
-            port,
-            child: Some(child),
-            _dir: dir,
-        };
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "redis-server did not start"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        server
-    }
-
-    pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
-    }
-
-    /// Runs one command through redis-cli.
-    pub fn cli(&self, args: &[&str]) -> String {
-        let output = std::process::Command::new("redis-cli")
-            .args(["-p", &self.port.to_string()])
-            .args(args)
-            .output()
-            .expect("redis-cli runs");
-        String::from_utf8_lossy(&output.stdout).trim().to_string()
-    }
-
-    /// Kills the server (SIGKILL) and waits for it.
-    pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        self.kill();
-    }
 }
 
 /// A port nothing listens on right now.
