@@ -133,6 +133,18 @@ fn strip_nul(event: &mut Event) {
             clean(user);
             clean(worker);
         }
+        BlockSubmitted {
+            user,
+            worker,
+            hash,
+            answers,
+            ..
+        } => {
+            clean(user);
+            clean(worker);
+            clean(hash);
+            answers.iter_mut().for_each(clean);
+        }
         NewBlockNetwork { .. } => {}
     }
 }

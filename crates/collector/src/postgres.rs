@@ -487,7 +487,8 @@ async fn upsert_aggregates(
             }
             EventData::DiffUpdated { user, worker, .. }
             | EventData::ShareBestDiff { user, worker, .. }
-            | EventData::AsicboostDetected { user, worker, .. } => (user, worker),
+            | EventData::AsicboostDetected { user, worker, .. }
+            | EventData::BlockSubmitted { user, worker, .. } => (user, worker),
             EventData::NewBlockNetwork { .. } => continue,
         };
         let entry = workers.entry((user, worker)).or_insert(WorkerDelta {

@@ -5,9 +5,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 /// Every event type name, in the order of [`EventData`].
-pub const EVENT_TYPES: [&str; 9] = [
+pub const EVENT_TYPES: [&str; 10] = [
     "share_submitted",
     "block_found",
+    "block_submitted",
     "miner_connected",
     "miner_disconnected",
     "diff_updated",
@@ -67,6 +68,19 @@ pub enum EventData {
         network_diff: f64,
         reward_sats: u64,
         coinbase_sig: String,
+    },
+    /// What the nodes answered to a found block (an addition to the
+    /// plan's types: `block_found` is emitted the moment the share arrives,
+    /// this once `submitblock` has been answered).
+    BlockSubmitted {
+        user: String,
+        worker: String,
+        height: u64,
+        hash: String,
+        /// A node took it (`null`/`duplicate`, or its chain has it at `height`).
+        accepted: bool,
+        /// Each node's answer, as `url: answer`.
+        answers: Vec<String>,
     },
     MinerConnected {
         user: String,
@@ -153,6 +167,7 @@ impl EventData {
             EventData::NewBlockNetwork { .. } => "new_block_network",
             EventData::ShareBestDiff { .. } => "share_best_diff",
             EventData::AsicboostDetected { .. } => "asicboost_detected",
+            EventData::BlockSubmitted { .. } => "block_submitted",
         }
     }
 }

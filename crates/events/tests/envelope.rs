@@ -33,6 +33,14 @@ fn all_events() -> Vec<EventData> {
             reward_sats: 5_000_000_000,
             coinbase_sig: "/tbg/".into(),
         },
+        EventData::BlockSubmitted {
+            user: user(),
+            worker: worker(),
+            height: 102,
+            hash: "00ab".into(),
+            accepted: true,
+            answers: vec!["http://127.0.0.1:8332: accepted".into()],
+        },
         EventData::MinerConnected {
             user: user(),
             worker: worker(),
@@ -136,6 +144,8 @@ fn expected_fields(event_type: &str) -> &'static [&'static str] {
         "new_block_network" => &["height", "hash", "diff", "prev_hash"],
         "share_best_diff" => &["user", "worker", "new_best", "prev_best", "timeframe"],
         "asicboost_detected" => &["user", "worker", "pool_mask", "miner_mask"],
+        // Our addition: the nodes' verdict on a found block.
+        "block_submitted" => &["user", "worker", "height", "hash", "accepted", "answers"],
         other => panic!("unexpected event type {other}"),
     }
 }

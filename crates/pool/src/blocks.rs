@@ -7,7 +7,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use serde::Serialize;
 use tbg_events::EventData;
-use tbg_node::NodeSet;
+use tbg_node::{NodeSet, SubmitAnswer};
 
 use crate::PoolShared;
 
@@ -109,26 +109,36 @@ pub(crate) fn submit(shared: &Arc<PoolShared>, nodes: Arc<NodeSet>, block: Found
         let answers: Vec<String> = outcome
             .answers
             .iter()
-            .map(|a| format!("{}: {:?}", a.url, a.answer))
+            .map(|a| {
+                let answer = match &a.answer {
+                    SubmitAnswer::Accepted => "accepted".to_string(),
+                    SubmitAnswer::Duplicate => "duplicate".to_string(),
+                    SubmitAnswer::Rejected(reason) => format!("rejected: {reason}"),
+                    SubmitAnswer::Failed(error) => format!("error: {error}"),
+                };
+                format!("{}: {answer}", a.url)
+            })
             .collect();
-        if outcome.accepted {
+        let (status, counter) = if outcome.accepted {
             // Our block is the new tip: fetch work on top of it now.
             if let Some(refresh) = &shared.refresh {
                 refresh.request();
             }
-            shared
-                .counters
-                .blocks_accepted
-                .fetch_add(1, Ordering::Relaxed);
             tracing::info!(height = block.height, hash = %hash, user = %block.user, answers = ?answers, "block accepted");
-            shared.blocks.update(&hash, BlockStatus::Accepted, answers);
+            (BlockStatus::Accepted, &shared.counters.blocks_accepted)
         } else {
-            shared
-                .counters
-                .blocks_rejected
-                .fetch_add(1, Ordering::Relaxed);
             tracing::error!(height = block.height, hash = %hash, user = %block.user, answers = ?answers, "block REJECTED by every node");
-            shared.blocks.update(&hash, BlockStatus::Rejected, answers);
-        }
+            (BlockStatus::Rejected, &shared.counters.blocks_rejected)
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        shared.emit(EventData::BlockSubmitted {
+            user: block.user.clone(),
+            worker: block.worker.clone(),
+            height: u64::from(block.height),
+            hash: hash.clone(),
+            accepted: outcome.accepted,
+            answers: answers.clone(),
+        });
+        shared.blocks.update(&hash, status, answers);
     });
 }

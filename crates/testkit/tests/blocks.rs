@@ -57,5 +57,10 @@ async fn each_address_type_gets_paid_for_its_block() {
     assert_eq!(env.node.block_count(), start_height + 5);
     let found = env.events_of("block_found");
     assert_eq!(found.len(), 5);
+    let submitted = env.events_of("block_submitted");
+    assert_eq!(submitted.len(), 5);
+    assert!(submitted
+        .iter()
+        .all(|e| matches!(&e.data, tbg_events::EventData::BlockSubmitted { accepted: true, answers, .. } if answers.len() == 1)));
     env.shutdown().await;
 }
