@@ -19,4 +19,6 @@ pub use nodeset::{
     DEFAULT_DOWN_RETRY,
 };
 pub use rpc::{RpcClient, RpcError, RpcObserver};
-pub use watcher::{FetchedTemplate, NodeHealth, RefreshTrigger, TemplateWatcher, WatcherConfig};
+pub use watcher::{
+    FetchedTemplate, NodeHealth, RefreshTrigger, RunningWatcher, TemplateWatcher, WatcherConfig,
+};

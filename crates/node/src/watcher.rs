@@ -78,9 +78,8 @@ impl TemplateWatcher {
         watch::Receiver<NodeHealth>,
         JoinHandle<()>,
     ) {
-        let (templates, health, task, _) =
-            TemplateWatcher::spawn_with_trigger(nodes, config, shutdown);
-        (templates, health, task)
+        let running = TemplateWatcher::spawn_with_trigger(nodes, config, shutdown);
+        (running.templates, running.health, running.task)
     }
 
     /// As [`TemplateWatcher::spawn`], plus a trigger that asks for a new
@@ -90,12 +89,7 @@ impl TemplateWatcher {
         nodes: Arc<NodeSet>,
         config: WatcherConfig,
         shutdown: CancellationToken,
-    ) -> (
-        watch::Receiver<Option<Arc<FetchedTemplate>>>,
-        watch::Receiver<NodeHealth>,
-        JoinHandle<()>,
-        RefreshTrigger,
-    ) {
+    ) -> RunningWatcher {
         let (template_tx, template_rx) = watch::channel(None);
         let (health_tx, health_rx) = watch::channel(NodeHealth::Starting);
         // Capacity 1: one pending "fetch now" wake-up is enough; when full a
@@ -116,8 +110,23 @@ impl TemplateWatcher {
             health_tx,
             wake_rx,
         ));
-        (template_rx, health_rx, task, RefreshTrigger(wake_tx))
+        RunningWatcher {
+            templates: template_rx,
+            health: health_rx,
+            task,
+            refresh: RefreshTrigger(wake_tx),
+        }
     }
+}
+
+/// What [`TemplateWatcher::spawn_with_trigger`] hands back.
+pub struct RunningWatcher {
+    /// The latest template (`None` until the first).
+    pub templates: watch::Receiver<Option<Arc<FetchedTemplate>>>,
+    pub health: watch::Receiver<NodeHealth>,
+    /// Ends when the shutdown token is cancelled.
+    pub task: JoinHandle<()>,
+    pub refresh: RefreshTrigger,
 }
 
 /// Asks the watcher for a new template now.

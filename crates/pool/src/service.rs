@@ -50,10 +50,16 @@ impl PoolService {
             settings.network,
         )?);
         let watcher_stop = CancellationToken::new();
-        let (templates, node_health, watcher, refresh) = TemplateWatcher::spawn_with_trigger(
+        let running = TemplateWatcher::spawn_with_trigger(
             nodes.clone(),
             node_settings.watcher,
             watcher_stop.clone(),
+        );
+        let (templates, node_health, watcher, refresh) = (
+            running.templates,
+            running.health,
+            running.task,
+            running.refresh,
         );
         let pool = crate::start(
             settings,
