@@ -92,7 +92,7 @@ struct Found {
 
 /// Network target check: the header hash (little endian) at or below the
 /// target encoded in nbits.
-pub(crate) fn meets_nbits(hash: &[u8; 32], nbits: u32) -> bool {
+pub fn meets_nbits(hash: &[u8; 32], nbits: u32) -> bool {
     let target = bitcoin::CompactTarget::from_consensus(nbits);
     let target = bitcoin::Target::from_compact(target);
     let hash_value = bitcoin::Target::from_le_bytes(*hash);

@@ -10,7 +10,7 @@ pub mod cpu;
 pub mod job;
 
 pub use client::{Reply, StratumClient};
-pub use cpu::{mine_shares, run_miner, MinerConfig, MinerEvent, MinerSummary};
+pub use cpu::{meets_nbits, mine_shares, run_miner, MinerConfig, MinerEvent, MinerSummary};
 pub use job::{hash_difficulty, sha256d, MinerJob};
 
 #[derive(Debug, thiserror::Error)]
