@@ -95,7 +95,18 @@ pub async fn run(config: &Config, replay_from: Option<String>, dry_run: bool) ->
             .context("setting the replay cursors")?;
         tracing::info!(from = %from, after_seq = seq, "replaying the journal into the sinks");
     }
-    let collector = Collector::start(collector_config, Arc::new(reader));
+    let collector = Arc::new(Collector::start(collector_config, Arc::new(reader)));
+    // Weak: the server must not keep the collector from shutting down.
+    let stats_of = Arc::downgrade(&collector);
+    let metrics = tbg_metrics::MetricsServer::start_collector(
+        &config.metrics.collector_bind,
+        tbg_metrics::CollectorSources::new(
+            Arc::new(move || stats_of.upgrade().map(|c| c.stats()).unwrap_or_default()),
+            config.metrics.max_collector_lag,
+        ),
+    )
+    .await
+    .context("metrics.collector_bind")?;
     tracing::info!(journal = %config.journal.path.display(), "collector running");
     let mut report = tokio::time::interval(Duration::from_secs(30));
     report.tick().await;
@@ -118,6 +129,10 @@ pub async fn run(config: &Config, replay_from: Option<String>, dry_run: bool) ->
         }
     }
     tracing::info!("collector stopping");
-    collector.shutdown().await;
+    metrics.shutdown().await;
+    match Arc::try_unwrap(collector) {
+        Ok(collector) => collector.shutdown().await,
+        Err(_) => tracing::warn!("collector still referenced; its sinks stop with the process"),
+    }
     Ok(())
 }

@@ -1,6 +1,8 @@
 //! `tbg`: the solo-mining service's one binary.
 
 mod collector;
+mod loadtest;
+mod observability;
 mod settings;
 
 use std::net::SocketAddr;
@@ -12,7 +14,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use tbg_config::{Config, ConfigError};
 use tbg_devnode::{DevNode, DevNodeOptions};
-use tbg_events::{DatagramSink, EventFactory, EventSink};
+use tbg_events::{DatagramSink, EventFactory};
 use tbg_pool::PoolService;
 
 /// Exit code for a configuration error (a bad key or value).
@@ -100,6 +102,8 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Simulated miners against any Stratum V1 pool; prints latency and counts.
+    Loadtest(loadtest::LoadtestArgs),
     /// Check a config file (exit code 2 when it is wrong) and print it as TOML.
     CheckConfig {
         #[command(flatten)]
@@ -175,7 +179,7 @@ fn load_config(args: &ConfigArgs, embedded_node: bool) -> Result<Config> {
     Ok(config)
 }
 
-fn event_sink(config: &Config) -> Result<Arc<dyn EventSink>> {
+fn event_sink(config: &Config) -> Result<Arc<DatagramSink>> {
     let path = &config.events.socket_path;
     let sink = DatagramSink::new(path.clone())
         .with_context(|| format!("event socket {}", path.display()))?;
@@ -233,6 +237,7 @@ async fn run(cli: Cli) -> Result<()> {
             let config = load_config(&config, true)?;
             collector::run(&config, replay.then_some(from).flatten(), dry_run).await
         }
+        Command::Loadtest(args) => loadtest::run(args).await,
         Command::CheckConfig { config } => {
             let config = load_config(&config, false)?;
             print!("{}", config.to_toml_string()?);
@@ -241,13 +246,21 @@ async fn run(cli: Cli) -> Result<()> {
     }
 }
 
-async fn start_pool(config: &Config) -> Result<PoolService> {
+async fn start_pool(config: &Config) -> Result<observability::RunningPool> {
     let pool_settings = settings::pool_settings(config)?;
     let node_settings = settings::node_settings(config);
     let events = event_sink(config)?;
     let factory = EventFactory::new(config.events.region.clone(), config.events.source.clone());
     let journal = open_journal(config)?;
-    Ok(PoolService::start(pool_settings, node_settings, events, journal, factory).await?)
+    let service = PoolService::start(
+        pool_settings,
+        node_settings,
+        events.clone(),
+        journal,
+        factory,
+    )
+    .await?;
+    observability::with_metrics(config, service, events).await
 }
 
 fn open_journal(config: &Config) -> Result<Option<tbg_journal::Journal>> {
@@ -282,7 +295,8 @@ async fn run_pool(config: &Config) -> Result<()> {
     Ok(())
 }
 
-async fn stop_pool(service: PoolService) {
+async fn stop_pool(running: observability::RunningPool) {
+    let service = running.stop_metrics().await;
     tracing::info!("stopping: telling miners to reconnect");
     service.shutdown(Duration::from_millis(1500)).await;
     tracing::info!("stopped");

@@ -271,12 +271,21 @@ pub(crate) fn redact_url(url: &str) -> String {
 pub struct MetricsSection {
     /// HTTP listen address of /metrics (ckpool `metrics_port` sets the port).
     pub bind: String,
+    /// HTTP listen address of the collector's /metrics and /health.
+    pub collector_bind: String,
+    /// /health reports the pool not ready when its template is older.
+    pub max_template_age_secs: u64,
+    /// /health reports the collector not ready when a sink lags more events.
+    pub max_collector_lag: u64,
 }
 
 impl Default for MetricsSection {
     fn default() -> MetricsSection {
         MetricsSection {
             bind: "0.0.0.0:9100".to_owned(),
+            collector_bind: "0.0.0.0:9101".to_owned(),
+            max_template_age_secs: 180,
+            max_collector_lag: 10_000,
         }
     }
 }

@@ -106,6 +106,7 @@ impl Config {
             }
         }
         check_socket_addr("metrics.bind", &self.metrics.bind)?;
+        check_socket_addr("metrics.collector_bind", &self.metrics.collector_bind)?;
         Ok(())
     }
 

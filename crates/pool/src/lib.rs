@@ -17,6 +17,7 @@ pub mod session;
 pub mod settings;
 pub mod stats;
 pub mod usersig;
+pub mod view;
 pub mod work_source;
 
 use std::net::SocketAddr;
@@ -35,6 +36,7 @@ pub use counters::PoolCounters;
 pub use service::{NodeSettings, PoolService, ServiceError};
 pub use settings::PoolSettings;
 pub use stats::{StatsRegistry, UserSnapshot, WorkerSnapshot};
+pub use view::PoolView;
 pub use work_source::CurrentWork;
 
 #[derive(Debug, thiserror::Error)]
@@ -73,6 +75,7 @@ impl PoolShared {
     /// a journal), then to the best-effort sinks.
     pub(crate) fn emit(&self, data: EventData) -> u64 {
         let event = self.event_factory.make(data);
+        self.counters.event_emitted();
         let seq = self
             .journal
             .as_ref()
@@ -300,6 +303,11 @@ impl PoolHandle {
                 .and_then(|work| work.clone())
         };
         tokio::time::timeout(timeout, wait).await.ok().flatten()
+    }
+
+    /// A cloneable read-only view for the metrics and status endpoints.
+    pub fn view(&self) -> PoolView {
+        PoolView::new(self.shared.clone(), self.work_rx.clone())
     }
 
     pub fn status(&self) -> PoolStatus {

@@ -8,6 +8,7 @@ use tbg_node::{NodeEndpoint, NodeError, NodeHealth, NodeSet, TemplateWatcher, Wa
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::counters::RpcMetrics;
 use crate::{PoolDeps, PoolError, PoolHandle, PoolSettings};
 
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +33,8 @@ pub struct PoolService {
     pub pool: PoolHandle,
     pub nodes: Arc<NodeSet>,
     pub node_health: watch::Receiver<NodeHealth>,
+    /// Latency of every RPC call to the nodes, for `/metrics`.
+    pub rpc_metrics: Arc<RpcMetrics>,
     watcher_stop: CancellationToken,
     watcher: tokio::task::JoinHandle<()>,
 }
@@ -44,11 +47,15 @@ impl PoolService {
         journal: Option<tbg_journal::Journal>,
         event_factory: EventFactory,
     ) -> Result<PoolService, ServiceError> {
-        let nodes = Arc::new(NodeSet::new(
-            node_settings.endpoints,
-            node_settings.rpc_timeout,
-            settings.network,
-        )?);
+        let rpc_metrics = Arc::new(RpcMetrics::default());
+        let nodes = Arc::new(
+            NodeSet::new(
+                node_settings.endpoints,
+                node_settings.rpc_timeout,
+                settings.network,
+            )?
+            .with_observer(rpc_metrics.clone()),
+        );
         let watcher_stop = CancellationToken::new();
         let running = TemplateWatcher::spawn_with_trigger(
             nodes.clone(),
@@ -78,6 +85,7 @@ impl PoolService {
             pool,
             nodes,
             node_health,
+            rpc_metrics,
             watcher_stop,
             watcher,
         })

@@ -1,0 +1,49 @@
+//! The HTTP endpoints (`/metrics`, `/health`, status API) beside the pool
+//! and the collector.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use tbg_config::Config;
+use tbg_events::DatagramSink;
+use tbg_metrics::{MetricsServer, PoolSources};
+use tbg_pool::PoolService;
+
+/// The pool with its metrics server.
+pub struct RunningPool {
+    service: PoolService,
+    metrics: MetricsServer,
+}
+
+impl std::ops::Deref for RunningPool {
+    type Target = PoolService;
+    fn deref(&self) -> &PoolService {
+        &self.service
+    }
+}
+
+impl RunningPool {
+    /// Stops the HTTP endpoints; returns the pool to stop it.
+    pub async fn stop_metrics(self) -> PoolService {
+        self.metrics.shutdown().await;
+        self.service
+    }
+}
+
+/// Starts the pool's endpoints on `metrics.bind`; stops the pool if that fails.
+pub async fn with_metrics(
+    config: &Config,
+    service: PoolService,
+    datagram: Arc<DatagramSink>,
+) -> Result<RunningPool> {
+    let sources = PoolSources::new(&service, Some(datagram))
+        .with_max_template_age(Duration::from_secs(config.metrics.max_template_age_secs));
+    match MetricsServer::start_pool(&config.metrics.bind, sources).await {
+        Ok(metrics) => Ok(RunningPool { service, metrics }),
+        Err(error) => {
+            service.shutdown(Duration::from_millis(500)).await;
+            Err(error).context("metrics.bind")
+        }
+    }
+}

@@ -1,0 +1,624 @@
+//! The pool's `/metrics`, `/health` and status API.
+
+use std::fmt::Error;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use parking_lot::Mutex;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::DescriptorEncoder;
+use prometheus_client::registry::Registry;
+use serde::Serialize;
+use serde_json::json;
+use tbg_events::DatagramSink;
+use tbg_node::{NodeHealth, NodeSet};
+use tbg_pool::counters::{redact_url, RpcMetrics};
+use tbg_pool::{PoolCounters, PoolService, PoolView};
+use tbg_stratum::RejectReason;
+
+use crate::encode::{self, Labels};
+
+/// What the pool's endpoints read.
+#[derive(Clone)]
+pub struct PoolSources {
+    pub pool: PoolView,
+    pub nodes: Arc<NodeSet>,
+    pub rpc: Arc<RpcMetrics>,
+    /// The datagram event socket, when the pool sends to one.
+    pub datagram: Option<Arc<DatagramSink>>,
+    /// `/health` is not ready when the template is older than this.
+    pub max_template_age: Duration,
+}
+
+impl PoolSources {
+    pub fn new(service: &PoolService, datagram: Option<Arc<DatagramSink>>) -> PoolSources {
+        PoolSources {
+            pool: service.pool.view(),
+            nodes: service.nodes.clone(),
+            rpc: service.rpc_metrics.clone(),
+            datagram,
+            max_template_age: Duration::from_secs(180),
+        }
+    }
+
+    pub fn with_max_template_age(mut self, max_template_age: Duration) -> PoolSources {
+        self.max_template_age = max_template_age;
+        self
+    }
+}
+
+impl std::fmt::Debug for PoolSources {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PoolSources").finish_non_exhaustive()
+    }
+}
+
+struct AppState {
+    sources: PoolSources,
+    registry: Registry,
+    /// Datagram drops seen at the previous `/health`, to report new drops.
+    last_drops: Mutex<Option<(Instant, u64)>>,
+}
+
+pub(crate) fn router(sources: PoolSources) -> Router {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(PoolCollector(sources.clone())));
+    let state = Arc::new(AppState {
+        sources,
+        registry,
+        last_drops: Mutex::new(None),
+    });
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/health", get(health))
+        .route("/status", get(status))
+        .route("/status/users/:address", get(user_status))
+        .route("/status/workers/:worker", get(worker_status))
+        .with_state(state)
+}
+
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    crate::render(&state.registry)
+}
+
+/// Every pool metric, read from the live counters at scrape time.
+#[derive(Clone)]
+pub struct PoolCollector(pub PoolSources);
+
+impl std::fmt::Debug for PoolCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PoolCollector")
+    }
+}
+
+impl Collector for PoolCollector {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), Error> {
+        encode_pool(&self.0, &mut enc)?;
+        crate::process::encode(&mut enc)
+    }
+}
+
+fn encode_pool(sources: &PoolSources, enc: &mut DescriptorEncoder) -> Result<(), Error> {
+    let pool = &sources.pool;
+    let c = pool.counters();
+    let get = PoolCounters::get;
+
+    encode::gauge(
+        enc,
+        "ckpool_uptime_seconds",
+        "Seconds since the pool started.",
+        pool.uptime().as_secs_f64(),
+    )?;
+    encode::gauge(
+        enc,
+        "ckpool_connections",
+        "Open TCP connections of miners.",
+        get(&c.connections) as f64,
+    )?;
+    encode::counter_u64(
+        enc,
+        "ckpool_connections_opened",
+        "TCP connections accepted since start.",
+        get(&c.connections_total),
+    )?;
+    encode::counter_u64(
+        enc,
+        "ckpool_connections_refused",
+        "Connections refused by the limits.",
+        get(&c.connections_refused),
+    )?;
+    encode::gauge(
+        enc,
+        "ckpool_connected_miners",
+        "Authorized miner sessions.",
+        get(&c.miners) as f64,
+    )?;
+
+    let now = Instant::now();
+    let users = pool.stats().users(now);
+    let workers_connected: u64 = users
+        .iter()
+        .flat_map(|u| u.workers.iter())
+        .filter(|w| w.connections > 0)
+        .count() as u64;
+    let users_connected = users.iter().filter(|u| u.workers_connected > 0).count();
+    encode::gauge(
+        enc,
+        "ckpool_connected_workers",
+        "Distinct workers (address.worker) with at least one connection.",
+        workers_connected as f64,
+    )?;
+    encode::gauge(
+        enc,
+        "ckpool_connected_users",
+        "Distinct payout addresses with at least one connection.",
+        users_connected as f64,
+    )?;
+    let mut hashrate = [0.0f64; 4];
+    for user in &users {
+        for (total, value) in hashrate.iter_mut().zip([
+            user.hashrate_1m,
+            user.hashrate_5m,
+            user.hashrate_1h,
+            user.hashrate_1d,
+        ]) {
+            *total += value;
+        }
+    }
+    let windows = ["1m", "5m", "1h", "1d"];
+    let series: Vec<(Labels, f64)> = windows
+        .iter()
+        .zip(hashrate)
+        .map(|(w, h)| (vec![("window", (*w).to_owned())], h))
+        .collect();
+    encode::gauge_family(
+        enc,
+        "ckpool_pool_hashrate",
+        "Pool hashrate in hashes per second, decaying average over the window.",
+        &series,
+    )?;
+
+    let accepted = get(&c.shares_accepted);
+    let stale = c.rejected(RejectReason::Stale);
+    let rejected = get(&c.shares_rejected);
+    encode::counter_u64(enc, "ckpool_shares_valid", "Accepted shares.", accepted)?;
+    encode::counter_u64(
+        enc,
+        "ckpool_shares_stale",
+        "Shares rejected as stale (job of a previous block).",
+        stale,
+    )?;
+    encode::counter_u64(
+        enc,
+        "ckpool_shares_invalid",
+        "Rejected shares other than stale ones.",
+        rejected.saturating_sub(stale),
+    )?;
+    let by_reason: Vec<(Labels, u64)> = RejectReason::ALL
+        .iter()
+        .map(|reason| {
+            (
+                vec![("reason", reason.label().to_owned())],
+                c.rejected(*reason),
+            )
+        })
+        .collect();
+    encode::counter_family(
+        enc,
+        "ckpool_shares_rejected",
+        "Rejected shares and requests by reason.",
+        &by_reason,
+    )?;
+    encode::counter(
+        enc,
+        "ckpool_total_diff_accepted",
+        "Sum of the difficulty of accepted shares (hashrate = rate * 2^32).",
+        c.accepted_difficulty.load(),
+    )?;
+    encode::counter_u64(
+        enc,
+        "ckpool_protocol_errors",
+        "Stratum lines that could not be parsed.",
+        get(&c.protocol_errors),
+    )?;
+    encode::counter_u64(
+        enc,
+        "ckpool_asicboost_miners",
+        "Sessions that negotiated version rolling (ASICBoost).",
+        get(&c.asicboost_miners),
+    )?;
+    encode::counter_u64(
+        enc,
+        "ckpool_notifies_sent",
+        "mining.notify messages sent.",
+        get(&c.notifies_sent),
+    )?;
+
+    encode::counter_u64(
+        enc,
+        "ckpool_blocks_found",
+        "Shares that met the network target (block candidates).",
+        get(&c.blocks_found),
+    )?;
+    encode::counter_u64(
+        enc,
+        "ckpool_blocks_submitted",
+        "Found blocks whose submission to the nodes completed.",
+        get(&c.blocks_accepted) + get(&c.blocks_rejected),
+    )?;
+    encode::counter_u64(
+        enc,
+        "ckpool_blocks_accepted",
+        "Found blocks a node accepted.",
+        get(&c.blocks_accepted),
+    )?;
+    encode::counter_u64(
+        enc,
+        "ckpool_blocks_rejected",
+        "Found blocks every node rejected.",
+        get(&c.blocks_rejected),
+    )?;
+
+    let template_height = get(&c.template_height);
+    let tip = template_height.saturating_sub(1) as f64;
+    encode::gauge(
+        enc,
+        "ckpool_block_height",
+        "Height of the chain tip the pool mines on (0 before the first template).",
+        tip,
+    )?;
+    encode::gauge(
+        enc,
+        "ckpool_bitcoin_height",
+        "Same as ckpool_block_height (name of the plan).",
+        tip,
+    )?;
+    encode::gauge(
+        enc,
+        "ckpool_template_height",
+        "Height of the block being mined.",
+        template_height as f64,
+    )?;
+    encode::gauge(
+        enc,
+        "ckpool_network_difficulty",
+        "Network difficulty of the current template.",
+        c.network_difficulty.load(),
+    )?;
+    if let Some(age) = pool.template_age() {
+        encode::gauge(
+            enc,
+            "ckpool_template_age_seconds",
+            "Seconds since the current template was fetched.",
+            age.as_secs_f64(),
+        )?;
+    }
+    let connected = matches!(pool.node_health(), NodeHealth::Up { .. });
+    encode::gauge(
+        enc,
+        "ckpool_bitcoin_connected",
+        "1 when the last call to a node succeeded.",
+        if connected { 1.0 } else { 0.0 },
+    )?;
+    let nodes: Vec<(Labels, f64)> = sources
+        .nodes
+        .status()
+        .iter()
+        .enumerate()
+        .map(|(index, node)| {
+            (
+                vec![("node", index.to_string()), ("url", redact_url(&node.url))],
+                if node.up { 1.0 } else { 0.0 },
+            )
+        })
+        .collect();
+    encode::gauge_family(
+        enc,
+        "ckpool_node_up",
+        "1 while the node answers, per node (priority index).",
+        &nodes,
+    )?;
+    let rpc = sources.rpc.snapshot();
+    let latency: Vec<_> = rpc
+        .iter()
+        .map(|s| {
+            (
+                vec![("node", s.node.clone()), ("method", s.method.clone())],
+                s.latency.clone(),
+            )
+        })
+        .collect();
+    encode::histogram_family(
+        enc,
+        "ckpool_rpc_duration_seconds",
+        "Latency of RPC calls to the nodes, per node and method.",
+        &latency,
+    )?;
+    let errors: Vec<_> = rpc
+        .iter()
+        .map(|s| {
+            (
+                vec![("node", s.node.clone()), ("method", s.method.clone())],
+                s.errors,
+            )
+        })
+        .collect();
+    encode::counter_family(
+        enc,
+        "ckpool_rpc_errors",
+        "Failed RPC calls, per node and method.",
+        &errors,
+    )?;
+
+    encode::histogram(
+        enc,
+        "ckpool_share_processing_seconds",
+        "Time to process an accepted share, from submit to answer.",
+        &c.share_latency_histogram.snapshot(),
+    )?;
+    encode::histogram(
+        enc,
+        "ckpool_notify_delay_seconds",
+        "Template received to notify written, per miner.",
+        &c.notify_delay_histogram.snapshot(),
+    )?;
+
+    encode::counter_u64(
+        enc,
+        "ckpool_events_emitted",
+        "Events produced by the pool.",
+        get(&c.events_emitted),
+    )?;
+    if let Some(sink) = &sources.datagram {
+        let stats = sink.stats();
+        encode::counter_u64(
+            enc,
+            "ckpool_events_sent",
+            "Events sent on the datagram socket.",
+            stats.sent,
+        )?;
+        encode::counter_family(
+            enc,
+            "ckpool_events_dropped",
+            "Events the datagram socket dropped, by reason.",
+            &[
+                (
+                    vec![("reason", "no_listener".to_owned())],
+                    stats.dropped_no_listener,
+                ),
+                (
+                    vec![("reason", "queue_full".to_owned())],
+                    stats.dropped_full,
+                ),
+                (vec![("reason", "other".to_owned())], stats.dropped_other),
+            ],
+        )?;
+    }
+    if let Some(journal) = pool.journal() {
+        let stats = journal.stats();
+        encode::counter_u64(
+            enc,
+            "ckpool_events_journaled",
+            "Events committed to the journal.",
+            stats.committed,
+        )?;
+        encode::counter_u64(
+            enc,
+            "ckpool_journal_appended",
+            "Events appended to the journal.",
+            stats.appended,
+        )?;
+        encode::gauge(
+            enc,
+            "ckpool_journal_backlog_events",
+            "Events appended but not yet committed.",
+            stats.backlog as f64,
+        )?;
+        encode::gauge(
+            enc,
+            "ckpool_journal_committed_seq",
+            "Every journal seq up to this one is durable.",
+            stats.committed_seq as f64,
+        )?;
+        encode::counter_u64(
+            enc,
+            "ckpool_journal_batches",
+            "Journal transactions committed.",
+            stats.batches,
+        )?;
+        encode::gauge(
+            enc,
+            "ckpool_journal_last_batch_size",
+            "Events in the last journal transaction.",
+            stats.last_batch_size as f64,
+        )?;
+        encode::counter_u64(
+            enc,
+            "ckpool_journal_errors",
+            "Failed journal commits (retried).",
+            stats.errors,
+        )?;
+        encode::gauge(
+            enc,
+            "ckpool_journal_bytes",
+            "Journal database size.",
+            stats.bytes as f64,
+        )?;
+        encode::gauge(
+            enc,
+            "ckpool_journal_healthy",
+            "1 while journal commits succeed.",
+            if journal.is_healthy() { 1.0 } else { 0.0 },
+        )?;
+    }
+    encode::gauge(
+        enc,
+        "ckpool_redis_up",
+        "1 while the Redis of the user coinbase signatures answers.",
+        if pool.redis_up() { 1.0 } else { 0.0 },
+    )?;
+    Ok(())
+}
+
+/// The answer of `/health`.
+#[derive(Debug, Clone, Serialize)]
+pub struct HealthReport {
+    /// The process answers (always true when there is an answer).
+    pub live: bool,
+    /// Miners can be served fresh work and their shares are recorded.
+    pub ready: bool,
+    /// Why the pool is not ready (empty when ready).
+    pub reasons: Vec<String>,
+    /// Problems that do not stop mining.
+    pub warnings: Vec<String>,
+    pub template_age_seconds: Option<f64>,
+    pub nodes_up: usize,
+    pub nodes: usize,
+}
+
+fn pool_health(state: &AppState) -> HealthReport {
+    let sources = &state.sources;
+    let pool = &sources.pool;
+    let mut reasons = Vec::new();
+    let mut warnings = Vec::new();
+    match pool.node_health() {
+        NodeHealth::AllDown { since } => reasons.push(format!(
+            "no node reachable for {:.0} s",
+            since.elapsed().as_secs_f64()
+        )),
+        NodeHealth::Starting if pool.template_age().is_none() => {
+            reasons.push("no template fetched yet".to_owned())
+        }
+        _ => {}
+    }
+    let template_age = pool.template_age();
+    if let Some(age) = template_age {
+        if age > sources.max_template_age {
+            reasons.push(format!(
+                "template is {:.0} s old (limit {} s)",
+                age.as_secs_f64(),
+                sources.max_template_age.as_secs()
+            ));
+        }
+    }
+    if let Some(journal) = pool.journal() {
+        if !journal.is_healthy() {
+            let stats = journal.stats();
+            reasons.push(format!(
+                "journal not writable: {} failed commits, last error: {}",
+                stats.consecutive_failures,
+                stats.last_error.unwrap_or_default()
+            ));
+        }
+    }
+    if let Some(sink) = &sources.datagram {
+        let dropped = sink.stats().dropped_total();
+        let mut last = state.last_drops.lock();
+        let new_drops = last.map_or(0, |(_, before)| dropped.saturating_sub(before));
+        *last = Some((Instant::now(), dropped));
+        if new_drops > 0 {
+            let message = format!("event socket dropped {new_drops} events since the last check");
+            if pool.journal().is_some() {
+                // The journal keeps every event; the socket is best-effort.
+                warnings.push(message);
+            } else {
+                reasons.push(format!("{message} and there is no journal: they are lost"));
+            }
+        }
+    }
+    let nodes = sources.nodes.status();
+    if nodes.iter().any(|n| !n.up) && nodes.iter().any(|n| n.up) {
+        warnings.push("some nodes are down (failover in use)".to_owned());
+    }
+    HealthReport {
+        live: true,
+        ready: reasons.is_empty(),
+        reasons,
+        warnings,
+        template_age_seconds: template_age.map(|a| a.as_secs_f64()),
+        nodes_up: nodes.iter().filter(|n| n.up).count(),
+        nodes: nodes.len(),
+    }
+}
+
+async fn health(State(state): State<Arc<AppState>>) -> Response {
+    let report = pool_health(&state);
+    let code = if report.ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, Json(report)).into_response()
+}
+
+async fn status(State(state): State<Arc<AppState>>) -> Response {
+    let pool = &state.sources.pool;
+    let now = Instant::now();
+    let users = pool.stats().users(now);
+    let sum = |f: fn(&tbg_pool::UserSnapshot) -> f64| users.iter().map(f).sum::<f64>();
+    let nodes: Vec<_> = state
+        .sources
+        .nodes
+        .status()
+        .into_iter()
+        .map(|node| {
+            json!({
+                "url": redact_url(&node.url),
+                "up": node.up,
+                "last_error": node.last_error,
+                "seconds_since_last_ok": node.last_ok.map(|t| now.saturating_duration_since(t).as_secs_f64()),
+                "rpc_latency_seconds": node.rpc_latency.map(|d| d.as_secs_f64()),
+            })
+        })
+        .collect();
+    Json(json!({
+        "pool": pool.status(),
+        "uptime_seconds": pool.uptime().as_secs_f64(),
+        "hashrate_1m": sum(|u| u.hashrate_1m),
+        "hashrate_5m": sum(|u| u.hashrate_5m),
+        "hashrate_1h": sum(|u| u.hashrate_1h),
+        "hashrate_1d": sum(|u| u.hashrate_1d),
+        "users": users.len(),
+        "users_connected": users.iter().filter(|u| u.workers_connected > 0).count(),
+        "workers_connected": users.iter().map(|u| u64::from(u.workers_connected)).sum::<u64>(),
+        "nodes": nodes,
+        "blocks": pool.blocks(),
+    }))
+    .into_response()
+}
+
+fn not_found(what: &str) -> Response {
+    (StatusCode::NOT_FOUND, Json(json!({ "error": what }))).into_response()
+}
+
+async fn user_status(State(state): State<Arc<AppState>>, Path(address): Path<String>) -> Response {
+    match state.sources.pool.stats().user(&address, Instant::now()) {
+        Some(user) => Json(user).into_response(),
+        None => not_found("unknown user"),
+    }
+}
+
+/// `<address>.<worker>`: the worker name is what follows the first dot, as
+/// in the stratum username.
+async fn worker_status(State(state): State<Arc<AppState>>, Path(name): Path<String>) -> Response {
+    let Some((address, worker)) = name.split_once('.') else {
+        return not_found("expected <address>.<worker>");
+    };
+    let Some(user) = state.sources.pool.stats().user(address, Instant::now()) else {
+        return not_found("unknown user");
+    };
+    match user.workers.into_iter().find(|w| w.worker == worker) {
+        Some(snapshot) => Json(json!({
+            "address": address,
+            "worker": snapshot,
+            "user_workers_connected": user.workers_connected,
+        }))
+        .into_response(),
+        None => not_found("unknown worker"),
+    }
+}
