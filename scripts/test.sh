@@ -11,9 +11,12 @@ cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --locked --workspace --all-targets -- -D warnings
 echo "== cargo test"
-cargo test --locked --workspace --no-fail-fast 2>&1 | tee /tmp/tbg-test-output.txt
+log=$(mktemp)
+set +e
+cargo test --locked --workspace --no-fail-fast 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
-passed=$(grep -Eo 'test result: [a-zA-Z]+\. [0-9]+ passed' /tmp/tbg-test-output.txt | awk '{s+=$4} END {print s+0}')
-failed=$(grep -Eo '[0-9]+ failed' /tmp/tbg-test-output.txt | awk '{s+=$1} END {print s+0}')
+set -e
+passed=$(grep -Eo 'test result: [a-zA-Z]+\. [0-9]+ passed' "$log" | awk '{s+=$4} END {print s+0}')
+failed=$(grep -Eo '[0-9]+ failed' "$log" | awk '{s+=$1} END {print s+0}')
 echo "${passed} passed, ${failed} failed"
 exit "$status"
