@@ -311,29 +311,7 @@ impl PoolHandle {
     }
 
     pub fn status(&self) -> PoolStatus {
-        let c = &self.shared.counters;
-        let health = self.shared.node_health.borrow().clone();
-        PoolStatus {
-            connections: PoolCounters::get(&c.connections),
-            miners: PoolCounters::get(&c.miners),
-            shares_accepted: PoolCounters::get(&c.shares_accepted),
-            shares_rejected: PoolCounters::get(&c.shares_rejected),
-            accepted_difficulty: c.accepted_difficulty.load(),
-            blocks_found: PoolCounters::get(&c.blocks_found),
-            blocks_accepted: PoolCounters::get(&c.blocks_accepted),
-            blocks_rejected: PoolCounters::get(&c.blocks_rejected),
-            template_height: PoolCounters::get(&c.template_height),
-            network_difficulty: c.network_difficulty.load(),
-            template_age_seconds: self
-                .current_work()
-                .map(|w| w.received_at.elapsed().as_secs_f64()),
-            redis_up: self.shared.user_sigs.redis_up(),
-            node_up: !matches!(health, NodeHealth::AllDown { .. }),
-            nodes_down_seconds: match health {
-                NodeHealth::AllDown { since } => Some(since.elapsed().as_secs_f64()),
-                _ => None,
-            },
-        }
+        self.view().status()
     }
 
     /// Graceful stop: stop accepting, tell every miner to reconnect, wait
