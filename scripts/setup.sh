@@ -9,6 +9,8 @@ command -v cmake >/dev/null 2>&1 || need+=(cmake)
 command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
 if [ "${TBG_SETUP_TEST_DEPS:-0}" = 1 ]; then
   command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+  # prometheus + promtool: alert rule tests and the real scrape test.
+  command -v promtool >/dev/null 2>&1 || need+=(prometheus)
   # initdb/pg_ctl for the tests' own PostgreSQL instances.
   if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
     need+=(postgresql)

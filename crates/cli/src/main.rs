@@ -3,6 +3,7 @@
 mod collector;
 mod loadtest;
 mod observability;
+mod ops;
 mod settings;
 
 use std::net::SocketAddr;
@@ -104,6 +105,15 @@ enum Command {
     },
     /// Simulated miners against any Stratum V1 pool; prints latency and counts.
     Loadtest(loadtest::LoadtestArgs),
+    /// PostgreSQL dump with manifest and retention (7 daily + 4 weekly);
+    /// `--redis` snapshot, `--config-archive`, `--full` for all three.
+    Backup(ops::BackupArgs),
+    /// Restore a PostgreSQL backup: shows what it would do, changes nothing
+    /// without --confirm.
+    Restore(ops::RestoreArgs),
+    /// Check a backup against its manifest and restore it into a scratch
+    /// database to compare row counts.
+    VerifyBackup(ops::VerifyArgs),
     /// Check a config file (exit code 2 when it is wrong) and print it as TOML.
     CheckConfig {
         #[command(flatten)]
@@ -238,6 +248,9 @@ async fn run(cli: Cli) -> Result<()> {
             collector::run(&config, replay.then_some(from).flatten(), dry_run).await
         }
         Command::Loadtest(args) => loadtest::run(args).await,
+        Command::Backup(args) => ops::backup(args).await,
+        Command::Restore(args) => ops::restore(args).await,
+        Command::VerifyBackup(args) => ops::verify_backup(args).await,
         Command::CheckConfig { config } => {
             let config = load_config(&config, false)?;
             print!("{}", config.to_toml_string()?);

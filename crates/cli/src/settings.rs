@@ -25,6 +25,8 @@ pub fn pool_settings(config: &Config) -> Result<PoolSettings> {
         .with_context(|| format!("pool.version_mask = {}", pool.version_mask))?;
     settings.max_clients = pool.maxclients as usize;
     settings.max_line_bytes = pool.max_line_bytes;
+    settings.max_invalid_shares_per_minute = pool.max_invalid_shares_per_minute;
+    settings.max_connections_per_ip = pool.max_connections_per_ip as usize;
     settings.redis_url = config.redis.url.clone();
     Ok(settings)
 }

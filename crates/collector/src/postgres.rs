@@ -4,7 +4,11 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use bytes::{BufMut, BytesMut};
 use tbg_events::EventData;
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::{IsNull, ToSql, Type};
 use tokio_postgres::{Client, NoTls, Transaction};
 
 use crate::{migrations, CollectorError, ParsedRecord};
@@ -139,6 +143,14 @@ impl PostgresWriter {
     /// Runs migrations, creates partitions ahead, applies retention, returns the cursor.
     pub async fn prepare(&mut self, client: &mut Client) -> Result<u64, CollectorError> {
         migrations::apply_migrations(client).await?;
+        self.maintain(client).await?;
+        read_cursor(client).await
+    }
+
+    /// Creates the day partitions from yesterday to `PARTITION_DAYS_AHEAD`
+    /// days ahead and drops those past retention; returns how many were
+    /// dropped. Runs on connect and then periodically.
+    pub async fn maintain(&mut self, client: &mut Client) -> Result<i32, CollectorError> {
         self.known_partition_days.clear();
         let today = unix_day(SystemTime::now());
         let days: Vec<i64> = (today - 1..=today + PARTITION_DAYS_AHEAD).collect();
@@ -151,14 +163,14 @@ impl PostgresWriter {
             .commit()
             .await
             .map_err(CollectorError::pg("committing partitions"))?;
-        self.known_partition_days.extend(days);
         let dropped =
             drop_expired_partitions(client, MINING_EVENTS_RETENTION, SHARES_RETENTION).await?;
         if dropped > 0 {
             tracing::info!(dropped, "dropped expired partitions");
-            self.known_partition_days.clear();
+        } else {
+            self.known_partition_days.extend(days);
         }
-        read_cursor(client).await
+        Ok(dropped)
     }
 
     /// Forgets cached partitions (after an error the database may have changed).
@@ -173,7 +185,7 @@ impl PostgresWriter {
         batch: &[ParsedRecord],
         cursor: u64,
     ) -> Result<BatchOutcome, CollectorError> {
-        let transaction = client
+        let mut transaction = client
             .transaction()
             .await
             .map_err(CollectorError::pg("starting the batch transaction"))?;
@@ -185,25 +197,8 @@ impl PostgresWriter {
         let new_days: Vec<i64> = new_days.into_iter().collect();
         ensure_partitions(&transaction, &new_days).await?;
 
-        let inserted_ids = insert_mining_events(&transaction, batch).await?;
-        let new_records: Vec<&ParsedRecord> = batch
-            .iter()
-            .filter(|record| inserted_ids.contains(record.event_id.as_str()))
-            .collect();
-        insert_shares(&transaction, &new_records).await?;
-        insert_blocks(&transaction, &new_records).await?;
-        upsert_aggregates(&transaction, &new_records).await?;
-        transaction
-            .execute(
-                "UPDATE collector_cursor SET seq = $1, updated_at = now() WHERE sink = 'postgres'",
-                &[&seq_to_i64(cursor)],
-            )
-            .await
-            .map_err(CollectorError::pg("advancing the cursor"))?;
-        transaction
-            .commit()
-            .await
-            .map_err(CollectorError::pg("committing the batch"))?;
+        let new_records = insert_rows(&mut transaction, batch).await?;
+        finish_batch(transaction, &new_records, cursor).await?;
         self.known_partition_days.extend(new_days);
         let inserted = new_records.len() as u64;
         Ok(BatchOutcome {
@@ -211,6 +206,45 @@ impl PostgresWriter {
             duplicates: batch.len() as u64 - inserted,
         })
     }
+}
+
+/// Inserts the events and the share rows; returns the records that were new.
+async fn insert_rows<'a>(
+    transaction: &mut Transaction<'_>,
+    batch: &'a [ParsedRecord],
+) -> Result<Vec<&'a ParsedRecord>, CollectorError> {
+    let inserted_ids = insert_mining_events(transaction, batch).await?;
+    let new_records: Vec<&ParsedRecord> = match &inserted_ids {
+        None => batch.iter().collect(),
+        Some(ids) => batch
+            .iter()
+            .filter(|record| ids.contains(record.event_id.as_str()))
+            .collect(),
+    };
+    insert_shares(transaction, &new_records).await?;
+    Ok(new_records)
+}
+
+/// Blocks, aggregates of the new records, the cursor, commit.
+async fn finish_batch(
+    transaction: Transaction<'_>,
+    new_records: &[&ParsedRecord],
+    cursor: u64,
+) -> Result<(), CollectorError> {
+    insert_blocks(&transaction, new_records).await?;
+    upsert_aggregates(&transaction, new_records).await?;
+    transaction
+        .execute(
+            "UPDATE collector_cursor SET seq = $1, updated_at = now() WHERE sink = 'postgres'",
+            &[&seq_to_i64(cursor)],
+        )
+        .await
+        .map_err(CollectorError::pg("advancing the cursor"))?;
+    transaction
+        .commit()
+        .await
+        .map_err(CollectorError::pg("committing the batch"))?;
+    Ok(())
 }
 
 async fn ensure_partitions(
@@ -233,33 +267,167 @@ async fn ensure_partitions(
     Ok(())
 }
 
-async fn insert_mining_events(
+/// The `payload` column in COPY's binary format: jsonb is a version byte
+/// and the JSON text, which `parse_record` already checked.
+#[derive(Debug)]
+struct JsonbText<'a>(&'a str);
+
+impl ToSql for JsonbText<'_> {
+    fn to_sql(
+        &self,
+        _ty: &Type,
+        out: &mut BytesMut,
+    ) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        out.put_u8(1);
+        out.put_slice(self.0.as_bytes());
+        Ok(IsNull::No)
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        *ty == Type::JSONB
+    }
+
+    fn to_sql_checked(
+        &self,
+        ty: &Type,
+        out: &mut BytesMut,
+    ) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        if !Self::accepts(ty) {
+            return Err(format!("jsonb text cannot be sent as {ty}").into());
+        }
+        self.to_sql(ty, out)
+    }
+}
+
+/// Streams rows with binary COPY (no statement parsing, no unnest).
+async fn copy_rows<'a, I>(
     transaction: &Transaction<'_>,
+    statement: &str,
+    types: &[Type],
+    rows: I,
+) -> Result<(), tokio_postgres::Error>
+where
+    I: IntoIterator<Item = Vec<&'a (dyn ToSql + Sync)>>,
+{
+    let sink = transaction.copy_in(statement).await?;
+    let writer = std::pin::pin!(BinaryCopyInWriter::new(sink, types));
+    let mut writer = writer;
+    for row in rows {
+        writer.as_mut().write(&row).await?;
+    }
+    writer.finish().await?;
+    Ok(())
+}
+
+/// The fast path when every row is new, which is every batch outside a
+/// replay: a binary COPY inside a savepoint. A unique violation (a replayed
+/// event) rolls it back and returns false, so the caller runs the slower
+/// `INSERT ... ON CONFLICT DO NOTHING` instead.
+async fn try_copy<'a, I>(
+    transaction: &mut Transaction<'_>,
+    statement: &str,
+    types: &[Type],
+    rows: I,
+    context: &'static str,
+) -> Result<bool, CollectorError>
+where
+    I: IntoIterator<Item = Vec<&'a (dyn ToSql + Sync)>>,
+{
+    let savepoint = transaction
+        .savepoint("copy_rows")
+        .await
+        .map_err(CollectorError::pg("creating a savepoint"))?;
+    match copy_rows(&savepoint, statement, types, rows).await {
+        Ok(()) => {
+            savepoint
+                .commit()
+                .await
+                .map_err(CollectorError::pg("releasing a savepoint"))?;
+            Ok(true)
+        }
+        Err(error) if error.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
+            savepoint
+                .rollback()
+                .await
+                .map_err(CollectorError::pg("rolling back a savepoint"))?;
+            Ok(false)
+        }
+        Err(source) => Err(CollectorError::Postgres { context, source }),
+    }
+}
+
+const INSERT_EVENTS: &str =
+    "INSERT INTO mining_events (ts, event_id, event_type, source, region, payload)
+     SELECT ts, event_id, event_type, source, region, payload::jsonb
+     FROM unnest($1::timestamptz[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[])
+          AS input(ts, event_id, event_type, source, region, payload)";
+
+/// Inserts the events; returns the ids that were new, or None when all were.
+async fn insert_mining_events(
+    transaction: &mut Transaction<'_>,
     batch: &[ParsedRecord],
-) -> Result<HashSet<String>, CollectorError> {
+) -> Result<Option<HashSet<String>>, CollectorError> {
     let times: Vec<SystemTime> = batch.iter().map(|r| r.time).collect();
     let ids: Vec<&str> = batch.iter().map(|r| r.event_id.as_str()).collect();
     let types: Vec<&str> = batch.iter().map(|r| r.event.event_type()).collect();
     let sources: Vec<&str> = batch.iter().map(|r| r.event.source.as_str()).collect();
     let regions: Vec<&str> = batch.iter().map(|r| r.region.as_str()).collect();
     let payloads: Vec<&str> = batch.iter().map(|r| r.payload.as_str()).collect();
+    let jsonb: Vec<JsonbText<'_>> = payloads.iter().map(|payload| JsonbText(payload)).collect();
+    let rows = (0..batch.len()).map(|i| -> Vec<&(dyn ToSql + Sync)> {
+        vec![
+            &times[i],
+            &ids[i],
+            &types[i],
+            &sources[i],
+            &regions[i],
+            &jsonb[i],
+        ]
+    });
+    if try_copy(
+        transaction,
+        "COPY mining_events (ts, event_id, event_type, source, region, payload)
+         FROM STDIN (FORMAT binary)",
+        &[
+            Type::TIMESTAMPTZ,
+            Type::TEXT,
+            Type::TEXT,
+            Type::TEXT,
+            Type::TEXT,
+            Type::JSONB,
+        ],
+        rows,
+        "copying mining_events",
+    )
+    .await?
+    {
+        return Ok(None);
+    }
+    let params: [&(dyn ToSql + Sync); 6] = [&times, &ids, &types, &sources, &regions, &payloads];
     let rows = transaction
         .query(
-            "INSERT INTO mining_events (ts, event_id, event_type, source, region, payload)
-             SELECT ts, event_id, event_type, source, region, payload::jsonb
-             FROM unnest($1::timestamptz[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[])
-                  AS input(ts, event_id, event_type, source, region, payload)
-             ON CONFLICT DO NOTHING
-             RETURNING event_id",
-            &[&times, &ids, &types, &sources, &regions, &payloads],
+            &format!("{INSERT_EVENTS} ON CONFLICT DO NOTHING RETURNING event_id"),
+            &params,
         )
         .await
         .map_err(CollectorError::pg("inserting mining_events"))?;
-    Ok(rows.iter().map(|row| row.get::<_, String>(0)).collect())
+    Ok(Some(
+        rows.iter().map(|row| row.get::<_, String>(0)).collect(),
+    ))
 }
 
+const INSERT_SHARES: &str =
+    "INSERT INTO shares (time, btc_address, worker_name, difficulty, share_diff, is_valid,
+                         is_block, ip_address, source, region, event_id, reject_reason)
+     SELECT time, btc_address, worker_name, difficulty, share_diff, is_valid,
+            false, ip_address, source, region, event_id, reject_reason
+     FROM unnest($1::timestamptz[], $2::text[], $3::text[], $4::float8[], $5::float8[],
+                 $6::bool[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[])
+          AS input(time, btc_address, worker_name, difficulty, share_diff, is_valid,
+                   ip_address, source, region, event_id, reject_reason)";
+
 async fn insert_shares(
-    transaction: &Transaction<'_>,
+    transaction: &mut Transaction<'_>,
     records: &[&ParsedRecord],
 ) -> Result<(), CollectorError> {
     let mut times = Vec::new();
@@ -301,31 +469,66 @@ async fn insert_shares(
     if times.is_empty() {
         return Ok(());
     }
+    const IS_BLOCK: bool = false;
+    let rows = (0..times.len()).map(|i| -> Vec<&(dyn ToSql + Sync)> {
+        vec![
+            &times[i],
+            &addresses[i],
+            &workers[i],
+            &difficulties[i],
+            &share_diffs[i],
+            &valid[i],
+            &IS_BLOCK,
+            &ips[i],
+            &sources[i],
+            &regions[i],
+            &ids[i],
+            &reasons[i],
+        ]
+    });
+    // A share row can outlive its mining_events row (90 vs 30 days), so a
+    // replay of an old event may meet it.
+    if try_copy(
+        transaction,
+        "COPY shares (time, btc_address, worker_name, difficulty, share_diff, is_valid,
+                      is_block, ip_address, source, region, event_id, reject_reason)
+         FROM STDIN (FORMAT binary)",
+        &[
+            Type::TIMESTAMPTZ,
+            Type::TEXT,
+            Type::TEXT,
+            Type::FLOAT8,
+            Type::FLOAT8,
+            Type::BOOL,
+            Type::BOOL,
+            Type::TEXT,
+            Type::TEXT,
+            Type::TEXT,
+            Type::TEXT,
+            Type::TEXT,
+        ],
+        rows,
+        "copying shares",
+    )
+    .await?
+    {
+        return Ok(());
+    }
+    let params: [&(dyn ToSql + Sync); 11] = [
+        &times,
+        &addresses,
+        &workers,
+        &difficulties,
+        &share_diffs,
+        &valid,
+        &ips,
+        &sources,
+        &regions,
+        &ids,
+        &reasons,
+    ];
     transaction
-        .execute(
-            "INSERT INTO shares (time, btc_address, worker_name, difficulty, share_diff, is_valid,
-                                 is_block, ip_address, source, region, event_id, reject_reason)
-             SELECT time, btc_address, worker_name, difficulty, share_diff, is_valid,
-                    false, ip_address, source, region, event_id, reject_reason
-             FROM unnest($1::timestamptz[], $2::text[], $3::text[], $4::float8[], $5::float8[],
-                         $6::bool[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[])
-                  AS input(time, btc_address, worker_name, difficulty, share_diff, is_valid,
-                           ip_address, source, region, event_id, reject_reason)
-             ON CONFLICT DO NOTHING",
-            &[
-                &times,
-                &addresses,
-                &workers,
-                &difficulties,
-                &share_diffs,
-                &valid,
-                &ips,
-                &sources,
-                &regions,
-                &ids,
-                &reasons,
-            ],
-        )
+        .execute(&format!("{INSERT_SHARES} ON CONFLICT DO NOTHING"), &params)
         .await
         .map_err(CollectorError::pg("inserting shares"))?;
     Ok(())

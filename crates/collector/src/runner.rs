@@ -22,6 +22,11 @@ pub struct BatchConfig {
     pub max_wait: Duration,
     /// Journal poll interval while waiting for events.
     pub poll_interval: Duration,
+    /// Largest batch while catching up: while the journal holds more than a
+    /// batch beyond the one read, each batch doubles the next one's size from
+    /// `max_events` up to this (fewer, larger transactions while lagging);
+    /// once caught up it is `max_events` again, so latency stays low.
+    pub max_events_catching_up: usize,
 }
 
 impl Default for BatchConfig {
@@ -30,6 +35,7 @@ impl Default for BatchConfig {
             max_events: 500,
             max_wait: Duration::from_secs(1),
             poll_interval: Duration::from_millis(20),
+            max_events_catching_up: 10_000,
         }
     }
 }
@@ -68,12 +74,27 @@ pub struct RedisConfig {
 }
 
 /// Sinks to run; a sink left `None` is not run.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct CollectorConfig {
     pub postgres: Option<PostgresConfig>,
     pub redis: Option<RedisConfig>,
     pub batch: BatchConfig,
     pub backoff: BackoffConfig,
+    /// How often the PostgreSQL sink creates day partitions ahead and drops
+    /// expired ones (also done on every connect). Default: hourly.
+    pub maintenance_interval: Duration,
+}
+
+impl Default for CollectorConfig {
+    fn default() -> CollectorConfig {
+        CollectorConfig {
+            postgres: None,
+            redis: None,
+            batch: BatchConfig::default(),
+            backoff: BackoffConfig::default(),
+            maintenance_interval: Duration::from_secs(3_600),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -106,8 +127,16 @@ pub struct SinkStats {
     pub events_written: u64,
     /// Events the store already held (replays).
     pub events_duplicate: u64,
-    /// Records skipped because their payload does not parse.
+    /// Records skipped because their payload does not parse, or because the
+    /// store refused them for a data reason (see `events_rejected`).
     pub events_skipped: u64,
+    /// Of `events_skipped`: records the store refused on their own (a data
+    /// error that splitting the batch traced to them), logged with their seq.
+    pub events_rejected: u64,
+    /// Journal regions SQLite reported damaged that the sink skipped.
+    pub journal_corrupt_regions: u64,
+    /// Seqs skipped inside those regions (unreadable, so not delivered).
+    pub journal_unreadable_seqs: u64,
     /// Failed connections or writes (each retried).
     pub errors: u64,
     pub last_error: Option<String>,
@@ -126,6 +155,9 @@ impl SinkStats {
             events_written: 0,
             events_duplicate: 0,
             events_skipped: 0,
+            events_rejected: 0,
+            journal_corrupt_regions: 0,
+            journal_unreadable_seqs: 0,
             errors: 0,
             last_error: None,
             up: false,
@@ -248,6 +280,10 @@ trait Store: Send + 'static {
     async fn set_cursor(&mut self, seq: u64) -> Result<(), CollectorError>;
     /// Writes the batch and the cursor atomically; returns how many events were new.
     async fn write(&mut self, batch: &[ParsedRecord], cursor: u64) -> Result<u64, CollectorError>;
+    /// Periodic upkeep (partitions); a no-op by default.
+    async fn maintain(&mut self) -> Result<(), CollectorError> {
+        Ok(())
+    }
 }
 
 struct PostgresStore {
@@ -295,6 +331,13 @@ impl Store for PostgresStore {
             None => Err(CollectorError::Source("not connected".into())),
         }
     }
+
+    async fn maintain(&mut self) -> Result<(), CollectorError> {
+        match &mut self.client {
+            Some(client) => self.writer.maintain(client).await.map(|_| ()),
+            None => Err(CollectorError::Source("not connected".into())),
+        }
+    }
 }
 
 struct RedisStore {
@@ -337,58 +380,278 @@ impl Store for RedisStore {
     }
 }
 
-async fn read_blocking(
-    source: &Arc<dyn EventSource>,
-    after: u64,
-    limit: usize,
-) -> Result<(Vec<Record>, u64), CollectorError> {
-    let source = source.clone();
-    tokio::task::spawn_blocking(move || {
-        let records = source.read_after(after, limit)?;
-        let last = source.last_seq()?;
-        Ok((records, last))
-    })
-    .await
-    .map_err(|error| CollectorError::Source(format!("reader task failed: {error}")))?
+/// What one journal read produced, parsed.
+#[derive(Default)]
+struct Chunk {
+    parsed: Vec<ParsedRecord>,
+    /// Journal rows read (parsed or not): how full the batch is.
+    rows: usize,
+    /// Highest seq accounted for: the last row read, or the end of a skipped
+    /// unreadable region.
+    through: u64,
+    unparsable: u64,
+    corrupt_regions: u64,
+    unreadable_seqs: u64,
+    journal_last_seq: Option<u64>,
 }
 
-/// Waits for up to `max_events` records after `cursor`: returns as soon as
-/// the batch is full or `max_wait` passed since its first record arrived.
-/// Returns None on shutdown.
+fn is_unreadable(error: &CollectorError) -> bool {
+    matches!(
+        error,
+        CollectorError::JournalCorrupt { .. } | CollectorError::JournalBadRow { .. }
+    )
+}
+
+/// Reads and parses up to `limit` rows after `after` (blocking). Damage
+/// SQLite reports is not fatal: the rows before it are returned first; when
+/// the damage is right at `after`, the first readable row after it is found
+/// by probing (exponential steps, then bisection: O(log gap) reads) and the
+/// seqs in between are counted as unreadable and logged.
+fn read_chunk(
+    source: &dyn EventSource,
+    sink: &'static str,
+    after: u64,
+    limit: usize,
+) -> Result<Chunk, CollectorError> {
+    // The tip is only for the lag figure: a damaged tip must not stop delivery.
+    let journal_last_seq = source.last_seq().ok();
+    let mut chunk = Chunk {
+        through: after,
+        journal_last_seq,
+        ..Chunk::default()
+    };
+    let records = match source.read_after(after, limit) {
+        Ok(records) => records,
+        Err(error) if is_unreadable(&error) => {
+            salvage(source, sink, after, limit, error, &mut chunk)?
+        }
+        Err(error) => return Err(error),
+    };
+    chunk.rows = records.len();
+    chunk.parsed.reserve(records.len());
+    for record in &records {
+        match parse_record(record) {
+            Ok(event) => chunk.parsed.push(event),
+            Err(reason) => {
+                chunk.unparsable += 1;
+                tracing::error!(sink, seq = record.seq, event_id = %record.event_id, %reason, "skipping a journal record that does not parse");
+            }
+        }
+    }
+    if let Some(last) = records.last() {
+        chunk.through = chunk.through.max(last.seq);
+    }
+    Ok(chunk)
+}
+
+/// Reads row by row up to the damage; if the damage is at `after` itself,
+/// skips to the first readable row beyond it.
+fn salvage(
+    source: &dyn EventSource,
+    sink: &'static str,
+    after: u64,
+    limit: usize,
+    first_error: CollectorError,
+    chunk: &mut Chunk,
+) -> Result<Vec<Record>, CollectorError> {
+    let mut records: Vec<Record> = Vec::new();
+    let mut position = after;
+    let mut error = first_error;
+    while records.len() < limit {
+        match source.read_after(position, 1) {
+            Ok(mut one) => match one.pop() {
+                Some(record) => {
+                    position = record.seq;
+                    records.push(record);
+                }
+                None => return Ok(records),
+            },
+            Err(next_error) if is_unreadable(&next_error) => {
+                error = next_error;
+                break;
+            }
+            Err(other) => return Err(other),
+        }
+    }
+    if !records.is_empty() {
+        // Deliver what precedes the damage; the next read meets it at `position`.
+        return Ok(records);
+    }
+    if let CollectorError::JournalBadRow { seq, .. } = &error {
+        if *seq > position {
+            chunk.corrupt_regions += 1;
+            chunk.unreadable_seqs += seq - position;
+            chunk.through = *seq;
+            tracing::error!(sink, seq = *seq, %error, "skipping an unreadable journal row");
+            return Ok(records);
+        }
+    }
+    // Exponential probing for a readable position past the damage.
+    let mut failed = position;
+    let mut step = 1u64;
+    let found = loop {
+        let probe = position.saturating_add(step);
+        match source.read_after(probe, 1) {
+            Ok(mut one) => match one.pop() {
+                Some(record) => break (probe, record),
+                // Nothing readable up to the end of the journal: report the
+                // damage and retry later (new rows may land past it).
+                None => return Err(error),
+            },
+            Err(next_error) if is_unreadable(&next_error) => failed = probe,
+            Err(other) => return Err(other),
+        }
+        if probe == u64::MAX {
+            return Err(error);
+        }
+        step = step.saturating_mul(2);
+    };
+    // Bisection between the last failed and the first readable probe: the
+    // smallest readable start gives the first row after the damage.
+    let (mut readable_from, mut first_readable) = found;
+    while readable_from - failed > 1 {
+        let middle = failed + (readable_from - failed) / 2;
+        match source.read_after(middle, 1) {
+            Ok(mut one) => match one.pop() {
+                Some(record) => {
+                    readable_from = middle;
+                    first_readable = record;
+                }
+                None => failed = middle,
+            },
+            Err(next_error) if is_unreadable(&next_error) => failed = middle,
+            Err(other) => return Err(other),
+        }
+    }
+    let unreadable = first_readable.seq.saturating_sub(position + 1);
+    chunk.corrupt_regions += 1;
+    chunk.unreadable_seqs += unreadable;
+    tracing::error!(
+        sink,
+        after_seq = position,
+        resumed_at_seq = first_readable.seq,
+        unreadable_seqs = unreadable,
+        %error,
+        "journal region unreadable: skipping it"
+    );
+    records.push(first_readable);
+    Ok(records)
+}
+
+async fn read_blocking(
+    source: &Arc<dyn EventSource>,
+    sink: &'static str,
+    after: u64,
+    limit: usize,
+) -> Result<Chunk, CollectorError> {
+    let source = source.clone();
+    tokio::task::spawn_blocking(move || read_chunk(source.as_ref(), sink, after, limit))
+        .await
+        .map_err(|error| CollectorError::Source(format!("reader task failed: {error}")))?
+}
+
+/// A read of the next batch started while the current one is written, so
+/// reading and parsing overlap the store's round trips.
+struct Prefetch {
+    after: u64,
+    task: JoinHandle<Result<Chunk, CollectorError>>,
+}
+
+impl Prefetch {
+    fn start(source: &Arc<dyn EventSource>, sink: &'static str, after: u64, limit: usize) -> Self {
+        let source = source.clone();
+        Prefetch {
+            after,
+            task: tokio::task::spawn_blocking(move || {
+                read_chunk(source.as_ref(), sink, after, limit)
+            }),
+        }
+    }
+}
+
+/// A batch ready to write.
+struct Batch {
+    chunk: Chunk,
+    /// Whether the journal already held more than another batch's worth
+    /// after it when it was read (the sink is behind, not waiting for events).
+    behind: bool,
+}
+
+/// Waits for up to `max_events` rows after `cursor`: returns as soon as
+/// the batch is full, `max_wait` passed since its first row arrived, or
+/// (while nothing arrived) maintenance is due. Returns None on shutdown.
+#[allow(clippy::too_many_arguments)]
 async fn next_batch(
     source: &Arc<dyn EventSource>,
+    sink: &'static str,
     cursor: u64,
+    max_events: usize,
     batch: &BatchConfig,
+    prefetched: Option<Prefetch>,
+    maintenance_due: Instant,
     shared: &SinkShared,
     shutdown: &mut watch::Receiver<bool>,
-) -> Result<Option<Vec<Record>>, CollectorError> {
-    let mut records: Vec<Record> = Vec::new();
+) -> Result<Option<Batch>, CollectorError> {
+    let mut total = Chunk {
+        through: cursor,
+        ..Chunk::default()
+    };
     let mut first_arrival: Option<Instant> = None;
+    let mut prefetched = prefetched.filter(|prefetch| prefetch.after == cursor);
     loop {
-        let after = records.last().map_or(cursor, |record| record.seq);
-        let wanted = batch.max_events.saturating_sub(records.len()).max(1);
-        let (more, last_seq) = read_blocking(source, after, wanted).await?;
-        {
+        let wanted = max_events.saturating_sub(total.rows).max(1);
+        let more = match prefetched.take() {
+            Some(prefetch) => prefetch.task.await.map_err(|error| {
+                CollectorError::Source(format!("reader task failed: {error}"))
+            })??,
+            None => read_blocking(source, sink, total.through, wanted).await?,
+        };
+        if let Some(last_seq) = more.journal_last_seq {
             let mut stats = shared.stats.lock();
             stats.journal_last_seq = last_seq;
             stats.lag = last_seq.saturating_sub(stats.cursor);
         }
-        if !more.is_empty() && first_arrival.is_none() {
+        if more.through > total.through && first_arrival.is_none() {
             first_arrival = Some(Instant::now());
         }
-        records.extend(more);
+        total.rows += more.rows;
+        total.through = total.through.max(more.through);
+        total.parsed.extend(more.parsed);
+        total.unparsable += more.unparsable;
+        total.corrupt_regions += more.corrupt_regions;
+        total.unreadable_seqs += more.unreadable_seqs;
+        let full = total.rows >= max_events;
+        let behind = full
+            && more.journal_last_seq.is_some_and(|last_seq| {
+                last_seq.saturating_sub(total.through) >= max_events as u64
+            });
         let waited_enough = first_arrival.is_some_and(|start| start.elapsed() >= batch.max_wait);
-        if records.len() >= batch.max_events || waited_enough {
-            return Ok(Some(records));
+        if full || waited_enough {
+            return Ok(Some(Batch {
+                chunk: total,
+                behind,
+            }));
         }
-        if shared.rewind.lock().is_some() && records.is_empty() {
-            return Ok(Some(records));
+        let idle = total.through == cursor;
+        if idle && (shared.rewind.lock().is_some() || Instant::now() >= maintenance_due) {
+            return Ok(Some(Batch {
+                chunk: total,
+                behind,
+            }));
         }
         tokio::select! {
             _ = tokio::time::sleep(batch.poll_interval) => {}
             _ = shutdown.changed() => return Ok(None),
         }
     }
+}
+
+/// Per-sink loop state kept across steps and errors.
+struct SinkState {
+    cursor: u64,
+    batch_size: usize,
+    prefetch: Option<Prefetch>,
+    next_maintenance: Instant,
 }
 
 async fn run_sink<S: Store>(
@@ -399,7 +662,12 @@ async fn run_sink<S: Store>(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let sink = S::KIND.name();
-    let mut cursor = 0u64;
+    let mut state = SinkState {
+        cursor: 0,
+        batch_size: config.batch.max_events.max(1),
+        prefetch: None,
+        next_maintenance: Instant::now() + config.maintenance_interval,
+    };
     let mut delay = config.backoff.initial;
     loop {
         if *shutdown.borrow() {
@@ -411,7 +679,7 @@ async fn run_sink<S: Store>(
             &config,
             &shared,
             &mut shutdown,
-            &mut cursor,
+            &mut state,
         )
         .await
         {
@@ -419,7 +687,16 @@ async fn run_sink<S: Store>(
             Ok(false) => return,
             Err(error) => {
                 tracing::warn!(sink, %error, retry_in_ms = delay.as_millis() as u64, "sink error");
-                store.disconnect();
+                // A journal read error says nothing about the store.
+                if !matches!(
+                    error,
+                    CollectorError::Source(_)
+                        | CollectorError::JournalCorrupt { .. }
+                        | CollectorError::JournalBadRow { .. }
+                ) {
+                    store.disconnect();
+                }
+                state.prefetch = None;
                 // Keep the lag current while the store is down (it is the outage's size).
                 let journal_last_seq = {
                     let source = source.clone();
@@ -436,7 +713,7 @@ async fn run_sink<S: Store>(
                     }
                     stats.errors += 1;
                     stats.last_error = Some(error.to_string());
-                    stats.up = false;
+                    stats.up = store.connected();
                 }
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
@@ -448,70 +725,232 @@ async fn run_sink<S: Store>(
     }
 }
 
-/// One round: (re)connect if needed, apply a rewind, write one batch.
-/// Ok(false) means shutdown.
+/// One round: (re)connect if needed, apply a rewind, run due maintenance,
+/// write one batch. Ok(false) means shutdown.
 async fn step<S: Store>(
     store: &mut S,
     source: &Arc<dyn EventSource>,
     config: &CollectorConfig,
     shared: &SinkShared,
     shutdown: &mut watch::Receiver<bool>,
-    cursor: &mut u64,
+    state: &mut SinkState,
 ) -> Result<bool, CollectorError> {
+    let sink = S::KIND.name();
     let timeout = config.backoff.write_timeout;
     let timed_out = || CollectorError::Timeout {
-        sink: S::KIND.name(),
+        sink,
         seconds: timeout.as_secs(),
     };
     if !store.connected() {
-        *cursor = tokio::time::timeout(timeout, store.connect())
+        state.prefetch = None;
+        state.cursor = tokio::time::timeout(timeout, store.connect())
             .await
             .map_err(|_| timed_out())??;
+        // Connecting does the maintenance.
+        state.next_maintenance = Instant::now() + config.maintenance_interval;
         let mut stats = shared.stats.lock();
-        stats.cursor = *cursor;
+        stats.cursor = state.cursor;
         stats.up = true;
     }
     let rewind = *shared.rewind.lock();
     if let Some(seq) = rewind {
+        state.prefetch = None;
         tokio::time::timeout(timeout, store.set_cursor(seq))
             .await
             .map_err(|_| timed_out())??;
         *shared.rewind.lock() = None;
-        *cursor = seq;
+        state.cursor = seq;
         shared.stats.lock().cursor = seq;
     }
-    let Some(records) = next_batch(source, *cursor, &config.batch, shared, shutdown).await? else {
+    if Instant::now() >= state.next_maintenance {
+        tokio::time::timeout(timeout, store.maintain())
+            .await
+            .map_err(|_| timed_out())??;
+        state.next_maintenance = Instant::now() + config.maintenance_interval;
+    }
+    let Some(batch) = next_batch(
+        source,
+        sink,
+        state.cursor,
+        state.batch_size,
+        &config.batch,
+        state.prefetch.take(),
+        state.next_maintenance,
+        shared,
+        shutdown,
+    )
+    .await?
+    else {
         return Ok(false);
     };
-    let Some(last) = records.last().map(|record| record.seq) else {
-        return Ok(true);
-    };
-    if shared.rewind.lock().is_some() {
+    let chunk = batch.chunk;
+    if chunk.through == state.cursor || shared.rewind.lock().is_some() {
         return Ok(true);
     }
-    let mut parsed = Vec::with_capacity(records.len());
-    let mut skipped = 0u64;
-    for record in &records {
-        match parse_record(record) {
-            Ok(event) => parsed.push(event),
-            Err(reason) => {
-                skipped += 1;
-                tracing::error!(sink = S::KIND.name(), seq = record.seq, event_id = %record.event_id, %reason, "skipping a journal record that does not parse");
+    // Behind the journal: bigger batches (fewer transactions) until caught up.
+    state.batch_size = if batch.behind {
+        (state.batch_size * 2).min(
+            config
+                .batch
+                .max_events_catching_up
+                .max(config.batch.max_events),
+        )
+    } else {
+        config.batch.max_events.max(1)
+    };
+    if batch.behind {
+        state.prefetch = Some(Prefetch::start(
+            source,
+            sink,
+            chunk.through,
+            state.batch_size,
+        ));
+    }
+    {
+        let mut stats = shared.stats.lock();
+        stats.events_skipped += chunk.unparsable;
+        stats.journal_corrupt_regions += chunk.corrupt_regions;
+        stats.journal_unreadable_seqs += chunk.unreadable_seqs;
+    }
+    write_splitting(store, &chunk.parsed, chunk.through, timeout, shared, state).await?;
+    Ok(true)
+}
+
+/// Writes `records` with the cursor `through`. When the store refuses the
+/// data itself (not a connection problem), the batch is split in halves,
+/// each written with its own last seq as cursor (still exactly once), until
+/// the refused record is alone: it is then logged with its seq, counted and
+/// skipped. Other errors are returned (the caller retries forever).
+async fn write_splitting<S: Store>(
+    store: &mut S,
+    records: &[ParsedRecord],
+    through: u64,
+    timeout: Duration,
+    shared: &SinkShared,
+    state: &mut SinkState,
+) -> Result<(), CollectorError> {
+    let sink = S::KIND.name();
+    let timed_out = || CollectorError::Timeout {
+        sink,
+        seconds: timeout.as_secs(),
+    };
+    // Pieces still to write, last piece first (a stack: left halves go first).
+    let mut pending: Vec<(&[ParsedRecord], u64)> = vec![(records, through)];
+    while let Some((piece, cursor)) = pending.pop() {
+        let outcome = tokio::time::timeout(timeout, store.write(piece, cursor))
+            .await
+            .map_err(|_| timed_out())?;
+        let mut rejected = 0u64;
+        let written = match outcome {
+            Ok(written) => written,
+            Err(error) if error.is_data_error() && piece.len() > 1 => {
+                let (left, right) = piece.split_at(piece.len() / 2);
+                let left_cursor = left.last().map_or(cursor, |record| record.seq);
+                tracing::warn!(sink, from_seq = piece.first().map(|r| r.seq), to_seq = cursor, %error, "store refused a batch's data: splitting it");
+                pending.push((right, cursor));
+                pending.push((left, left_cursor));
+                continue;
             }
+            Err(error) if error.is_data_error() && piece.len() == 1 => {
+                if let Some(record) = piece.first() {
+                    tracing::error!(sink, seq = record.seq, event_id = %record.event_id, %error, "store refused a record: skipping it");
+                }
+                rejected = 1;
+                // Move the cursor past it alone.
+                tokio::time::timeout(timeout, store.write(&[], cursor))
+                    .await
+                    .map_err(|_| timed_out())??
+            }
+            Err(error) => return Err(error),
+        };
+        state.cursor = cursor;
+        let mut stats = shared.stats.lock();
+        stats.cursor = cursor;
+        stats.lag = stats.journal_last_seq.saturating_sub(cursor);
+        stats.batches += 1;
+        stats.events_written += written;
+        let accepted = piece.len() as u64 - rejected;
+        stats.events_duplicate += accepted - written.min(accepted);
+        stats.events_skipped += rejected;
+        stats.events_rejected += rejected;
+        stats.up = true;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Rows 1..=last; reading fails like SQLite's when the read starts in
+    /// or would pass through the damaged seqs.
+    struct DamagedSource {
+        last: u64,
+        damaged: std::ops::RangeInclusive<u64>,
+    }
+
+    impl EventSource for DamagedSource {
+        fn read_after(&self, after: u64, limit: usize) -> Result<Vec<Record>, CollectorError> {
+            let end = after.saturating_add(limit as u64).min(self.last);
+            if self.damaged.contains(&after)
+                || (after + 1..=end).any(|seq| self.damaged.contains(&seq))
+            {
+                return Err(CollectorError::JournalCorrupt {
+                    after_seq: Some(after),
+                    detail: "database disk image is malformed".into(),
+                });
+            }
+            Ok((after + 1..=end)
+                .map(|seq| Record {
+                    seq,
+                    event_id: format!("id-{seq}"),
+                    ts: 1.0,
+                    event_type: "share_submitted".into(),
+                    region: "eu".into(),
+                    stream_id: format!("1000-{seq}"),
+                    payload: "not an event".into(),
+                })
+                .collect())
+        }
+        fn last_seq(&self) -> Result<u64, CollectorError> {
+            Ok(self.last)
+        }
+        fn seq_at_time(&self, _ts: f64) -> Result<u64, CollectorError> {
+            Ok(0)
+        }
+        fn seq_of_event(&self, _event_id: &str) -> Result<Option<u64>, CollectorError> {
+            Ok(None)
         }
     }
-    drop(records);
-    let written = tokio::time::timeout(timeout, store.write(&parsed, last))
-        .await
-        .map_err(|_| timed_out())??;
-    *cursor = last;
-    let mut stats = shared.stats.lock();
-    stats.cursor = last;
-    stats.lag = stats.journal_last_seq.saturating_sub(last);
-    stats.batches += 1;
-    stats.events_written += written;
-    stats.events_duplicate += parsed.len() as u64 - written.min(parsed.len() as u64);
-    stats.events_skipped += skipped;
-    stats.up = true;
-    Ok(true)
+
+    #[test]
+    fn a_damaged_region_is_read_up_to_then_skipped_and_counted() {
+        let source = DamagedSource {
+            last: 1_000,
+            damaged: 400..=555,
+        };
+        // Rows before the damage come first.
+        let before = read_chunk(&source, "test", 0, 500).unwrap();
+        assert_eq!((before.rows, before.through), (399, 399));
+        assert_eq!(before.corrupt_regions, 0);
+        // Then the damage: skipped to the first row reachable after it (the
+        // row right after the region is reachable only from inside it).
+        let skip = read_chunk(&source, "test", 399, 500).unwrap();
+        assert_eq!(skip.through, 557);
+        assert_eq!((skip.corrupt_regions, skip.unreadable_seqs), (1, 157));
+        assert_eq!(skip.rows, 1);
+        // And on from there.
+        let after = read_chunk(&source, "test", 557, 500).unwrap();
+        assert_eq!((after.rows, after.through), (443, 1_000));
+    }
+
+    #[test]
+    fn damage_up_to_the_end_is_an_error_naming_the_position() {
+        let source = DamagedSource {
+            last: 100,
+            damaged: 90..=100,
+        };
+        let error = read_chunk(&source, "test", 89, 50).err().unwrap();
+        assert!(error.to_string().contains("after seq 89"), "{error}");
+    }
 }

@@ -138,7 +138,20 @@ impl From<tbg_journal::JournalRecord> for Record {
 }
 
 fn journal_error(error: tbg_journal::JournalError) -> CollectorError {
-    CollectorError::Source(error.to_string())
+    match error {
+        tbg_journal::JournalError::Corrupt {
+            path,
+            after_seq,
+            detail,
+        } => CollectorError::JournalCorrupt {
+            after_seq,
+            detail: format!("{}: {detail}", path.display()),
+        },
+        tbg_journal::JournalError::BadRow { seq, detail } => {
+            CollectorError::JournalBadRow { seq, detail }
+        }
+        other => CollectorError::Source(other.to_string()),
+    }
 }
 
 /// The pool's journal, opened read-only with `JournalReader::open`.

@@ -32,12 +32,14 @@ fn config(pg: Option<&PgServer>, redis: Option<&RedisServer>) -> CollectorConfig
             max_events: 500,
             max_wait: Duration::from_millis(200),
             poll_interval: Duration::from_millis(10),
+            ..BatchConfig::default()
         },
         backoff: BackoffConfig {
             initial: Duration::from_millis(100),
             max: Duration::from_secs(1),
             write_timeout: Duration::from_secs(10),
         },
+        ..CollectorConfig::default()
     }
 }
 

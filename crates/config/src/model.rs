@@ -185,6 +185,10 @@ pub struct PoolSection {
     pub max_line_bytes: usize,
     /// Share of each block reward donated, in percent (ckpool `donation`).
     pub donation: f64,
+    /// More invalid shares than this in one minute closes a connection.
+    pub max_invalid_shares_per_minute: u32,
+    /// Simultaneous connections from one IP address; 0 = unlimited.
+    pub max_connections_per_ip: u32,
 }
 
 impl Default for PoolSection {
@@ -205,6 +209,8 @@ impl Default for PoolSection {
             share_interval_s: 10.0,
             max_line_bytes: 16384,
             donation: 0.0,
+            max_invalid_shares_per_minute: 100,
+            max_connections_per_ip: 0,
         }
     }
 }

@@ -456,7 +456,8 @@ async fn session(
                     Some("mining.notify") => {
                         let params = message.get("params").cloned().unwrap_or(Value::Null);
                         let prevhash = params.get(1).and_then(Value::as_str).unwrap_or("").to_string();
-                        if params.get(8).and_then(Value::as_bool) == Some(true) {
+                        // A miner's first job tells nothing about block propagation.
+                        if job.is_some() && params.get(8).and_then(Value::as_bool) == Some(true) {
                             let mut notifies = shared.notifies.lock();
                             let entry = notifies.entry(prevhash.clone()).or_insert((received, received));
                             entry.1 = entry.1.max(received);

@@ -54,7 +54,11 @@ fn promtool_validates_and_unit_tests_the_alert_rules() {
         .current_dir(dir.join("tests"))
         .output()
         .expect("promtool");
-    assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stdout));
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stdout)
+    );
     promtool(&["check", "config"], &[dir.join("prometheus.yml")]);
 }
 
@@ -88,7 +92,11 @@ fn metric_names_in_monitoring_files() -> BTreeSet<String> {
         }
     }
     let dashboards = yaml_dir_json(&dir.join("grafana/dashboards"));
-    assert_eq!(dashboards.len(), 4, "pool-overview, event-pipeline, bitcoin-core, regional");
+    assert_eq!(
+        dashboards.len(),
+        4,
+        "pool-overview, event-pipeline, bitcoin-core, regional"
+    );
     for dashboard in dashboards {
         collect_exprs(&dashboard, &mut expressions);
     }
@@ -134,15 +142,28 @@ fn collect_exprs(value: &Value, out: &mut Vec<String>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prometheus_scrapes_the_pool_and_the_collector() {
-    let env = TestEnv::start().await;
-    let pool_metrics = MetricsServer::start_pool("127.0.0.1:0", PoolSources::new(&env.service, None))
-        .await
-        .expect("pool metrics server");
+    let dir = tempfile::tempdir().unwrap();
+    let journal = tbg_journal::Journal::open(tbg_journal::JournalConfig::new(
+        dir.path().join("journal.db"),
+    ))
+    .expect("journal");
+    let env = TestEnv::start_with_journal(journal).await;
+    // Nothing listens on this socket: what is sent there is counted as dropped.
+    let datagram = Arc::new(tbg_events::DatagramSink::new(dir.path().join("events.sock")).unwrap());
+    let pool_metrics = MetricsServer::start_pool(
+        "127.0.0.1:0",
+        PoolSources::new(&env.service, Some(datagram)),
+    )
+    .await
+    .expect("pool metrics server");
     // A real collector whose Redis is unreachable: its sink must show down.
     let dead_redis = format!("redis://127.0.0.1:{}/0", tbg_testkit::free_port());
     let collector = Arc::new(Collector::start(
         CollectorConfig {
-            redis: Some(RedisConfig { url: dead_redis, stream_maxlen: 1000 }),
+            redis: Some(RedisConfig {
+                url: dead_redis,
+                stream_maxlen: 1000,
+            }),
             ..CollectorConfig::default()
         },
         Arc::new(MemorySource::new()),
@@ -176,7 +197,8 @@ async fn prometheus_scrapes_the_pool_and_the_collector() {
     assert_eq!(user["shares_accepted"], 1);
     assert_eq!(user["workers_connected"], 1);
     assert!(user["hashrate_1m"].as_f64().unwrap() > 0.0);
-    let (code, worker) = get_json(&http, &format!("{pool_base}/status/workers/{address}.rig1")).await;
+    let (code, worker) =
+        get_json(&http, &format!("{pool_base}/status/workers/{address}.rig1")).await;
     assert_eq!(code, 200);
     assert_eq!(worker["worker"]["shares_accepted"], 1);
     assert!(worker["worker"]["best_difficulty"].as_f64().unwrap() > 0.0);
@@ -188,11 +210,28 @@ async fn prometheus_scrapes_the_pool_and_the_collector() {
     let collector_base = format!("http://{}", collector_metrics.local_addr());
     let (code, collector_health) = get_json(&http, &format!("{collector_base}/health")).await;
     assert_eq!(code, 503, "redis is unreachable: {collector_health}");
-    assert!(collector_health["reasons"][0].as_str().unwrap().contains("redis"));
+    assert!(collector_health["reasons"][0]
+        .as_str()
+        .unwrap()
+        .contains("redis"));
 
     // Every metric a dashboard or an alert uses is exported.
-    let mut exposition = http.get(format!("{pool_base}/metrics")).send().await.unwrap().text().await.unwrap();
-    exposition += &http.get(format!("{collector_base}/metrics")).send().await.unwrap().text().await.unwrap();
+    let mut exposition = http
+        .get(format!("{pool_base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    exposition += &http
+        .get(format!("{collector_base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     let missing: Vec<String> = metric_names_in_monitoring_files()
         .into_iter()
         .filter(|name| !exposition.contains(name.as_str()))
@@ -213,7 +252,10 @@ async fn prometheus_scrapes_the_pool_and_the_collector() {
     let _prometheus = ChildGuard(
         Command::new("prometheus")
             .arg(format!("--config.file={}", config_path.display()))
-            .arg(format!("--storage.tsdb.path={}", storage.path().join("data").display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                storage.path().join("data").display()
+            ))
             .arg(format!("--web.listen-address=127.0.0.1:{prom_port}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -222,12 +264,23 @@ async fn prometheus_scrapes_the_pool_and_the_collector() {
     );
     let api = format!("http://127.0.0.1:{prom_port}/api/v1");
     let query = |q: &str| {
-        let url = format!("{api}/query?query={}", q.replace('{', "%7B").replace('}', "%7D").replace('"', "%22").replace('=', "%3D"));
+        let url = format!(
+            "{api}/query?query={}",
+            q.replace('{', "%7B")
+                .replace('}', "%7D")
+                .replace('"', "%22")
+                .replace('=', "%3D")
+        );
         let http = http.clone();
         async move {
-            let Ok(response) = http.get(&url).send().await else { return None };
+            let Ok(response) = http.get(&url).send().await else {
+                return None;
+            };
             let body: Value = response.json().await.ok()?;
-            let value = body["data"]["result"][0]["value"][1].as_str()?.parse::<f64>().ok()?;
+            let value = body["data"]["result"][0]["value"][1]
+                .as_str()?
+                .parse::<f64>()
+                .ok()?;
             Some(value)
         }
     };
@@ -258,7 +311,10 @@ async fn prometheus_scrapes_the_pool_and_the_collector() {
     assert!(active.iter().all(|t| t["health"] == "up"), "{targets}");
     // The block we found moved the tip: the pool mines on top of it.
     let tip = env.service.pool.status().template_height.saturating_sub(1) as f64;
-    assert_eq!(query(r#"ckpool_block_height{job="ckpool"}"#).await, Some(tip));
+    assert_eq!(
+        query(r#"ckpool_block_height{job="ckpool"}"#).await,
+        Some(tip)
+    );
 
     collector_metrics.shutdown().await;
     pool_metrics.shutdown().await;

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Runs load profiles against `tbg devnet` (release build) and records the
+# pool's resident memory and CPU next to the load tool's latencies.
+#   scripts/bench-load.sh [PROFILE...]        default: smoke standard flood
+# Extra load options through LOAD_ARGS, e.g. LOAD_ARGS="--miners 10000 --rate 0.1".
+# POOL_CONFIG_EXTRA adds TOML lines to the pool's config (e.g. "[journal]\nenabled = false").
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+cargo build --release --locked -p tbg >/dev/null
+TBG=target/release/tbg
+work=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$work"' EXIT
+port=$((20000 + RANDOM % 20000))
+cat > "$work/tbg.toml" <<TOML
+network = "regtest"
+[pool]
+mindiff = 0.0001
+startdiff = 0.0001
+max_invalid_shares_per_minute = 4000000000
+[events]
+socket_path = "$work/events.sock"
+$(printf '%b' "${POOL_CONFIG_EXTRA:-}")
+TOML
+ulimit -n 65536 2>/dev/null || true
+RUST_LOG=warn $TBG devnet --config "$work/tbg.toml" --stratum "127.0.0.1:$port" --rpc 127.0.0.1:0 --data-dir "$work/devnet" 2>"$work/pool.log" &
+pool_pid=$!
+for _ in $(seq 1 600); do
+  (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break
+  sleep 0.1
+done
+address=$(python3 - <<'PY'
+# A fixed regtest P2WPKH address (the key is irrelevant for random shares).
+print("bcrt1qw508d6qejxtdg4y5r3zarvary0c5xw7kygt080")
+PY
+)
+rss_kb() { awk '/VmRSS/ {print $2}' /proc/$pool_pid/status; }
+cpu_ticks() { awk '{print $14 + $15}' /proc/$pool_pid/stat; }
+hz=$(getconf CLK_TCK)
+echo "machine: $(nproc) cores, $(lscpu | sed -n 's/Model name: *//p'), $(date -u +%Y-%m-%d)"
+for profile in "${@:-smoke standard flood}"; do
+  for p in $profile; do
+    rss_before=$(rss_kb); ticks_before=$(cpu_ticks); start=$(date +%s.%N)
+    # The load tool pinned to core 0, the pool to core 1 (2-core machine).
+    taskset -cp 1 $pool_pid >/dev/null 2>&1 || true
+    taskset -c 0 $TBG loadtest --pool "127.0.0.1:$port" --profile "$p" --addresses "$address" ${LOAD_ARGS:-} > "$work/$p.txt"
+    end=$(date +%s.%N); ticks_after=$(cpu_ticks); rss_after=$(rss_kb)
+    cpu=$(python3 -c "print(f'{($ticks_after-$ticks_before)/$hz/($end-$start)*100:.0f}')")
+    echo "== profile $p: pool RSS ${rss_before} kB -> ${rss_after} kB, pool CPU ${cpu}% of one core"
+    cat "$work/$p.txt"
+  done
+done
