@@ -10,7 +10,7 @@ scripts/setup.sh
 cargo build --release --locked -p tbg >/dev/null
 TBG=target/release/tbg
 work=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$work"' EXIT
+trap 'kill $(jobs -p) 2>/dev/null; wait 2>/dev/null; rm -rf "$work"' EXIT
 port=$((20000 + RANDOM % 20000))
 cat > "$work/tbg.toml" <<TOML
 network = "regtest"
@@ -23,7 +23,8 @@ socket_path = "$work/events.sock"
 $(printf '%b' "${POOL_CONFIG_EXTRA:-}")
 TOML
 ulimit -n 65536 2>/dev/null || true
-RUST_LOG=warn $TBG devnet --config "$work/tbg.toml" --stratum "127.0.0.1:$port" --rpc 127.0.0.1:0 --data-dir "$work/devnet" 2>"$work/pool.log" &
+rpc_port=$((port + 1))
+RUST_LOG=warn $TBG devnet --config "$work/tbg.toml" --stratum "127.0.0.1:$port" --rpc "127.0.0.1:$rpc_port" --data-dir "$work/devnet" 2>"$work/pool.log" &
 pool_pid=$!
 for _ in $(seq 1 600); do
   (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break
@@ -43,6 +44,13 @@ for profile in "${@:-smoke standard flood}"; do
     rss_before=$(rss_kb); ticks_before=$(cpu_ticks); start=$(date +%s.%N)
     # The load tool pinned to core 0, the pool to core 1 (2-core machine).
     taskset -cp 1 $pool_pid >/dev/null 2>&1 || true
+    # NEW_BLOCK_AFTER=SECONDS: another miner finds a block then (RPC
+    # generatetoaddress on the embedded node), to time new-block notifies.
+    if [ -n "${NEW_BLOCK_AFTER:-}" ]; then
+      (sleep "$NEW_BLOCK_AFTER"; curl -s --user "$(cat "$work/devnet/chain/.cookie")" \
+        --data-binary '{"jsonrpc":"1.0","id":1,"method":"generatetoaddress","params":[1,"'"$address"'"]}' \
+        "http://127.0.0.1:$rpc_port/" >/dev/null) &
+    fi
     taskset -c 0 $TBG loadtest --pool "127.0.0.1:$port" --profile "$p" --addresses "$address" ${LOAD_ARGS:-} > "$work/$p.txt"
     end=$(date +%s.%N); ticks_after=$(cpu_ticks); rss_after=$(rss_kb)
     cpu=$(python3 -c "print(f'{($ticks_after-$ticks_before)/$hz/($end-$start)*100:.0f}')")
