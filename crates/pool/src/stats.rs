@@ -267,7 +267,10 @@ mod tests {
         for (hashrate, window) in rates.hashrates(now).iter().zip(WINDOWS) {
             let error = (hashrate - expected).abs() / expected;
             // Read right after a share, a window reads high by about diff/window.
-            assert!(error < 0.01 + 8.0 / window / 4.0, "window {window}: {hashrate} vs {expected}");
+            assert!(
+                error < 0.01 + 8.0 / window / 4.0,
+                "window {window}: {hashrate} vs {expected}"
+            );
         }
     }
 
