@@ -48,6 +48,10 @@ enum Command {
     Pool {
         #[command(flatten)]
         config: ConfigArgs,
+        /// Pid file, locked while the pool runs: a second pool on the same
+        /// file refuses to start; a file left by a crash never blocks.
+        #[arg(long)]
+        pid_file: Option<PathBuf>,
     },
     /// Run an embedded regtest node (Bitcoin Core's validation engine) and
     /// the pool against it: no Bitcoin Core, no database needed.
@@ -198,8 +202,12 @@ fn event_sink(config: &Config) -> Result<Arc<DatagramSink>> {
 
 async fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Pool { config } => {
+        Command::Pool { config, pid_file } => {
             let config = load_config(&config, false)?;
+            let _pid_lock = match &pid_file {
+                Some(path) => Some(tbg_ops::BackupLock::acquire_file(path)?),
+                None => None,
+            };
             run_pool(&config).await
         }
         Command::Devnet {

@@ -5,6 +5,10 @@ use std::os::unix::net::UnixDatagram;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// Tests run in parallel: no fixed metrics ports.
+const METRICS_ON_FREE_PORTS: &str =
+    "[metrics]\nbind = \"127.0.0.1:0\"\ncollector_bind = \"127.0.0.1:0\"\n";
+
 fn tbg() -> Command {
     Command::new(env!("CARGO_BIN_EXE_tbg"))
 }
@@ -98,7 +102,7 @@ fn devnet_mines_blocks_and_emits_events_to_the_socket() {
     std::fs::write(
         &config,
         format!(
-            "network = \"regtest\"\n[events]\nsocket_path = {:?}\nregion = \"test-region\"\n",
+            "network = \"regtest\"\n[events]\nsocket_path = {:?}\nregion = \"test-region\"\n{METRICS_ON_FREE_PORTS}",
             socket_path
         ),
     )
@@ -164,7 +168,7 @@ fn sigterm_stops_gracefully_and_tells_miners_to_reconnect() {
     std::fs::write(
         &config,
         format!(
-            "network = \"regtest\"\n[events]\nsocket_path = {:?}\n",
+            "network = \"regtest\"\n[events]\nsocket_path = {:?}\n{METRICS_ON_FREE_PORTS}",
             dir.path().join("e.sock")
         ),
     )
@@ -247,4 +251,73 @@ fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+fn pool_config(dir: &std::path::Path, port: u16) -> std::path::PathBuf {
+    let path = dir.join(format!("pool-{port}.toml"));
+    let journal = dir.join(format!("journal-{port}.db"));
+    let socket = dir.join("events.sock");
+    // No node answers on port 1: the pool starts anyway and waits for one.
+    std::fs::write(
+        &path,
+        format!(
+            "network = \"regtest\"\n[[nodes]]\nurl = \"127.0.0.1:1\"\nuser = \"u\"\npass = \"p\"\n[pool]\nbind = \"127.0.0.1:{port}\"\n[events]\nsocket_path = {socket:?}\n[journal]\npath = {journal:?}\n[metrics]\nbind = \"127.0.0.1:0\"\ncollector_bind = \"127.0.0.1:0\"\n"
+        ),
+    )
+    .unwrap();
+    path
+}
+
+fn wait_listening(port: u16, child: &mut std::process::Child) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(child.try_wait().unwrap().is_none(), "pool exited early");
+        assert!(Instant::now() < deadline, "pool did not listen");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The plan's "PID file stale" restart loop cannot happen: a second pool on
+/// the same pid file refuses to start, a file left by kill -9 does not block.
+#[test]
+fn pid_file_blocks_a_second_pool_but_never_a_restart_after_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let pid_file = dir.path().join("run/main.pid");
+    let (port_a, port_b) = (free_port(), free_port());
+    let start = |port: u16| {
+        tbg()
+            .args(["pool", "--config"])
+            .arg(pool_config(dir.path(), port))
+            .arg("--pid-file")
+            .arg(&pid_file)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let mut first = start(port_a);
+    wait_listening(port_a, &mut first);
+    assert_eq!(
+        std::fs::read_to_string(&pid_file).unwrap().trim(),
+        first.id().to_string()
+    );
+
+    let second = start(port_b).wait_with_output().unwrap();
+    assert!(!second.status.success());
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        stderr.contains(&format!("locked by pid {}", first.id())),
+        "{stderr}"
+    );
+
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let mut restarted = start(port_b);
+    wait_listening(port_b, &mut restarted);
+    assert_eq!(
+        std::fs::read_to_string(&pid_file).unwrap().trim(),
+        restarted.id().to_string()
+    );
+    restarted.kill().unwrap();
+    restarted.wait().unwrap();
 }

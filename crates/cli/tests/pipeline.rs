@@ -225,6 +225,9 @@ socket_path = "{socket}"
 region = "e2e"
 [journal]
 path = "{journal}"
+[metrics]
+bind = "127.0.0.1:0"
+collector_bind = "127.0.0.1:0"
 [collector]
 postgres_url = "{pg}"
 redis_url = "{redis_url}"

@@ -28,7 +28,7 @@ pub enum OpsError {
         status: String,
         stderr: String,
     },
-    #[error("another backup is running: {} is locked{}", path.display(), holder.as_deref().map(|pid| format!(" by pid {pid}")).unwrap_or_default())]
+    #[error("{} is locked{}: another tbg process (backup or service) is running", path.display(), holder.as_deref().map(|pid| format!(" by pid {pid}")).unwrap_or_default())]
     Locked {
         path: PathBuf,
         holder: Option<String>,

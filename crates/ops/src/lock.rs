@@ -19,7 +19,17 @@ impl BackupLock {
     /// Takes the lock of `backup_dir` (created if missing) without waiting.
     pub fn acquire(backup_dir: &Path) -> Result<BackupLock, OpsError> {
         std::fs::create_dir_all(backup_dir).map_err(OpsError::io("cannot create", backup_dir))?;
-        let path = backup_dir.join(".backup.lock");
+        BackupLock::acquire_file(&backup_dir.join(".backup.lock"))
+    }
+
+    /// Takes an exclusive lock on `path` (a pid file: `tbg pool --pid-file`)
+    /// and writes this process's pid into it. A file left by a dead process
+    /// is not locked, so it never blocks a restart.
+    pub fn acquire_file(path: &Path) -> Result<BackupLock, OpsError> {
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(OpsError::io("cannot create", parent))?;
+        }
+        let path = path.to_path_buf();
         let mut file = OpenOptions::new()
             .read(true)
             .write(true)

@@ -791,7 +791,10 @@ impl Session {
         let Some(allocation) = &self.allocation else {
             return;
         };
-        let (worker, handle) = &user.workers[share.worker_index.min(user.workers.len() - 1)];
+        // `worker_index` came from `position` over this very list.
+        let Some((worker, handle)) = user.workers.get(share.worker_index) else {
+            return;
+        };
         self.shares_session += 1;
         self.shared.counters.share_accepted(share.target_difficulty);
         let previous_best =
