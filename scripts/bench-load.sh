@@ -20,6 +20,9 @@ startdiff = 0.0001
 max_invalid_shares_per_minute = 4000000000
 [events]
 socket_path = "$work/events.sock"
+[metrics]
+bind = "127.0.0.1:$((port + 2))"
+collector_bind = "127.0.0.1:0"
 $(printf '%b' "${POOL_CONFIG_EXTRA:-}")
 TOML
 ulimit -n 65536 2>/dev/null || true
@@ -51,8 +54,19 @@ for profile in "${@:-smoke standard flood}"; do
         --data-binary '{"jsonrpc":"1.0","id":1,"method":"generatetoaddress","params":[1,"'"$address"'"]}' \
         "http://127.0.0.1:$rpc_port/" >/dev/null) &
     fi
+    # SCRAPE_EVERY=SECONDS: fetch /metrics and /status that often, to price them.
+    if [ -n "${SCRAPE_EVERY:-}" ]; then
+      (while sleep "$SCRAPE_EVERY"; do
+         curl -s "http://127.0.0.1:$((port + 2))/metrics" >/dev/null
+         curl -s "http://127.0.0.1:$((port + 2))/status" >/dev/null
+       done) &
+      scraper=$!
+    fi
     taskset -c 0 $TBG loadtest --pool "127.0.0.1:$port" --profile "$p" --addresses "$address" ${LOAD_ARGS:-} > "$work/$p.txt"
     end=$(date +%s.%N); ticks_after=$(cpu_ticks); rss_after=$(rss_kb)
+    [ -n "${scraper:-}" ] && kill "$scraper" 2>/dev/null && scraper=""
+    answered=$(sed -n 's/^shares sent [0-9]* answered \([0-9]*\).*/\1/p' "$work/$p.txt")
+    [ -n "$answered" ] && [ "$answered" -gt 0 ] && python3 -c "print(f'pool CPU per share: {($ticks_after-$ticks_before)/$hz/$answered*1e6:.2f} us')"
     cpu=$(python3 -c "print(f'{($ticks_after-$ticks_before)/$hz/($end-$start)*100:.0f}')")
     echo "== profile $p: pool RSS ${rss_before} kB -> ${rss_after} kB, pool CPU ${cpu}% of one core"
     cat "$work/$p.txt"

@@ -314,6 +314,7 @@ fn dispatch(node: &NodeCore, method: &str, params: &[Value]) -> Result<Value, Rp
         "getblockheader" => get_block_header(node, params),
         "getblockchaininfo" => get_blockchain_info(node),
         "getmininginfo" => get_mining_info(node),
+        "getnetworkinfo" => Ok(get_network_info()),
         "generatetoaddress" => generate_to_address(node, params),
         _ => Err(RpcError::new(RPC_METHOD_NOT_FOUND, "Method not found")),
     }
@@ -741,6 +742,29 @@ fn get_blockchain_info(node: &NodeCore) -> Result<Value, RpcError> {
         "pruned": false,
         "warnings": [],
     }))
+}
+
+/// Core's getnetworkinfo shape. The devnode has no P2P side, so it has no
+/// peers and no local addresses.
+fn get_network_info() -> Value {
+    json!({
+        "version": 280000,
+        "subversion": "/Satoshi:28.0.0/",
+        "protocolversion": 70016,
+        "localservices": "0000000000000c09",
+        "localservicesnames": ["NETWORK_LIMITED", "WITNESS", "P2P_V2"],
+        "localrelay": true,
+        "timeoffset": 0,
+        "networkactive": true,
+        "connections": 0,
+        "connections_in": 0,
+        "connections_out": 0,
+        "networks": [],
+        "relayfee": 1e-05,
+        "incrementalfee": 1e-05,
+        "localaddresses": [],
+        "warnings": [],
+    })
 }
 
 fn get_mining_info(node: &NodeCore) -> Result<Value, RpcError> {

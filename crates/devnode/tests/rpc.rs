@@ -327,6 +327,14 @@ async fn chain_queries_match_bitcoin_core_shapes() {
     );
     let mining = rpc.call("getmininginfo", json!([])).await;
     assert_eq!(mining["next"]["height"], 4);
+    let network = rpc.call("getnetworkinfo", json!([])).await;
+    assert_eq!(network["connections"], 0, "the devnode has no peers");
+    assert_eq!(network["networkactive"], true);
+    assert!(network["version"].as_u64().is_some_and(|v| v > 0));
+    assert!(network["subversion"]
+        .as_str()
+        .is_some_and(|s| s.starts_with("/Satoshi:")));
+    assert_eq!(network["protocolversion"], 70016);
     assert_eq!(mining["chain"], "regtest");
 
     let generated = rpc

@@ -16,10 +16,11 @@ use prometheus_client::registry::Registry;
 use serde::Serialize;
 use serde_json::json;
 use tbg_events::DatagramSink;
-use tbg_node::{NodeHealth, NodeSet};
+use tbg_node::{ChainInfo, NodeHealth, NodeSet};
 use tbg_pool::counters::{redact_url, RpcMetrics};
 use tbg_pool::{PoolCounters, PoolService, PoolView};
 use tbg_stratum::RejectReason;
+use tokio::sync::watch;
 
 use crate::encode::{self, Labels};
 
@@ -29,6 +30,8 @@ pub struct PoolSources {
     pub pool: PoolView,
     pub nodes: Arc<NodeSet>,
     pub rpc: Arc<RpcMetrics>,
+    /// The node's blocks, headers and peers (`None` while unknown).
+    pub chain_info: watch::Receiver<Option<ChainInfo>>,
     /// The datagram event socket, when the pool sends to one.
     pub datagram: Option<Arc<DatagramSink>>,
     /// `/health` is not ready when the template is older than this.
@@ -41,6 +44,7 @@ impl PoolSources {
             pool: service.pool.view(),
             nodes: service.nodes.clone(),
             rpc: service.rpc_metrics.clone(),
+            chain_info: service.chain_info.clone(),
             datagram,
             max_template_age: Duration::from_secs(180),
         }
@@ -305,6 +309,7 @@ fn encode_pool(sources: &PoolSources, enc: &mut DescriptorEncoder) -> Result<(),
         "1 when the last call to a node succeeded.",
         if connected { 1.0 } else { 0.0 },
     )?;
+    encode_chain_info(sources.chain_info.borrow().as_ref(), enc)?;
     let nodes: Vec<(Labels, f64)> = sources
         .nodes
         .status()
@@ -465,6 +470,51 @@ fn encode_pool(sources: &PoolSources, enc: &mut DescriptorEncoder) -> Result<(),
     Ok(())
 }
 
+/// The node's view of the chain; nothing is written for what is unknown,
+/// so an alert on it cannot fire on a made-up zero.
+fn encode_chain_info(info: Option<&ChainInfo>, enc: &mut DescriptorEncoder) -> Result<(), Error> {
+    let Some(info) = info else {
+        return Ok(());
+    };
+    encode::gauge(
+        enc,
+        "ckpool_bitcoin_blocks",
+        "Validated chain height of the node the pool uses (getblockchaininfo blocks).",
+        info.blocks as f64,
+    )?;
+    encode::gauge(
+        enc,
+        "ckpool_bitcoin_headers",
+        "Best header height known to that node (getblockchaininfo headers).",
+        info.headers as f64,
+    )?;
+    encode::gauge(
+        enc,
+        "ckpool_bitcoin_initial_block_download",
+        "1 while that node is in initial block download.",
+        if info.initial_block_download {
+            1.0
+        } else {
+            0.0
+        },
+    )?;
+    encode::gauge(
+        enc,
+        "ckpool_bitcoin_verification_progress",
+        "That node's verification progress estimate, 0 to 1.",
+        info.verification_progress,
+    )?;
+    if let Some(peers) = info.connections {
+        encode::gauge(
+            enc,
+            "ckpool_bitcoin_peers",
+            "Peer connections of that node (getnetworkinfo connections).",
+            peers as f64,
+        )?;
+    }
+    Ok(())
+}
+
 /// The answer of `/health`.
 #[derive(Debug, Clone, Serialize)]
 pub struct HealthReport {
@@ -620,5 +670,58 @@ async fn worker_status(State(state): State<Arc<AppState>>, Path(name): Path<Stri
         }))
         .into_response(),
         None => not_found("unknown worker"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Only the chain-info gauges, rendered as Prometheus would read them.
+    #[derive(Debug)]
+    struct ChainInfoOnly(Option<ChainInfo>);
+
+    impl Collector for ChainInfoOnly {
+        fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), Error> {
+            encode_chain_info(self.0.as_ref(), &mut enc)
+        }
+    }
+
+    fn exposition(info: Option<ChainInfo>) -> String {
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(ChainInfoOnly(info)));
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        text
+    }
+
+    fn info(connections: Option<u64>) -> ChainInfo {
+        ChainInfo {
+            node_index: 0,
+            blocks: 800_000,
+            headers: 800_005,
+            initial_block_download: false,
+            verification_progress: 0.99,
+            connections,
+            fetched_at: Instant::now(),
+        }
+    }
+
+    #[test]
+    fn chain_info_gauges_carry_the_node_values() {
+        let text = exposition(Some(info(Some(2))));
+        assert!(text.contains("\nckpool_bitcoin_blocks 800000"), "{text}");
+        assert!(text.contains("\nckpool_bitcoin_headers 800005"), "{text}");
+        assert!(text.contains("\nckpool_bitcoin_peers 2"), "{text}");
+        assert!(text.contains("\nckpool_bitcoin_initial_block_download 0"));
+    }
+
+    #[test]
+    fn unknown_chain_info_is_absent_not_zero() {
+        let text = exposition(Some(info(None)));
+        assert!(text.contains("ckpool_bitcoin_blocks"), "{text}");
+        assert!(!text.contains("ckpool_bitcoin_peers"), "{text}");
+        let text = exposition(None);
+        assert!(!text.contains("ckpool_bitcoin_"), "{text}");
     }
 }

@@ -15,10 +15,11 @@ mod watcher;
 
 pub use endpoint::{NodeAuth, NodeEndpoint};
 pub use nodeset::{
-    NodeError, NodeSet, NodeStatus, NodeSubmitAnswer, SubmitAnswer, SubmitOutcome,
+    ChainInfo, NodeError, NodeSet, NodeStatus, NodeSubmitAnswer, SubmitAnswer, SubmitOutcome,
     DEFAULT_DOWN_RETRY,
 };
 pub use rpc::{RpcClient, RpcError, RpcObserver};
 pub use watcher::{
     FetchedTemplate, NodeHealth, RefreshTrigger, RunningWatcher, TemplateWatcher, WatcherConfig,
+    CHAIN_INFO_POLL,
 };

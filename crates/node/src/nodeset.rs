@@ -94,6 +94,41 @@ pub struct SubmitOutcome {
     pub answers: Vec<NodeSubmitAnswer>,
 }
 
+/// A node's view of the chain and of its peers (getblockchaininfo and
+/// getnetworkinfo), for the "node is behind" and "few peers" alerts.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ChainInfo {
+    /// Priority index of the node that answered.
+    pub node_index: usize,
+    /// Height of the node's validated tip.
+    pub blocks: u64,
+    /// Height of the best header the node knows.
+    pub headers: u64,
+    pub initial_block_download: bool,
+    /// Core's estimate in `0..=1` of how much of the chain is verified.
+    pub verification_progress: f64,
+    /// Peer count (getnetworkinfo `connections`); `None` when the node
+    /// does not answer getnetworkinfo.
+    pub connections: Option<u64>,
+    pub fetched_at: Instant,
+}
+
+/// The getblockchaininfo fields [`ChainInfo`] keeps.
+#[derive(serde::Deserialize)]
+struct BlockchainInfoAnswer {
+    blocks: u64,
+    headers: u64,
+    #[serde(default)]
+    initialblockdownload: bool,
+    #[serde(default)]
+    verificationprogress: f64,
+}
+
+#[derive(serde::Deserialize)]
+struct NetworkInfoAnswer {
+    connections: u64,
+}
+
 struct NodeState {
     up: bool,
     last_error: Option<String>,
@@ -218,6 +253,39 @@ impl NodeSet {
             .first_ok::<String>("getblockhash", json!([height]))
             .await?;
         self.parse_hash(index, "getblockhash", &hex)
+    }
+
+    /// getblockchaininfo on the first node that answers, then getnetworkinfo
+    /// on that same node. A failed getnetworkinfo (such as `-32601` from a
+    /// node that lacks it) only leaves `connections` empty and does not mark
+    /// the node down.
+    pub async fn chain_info(&self) -> Result<ChainInfo, NodeError> {
+        let (node_index, chain) = self
+            .first_ok::<BlockchainInfoAnswer>("getblockchaininfo", json!([]))
+            .await?;
+        let connections = match self.nodes.get(node_index) {
+            Some(node) => match node
+                .client
+                .call::<NetworkInfoAnswer>("getnetworkinfo", json!([]))
+                .await
+            {
+                Ok(answer) => Some(answer.connections),
+                Err(error) => {
+                    tracing::debug!(%error, "no peer count from getnetworkinfo");
+                    None
+                }
+            },
+            None => None,
+        };
+        Ok(ChainInfo {
+            node_index,
+            blocks: chain.blocks,
+            headers: chain.headers,
+            initial_block_download: chain.initialblockdownload,
+            verification_progress: chain.verificationprogress,
+            connections,
+            fetched_at: Instant::now(),
+        })
     }
 
     /// Sends the block to every node at once. `null` or `"duplicate"` from

@@ -10,13 +10,17 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::nodeset::NodeSet;
+use crate::nodeset::{ChainInfo, NodeSet};
 
 /// First retry delay after every node failed; doubles up to [`MAX_BACKOFF`].
 const MIN_BACKOFF: Duration = Duration::from_millis(250);
 const MAX_BACKOFF: Duration = Duration::from_secs(4);
 /// Longest wait between two ZMQ reconnection attempts.
 const MAX_ZMQ_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Period of the getblockchaininfo + getnetworkinfo poll, which runs in its
+/// own task so it never delays a template fetch.
+pub const CHAIN_INFO_POLL: Duration = Duration::from_secs(10);
 
 /// How the watcher polls.
 #[derive(Clone, Debug)]
@@ -102,6 +106,13 @@ impl TemplateWatcher {
                 shutdown.clone(),
             ));
         }
+        let (chain_info_tx, chain_info_rx) = watch::channel(None);
+        tokio::spawn(chain_info_loop(
+            nodes.clone(),
+            CHAIN_INFO_POLL,
+            shutdown.clone(),
+            chain_info_tx,
+        ));
         let task = tokio::spawn(watch_loop(
             nodes,
             config,
@@ -115,6 +126,7 @@ impl TemplateWatcher {
             health: health_rx,
             task,
             refresh: RefreshTrigger(wake_tx),
+            chain_info: chain_info_rx,
         }
     }
 }
@@ -127,6 +139,10 @@ pub struct RunningWatcher {
     /// Ends when the shutdown token is cancelled.
     pub task: JoinHandle<()>,
     pub refresh: RefreshTrigger,
+    /// The answering node's blocks, headers and peers, refreshed every
+    /// [`CHAIN_INFO_POLL`]; `None` until known and while no node answers
+    /// getblockchaininfo (an old value would hide that the node is gone).
+    pub chain_info: watch::Receiver<Option<ChainInfo>>,
 }
 
 /// Asks the watcher for a new template now.
@@ -270,6 +286,35 @@ async fn watch_loop(
                 }
             }
         }
+    }
+}
+
+/// Publishes [`NodeSet::chain_info`] every `period` until `shutdown`.
+async fn chain_info_loop(
+    nodes: Arc<NodeSet>,
+    period: Duration,
+    shutdown: CancellationToken,
+    chain_info_tx: watch::Sender<Option<ChainInfo>>,
+) {
+    let mut ticker = tokio::time::interval(period);
+    // After a slow answer, poll again one period later, not in a burst.
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        let info = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            result = nodes.chain_info() => match result {
+                Ok(info) => Some(info),
+                Err(error) => {
+                    tracing::debug!(%error, "cannot read the node's chain info");
+                    None
+                }
+            },
+        };
+        chain_info_tx.send_replace(info);
     }
 }
 

@@ -75,6 +75,9 @@ struct ServerState {
     best_hash: Mutex<String>,
     /// (method, params) of every authorised call, in order.
     calls: Mutex<Vec<(String, Value)>>,
+    /// getnetworkinfo's answer; `None` answers `-32601` like a node
+    /// without the method (the recording has no getnetworkinfo).
+    network_info: Mutex<Option<Value>>,
 }
 
 impl ServerState {
@@ -84,6 +87,7 @@ impl ServerState {
             authorization: Mutex::new(String::new()),
             best_hash: Mutex::new(RECORDED_TIP.to_owned()),
             calls: Mutex::new(Vec::new()),
+            network_info: Mutex::new(None),
         });
         state.set_credentials(user, pass);
         state
@@ -139,6 +143,10 @@ async fn handle(
         }
         "getblockhash" if params[0] == json!(102) => state.recorded("getblockhash", 0),
         "getblockcount" | "getmininginfo" | "getblockchaininfo" => state.recorded(&method, 0),
+        "getnetworkinfo" => match state.network_info.lock().clone() {
+            Some(result) => json!({"result": result, "error": null, "id": null}),
+            None => state.recorded("no_such_method", 0),
+        },
         "submitblock" => match params[0].as_str() {
             Some(BLOCK_DUPLICATE) => state.recorded("submitblock", 0),
             Some(BLOCK_HIGH_HASH) => state.recorded("submitblock", 1),
@@ -664,6 +672,85 @@ async fn watcher_follows_new_blocks_and_survives_outage() {
 
     shutdown.cancel();
     tokio::time::timeout(WAIT, task).await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn chain_info_reports_blocks_headers_and_peers_when_known() {
+    let server = ReplayServer::start("user", "pass").await;
+    let nodes = Arc::new(
+        NodeSet::new(
+            vec![server.endpoint("user", "pass")],
+            TIMEOUT,
+            Network::Regtest,
+        )
+        .unwrap(),
+    );
+
+    // The recorded node has no getnetworkinfo: the peer count is absent and
+    // the node stays up.
+    let info = nodes.chain_info().await.expect("chain info");
+    assert_eq!((info.node_index, info.blocks, info.headers), (0, 103, 103));
+    assert!(!info.initial_block_download);
+    assert_eq!(info.verification_progress, 1.0);
+    assert_eq!(info.connections, None);
+    assert!(nodes.status()[0].up, "-32601 must not mark the node down");
+
+    // Core's getnetworkinfo shape (only the fields the pool reads matter).
+    *server.state.network_info.lock() = Some(json!({
+        "version": 280000,
+        "subversion": "/Satoshi:28.0.0/",
+        "protocolversion": 70016,
+        "networkactive": true,
+        "connections": 9,
+        "connections_in": 1,
+        "connections_out": 8,
+    }));
+    let info = nodes.chain_info().await.expect("chain info");
+    assert_eq!(info.connections, Some(9));
+}
+
+#[tokio::test]
+async fn watcher_publishes_chain_info_without_getnetworkinfo() {
+    let server = ReplayServer::start("user", "pass").await;
+    let nodes = Arc::new(
+        NodeSet::new(
+            vec![server.endpoint("user", "pass")],
+            TIMEOUT,
+            Network::Regtest,
+        )
+        .unwrap(),
+    );
+    let shutdown = CancellationToken::new();
+    let mut running = TemplateWatcher::spawn_with_trigger(
+        nodes,
+        WatcherConfig {
+            block_poll: Duration::from_secs(3600),
+            update_interval: Duration::from_secs(3600),
+            zmq_hashblock: None,
+        },
+        shutdown.clone(),
+    );
+    let info = tokio::time::timeout(WAIT, running.chain_info.wait_for(Option::is_some))
+        .await
+        .expect("chain info in time")
+        .unwrap()
+        .clone()
+        .unwrap();
+    assert_eq!(
+        (info.blocks, info.headers, info.connections),
+        (103, 103, None)
+    );
+    // The template path is unaffected by the missing method.
+    tokio::time::timeout(WAIT, running.templates.wait_for(Option::is_some))
+        .await
+        .expect("template in time")
+        .unwrap();
+    assert_eq!(*running.health.borrow(), NodeHealth::Up { node_index: 0 });
+    shutdown.cancel();
+    tokio::time::timeout(WAIT, running.task)
+        .await
+        .unwrap()
+        .unwrap();
 }
 
 #[tokio::test]

@@ -4,7 +4,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tbg_events::{EventFactory, EventSink};
-use tbg_node::{NodeEndpoint, NodeError, NodeHealth, NodeSet, TemplateWatcher, WatcherConfig};
+use tbg_node::{
+    ChainInfo, NodeEndpoint, NodeError, NodeHealth, NodeSet, TemplateWatcher, WatcherConfig,
+};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -35,6 +37,9 @@ pub struct PoolService {
     pub node_health: watch::Receiver<NodeHealth>,
     /// Latency of every RPC call to the nodes, for `/metrics`.
     pub rpc_metrics: Arc<RpcMetrics>,
+    /// The node's blocks, headers and peers, for `/metrics` (`None` while
+    /// unknown).
+    pub chain_info: watch::Receiver<Option<ChainInfo>>,
     watcher_stop: CancellationToken,
     watcher: tokio::task::JoinHandle<()>,
 }
@@ -62,11 +67,12 @@ impl PoolService {
             node_settings.watcher,
             watcher_stop.clone(),
         );
-        let (templates, node_health, watcher, refresh) = (
+        let (templates, node_health, watcher, refresh, chain_info) = (
             running.templates,
             running.health,
             running.task,
             running.refresh,
+            running.chain_info,
         );
         let pool = crate::start(
             settings,
@@ -86,6 +92,7 @@ impl PoolService {
             nodes,
             node_health,
             rpc_metrics,
+            chain_info,
             watcher_stop,
             watcher,
         })
