@@ -26,6 +26,8 @@ use crate::stats::{StatsRegistry, WorkerHandle};
 use crate::work_source::CurrentWork;
 use crate::PoolShared;
 
+/// Worker names one connection may authorize.
+pub const MAX_WORKERS_PER_CONNECTION: usize = 64;
 /// Jobs a session remembers; older ones answer "Invalid JobID".
 const JOBS_KEPT: usize = 16;
 /// Shares remembered per job for duplicate detection; past this, the oldest
@@ -409,6 +411,15 @@ impl Session {
             }
             if existing.workers.iter().any(|(name, _)| *name == worker) {
                 out.push_str(&tbg_stratum::response_ok(&request.id, Value::Bool(true)));
+                return;
+            }
+            if existing.workers.len() >= MAX_WORKERS_PER_CONNECTION {
+                // Each worker has stats kept for a day: bound what one connection can create.
+                out.push_str(&tbg_stratum::response_error(
+                    &request.id,
+                    RejectReason::Unauthorized.code(),
+                    "Too many workers on this connection",
+                ));
                 return;
             }
         }

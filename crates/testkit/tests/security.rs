@@ -1163,3 +1163,54 @@ async fn graceful_shutdown_sends_client_reconnect_before_closing() {
         shutdown_round(round).await;
     }
 }
+
+/// One connection cannot create unbounded per-worker state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_connection_authorizes_at_most_64_workers() {
+    let env = TestEnv::start().await;
+    let (address, _) = regtest_address(AddressKind::P2wpkh);
+    let mut client = StratumClient::connect(env.stratum_addr()).await.unwrap();
+    client
+        .request("mining.subscribe", json!(["many-workers"]))
+        .await
+        .unwrap();
+    for index in 0..tbg_pool::session::MAX_WORKERS_PER_CONNECTION {
+        let reply = client
+            .request(
+                "mining.authorize",
+                json!([format!("{address}.w{index}"), "x"]),
+            )
+            .await
+            .unwrap();
+        assert_eq!(reply.result, json!(true), "worker {index}");
+    }
+    let reply = client
+        .request(
+            "mining.authorize",
+            json!([format!("{address}.one-too-many"), "x"]),
+        )
+        .await
+        .unwrap();
+    assert_ne!(reply.result, json!(true));
+    assert!(reply
+        .error_message()
+        .unwrap_or_default()
+        .contains("Too many workers"));
+    // Re-authorizing a known worker still works, and so does mining.
+    let reply = client
+        .request("mining.authorize", json!([format!("{address}.w0"), "x"]))
+        .await
+        .unwrap();
+    assert_eq!(reply.result, json!(true));
+    assert_eq!(
+        env.service
+            .pool
+            .stats()
+            .user(&address, std::time::Instant::now())
+            .unwrap()
+            .workers
+            .len(),
+        64
+    );
+    env.shutdown().await;
+}
