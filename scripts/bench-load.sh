@@ -70,5 +70,7 @@ for profile in "${@:-smoke standard flood}"; do
     cpu=$(python3 -c "print(f'{($ticks_after-$ticks_before)/$hz/($end-$start)*100:.0f}')")
     echo "== profile $p: pool RSS ${rss_before} kB -> ${rss_after} kB, pool CPU ${cpu}% of one core"
     cat "$work/$p.txt"
+    # The pool's own view: template received -> notify written, per miner.
+    curl -s "http://127.0.0.1:$((port + 2))/metrics" | grep '^ckpool_notify_delay_seconds' || true
   done
 done
