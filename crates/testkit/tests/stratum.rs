@@ -316,11 +316,11 @@ async fn vardiff_moves_a_fast_miner_toward_the_target_interval() {
     // after the miner stopped reading).
     let remembered = updates
         .iter()
-        .filter_map(|e| match &e.data {
+        .rev()
+        .find_map(|e| match &e.data {
             tbg_events::EventData::DiffUpdated { new_diff, .. } => Some(*new_diff),
             _ => None,
         })
-        .last()
         .expect("diff_updated events");
     assert!(remembered > first * 4.0);
     // The difficulty is remembered: a reconnect starts where it left off.
