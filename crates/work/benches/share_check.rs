@@ -15,8 +15,15 @@ fn gbt() -> Value {
     all["calls"][0]["response"]["result"].clone()
 }
 
-fn share_check(c: &mut Criterion) {
-    let template = Arc::new(Template::from_gbt(&gbt()).expect("template"));
+/// A job for Core's regtest template, its one transaction repeated to
+/// `transactions` (None: the template as recorded).
+fn job_for(transactions: Option<usize>) -> (Arc<Template>, Job) {
+    let mut template = Template::from_gbt(&gbt()).expect("template");
+    if let Some(count) = transactions {
+        let tx = template.transactions[0].clone();
+        template.transactions = vec![tx; count];
+    }
+    let template = Arc::new(template);
     let payout = parse_payout_address(
         "bcrt1pmfr3p9j00pfxjh0zmgp99y8zftmd3s5pmedqhyptwy6lm87hf5ssm803es",
         Network::Regtest,
@@ -27,6 +34,11 @@ fn share_check(c: &mut Criterion) {
         template: Arc::new(JobTemplate::new(template.clone())),
         coinbase: Arc::new(coinbase),
     };
+    (template, job)
+}
+
+fn share_check(c: &mut Criterion) {
+    let (template, job) = job_for(None);
     let extranonce1 = [1u8, 2, 3, 4];
     let extranonce2 = [0u8; 8];
     let mut nonce = 0u32;
@@ -46,20 +58,7 @@ fn share_check(c: &mut Criterion) {
 
 /// The same check with a 12-level merkle branch (a 4,000-transaction block).
 fn share_check_deep_branch(c: &mut Criterion) {
-    let mut template = Template::from_gbt(&gbt()).expect("template");
-    let tx = template.transactions[0].clone();
-    template.transactions = vec![tx; 4_000];
-    let template = Arc::new(template);
-    let payout = parse_payout_address(
-        "bcrt1pmfr3p9j00pfxjh0zmgp99y8zftmd3s5pmedqhyptwy6lm87hf5ssm803es",
-        Network::Regtest,
-    )
-    .expect("address");
-    let coinbase = build_coinbase(&template, &payout, "tbg", Some("rig1"), 4, 8).expect("coinbase");
-    let job = Job {
-        template: Arc::new(JobTemplate::new(template.clone())),
-        coinbase: Arc::new(coinbase),
-    };
+    let (template, job) = job_for(Some(4_000));
     assert_eq!(job.template.merkle_branch.len(), 12);
     let mut nonce = 0u32;
     c.bench_function("share_check_4000tx", |b| {
@@ -80,20 +79,7 @@ fn share_check_deep_branch(c: &mut Criterion) {
 /// (miners roll nonce and version many times per extranonce2): the merkle
 /// root is reused, only the header is hashed.
 fn share_check_cached_root(c: &mut Criterion) {
-    let mut template = Template::from_gbt(&gbt()).expect("template");
-    let tx = template.transactions[0].clone();
-    template.transactions = vec![tx; 4_000];
-    let template = Arc::new(template);
-    let payout = parse_payout_address(
-        "bcrt1pmfr3p9j00pfxjh0zmgp99y8zftmd3s5pmedqhyptwy6lm87hf5ssm803es",
-        Network::Regtest,
-    )
-    .expect("address");
-    let coinbase = build_coinbase(&template, &payout, "tbg", Some("rig1"), 4, 8).expect("coinbase");
-    let job = Job {
-        template: Arc::new(JobTemplate::new(template.clone())),
-        coinbase: Arc::new(coinbase),
-    };
+    let (template, job) = job_for(Some(4_000));
     let root = job.merkle_root(&[1, 2, 3, 4], &[0; 8]);
     let mut nonce = 0u32;
     c.bench_function("share_check_4000tx_cached_root", |b| {
