@@ -7,8 +7,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
-cargo build --release --locked -p tbg >/dev/null
-TBG=target/release/tbg
+# TBG=PATH runs an already built binary (e.g. a copy kept for an hour-long soak).
+if [ -z "${TBG:-}" ]; then
+  cargo build --release --locked -p tbg >/dev/null
+  TBG=target/release/tbg
+fi
 work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null; wait 2>/dev/null; rm -rf "$work"' EXIT
 port=$((20000 + RANDOM % 20000))
@@ -45,8 +48,8 @@ echo "machine: $(nproc) cores, $(lscpu | sed -n 's/Model name: *//p'), $(date -u
 for profile in "${@:-smoke standard flood}"; do
   for p in $profile; do
     rss_before=$(rss_kb); ticks_before=$(cpu_ticks); start=$(date +%s.%N)
-    # The load tool pinned to core 0, the pool to core 1 (2-core machine).
-    taskset -cp 1 $pool_pid >/dev/null 2>&1 || true
+    # The load tool pinned to core 0, the pool (all its threads: -a) to core 1.
+    taskset -a -cp 1 $pool_pid >/dev/null 2>&1 || true
     # NEW_BLOCK_AFTER=SECONDS: another miner finds a block then (RPC
     # generatetoaddress on the embedded node), to time new-block notifies.
     if [ -n "${NEW_BLOCK_AFTER:-}" ]; then
@@ -62,9 +65,17 @@ for profile in "${@:-smoke standard flood}"; do
        done) &
       scraper=$!
     fi
+    # RSS_EVERY=SECONDS: sample the pool's resident memory that often (soak).
+    if [ -n "${RSS_EVERY:-}" ]; then
+      (t0=$(date +%s); while sleep "$RSS_EVERY"; do
+         echo "rss t=$(( $(date +%s) - t0 ))s $(rss_kb) kB"
+       done) > "$work/$p.rss" &
+      sampler=$!
+    fi
     taskset -c 0 $TBG loadtest --pool "127.0.0.1:$port" --profile "$p" --addresses "$address" ${LOAD_ARGS:-} > "$work/$p.txt"
     end=$(date +%s.%N); ticks_after=$(cpu_ticks); rss_after=$(rss_kb)
     [ -n "${scraper:-}" ] && kill "$scraper" 2>/dev/null && scraper=""
+    [ -n "${sampler:-}" ] && kill "$sampler" 2>/dev/null && sampler="" && cat "$work/$p.rss"
     answered=$(sed -n 's/^shares sent [0-9]* answered \([0-9]*\).*/\1/p' "$work/$p.txt")
     [ -n "$answered" ] && [ "$answered" -gt 0 ] && python3 -c "print(f'pool CPU per share: {($ticks_after-$ticks_before)/$hz/$answered*1e6:.2f} us')"
     cpu=$(python3 -c "print(f'{($ticks_after-$ticks_before)/$hz/($end-$start)*100:.0f}')")

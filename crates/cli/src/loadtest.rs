@@ -14,7 +14,8 @@ pub struct LoadtestArgs {
     #[arg(long, default_value = "127.0.0.1:3333")]
     pub pool: String,
     /// smoke (10 miners, 30 s), standard (100, 60 s), stress (1000, 120 s),
-    /// soak (100, 1 h) or flood (200 miners submitting as fast as answered).
+    /// soak (100, 1 h) or flood (25 miners, 4 submits in flight each,
+    /// submitting as fast as answered).
     #[arg(long, default_value = "smoke")]
     pub profile: String,
     /// Override the profile's number of miners.
@@ -26,6 +27,9 @@ pub struct LoadtestArgs {
     /// Shares per second per miner (0 = as fast as the pool answers).
     #[arg(long)]
     pub rate: Option<f64>,
+    /// Submits in flight per miner (pipelined); the profile's when not given.
+    #[arg(long)]
+    pub window: Option<usize>,
     /// Seconds over which connections are opened.
     #[arg(long, default_value_t = 1.0)]
     pub ramp_up: f64,
@@ -69,6 +73,9 @@ pub async fn run(args: LoadtestArgs) -> Result<()> {
     }
     if let Some(rate) = args.rate {
         config.shares_per_second = rate.max(0.0);
+    }
+    if let Some(window) = args.window {
+        config.window = window.max(1);
     }
     config.ramp_up = Duration::from_secs_f64(args.ramp_up.max(0.0));
     config.share_mode = match args.shares.as_str() {

@@ -4,6 +4,7 @@ mod collector;
 mod loadtest;
 mod observability;
 mod ops;
+mod reload;
 mod settings;
 
 use std::net::SocketAddr;
@@ -96,8 +97,9 @@ enum Command {
     Collector {
         #[command(flatten)]
         config: ConfigArgs,
-        /// Re-deliver from this point: unix time, RFC3339 time or event id
-        /// (after a database restore). Idempotent: nothing is stored twice.
+        /// Re-deliver from this point: `seq:N` (journal seq N on, as `tbg
+        /// restore` prints it), unix time, RFC3339 time or event id (after a
+        /// database restore). Idempotent: nothing is stored twice.
         #[arg(long, requires = "replay")]
         from: Option<String>,
         /// Replay from `--from` before collecting.
@@ -202,16 +204,27 @@ fn event_sink(config: &Config) -> Result<Arc<DatagramSink>> {
 
 async fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Pool { config, pid_file } => {
-            let config = load_config(&config, false)?;
+        Command::Pool {
+            config: args,
+            pid_file,
+        } => {
+            let hangup = reload::hangup_signal();
+            let config = load_config(&args, false)?;
             let _pid_lock = match &pid_file {
                 Some(path) => Some(tbg_ops::BackupLock::acquire_file(path)?),
                 None => None,
             };
-            run_pool(&config).await
+            let reloader = reload::Reloader::new(
+                args,
+                false,
+                reload::Role::Pool,
+                config.clone(),
+                Box::new(|_| {}),
+            );
+            run_pool(&config, reloader, hangup).await
         }
         Command::Devnet {
-            config,
+            config: args,
             stratum,
             data_dir,
             rpc,
@@ -219,11 +232,14 @@ async fn run(cli: Cli) -> Result<()> {
             miner_address,
             blocks,
         } => {
-            let mut config = load_config(&config, true)?;
+            let hangup = reload::hangup_signal();
+            let mut config = load_config(&args, true)?;
             config.network = tbg_config::NetworkName::Regtest;
             config.pool.bind = stratum.to_string();
             run_devnet(
                 config,
+                args,
+                hangup,
                 data_dir,
                 rpc,
                 miner.then_some((miner_address, blocks)),
@@ -247,13 +263,27 @@ async fn run(cli: Cli) -> Result<()> {
             run_miner(config).await
         }
         Command::Collector {
-            config,
+            config: args,
             from,
             replay,
             dry_run,
         } => {
-            let config = load_config(&config, true)?;
-            collector::run(&config, replay.then_some(from).flatten(), dry_run).await
+            let hangup = reload::hangup_signal();
+            let config = load_config(&args, true)?;
+            let reloader = reload::Reloader::new(
+                args,
+                true,
+                reload::Role::Collector,
+                config.clone(),
+                Box::new(|_| {}),
+            );
+            collector::run(
+                &config,
+                replay.then_some(from).flatten(),
+                dry_run,
+                (reloader, hangup),
+            )
+            .await
         }
         Command::Loadtest(args) => loadtest::run(args).await,
         Command::Backup(args) => ops::backup(args).await,
@@ -302,18 +332,40 @@ fn open_journal(config: &Config) -> Result<Option<tbg_journal::Journal>> {
     journal_config.retention_max_age =
         Duration::from_secs(section.retention_days.saturating_mul(86_400));
     journal_config.retention_max_bytes = section.retention_max_mb.saturating_mul(1024 * 1024);
+    journal_config.stage_bytes = section.stage_mb.saturating_mul(1024 * 1024);
     let journal = tbg_journal::Journal::open(journal_config)
         .with_context(|| format!("journal {}", section.path.display()))?;
     tracing::info!(path = %section.path.display(), "event journal open");
     Ok(Some(journal))
 }
 
-/// Runs the pool until SIGINT/SIGTERM, then stops gracefully.
-async fn run_pool(config: &Config) -> Result<()> {
+/// Runs the pool until SIGINT/SIGTERM, then stops gracefully; SIGHUP
+/// reloads the configuration.
+async fn run_pool(
+    config: &Config,
+    mut reloader: reload::Reloader,
+    mut hangup: Option<tokio::signal::unix::Signal>,
+) -> Result<()> {
     let service = start_pool(config).await?;
-    shutdown_signal().await;
+    serve_until_shutdown(&service.pool, &mut reloader, &mut hangup).await;
     stop_pool(service).await;
     Ok(())
+}
+
+/// Waits for SIGINT/SIGTERM, reloading the configuration on each SIGHUP.
+async fn serve_until_shutdown(
+    pool: &tbg_pool::PoolHandle,
+    reloader: &mut reload::Reloader,
+    hangup: &mut Option<tokio::signal::unix::Signal>,
+) {
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => return,
+            _ = reload::next_hangup(hangup) => reloader.reload_pool(pool),
+        }
+    }
 }
 
 async fn stop_pool(running: observability::RunningPool) {
@@ -340,6 +392,8 @@ pub(crate) async fn shutdown_signal() {
 
 async fn run_devnet(
     mut config: Config,
+    args: ConfigArgs,
+    mut hangup: Option<tokio::signal::unix::Signal>,
     data_dir: Option<PathBuf>,
     rpc: SocketAddr,
     miner: Option<(Option<String>, Option<u64>)>,
@@ -358,7 +412,8 @@ async fn run_devnet(
         .clone()
         .or_else(|| temp_dir.as_ref().map(|t| t.path().to_path_buf()))
         .unwrap_or_default();
-    config.journal.path = base.join("journal.db");
+    let journal_path = base.join("journal.db");
+    config.journal.path = journal_path.clone();
     tracing::info!("starting the embedded regtest node (Bitcoin Core's validation engine)");
     let node = DevNode::start(DevNodeOptions {
         data_dir: Some(base.join("chain")),
@@ -373,16 +428,32 @@ async fn run_devnet(
         height = node.block_count(),
         "embedded node ready"
     );
-    config.nodes = vec![tbg_config::NodeConfig {
+    // The same changes again on each reload, so they do not read as edits.
+    let stratum_bind = config.pool.bind.clone();
+    let embedded_node = vec![tbg_config::NodeConfig {
         url: node.rpc_url.clone(),
         cookie_file: Some(node.cookie_path.clone()),
         ..tbg_config::NodeConfig::default()
     }];
-    // CPU miners need tiny difficulties on regtest; ASICs ramp up by vardiff.
-    if config.pool.mindiff >= 1.0 {
-        config.pool.mindiff = 0.0001;
-        config.pool.startdiff = config.pool.startdiff.min(0.001);
-    }
+    let devnet_overrides = move |config: &mut Config| {
+        config.network = tbg_config::NetworkName::Regtest;
+        config.pool.bind = stratum_bind.clone();
+        config.journal.path = journal_path.clone();
+        config.nodes = embedded_node.clone();
+        // CPU miners need tiny difficulties on regtest; ASICs ramp up by vardiff.
+        if config.pool.mindiff >= 1.0 {
+            config.pool.mindiff = 0.0001;
+            config.pool.startdiff = config.pool.startdiff.min(0.001);
+        }
+    };
+    devnet_overrides(&mut config);
+    let mut reloader = reload::Reloader::new(
+        args,
+        true,
+        reload::Role::Pool,
+        config.clone(),
+        Box::new(devnet_overrides),
+    );
     let service = match start_pool(&config).await {
         Ok(service) => service,
         Err(error) => {
@@ -411,10 +482,10 @@ async fn run_devnet(
         Some(mut task) => {
             tokio::select! {
                 _ = &mut task => {},
-                _ = shutdown_signal() => task.abort(),
+                _ = serve_until_shutdown(&service.pool, &mut reloader, &mut hangup) => task.abort(),
             }
         }
-        None => shutdown_signal().await,
+        None => serve_until_shutdown(&service.pool, &mut reloader, &mut hangup).await,
     }
     stop_pool(service).await;
     node.shutdown().await;

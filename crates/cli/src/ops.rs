@@ -51,11 +51,32 @@ pub struct BackupArgs {
 pub struct RestoreArgs {
     #[command(flatten)]
     config: ConfigArgs,
-    /// The `.dump` file (or its `.manifest.json`).
+    /// The `.dump` file (or its `.manifest.json`); with --redis a `.rdb`
+    /// snapshot; with --config-archive a `.tar.gz` configuration archive.
     file: PathBuf,
     /// Carry out the restore; without it nothing is changed.
     #[arg(long)]
     confirm: bool,
+    /// FILE is a Redis snapshot (`tbg backup --redis`): its keys are copied
+    /// into the configured Redis (DUMP/RESTORE through a private
+    /// redis-server; keys the snapshot lacks are kept).
+    #[arg(long, conflicts_with_all = ["clean", "config_archive"])]
+    redis: bool,
+    /// Redis to restore into; default `collector.redis_url`, else `redis.url`
+    /// (TBG_REDIS_URL).
+    #[arg(long, requires = "redis")]
+    redis_url: Option<String>,
+    /// The redis-server binary that loads the snapshot (default: on PATH).
+    #[arg(long, requires = "redis")]
+    redis_server: Option<PathBuf>,
+    /// FILE is a configuration archive (`tbg backup --config-archive`): its
+    /// files are written into --target-dir.
+    #[arg(long, requires = "target_dir", conflicts_with = "clean")]
+    config_archive: bool,
+    /// Where a configuration archive's files go; a file already there is
+    /// kept as `<name>.before-restore`.
+    #[arg(long, requires = "config_archive")]
+    target_dir: Option<PathBuf>,
     /// Replace a non-empty database (restored into a staging database, then
     /// swapped in; the old one is kept under a `_before_restore_` name).
     #[arg(long)]
@@ -170,6 +191,19 @@ pub async fn backup(args: BackupArgs) -> Result<()> {
 }
 
 pub async fn restore(args: RestoreArgs) -> Result<()> {
+    if args.redis {
+        return restore_redis(args).await;
+    }
+    if let Some(target_dir) = &args.target_dir {
+        return restore_config_archive(&args.file, target_dir, args.confirm).await;
+    }
+    if looks_like_rdb(&args.file) {
+        bail!(
+            "{} is a Redis snapshot: restore it with `tbg restore --redis {}`",
+            args.file.display(),
+            args.file.display()
+        );
+    }
     let url = database_url(&args.config, args.database_url)?;
     let plan = tbg_ops::plan_restore(&args.file, &url, args.pg_bin_dir.as_deref()).await?;
     println!("{plan}");
@@ -234,5 +268,92 @@ pub async fn verify_backup(args: VerifyArgs) -> Result<()> {
         println!("  {table:<32} {rows:>12}");
     }
     println!("OK");
+    Ok(())
+}
+
+fn looks_like_rdb(path: &std::path::Path) -> bool {
+    use std::io::Read;
+    let mut magic = [0u8; 5];
+    std::fs::File::open(path)
+        .and_then(|mut file| file.read_exact(&mut magic))
+        .is_ok()
+        && &magic == b"REDIS"
+}
+
+/// `tbg restore --redis FILE`: preview, then (with --confirm) DUMP/RESTORE
+/// every key of the snapshot into the configured Redis.
+async fn restore_redis(args: RestoreArgs) -> Result<()> {
+    let url = match args.redis_url {
+        Some(url) => url,
+        None => {
+            let config = crate::load_config(&args.config, true)?;
+            config
+                .collector
+                .redis_url
+                .or(config.redis.url)
+                .context("no Redis: pass --redis-url, set TBG_REDIS_URL or redis.url")?
+        }
+    };
+    let snapshot =
+        tbg_ops::LoadedRedisSnapshot::open(&args.file, args.redis_server.as_deref()).await?;
+    let result = async {
+        let plan = snapshot.plan(&url).await?;
+        println!("{plan}");
+        if !args.confirm {
+            println!("nothing changed: run again with --confirm to restore");
+            return Ok(());
+        }
+        let report = snapshot.restore_into(&url).await?;
+        println!(
+            "restored {} keys into {}{}",
+            report.restored_keys,
+            plan.target,
+            if report.expired_keys > 0 {
+                format!(" ({} expired on the way)", report.expired_keys)
+            } else {
+                String::new()
+            }
+        );
+        for db in &report.databases {
+            println!("  db{}: {} keys", db.index, db.keys);
+            for (stream, length) in &db.streams {
+                println!("    stream {stream} ({length} entries)");
+            }
+        }
+        println!(
+            "next: restart the collector (`systemctl restart tbg-collector`); it resumes from the restored cursor and re-delivers the journal's newer events (idempotent)"
+        );
+        Ok::<(), anyhow::Error>(())
+    }
+    .await;
+    snapshot.close().await;
+    result
+}
+
+/// `tbg restore --config-archive FILE --target-dir DIR`.
+async fn restore_config_archive(
+    archive: &std::path::Path,
+    target_dir: &std::path::Path,
+    confirm: bool,
+) -> Result<()> {
+    let plan = tbg_ops::plan_config_restore(archive, target_dir).await?;
+    println!("archive: {}", archive.display());
+    for file in &plan.files {
+        let note = if file.target.exists() {
+            "exists: kept as .before-restore"
+        } else {
+            "new"
+        };
+        println!("  {} -> {} ({note})", file.name, file.target.display());
+    }
+    if !confirm {
+        println!("nothing changed: run again with --confirm to restore");
+        return Ok(());
+    }
+    let written = tbg_ops::restore_config_archive(&plan).await?;
+    for path in written {
+        println!("restored {}", path.display());
+    }
+    println!("next: `tbg check-config --config <file>`, then `systemctl reload tbg-pool` (SIGHUP) or restart");
     Ok(())
 }

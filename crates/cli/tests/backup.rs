@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use tbg_testkit::PgServer;
+use tbg_testkit::{PgServer, RedisServer};
 
 fn tbg(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_tbg"))
@@ -12,6 +12,7 @@ fn tbg(args: &[&str]) -> Output {
         .env_remove("TBG_CONFIG")
         .env_remove("TBG_POSTGRES_URL")
         .env_remove("TBG_BACKUP_DIR")
+        .env_remove("TBG_REDIS_URL")
         .output()
         .expect("tbg runs")
 }
@@ -48,6 +49,8 @@ fn seeded() -> PgServer {
          SELECT 'bc1q' || i, now(), now() FROM generate_series(1, 3) i",
     );
     assert_eq!(server.psql("SELECT count(*) FROM users"), "3");
+    // The collector has written the journal up to seq 42.
+    server.psql("UPDATE collector_cursor SET seq = 42 WHERE sink = 'postgres'");
     server
 }
 
@@ -78,7 +81,13 @@ fn backup_preview_restore_verify_from_the_command_line() {
     ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(
-        text(&out.stdout).contains("schema version 2"),
+        text(&out.stdout).contains(&format!(
+            "schema version {}",
+            tbg_collector::migrations::MIGRATIONS
+                .last()
+                .unwrap()
+                .version
+        )),
         "{}",
         text(&out.stdout)
     );
@@ -97,8 +106,13 @@ fn backup_preview_restore_verify_from_the_command_line() {
     );
     assert!(stdout.contains("public.users"), "{stdout}");
     assert!(stdout.contains("nothing changed"), "{stdout}");
+    // The replay starts right after the last event in the dump.
     assert!(
-        stdout.contains("tbg collector --replay --from "),
+        stdout.contains("collector cursor: journal seq 42"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("afterwards:      tbg collector --replay --from seq:43\n"),
         "{stdout}"
     );
     assert_eq!(
@@ -108,8 +122,13 @@ fn backup_preview_restore_verify_from_the_command_line() {
 
     let out = tbg(&["restore", dump, "--database-url", &target, "--confirm"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert!(text(&out.stdout)
-        .contains("next: bring it forward from the journal: tbg collector --replay --from"));
+    assert!(
+        text(&out.stdout).contains(
+            "next: bring it forward from the journal: tbg collector --replay --from seq:43\n"
+        ),
+        "{}",
+        text(&out.stdout)
+    );
     let restored = Command::new("psql")
         .args(["-At", "-d", &target, "-c", "SELECT count(*) FROM users"])
         .output()
@@ -175,4 +194,252 @@ fn config_archive_from_the_command_line() {
     assert_eq!(archives.len(), 1);
     // No PostgreSQL was asked for: no dump.
     assert!(dumps_in(&backups.join("daily")).is_empty());
+
+    // Restore into a directory holding an edited copy: preview first.
+    let archive = archives[0].as_ref().unwrap().path();
+    let etc = dir.path().join("etc");
+    std::fs::create_dir_all(&etc).unwrap();
+    std::fs::write(etc.join("tbg.toml"), "network = \"signet\"\n").unwrap();
+    let restore = |confirm: bool| {
+        let mut args = vec![
+            "restore",
+            "--config-archive",
+            archive.to_str().unwrap(),
+            "--target-dir",
+            etc.to_str().unwrap(),
+        ];
+        if confirm {
+            args.push("--confirm");
+        }
+        tbg(&args)
+    };
+    let out = restore(false);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("tbg.toml"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert!(text(&out.stdout).contains("nothing changed"));
+    assert_eq!(
+        std::fs::read_to_string(etc.join("tbg.toml")).unwrap(),
+        "network = \"signet\"\n"
+    );
+    let out = restore(true);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        std::fs::read_to_string(etc.join("tbg.toml")).unwrap(),
+        "network = \"regtest\"\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(etc.join("tbg.toml.before-restore")).unwrap(),
+        "network = \"signet\"\n"
+    );
+
+    // Not an archive: refused, nothing written.
+    let foreign = dir.path().join("foreign.tar.gz");
+    std::fs::write(&foreign, "network = \"mainnet\"\n").unwrap();
+    let out = tbg(&[
+        "restore",
+        "--config-archive",
+        foreign.to_str().unwrap(),
+        "--target-dir",
+        etc.to_str().unwrap(),
+        "--confirm",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("is not a configuration archive"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::read_to_string(etc.join("tbg.toml")).unwrap(),
+        "network = \"regtest\"\n"
+    );
+}
+
+/// `tbg backup --redis` then `tbg restore --redis` into a Redis that lost
+/// everything (no persistence): preview changes nothing; --confirm brings
+/// streams, signatures, the collector cursor and TTLs back; a truncated or
+/// foreign file touches nothing.
+#[test]
+fn redis_snapshot_restore_from_the_command_line() {
+    let source = RedisServer::start();
+    source.cli(&[
+        "XADD",
+        "mining:share_submitted",
+        "1700000000000-1",
+        "data",
+        "{}",
+    ]);
+    source.cli(&[
+        "XADD",
+        "mining:share_submitted",
+        "1700000000000-2",
+        "data",
+        "{}",
+    ]);
+    source.cli(&["XADD", "blocks:found", "1700000000001-3", "data", "{}"]);
+    source.cli(&["SET", "user_coinbase:bcrt1qexample", "solo/alice"]);
+    source.cli(&["SET", "tbg:collector:cursor:redis", "3"]);
+    source.cli(&["SET", "session:short", "x", "EX", "3600"]);
+    source.cli(&["-n", "2", "SET", "other:db", "two"]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("tbg.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "network = \"regtest\"\n[redis]\nurl = \"{}\"\n",
+            source.url()
+        ),
+    )
+    .unwrap();
+    let backups = dir.path().join("backups");
+    let out = tbg(&[
+        "backup",
+        "--redis",
+        "--config",
+        config.to_str().unwrap(),
+        "--backup-dir",
+        backups.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let snapshots: Vec<PathBuf> = std::fs::read_dir(backups.join("redis"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(snapshots.len(), 1);
+    let snapshot = snapshots[0].to_str().unwrap();
+
+    // The target: empty after a crash, one key written since.
+    let target = RedisServer::start();
+    target.cli(&["SET", "user_coinbase:bcrt1qexample", "newer"]);
+    target.cli(&["SET", "keep:me", "1"]);
+    let restore = |file: &str, confirm: bool| {
+        let mut args = vec!["restore", "--redis", file, "--redis-url"];
+        let url = target.url();
+        args.push(&url);
+        if confirm {
+            args.push("--confirm");
+        }
+        tbg(&args)
+    };
+
+    let out = restore(snapshot, false);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        stdout.contains("stream mining:share_submitted (2 entries)"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("db2: 1 keys"), "{stdout}");
+    assert!(stdout.contains("1 existing keys overwritten"), "{stdout}");
+    assert!(stdout.contains("nothing changed"), "{stdout}");
+    assert_eq!(target.cli(&["DBSIZE"]), "2");
+    assert_eq!(target.cli(&["GET", "user_coinbase:bcrt1qexample"]), "newer");
+
+    // A truncated copy and a foreign file: refused, target untouched.
+    let bytes = std::fs::read(snapshot).unwrap();
+    let truncated = dir.path().join("truncated.rdb");
+    std::fs::write(&truncated, &bytes[..bytes.len() - 12]).unwrap();
+    let foreign = dir.path().join("foreign.rdb");
+    std::fs::write(&foreign, "PGDMP").unwrap();
+    for (file, error) in [
+        (&truncated, "does not load as a Redis snapshot"),
+        (&foreign, "is not a Redis snapshot"),
+    ] {
+        let out = restore(file.to_str().unwrap(), true);
+        assert!(!out.status.success(), "{} accepted", file.display());
+        assert!(text(&out.stderr).contains(error), "{}", text(&out.stderr));
+    }
+    assert_eq!(target.cli(&["DBSIZE"]), "2");
+
+    // A snapshot given to the PostgreSQL restore: pointed to --redis.
+    let out = tbg(&[
+        "restore",
+        snapshot,
+        "--database-url",
+        "postgres://127.0.0.1:1/x",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("tbg restore --redis"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let out = restore(snapshot, true);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("restored 6 keys"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert_eq!(target.cli(&["XLEN", "mining:share_submitted"]), "2");
+    assert_eq!(target.cli(&["XLEN", "blocks:found"]), "1");
+    assert_eq!(
+        target.cli(&["GET", "user_coinbase:bcrt1qexample"]),
+        "solo/alice"
+    );
+    assert_eq!(target.cli(&["GET", "tbg:collector:cursor:redis"]), "3");
+    assert_eq!(
+        target.cli(&["GET", "keep:me"]),
+        "1",
+        "keys outside the snapshot kept"
+    );
+    let ttl: i64 = target.cli(&["TTL", "session:short"]).parse().unwrap();
+    assert!(ttl > 0 && ttl <= 3600, "ttl {ttl}");
+    assert_eq!(target.cli(&["-n", "2", "GET", "other:db"]), "two");
+}
+
+/// The runbook's nightly job as deploy/systemd/tbg-backup.service runs it:
+/// `tbg backup --full --config` writes the dump, the Redis snapshot and the
+/// config archive; `tbg verify-backup --config` checks the dump.
+#[test]
+fn full_backup_from_the_config_then_verify() {
+    let server = seeded();
+    let redis = RedisServer::start();
+    redis.cli(&["XADD", "mining:share_submitted", "*", "data", "{}"]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("tbg.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "network = \"regtest\"\n[redis]\nurl = \"{}\"\n[collector]\npostgres_url = \"{}\"\n",
+            redis.url(),
+            url(&server, "postgres")
+        ),
+    )
+    .unwrap();
+    let backups = dir.path().join("backups");
+    let out = tbg(&[
+        "backup",
+        "--full",
+        "--config",
+        config.to_str().unwrap(),
+        "--backup-dir",
+        backups.to_str().unwrap(),
+    ]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    for line in ["postgres: ", "redis: ", "config: "] {
+        assert!(stdout.contains(line), "{line} in {stdout}");
+    }
+    for sub in ["daily", "redis", "config"] {
+        assert!(
+            std::fs::read_dir(backups.join(sub)).unwrap().count() > 0,
+            "{sub}"
+        );
+    }
+    let dumps = dumps_in(&backups.join("daily"));
+    assert_eq!(dumps.len(), 1);
+    let out = tbg(&[
+        "verify-backup",
+        dumps[0].to_str().unwrap(),
+        "--config",
+        config.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("OK"));
 }

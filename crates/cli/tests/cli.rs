@@ -321,3 +321,432 @@ fn pid_file_blocks_a_second_pool_but_never_a_restart_after_a_crash() {
     restarted.kill().unwrap();
     restarted.wait().unwrap();
 }
+
+/// The pool's stderr, line by line, readable while it runs.
+struct LogLines {
+    lines: std::sync::mpsc::Receiver<String>,
+    seen: String,
+}
+
+impl LogLines {
+    fn of(child: &mut std::process::Child) -> LogLines {
+        let stderr = child.stderr.take().expect("stderr piped");
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        LogLines {
+            lines,
+            seen: String::new(),
+        }
+    }
+
+    /// The first new line containing `text` (panics with the log after 20 s).
+    fn wait_for(&mut self, text: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push_str(&line);
+                    self.seen.push('\n');
+                    if line.contains(text) {
+                        return line;
+                    }
+                }
+                Err(_) => panic!("no log line with {text:?}; log so far:\n{}", self.seen),
+            }
+        }
+    }
+}
+
+/// Subscribes and authorizes a new miner; returns the difficulty the pool
+/// sets for it (its first mining.set_difficulty).
+fn start_difficulty_of_a_new_miner(port: u16) -> f64 {
+    let stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut writer = stream.try_clone().unwrap();
+    let (address, _) = tbg_testkit::regtest_address(tbg_testkit::AddressKind::P2wpkh);
+    writer
+        .write_all(
+            format!(
+                "{{\"id\":1,\"method\":\"mining.subscribe\",\"params\":[]}}\n{{\"id\":2,\"method\":\"mining.authorize\",\"params\":[\"{address}.w\",\"x\"]}}\n"
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        assert!(reader.read_line(&mut line).unwrap() > 0, "pool closed");
+        let message: serde_json::Value = serde_json::from_str(&line).unwrap();
+        if message["method"] == "mining.set_difficulty" {
+            return message["params"][0].as_f64().unwrap();
+        }
+    }
+}
+
+fn reload_config(dir: &std::path::Path, port: u16, pool_keys: &str) -> String {
+    format!(
+        "network = \"regtest\"\n[[nodes]]\nurl = \"127.0.0.1:1\"\nuser = \"u\"\npass = \"p\"\n[pool]\nbind = \"127.0.0.1:{port}\"\nmindiff = 0.001\n{pool_keys}\n[events]\nsocket_path = {:?}\n[journal]\npath = {:?}\n{METRICS_ON_FREE_PORTS}",
+        dir.join("events.sock"),
+        dir.join("journal.db"),
+    )
+}
+
+fn sighup(child: &std::process::Child) {
+    assert!(Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+}
+
+/// SIGHUP: a live key (startdiff) applies to the next miner without a
+/// restart; a broken file is refused with an error and the pool keeps
+/// serving on the old config; a key that needs a restart is named.
+#[test]
+fn sighup_reloads_live_keys_and_survives_a_broken_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = dir.path().join("tbg.toml");
+    std::fs::write(&config, reload_config(dir.path(), port, "startdiff = 0.5")).unwrap();
+    let mut child = tbg()
+        .args(["pool", "--config"])
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut log = LogLines::of(&mut child);
+    wait_listening(port, &mut child);
+    assert_eq!(start_difficulty_of_a_new_miner(port), 0.5);
+
+    // A live key.
+    std::fs::write(&config, reload_config(dir.path(), port, "startdiff = 2.5")).unwrap();
+    sighup(&child);
+    let applied = log.wait_for("configuration reload: applied");
+    assert!(applied.contains("pool.startdiff"), "{applied}");
+    log.wait_for("configuration reloaded");
+    assert_eq!(start_difficulty_of_a_new_miner(port), 2.5);
+    assert!(child.try_wait().unwrap().is_none(), "same process");
+
+    // A broken file, then a bad value: refused, old config kept.
+    std::fs::write(&config, "network = \"regtest\"\n[pool\n").unwrap();
+    sighup(&child);
+    log.wait_for("configuration reload failed");
+    std::fs::write(
+        &config,
+        reload_config(dir.path(), port, "startdiff = 9\nnonce1length = 12"),
+    )
+    .unwrap();
+    sighup(&child);
+    let failed = log.wait_for("configuration reload failed");
+    assert!(failed.contains("pool.nonce1length"), "{failed}");
+    assert!(child.try_wait().unwrap().is_none(), "still running");
+    assert_eq!(
+        start_difficulty_of_a_new_miner(port),
+        2.5,
+        "old config kept"
+    );
+
+    // A restart-only key: named, not applied; the live key beside it is.
+    let other_port = free_port();
+    let moved = reload_config(dir.path(), other_port, "startdiff = 4");
+    std::fs::write(&config, moved).unwrap();
+    sighup(&child);
+    log.wait_for("pool.bind cannot change while running; restart to apply it");
+    log.wait_for("configuration reloaded");
+    assert_eq!(start_difficulty_of_a_new_miner(port), 4.0);
+    assert!(std::net::TcpStream::connect(("127.0.0.1", other_port)).is_err());
+
+    assert!(Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    assert_eq!(wait_exit(&mut child, Duration::from_secs(5)), Some(0));
+}
+
+/// The runbook's first diagnosis commands, run as written there against a
+/// pool whose only node is down: `tbg check-config`, `/health` (503 with
+/// the reason), the node metrics, `/status` through jq.
+#[test]
+fn runbook_diagnosis_commands_on_a_pool_without_its_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let (port, metrics_port) = (free_port(), free_port());
+    let config = dir.path().join("tbg.toml");
+    std::fs::write(
+        &config,
+        reload_config(dir.path(), port, "").replace(
+            "bind = \"127.0.0.1:0\"\ncollector_bind",
+            &format!("bind = \"127.0.0.1:{metrics_port}\"\ncollector_bind"),
+        ),
+    )
+    .unwrap();
+    let check = tbg()
+        .args(["check-config", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    assert!(String::from_utf8_lossy(&check.stdout).contains(&format!("127.0.0.1:{port}")));
+
+    let mut child = tbg()
+        .args(["pool", "--config"])
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_listening(port, &mut child);
+    wait_listening(metrics_port, &mut child);
+    let sh = |script: String| {
+        let output = Command::new("sh").args(["-c", &script]).output().unwrap();
+        String::from_utf8_lossy(&output.stdout).trim().to_string()
+    };
+    let base = format!("http://127.0.0.1:{metrics_port}");
+    let health = sh(format!("curl -s -w ' HTTP %{{http_code}}' {base}/health"));
+    assert!(health.ends_with("HTTP 503"), "{health}");
+    assert!(health.contains("\"ready\":false"), "{health}");
+    let metrics = sh(format!(
+        "curl -s {base}/metrics | grep -E '^ckpool_(bitcoin_connected|uptime_seconds|journal_healthy) '"
+    ));
+    assert!(metrics.contains("ckpool_bitcoin_connected 0"), "{metrics}");
+    assert!(metrics.contains("ckpool_journal_healthy 1"), "{metrics}");
+    let node_up = sh(format!("curl -s {base}/status | jq .pool.node_up"));
+    assert_eq!(node_up, "false");
+    let nodes = sh(format!(
+        "curl -s {base}/status | jq -c '.nodes[] | {{url, up, last_error}}'"
+    ));
+    assert!(nodes.contains("\"up\":false"), "{nodes}");
+    assert!(nodes.contains("127.0.0.1:1"), "{nodes}");
+
+    assert!(Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    assert_eq!(wait_exit(&mut child, Duration::from_secs(5)), Some(0));
+}
+
+/// A pool config (no node: it starts and accepts miners anyway) whose
+/// collector writes to `redis_url`, with the journal at `journal`.
+fn pool_and_collector_config(
+    dir: &std::path::Path,
+    port: u16,
+    journal: &std::path::Path,
+    redis_url: &str,
+) -> std::path::PathBuf {
+    let path = dir.join(format!("tbg-{port}.toml"));
+    std::fs::write(
+        &path,
+        format!(
+            "network = \"regtest\"\n[[nodes]]\nurl = \"127.0.0.1:1\"\nuser = \"u\"\npass = \"p\"\n[pool]\nbind = \"127.0.0.1:{port}\"\n[events]\nsocket_path = {socket:?}\n[journal]\npath = {journal:?}\n[collector]\nredis_url = {redis_url:?}\nbatch_wait_ms = 50\n{METRICS_ON_FREE_PORTS}",
+            socket = dir.join(format!("events-{port}.sock")),
+        ),
+    )
+    .unwrap();
+    path
+}
+
+fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Leaves a file at the journal path before the collector starts.
+type PrepareJournal = dyn Fn(&std::path::Path);
+
+/// The chaos suite's start-up race: the collector starts while the pool is
+/// still creating the journal (the file is there, its schema is not). It
+/// waits instead of exiting, then delivers the pool's events; another
+/// program's database or a newer journal still stops it with a clear error.
+#[test]
+fn collector_waits_for_a_journal_the_pool_is_still_creating() {
+    let dir = tempfile::tempdir().unwrap();
+    let blank_sqlite = |path: &std::path::Path| {
+        let connection = rusqlite::Connection::open(path).unwrap();
+        connection
+            .execute_batch("CREATE TABLE scratch (x); DROP TABLE scratch;")
+            .unwrap();
+    };
+    let cases: [(&str, &PrepareJournal); 2] = [
+        ("empty file", &|path| std::fs::write(path, b"").unwrap()),
+        ("sqlite file with schema version 0", &blank_sqlite),
+    ];
+    for (case, prepare) in cases {
+        let redis = tbg_testkit::RedisServer::start();
+        let port = free_port();
+        let journal = dir.path().join(format!("journal-{port}.db"));
+        prepare(&journal);
+        let config = pool_and_collector_config(dir.path(), port, &journal, &redis.url());
+        let mut collector = tbg()
+            .args(["collector", "--config"])
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut collector_log = LogLines::of(&mut collector);
+        collector_log.wait_for("schema is not created yet");
+        assert!(
+            collector.try_wait().unwrap().is_none(),
+            "{case}: the collector exited: {}",
+            collector_log.seen
+        );
+
+        let mut pool = tbg()
+            .args(["pool", "--config"])
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_listening(port, &mut pool);
+        collector_log.wait_for("journal is ready");
+        // One miner: its miner_connected event goes journal -> collector -> Redis.
+        start_difficulty_of_a_new_miner(port);
+        wait_until(
+            &format!("{case}: miner_connected in Redis"),
+            Duration::from_secs(30),
+            || redis.cli(&["XLEN", "mining:miner_connected"]) == "1",
+        );
+        assert!(
+            collector.try_wait().unwrap().is_none(),
+            "{case}: {}",
+            collector_log.seen
+        );
+        for child in [&mut pool, &mut collector] {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    // Not ours, or newer than this build: a clear error at once.
+    let foreign = dir.path().join("foreign.db");
+    rusqlite::Connection::open(&foreign)
+        .unwrap()
+        .execute_batch("CREATE TABLE accounts (id INTEGER);")
+        .unwrap();
+    let newer = dir.path().join("newer.db");
+    rusqlite::Connection::open(&newer)
+        .unwrap()
+        .execute_batch("CREATE TABLE journal (seq INTEGER PRIMARY KEY); PRAGMA user_version = 2;")
+        .unwrap();
+    for (journal, expected) in [
+        (&foreign, "is a sqlite database but not an event journal"),
+        (&newer, "has schema version 2, this build reads version 1"),
+    ] {
+        let config =
+            pool_and_collector_config(dir.path(), free_port(), journal, "redis://127.0.0.1:1");
+        let mut collector = tbg()
+            .args(["collector", "--config"])
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut log = LogLines::of(&mut collector);
+        log.wait_for(expected);
+        assert!(
+            matches!(wait_exit(&mut collector, Duration::from_secs(10)), Some(code) if code != 0),
+            "{}",
+            log.seen
+        );
+    }
+}
+
+/// `tbg collector --replay --from seq:N` (what `tbg restore` prints)
+/// re-delivers exactly the journal's events from seq N on.
+#[test]
+fn collector_replays_from_a_journal_seq() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal_path = dir.path().join("journal.db");
+    let factory = tbg_events::EventFactory::new("eu", "hosted");
+    let ids: Vec<String> = {
+        let journal =
+            tbg_journal::Journal::open(tbg_journal::JournalConfig::new(&journal_path)).unwrap();
+        let ids = (1..=5u64)
+            .map(|n| {
+                let event = factory.make(tbg_events::EventData::ShareSubmitted {
+                    user: "bcrt1qexample".into(),
+                    worker: format!("rig{n}"),
+                    client_id: n,
+                    diff: 1.0,
+                    sdiff: 2.0,
+                    accepted: true,
+                    reject_reason: None,
+                    ip: "127.0.0.1".into(),
+                });
+                assert_eq!(journal.append(&event).unwrap(), n);
+                event.id
+            })
+            .collect();
+        tokio::runtime::Runtime::new()
+            .unwrap()
+            .block_on(journal.close())
+            .unwrap();
+        ids
+    };
+    let redis = tbg_testkit::RedisServer::start();
+    let config = pool_and_collector_config(dir.path(), free_port(), &journal_path, &redis.url());
+    let replay = |from: &str| {
+        tbg()
+            .args(["collector", "--config"])
+            .arg(&config)
+            .args(["--replay", "--from", from])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+
+    for (from, expected) in [
+        ("seq:0", "is not a journal seq"),
+        ("seq:x", "is not a journal seq"),
+        ("seq:7", "the journal ends at seq 5, before seq 7"),
+    ] {
+        let output = replay(from).wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "--from {from} accepted");
+        assert!(stderr.contains(expected), "--from {from}: {stderr}");
+    }
+
+    let mut collector = replay("seq:3");
+    wait_until("the Redis cursor at seq 5", Duration::from_secs(30), || {
+        redis.cli(&["GET", "tbg:collector:cursor:redis"]) == "5"
+    });
+    let mut connection = redis::Client::open(redis.url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let entries: Vec<(String, std::collections::HashMap<String, String>)> = redis::cmd("XRANGE")
+        .arg("mining:share_submitted")
+        .arg("-")
+        .arg("+")
+        .query(&mut connection)
+        .unwrap();
+    let delivered: Vec<String> = entries
+        .into_iter()
+        .map(|(_, fields)| fields.get("id").cloned().expect("the event id"))
+        .collect();
+    assert_eq!(delivered, ids[2..].to_vec());
+    let _ = collector.kill();
+    let _ = collector.wait();
+}

@@ -39,7 +39,9 @@ async fn run() {
     let journal = Journal::open(JournalConfig::new(&path)).expect("open the journal");
     let factory = tbg_events::EventFactory::new("eu", "hosted");
     // Warm up: one event so the reader can open a journal with a table in it.
-    let first = journal.append(&factory.make(share("bc1qwarm", "rig", 1.0, true)));
+    let first = journal
+        .append(&factory.make(share("bc1qwarm", "rig", 1.0, true)))
+        .expect("journal append");
     journal.wait_durable(first).await.expect("durable");
     let reader: Arc<dyn EventSource> =
         Arc::new(JournalReader::open(&path).expect("open the journal reader"));
@@ -100,7 +102,7 @@ async fn run() {
                 true,
             ));
             appended_at.push(Instant::now());
-            journal.append(&event);
+            journal.append(&event).expect("journal append");
             appended += 1;
         }
     }

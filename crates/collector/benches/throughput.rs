@@ -65,6 +65,8 @@ async fn run() {
         },
         ..CollectorConfig::default()
     };
+    let redis_url = (!pg_only).then(|| redis.url());
+    let cpu_start = pg.cpu_ticks(redis_url.as_deref());
     let started = Instant::now();
     let collector = Collector::start(config, source);
     // A sink not run counts as done at once.
@@ -83,6 +85,8 @@ async fn run() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let total = started.elapsed();
+    // Before shutdown: the collector's backend is still alive to be read.
+    let cpu = pg.cpu_ticks(redis_url.as_deref()).since(cpu_start);
     let stats = collector.stats();
     collector.shutdown().await;
     for stats in &stats {
@@ -100,5 +104,6 @@ async fn run() {
         events as f64 / redis_time.as_secs_f64(),
         events as f64 / total.as_secs_f64(),
     );
+    println!("{}", cpu.per_event(events));
     pg.stop().await;
 }

@@ -13,9 +13,9 @@ mod runner;
 pub mod source;
 
 pub use error::CollectorError;
-pub use parse::ParsedRecord;
+pub use parse::{parse_record, ParsedRecord, Unparsable};
 pub use runner::{
     replay_from, BackoffConfig, BatchConfig, Collector, CollectorConfig, PostgresConfig,
     RedisConfig, SinkKind, SinkStats,
 };
-pub use source::{resolve_replay_from, EventSource, MemorySource, Record};
+pub use source::{resolve_replay_from, EventSource, JournalRecord, MemorySource};

@@ -33,6 +33,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "002_time_series.sql",
         sql: include_str!("../migrations/002_time_series.sql"),
     },
+    Migration {
+        version: 3,
+        name: "003_lighter_event_index_block_submission.sql",
+        sql: include_str!("../migrations/003_lighter_event_index_block_submission.sql"),
+    },
 ];
 
 /// Arbitrary constant: serializes concurrent collectors migrating one database.

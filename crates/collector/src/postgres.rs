@@ -185,61 +185,104 @@ impl PostgresWriter {
         batch: &[ParsedRecord],
         cursor: u64,
     ) -> Result<BatchOutcome, CollectorError> {
-        let mut transaction = client
-            .transaction()
-            .await
-            .map_err(CollectorError::pg("starting the batch transaction"))?;
         let new_days: BTreeSet<i64> = batch
             .iter()
             .map(|record| unix_day(record.time))
             .filter(|day| !self.known_partition_days.contains(day))
             .collect();
         let new_days: Vec<i64> = new_days.into_iter().collect();
-        ensure_partitions(&transaction, &new_days).await?;
-
-        let new_records = insert_rows(&mut transaction, batch).await?;
-        finish_batch(transaction, &new_records, cursor).await?;
+        // Every batch outside a replay holds only new events: binary COPY.
+        // A unique violation (a replayed event) aborts that transaction,
+        // which is then redone with `INSERT ... ON CONFLICT DO NOTHING`.
+        let outcome =
+            match write_transaction(client, batch, cursor, &new_days, Insert::Copy).await? {
+                Some(outcome) => outcome,
+                None => write_transaction(client, batch, cursor, &new_days, Insert::SkipExisting)
+                    .await?
+                    .unwrap_or_default(),
+            };
         self.known_partition_days.extend(new_days);
-        let inserted = new_records.len() as u64;
-        Ok(BatchOutcome {
-            inserted,
-            duplicates: batch.len() as u64 - inserted,
-        })
+        Ok(outcome)
     }
 }
 
-/// Inserts the events and the share rows; returns the records that were new.
-async fn insert_rows<'a>(
-    transaction: &mut Transaction<'_>,
-    batch: &'a [ParsedRecord],
-) -> Result<Vec<&'a ParsedRecord>, CollectorError> {
-    let inserted_ids = insert_mining_events(transaction, batch).await?;
-    let new_records: Vec<&ParsedRecord> = match &inserted_ids {
-        None => batch.iter().collect(),
-        Some(ids) => batch
-            .iter()
-            .filter(|record| ids.contains(record.event_id.as_str()))
-            .collect(),
+/// How the events and share rows are inserted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Insert {
+    /// Binary COPY: fails on the first event already stored.
+    Copy,
+    /// `ON CONFLICT DO NOTHING`, returning which events were new.
+    SkipExisting,
+}
+
+/// One batch in one transaction; None when `Insert::Copy` met an event
+/// already stored (the transaction was rolled back).
+async fn write_transaction(
+    client: &mut Client,
+    batch: &[ParsedRecord],
+    cursor: u64,
+    new_days: &[i64],
+    insert: Insert,
+) -> Result<Option<BatchOutcome>, CollectorError> {
+    let transaction = client
+        .transaction()
+        .await
+        .map_err(CollectorError::pg("starting the batch transaction"))?;
+    ensure_partitions(&transaction, new_days).await?;
+    let new_records: Vec<&ParsedRecord> = match insert {
+        Insert::Copy => {
+            let all: Vec<&ParsedRecord> = batch.iter().collect();
+            // Dropping the transaction rolls it back.
+            if !copy_mining_events(&transaction, batch).await?
+                || !copy_shares(&transaction, &all).await?
+            {
+                return Ok(None);
+            }
+            all
+        }
+        Insert::SkipExisting => {
+            let ids = insert_mining_events(&transaction, batch).await?;
+            let new_records: Vec<&ParsedRecord> = batch
+                .iter()
+                .filter(|record| ids.contains(record.event_id.as_str()))
+                .collect();
+            insert_shares(&transaction, &new_records).await?;
+            new_records
+        }
     };
-    insert_shares(transaction, &new_records).await?;
-    Ok(new_records)
+    finish_batch(transaction, batch, &new_records, cursor).await?;
+    let inserted = new_records.len() as u64;
+    Ok(Some(BatchOutcome {
+        inserted,
+        duplicates: batch.len() as u64 - inserted,
+    }))
 }
 
 /// Blocks, aggregates of the new records, the cursor, commit.
 async fn finish_batch(
     transaction: Transaction<'_>,
+    batch: &[ParsedRecord],
     new_records: &[&ParsedRecord],
     cursor: u64,
 ) -> Result<(), CollectorError> {
     insert_blocks(&transaction, new_records).await?;
-    upsert_aggregates(&transaction, new_records).await?;
-    transaction
-        .execute(
-            "UPDATE collector_cursor SET seq = $1, updated_at = now() WHERE sink = 'postgres'",
-            &[&seq_to_i64(cursor)],
-        )
-        .await
-        .map_err(CollectorError::pg("advancing the cursor"))?;
+    // From every record, not only new ones: setting the answer is
+    // idempotent, and a replay then also repairs a blocks row restored
+    // from an older backup.
+    record_block_submissions(&transaction, batch).await?;
+    let advance_cursor = async {
+        transaction
+            .execute(
+                "UPDATE collector_cursor SET seq = $1, updated_at = now() WHERE sink = 'postgres'",
+                &[&seq_to_i64(cursor)],
+            )
+            .await
+            .map_err(CollectorError::pg("advancing the cursor"))
+    };
+    // The statements touch different rows, so their order does not
+    // matter: sent together (tokio-postgres pipelines concurrent queries),
+    // they cost one round trip instead of one each.
+    futures::try_join!(upsert_aggregates(&transaction, new_records), advance_cursor)?;
     transaction
         .commit()
         .await
@@ -319,12 +362,10 @@ where
     Ok(())
 }
 
-/// The fast path when every row is new, which is every batch outside a
-/// replay: a binary COPY inside a savepoint. A unique violation (a replayed
-/// event) rolls it back and returns false, so the caller runs the slower
-/// `INSERT ... ON CONFLICT DO NOTHING` instead.
+/// Runs a COPY; false when it met a row already stored (a unique
+/// violation, which also aborts the transaction).
 async fn try_copy<'a, I>(
-    transaction: &mut Transaction<'_>,
+    transaction: &Transaction<'_>,
     statement: &str,
     types: &[Type],
     rows: I,
@@ -333,58 +374,54 @@ async fn try_copy<'a, I>(
 where
     I: IntoIterator<Item = Vec<&'a (dyn ToSql + Sync)>>,
 {
-    let savepoint = transaction
-        .savepoint("copy_rows")
-        .await
-        .map_err(CollectorError::pg("creating a savepoint"))?;
-    match copy_rows(&savepoint, statement, types, rows).await {
-        Ok(()) => {
-            savepoint
-                .commit()
-                .await
-                .map_err(CollectorError::pg("releasing a savepoint"))?;
-            Ok(true)
-        }
-        Err(error) if error.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
-            savepoint
-                .rollback()
-                .await
-                .map_err(CollectorError::pg("rolling back a savepoint"))?;
-            Ok(false)
-        }
+    match copy_rows(transaction, statement, types, rows).await {
+        Ok(()) => Ok(true),
+        Err(error) if error.code() == Some(&SqlState::UNIQUE_VIOLATION) => Ok(false),
         Err(source) => Err(CollectorError::Postgres { context, source }),
     }
 }
 
-const INSERT_EVENTS: &str =
-    "INSERT INTO mining_events (ts, event_id, event_type, source, region, payload)
-     SELECT ts, event_id, event_type, source, region, payload::jsonb
-     FROM unnest($1::timestamptz[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[])
-          AS input(ts, event_id, event_type, source, region, payload)";
+/// The `mining_events` columns of a batch.
+struct EventColumns<'a> {
+    times: Vec<SystemTime>,
+    ids: Vec<&'a str>,
+    types: Vec<&'a str>,
+    sources: Vec<&'a str>,
+    regions: Vec<&'a str>,
+    payloads: Vec<&'a str>,
+}
 
-/// Inserts the events; returns the ids that were new, or None when all were.
-async fn insert_mining_events(
-    transaction: &mut Transaction<'_>,
+impl<'a> EventColumns<'a> {
+    fn new(batch: &'a [ParsedRecord]) -> EventColumns<'a> {
+        EventColumns {
+            times: batch.iter().map(|r| r.time).collect(),
+            ids: batch.iter().map(|r| r.event_id.as_str()).collect(),
+            types: batch.iter().map(|r| r.event.event_type()).collect(),
+            sources: batch.iter().map(|r| r.event.source.as_str()).collect(),
+            regions: batch.iter().map(|r| r.region.as_str()).collect(),
+            payloads: batch.iter().map(|r| r.payload.as_str()).collect(),
+        }
+    }
+}
+
+/// COPYs the events; false when one was already stored.
+async fn copy_mining_events(
+    transaction: &Transaction<'_>,
     batch: &[ParsedRecord],
-) -> Result<Option<HashSet<String>>, CollectorError> {
-    let times: Vec<SystemTime> = batch.iter().map(|r| r.time).collect();
-    let ids: Vec<&str> = batch.iter().map(|r| r.event_id.as_str()).collect();
-    let types: Vec<&str> = batch.iter().map(|r| r.event.event_type()).collect();
-    let sources: Vec<&str> = batch.iter().map(|r| r.event.source.as_str()).collect();
-    let regions: Vec<&str> = batch.iter().map(|r| r.region.as_str()).collect();
-    let payloads: Vec<&str> = batch.iter().map(|r| r.payload.as_str()).collect();
-    let jsonb: Vec<JsonbText<'_>> = payloads.iter().map(|payload| JsonbText(payload)).collect();
+) -> Result<bool, CollectorError> {
+    let columns = EventColumns::new(batch);
+    let jsonb: Vec<JsonbText<'_>> = columns.payloads.iter().map(|p| JsonbText(p)).collect();
     let rows = (0..batch.len()).map(|i| -> Vec<&(dyn ToSql + Sync)> {
         vec![
-            &times[i],
-            &ids[i],
-            &types[i],
-            &sources[i],
-            &regions[i],
+            &columns.times[i],
+            &columns.ids[i],
+            &columns.types[i],
+            &columns.sources[i],
+            &columns.regions[i],
             &jsonb[i],
         ]
     });
-    if try_copy(
+    try_copy(
         transaction,
         "COPY mining_events (ts, event_id, event_type, source, region, payload)
          FROM STDIN (FORMAT binary)",
@@ -399,96 +436,114 @@ async fn insert_mining_events(
         rows,
         "copying mining_events",
     )
-    .await?
-    {
-        return Ok(None);
-    }
-    let params: [&(dyn ToSql + Sync); 6] = [&times, &ids, &types, &sources, &regions, &payloads];
-    let rows = transaction
-        .query(
-            &format!("{INSERT_EVENTS} ON CONFLICT DO NOTHING RETURNING event_id"),
-            &params,
-        )
-        .await
-        .map_err(CollectorError::pg("inserting mining_events"))?;
-    Ok(Some(
-        rows.iter().map(|row| row.get::<_, String>(0)).collect(),
-    ))
+    .await
 }
 
-const INSERT_SHARES: &str =
-    "INSERT INTO shares (time, btc_address, worker_name, difficulty, share_diff, is_valid,
-                         is_block, ip_address, source, region, event_id, reject_reason)
-     SELECT time, btc_address, worker_name, difficulty, share_diff, is_valid,
-            false, ip_address, source, region, event_id, reject_reason
-     FROM unnest($1::timestamptz[], $2::text[], $3::text[], $4::float8[], $5::float8[],
-                 $6::bool[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[])
-          AS input(time, btc_address, worker_name, difficulty, share_diff, is_valid,
-                   ip_address, source, region, event_id, reject_reason)";
+const INSERT_EVENTS: &str =
+    "INSERT INTO mining_events (ts, event_id, event_type, source, region, payload)
+     SELECT ts, event_id, event_type, source, region, payload::jsonb
+     FROM unnest($1::timestamptz[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[])
+          AS input(ts, event_id, event_type, source, region, payload)
+     ON CONFLICT DO NOTHING RETURNING event_id";
 
-async fn insert_shares(
-    transaction: &mut Transaction<'_>,
-    records: &[&ParsedRecord],
-) -> Result<(), CollectorError> {
-    let mut times = Vec::new();
-    let mut addresses = Vec::new();
-    let mut workers = Vec::new();
-    let mut difficulties = Vec::new();
-    let mut share_diffs = Vec::new();
-    let mut valid = Vec::new();
-    let mut ips = Vec::new();
-    let mut sources = Vec::new();
-    let mut regions = Vec::new();
-    let mut ids = Vec::new();
-    let mut reasons = Vec::new();
-    for record in records {
-        if let EventData::ShareSubmitted {
-            user,
-            worker,
-            diff,
-            sdiff,
-            accepted,
-            reject_reason,
-            ip,
-            ..
-        } = &record.event.data
-        {
-            times.push(record.time);
-            addresses.push(user.as_str());
-            workers.push(worker.as_str());
-            difficulties.push(finite(*diff));
-            share_diffs.push(finite(*sdiff));
-            valid.push(*accepted);
-            ips.push(ip.as_str());
-            sources.push(record.event.source.as_str());
-            regions.push(record.region.as_str());
-            ids.push(record.event_id.as_str());
-            reasons.push(reject_reason.as_deref());
+/// Inserts the events not stored yet; returns their ids.
+async fn insert_mining_events(
+    transaction: &Transaction<'_>,
+    batch: &[ParsedRecord],
+) -> Result<HashSet<String>, CollectorError> {
+    let c = EventColumns::new(batch);
+    let params: [&(dyn ToSql + Sync); 6] = [
+        &c.times,
+        &c.ids,
+        &c.types,
+        &c.sources,
+        &c.regions,
+        &c.payloads,
+    ];
+    let rows = transaction
+        .query(INSERT_EVENTS, &params)
+        .await
+        .map_err(CollectorError::pg("inserting mining_events"))?;
+    Ok(rows.iter().map(|row| row.get::<_, String>(0)).collect())
+}
+
+/// The `shares` columns of the share events among `records`.
+#[derive(Default)]
+struct ShareColumns<'a> {
+    times: Vec<SystemTime>,
+    addresses: Vec<&'a str>,
+    workers: Vec<&'a str>,
+    difficulties: Vec<Option<f64>>,
+    share_diffs: Vec<Option<f64>>,
+    valid: Vec<bool>,
+    ips: Vec<&'a str>,
+    sources: Vec<&'a str>,
+    regions: Vec<&'a str>,
+    ids: Vec<&'a str>,
+    reasons: Vec<Option<&'a str>>,
+}
+
+impl<'a> ShareColumns<'a> {
+    fn new(records: &[&'a ParsedRecord]) -> ShareColumns<'a> {
+        let mut c = ShareColumns::default();
+        for record in records {
+            if let EventData::ShareSubmitted {
+                user,
+                worker,
+                diff,
+                sdiff,
+                accepted,
+                reject_reason,
+                ip,
+                ..
+            } = &record.event.data
+            {
+                c.times.push(record.time);
+                c.addresses.push(user.as_str());
+                c.workers.push(worker.as_str());
+                c.difficulties.push(finite(*diff));
+                c.share_diffs.push(finite(*sdiff));
+                c.valid.push(*accepted);
+                c.ips.push(ip.as_str());
+                c.sources.push(record.event.source.as_str());
+                c.regions.push(record.region.as_str());
+                c.ids.push(record.event_id.as_str());
+                c.reasons.push(reject_reason.as_deref());
+            }
         }
+        c
     }
-    if times.is_empty() {
-        return Ok(());
+}
+
+/// COPYs the share rows; false when one was already stored (a share row
+/// outlives its mining_events row, 90 vs 30 days, so a replay of an old
+/// event may meet it).
+async fn copy_shares(
+    transaction: &Transaction<'_>,
+    records: &[&ParsedRecord],
+) -> Result<bool, CollectorError> {
+    let c = ShareColumns::new(records);
+    if c.times.is_empty() {
+        return Ok(true);
     }
     const IS_BLOCK: bool = false;
-    let rows = (0..times.len()).map(|i| -> Vec<&(dyn ToSql + Sync)> {
+    let rows = (0..c.times.len()).map(|i| -> Vec<&(dyn ToSql + Sync)> {
         vec![
-            &times[i],
-            &addresses[i],
-            &workers[i],
-            &difficulties[i],
-            &share_diffs[i],
-            &valid[i],
+            &c.times[i],
+            &c.addresses[i],
+            &c.workers[i],
+            &c.difficulties[i],
+            &c.share_diffs[i],
+            &c.valid[i],
             &IS_BLOCK,
-            &ips[i],
-            &sources[i],
-            &regions[i],
-            &ids[i],
-            &reasons[i],
+            &c.ips[i],
+            &c.sources[i],
+            &c.regions[i],
+            &c.ids[i],
+            &c.reasons[i],
         ]
     });
-    // A share row can outlive its mining_events row (90 vs 30 days), so a
-    // replay of an old event may meet it.
-    if try_copy(
+    try_copy(
         transaction,
         "COPY shares (time, btc_address, worker_name, difficulty, share_diff, is_valid,
                       is_block, ip_address, source, region, event_id, reject_reason)
@@ -510,25 +565,44 @@ async fn insert_shares(
         rows,
         "copying shares",
     )
-    .await?
-    {
+    .await
+}
+
+const INSERT_SHARES: &str =
+    "INSERT INTO shares (time, btc_address, worker_name, difficulty, share_diff, is_valid,
+                         is_block, ip_address, source, region, event_id, reject_reason)
+     SELECT time, btc_address, worker_name, difficulty, share_diff, is_valid,
+            false, ip_address, source, region, event_id, reject_reason
+     FROM unnest($1::timestamptz[], $2::text[], $3::text[], $4::float8[], $5::float8[],
+                 $6::bool[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[])
+          AS input(time, btc_address, worker_name, difficulty, share_diff, is_valid,
+                   ip_address, source, region, event_id, reject_reason)
+     ON CONFLICT DO NOTHING";
+
+/// Inserts the share rows not stored yet.
+async fn insert_shares(
+    transaction: &Transaction<'_>,
+    records: &[&ParsedRecord],
+) -> Result<(), CollectorError> {
+    let c = ShareColumns::new(records);
+    if c.times.is_empty() {
         return Ok(());
     }
     let params: [&(dyn ToSql + Sync); 11] = [
-        &times,
-        &addresses,
-        &workers,
-        &difficulties,
-        &share_diffs,
-        &valid,
-        &ips,
-        &sources,
-        &regions,
-        &ids,
-        &reasons,
+        &c.times,
+        &c.addresses,
+        &c.workers,
+        &c.difficulties,
+        &c.share_diffs,
+        &c.valid,
+        &c.ips,
+        &c.sources,
+        &c.regions,
+        &c.ids,
+        &c.reasons,
     ];
     transaction
-        .execute(&format!("{INSERT_SHARES} ON CONFLICT DO NOTHING"), &params)
+        .execute(INSERT_SHARES, &params)
         .await
         .map_err(CollectorError::pg("inserting shares"))?;
     Ok(())
@@ -574,6 +648,34 @@ async fn insert_blocks(
                 )
                 .await
                 .map_err(CollectorError::pg("inserting blocks"))?;
+        }
+    }
+    Ok(())
+}
+
+/// Stores the nodes' answer (`block_submitted`) on the block's row:
+/// `confirmed` = a node took it. The latest answer by event time wins, so
+/// replaying an older answer changes nothing.
+async fn record_block_submissions(
+    transaction: &Transaction<'_>,
+    records: &[ParsedRecord],
+) -> Result<(), CollectorError> {
+    for record in records {
+        if let EventData::BlockSubmitted {
+            hash,
+            accepted,
+            answers,
+            ..
+        } = &record.event.data
+        {
+            transaction
+                .execute(
+                    "UPDATE blocks SET confirmed = $2, submitted_at = $3, node_answers = $4
+                     WHERE block_hash = $1 AND (submitted_at IS NULL OR submitted_at <= $3)",
+                    &[hash, accepted, &record.time, answers],
+                )
+                .await
+                .map_err(CollectorError::pg("recording a block submission"))?;
         }
     }
     Ok(())
@@ -729,25 +831,8 @@ async fn upsert_aggregates(
         }
     }
 
-    upsert_users(transaction, &users).await?;
-    upsert_workers(transaction, &workers).await?;
-    upsert_buckets(
-        transaction,
-        &weekly,
-        "INSERT INTO weekly_best_diff (btc_address, week_start, best_difficulty, total_shares)
-         SELECT address, (bucket AT TIME ZONE 'UTC')::date, best, count
-         FROM unnest($1::text[], $2::timestamptz[], $3::int8[], $4::int8[], $5::int8[], $6::float8[], $7::float8[])
-              AS input(address, bucket, count, accepted, rejected, best, sum)
-         ON CONFLICT (btc_address, week_start) DO UPDATE SET
-             best_difficulty = GREATEST(weekly_best_diff.best_difficulty, EXCLUDED.best_difficulty),
-             total_shares = weekly_best_diff.total_shares + EXCLUDED.total_shares",
-    )
-    .await?;
-    for (table, bucket_column, bucket_expr) in [
-        ("hourly_shares", "bucket", "bucket"),
-        ("daily_shares", "day", "(bucket AT TIME ZONE 'UTC')::date"),
-    ] {
-        let sql = format!(
+    let bucket_sql = |table: &str, bucket_column: &str, bucket_expr: &str| {
+        format!(
             "INSERT INTO {table} (btc_address, {bucket_column}, share_count, accepted, rejected,
                                   best_share_diff, sum_share_diff)
              SELECT address, {bucket_expr}, count, accepted, rejected, best, sum
@@ -759,14 +844,28 @@ async fn upsert_aggregates(
                  rejected = {table}.rejected + EXCLUDED.rejected,
                  best_share_diff = GREATEST({table}.best_share_diff, EXCLUDED.best_share_diff),
                  sum_share_diff = {table}.sum_share_diff + EXCLUDED.sum_share_diff"
-        );
-        let buckets = if table == "hourly_shares" {
-            &hourly
-        } else {
-            &daily
-        };
-        upsert_buckets(transaction, buckets, &sql).await?;
-    }
+        )
+    };
+    let hourly_sql = bucket_sql("hourly_shares", "bucket", "bucket");
+    let daily_sql = bucket_sql("daily_shares", "day", "(bucket AT TIME ZONE 'UTC')::date");
+    // Different tables: sent together, in one round trip.
+    futures::try_join!(
+        upsert_users(transaction, &users),
+        upsert_workers(transaction, &workers),
+        upsert_buckets(
+            transaction,
+            &weekly,
+            "INSERT INTO weekly_best_diff (btc_address, week_start, best_difficulty, total_shares)
+             SELECT address, (bucket AT TIME ZONE 'UTC')::date, best, count
+             FROM unnest($1::text[], $2::timestamptz[], $3::int8[], $4::int8[], $5::int8[], $6::float8[], $7::float8[])
+                  AS input(address, bucket, count, accepted, rejected, best, sum)
+             ON CONFLICT (btc_address, week_start) DO UPDATE SET
+                 best_difficulty = GREATEST(weekly_best_diff.best_difficulty, EXCLUDED.best_difficulty),
+                 total_shares = weekly_best_diff.total_shares + EXCLUDED.total_shares",
+        ),
+        upsert_buckets(transaction, &hourly, &hourly_sql),
+        upsert_buckets(transaction, &daily, &daily_sql),
+    )?;
     Ok(())
 }
 
@@ -883,7 +982,8 @@ async fn upsert_workers(
             "UPDATE workers SET is_online = input.w_online
              FROM unnest($1::text[], $2::text[], $3::bool[]) AS input(w_user, w_name, w_online)
              WHERE workers.\"user\" = input.w_user AND workers.worker_name = input.w_name
-               AND input.w_online IS NOT NULL",
+               AND input.w_online IS NOT NULL
+               AND workers.is_online IS DISTINCT FROM input.w_online",
             &[&users, &names, &online],
         )
         .await

@@ -117,7 +117,7 @@ impl RedisWriter {
                 .arg(&record.event.source)
                 .arg(&record.region)
                 .arg(&record.event_id)
-                .arg(&record.data_json)
+                .arg(record.data_json())
                 .arg(block_message);
         }
         invocation.arg(cursor);

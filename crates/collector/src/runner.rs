@@ -11,7 +11,7 @@ use tokio::task::JoinHandle;
 use crate::parse::parse_record;
 use crate::postgres::PostgresWriter;
 use crate::redis_sink::RedisWriter;
-use crate::{postgres, redis_sink, CollectorError, EventSource, ParsedRecord, Record};
+use crate::{postgres, redis_sink, CollectorError, EventSource, JournalRecord, ParsedRecord};
 
 /// How batches are formed.
 #[derive(Debug, Clone)]
@@ -428,18 +428,18 @@ fn read_chunk(
         Err(error) => return Err(error),
     };
     chunk.rows = records.len();
-    chunk.parsed.reserve(records.len());
-    for record in &records {
-        match parse_record(record) {
-            Ok(event) => chunk.parsed.push(event),
-            Err(reason) => {
-                chunk.unparsable += 1;
-                tracing::error!(sink, seq = record.seq, event_id = %record.event_id, %reason, "skipping a journal record that does not parse");
-            }
-        }
-    }
     if let Some(last) = records.last() {
         chunk.through = chunk.through.max(last.seq);
+    }
+    chunk.parsed.reserve(records.len());
+    for record in records {
+        match parse_record(record) {
+            Ok(event) => chunk.parsed.push(event),
+            Err(refused) => {
+                chunk.unparsable += 1;
+                tracing::error!(sink, seq = refused.seq, event_id = %refused.event_id, reason = %refused.reason, "skipping a journal record that does not parse");
+            }
+        }
     }
     Ok(chunk)
 }
@@ -453,8 +453,8 @@ fn salvage(
     limit: usize,
     first_error: CollectorError,
     chunk: &mut Chunk,
-) -> Result<Vec<Record>, CollectorError> {
-    let mut records: Vec<Record> = Vec::new();
+) -> Result<Vec<JournalRecord>, CollectorError> {
+    let mut records: Vec<JournalRecord> = Vec::new();
     let mut position = after;
     let mut error = first_error;
     while records.len() < limit {
@@ -890,7 +890,11 @@ mod tests {
     }
 
     impl EventSource for DamagedSource {
-        fn read_after(&self, after: u64, limit: usize) -> Result<Vec<Record>, CollectorError> {
+        fn read_after(
+            &self,
+            after: u64,
+            limit: usize,
+        ) -> Result<Vec<JournalRecord>, CollectorError> {
             let end = after.saturating_add(limit as u64).min(self.last);
             if self.damaged.contains(&after)
                 || (after + 1..=end).any(|seq| self.damaged.contains(&seq))
@@ -901,7 +905,7 @@ mod tests {
                 });
             }
             Ok((after + 1..=end)
-                .map(|seq| Record {
+                .map(|seq| JournalRecord {
                     seq,
                     event_id: format!("id-{seq}"),
                     ts: 1.0,

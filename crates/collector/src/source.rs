@@ -7,27 +7,14 @@ use parking_lot::RwLock;
 
 use crate::CollectorError;
 
-/// One journal row (mirrors `tbg_journal::JournalRecord`).
-#[derive(Debug, Clone, PartialEq)]
-pub struct Record {
-    /// 1, 2, 3, ... in journal order; cursors are seqs.
-    pub seq: u64,
-    pub event_id: String,
-    /// Event time, unix seconds.
-    pub ts: f64,
-    pub event_type: String,
-    pub region: String,
-    /// Redis stream entry id "<ms>-<seq>", strictly increasing with seq.
-    pub stream_id: String,
-    /// The whole event as JSON (`Event::to_json`).
-    pub payload: String,
-}
+/// One journal row: the journal's own type, so the two cannot drift apart.
+pub use tbg_journal::JournalRecord;
 
 /// A journal, read from blocking code (the collector calls it on the
 /// blocking thread pool).
 pub trait EventSource: Send + Sync + 'static {
     /// Records with seq > `after`, in seq order, at most `limit`.
-    fn read_after(&self, after: u64, limit: usize) -> Result<Vec<Record>, CollectorError>;
+    fn read_after(&self, after: u64, limit: usize) -> Result<Vec<JournalRecord>, CollectorError>;
     /// Highest seq written, 0 when empty.
     fn last_seq(&self) -> Result<u64, CollectorError>;
     /// Last seq whose event time is before `ts` (0 when none).
@@ -39,7 +26,7 @@ pub trait EventSource: Send + Sync + 'static {
 /// An in-memory journal for tests and benchmarks.
 #[derive(Debug, Default)]
 pub struct MemorySource {
-    records: RwLock<BTreeMap<u64, Record>>,
+    records: RwLock<BTreeMap<u64, JournalRecord>>,
 }
 
 impl MemorySource {
@@ -48,7 +35,7 @@ impl MemorySource {
     }
 
     /// Appends records; their seqs must be above every seq already held.
-    pub fn push(&self, records: impl IntoIterator<Item = Record>) {
+    pub fn push(&self, records: impl IntoIterator<Item = JournalRecord>) {
         let mut held = self.records.write();
         for record in records {
             held.insert(record.seq, record);
@@ -57,7 +44,7 @@ impl MemorySource {
 }
 
 impl EventSource for MemorySource {
-    fn read_after(&self, after: u64, limit: usize) -> Result<Vec<Record>, CollectorError> {
+    fn read_after(&self, after: u64, limit: usize) -> Result<Vec<JournalRecord>, CollectorError> {
         let held = self.records.read();
         Ok(held
             .range(after.saturating_add(1)..)
@@ -123,20 +110,6 @@ pub fn resolve_replay_from(source: &dyn EventSource, from: &str) -> Result<u64, 
     }
 }
 
-impl From<tbg_journal::JournalRecord> for Record {
-    fn from(record: tbg_journal::JournalRecord) -> Record {
-        Record {
-            seq: record.seq,
-            event_id: record.event_id,
-            ts: record.ts,
-            event_type: record.event_type,
-            region: record.region,
-            stream_id: record.stream_id,
-            payload: record.payload,
-        }
-    }
-}
-
 fn journal_error(error: tbg_journal::JournalError) -> CollectorError {
     match error {
         tbg_journal::JournalError::Corrupt {
@@ -156,10 +129,8 @@ fn journal_error(error: tbg_journal::JournalError) -> CollectorError {
 
 /// The pool's journal, opened read-only with `JournalReader::open`.
 impl EventSource for tbg_journal::JournalReader {
-    fn read_after(&self, after: u64, limit: usize) -> Result<Vec<Record>, CollectorError> {
-        let records =
-            tbg_journal::JournalReader::read_after(self, after, limit).map_err(journal_error)?;
-        Ok(records.into_iter().map(Record::from).collect())
+    fn read_after(&self, after: u64, limit: usize) -> Result<Vec<JournalRecord>, CollectorError> {
+        tbg_journal::JournalReader::read_after(self, after, limit).map_err(journal_error)
     }
 
     fn last_seq(&self) -> Result<u64, CollectorError> {

@@ -13,7 +13,7 @@ use futures::StreamExt;
 use tbg_collector::migrations::{self, Migration, MIGRATIONS};
 use tbg_collector::{
     resolve_replay_from, BackoffConfig, BatchConfig, Collector, CollectorConfig, CollectorError,
-    EventSource, MemorySource, PostgresConfig, Record, RedisConfig, SinkKind,
+    EventSource, JournalRecord, MemorySource, PostgresConfig, RedisConfig, SinkKind,
 };
 use tbg_events::{EventData, EVENT_TYPES};
 
@@ -103,7 +103,14 @@ async fn migrations_apply_on_an_empty_database_once() {
     assert_eq!(pending.len(), MIGRATIONS.len());
     let applied = migrations::apply_migrations(&mut client).await.unwrap();
     let names: Vec<&str> = applied.iter().map(|m| m.name).collect();
-    assert_eq!(names, ["001_core_tables.sql", "002_time_series.sql"]);
+    assert_eq!(
+        names,
+        [
+            "001_core_tables.sql",
+            "002_time_series.sql",
+            "003_lighter_event_index_block_submission.sql"
+        ]
+    );
     assert!(migrations::pending_migrations(&client)
         .await
         .unwrap()
@@ -116,7 +123,27 @@ async fn migrations_apply_on_an_empty_database_once() {
         .is_empty());
     assert_eq!(
         count(&client, "SELECT COUNT(*) FROM schema_migrations").await,
-        2
+        3
+    );
+    // 003 swapped the (event_type, ts) btree for a BRIN index on ts.
+    let event_indexes: Vec<String> = client
+        .query(
+            "SELECT indexname FROM pg_indexes WHERE tablename = 'mining_events' ORDER BY 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert!(
+        event_indexes
+            .iter()
+            .any(|name| name == "mining_events_ts_brin")
+            && !event_indexes
+                .iter()
+                .any(|name| name == "mining_events_type_ts"),
+        "{event_indexes:?}"
     );
     let checksum: String = client
         .query_one(
@@ -173,21 +200,22 @@ async fn a_changed_applied_migration_is_refused_by_name() {
     assert!(dry_run.to_string().contains("001_core_tables.sql"));
     // A new migration shows in the dry run and is not applied by it.
     altered[0] = MIGRATIONS[0];
+    let next_version = MIGRATIONS.len() as i32 + 1;
     altered.push(Migration {
-        version: 3,
-        name: "003_extra.sql",
+        version: next_version,
+        name: "999_extra.sql",
         sql: "CREATE TABLE extra (x int);",
     });
     let pending = migrations::pending_of(&client, &altered).await.unwrap();
     assert_eq!(pending.len(), 1);
-    assert_eq!(pending[0].name, "003_extra.sql");
+    assert_eq!(pending[0].name, "999_extra.sql");
     assert_eq!(
         count(&client, "SELECT COUNT(*) FROM schema_migrations").await,
-        2
+        MIGRATIONS.len() as i64
     );
 }
 
-fn mixed_records(maker: &mut RecordMaker, start: f64) -> Vec<Record> {
+fn mixed_records(maker: &mut RecordMaker, start: f64) -> Vec<JournalRecord> {
     let alice = "bc1qalice";
     let bob = "bc1qbob";
     let mut records = vec![
@@ -462,7 +490,7 @@ async fn outage_scenario(stop_postgres: bool) {
     let start = now() - 100.0;
     let mut journal_ids = Vec::new();
     let mut feed = |source: &MemorySource, count: usize| {
-        let records: Vec<Record> = (0..count)
+        let records: Vec<JournalRecord> = (0..count)
             .map(|i| {
                 let user = format!("bc1quser{}", i % 7);
                 maker.record(
@@ -558,7 +586,7 @@ async fn redis_outage_postgres_keeps_going_and_redis_is_rebuilt() {
 async fn replay_from_resolves_times_and_event_ids() {
     let source = MemorySource::new();
     let mut maker = RecordMaker::new();
-    let records: Vec<Record> = (0..10)
+    let records: Vec<JournalRecord> = (0..10)
         .map(|i| maker.record(share("bc1qa", "w", 1.0, true), 1_700_000_000.0 + i as f64))
         .collect();
     source.push(records.clone());
@@ -630,7 +658,7 @@ async fn events_from_the_real_journal_reach_both_stores_while_the_pool_writes() 
         for i in 0..count {
             let event = factory.make(share(&format!("bc1q{}", i % 5), "rig", 1.0, true));
             ids.insert(event.id.clone());
-            last = journal.append(&event);
+            last = journal.append(&event).expect("journal append");
         }
         last
     };
@@ -665,4 +693,119 @@ async fn events_from_the_real_journal_reach_both_stores_while_the_pool_writes() 
     // --from <event id> through the journal: that event and all later ones.
     let some_id = reader.read_after(99, 1).unwrap()[0].event_id.clone();
     assert_eq!(resolve_replay_from(reader.as_ref(), &some_id).unwrap(), 99);
+}
+
+fn block_found(maker: &mut RecordMaker, height: u64, hash: &str, ts: f64) -> JournalRecord {
+    maker.record(
+        EventData::BlockFound {
+            user: "bc1qalice".into(),
+            worker: "rig1".into(),
+            height,
+            hash: hash.into(),
+            diff: 1e12,
+            network_diff: 8e11,
+            reward_sats: 312_500_000,
+            coinbase_sig: "/tbg/".into(),
+        },
+        ts,
+    )
+}
+
+fn block_submitted(
+    maker: &mut RecordMaker,
+    height: u64,
+    hash: &str,
+    accepted: bool,
+    answer: &str,
+    ts: f64,
+) -> JournalRecord {
+    maker.record(
+        EventData::BlockSubmitted {
+            user: "bc1qalice".into(),
+            worker: "rig1".into(),
+            height,
+            hash: hash.into(),
+            accepted,
+            answers: vec![format!("http://127.0.0.1:18443: {answer}")],
+        },
+        ts,
+    )
+}
+
+/// (confirmed, answers, answered) of the block with `hash`.
+async fn block_state(
+    client: &tokio_postgres::Client,
+    hash: &str,
+) -> (bool, Option<Vec<String>>, bool) {
+    let row = client
+        .query_one(
+            "SELECT confirmed, node_answers, submitted_at IS NOT NULL FROM blocks
+             WHERE block_hash = $1",
+            &[&hash],
+        )
+        .await
+        .expect("the block's row");
+    (row.get(0), row.get(1), row.get(2))
+}
+
+#[tokio::test]
+async fn block_submitted_marks_the_block_row_and_a_replayed_older_answer_changes_nothing() {
+    let pg = PgServer::start();
+    let source = Arc::new(MemorySource::new());
+    let mut maker = RecordMaker::new();
+    let start = now() - 60.0;
+    let found = [
+        block_found(&mut maker, 100, "00aa", start),
+        block_found(&mut maker, 101, "00bb", start + 1.0),
+    ];
+    source.push(found.clone());
+    let collector = Collector::start(config(Some(&pg), None), source.clone());
+    wait_for_cursor(&collector, SinkKind::Postgres, 2).await;
+    let client = pg_client(&pg).await;
+    assert_eq!(block_state(&client, "00aa").await, (false, None, false));
+
+    let answers = [
+        block_submitted(&mut maker, 100, "00aa", true, "null", start + 2.0),
+        block_submitted(&mut maker, 101, "00bb", false, "rejected", start + 3.0),
+    ];
+    source.push(answers.clone());
+    wait_for_cursor(&collector, SinkKind::Postgres, 4).await;
+    assert_eq!(
+        block_state(&client, "00aa").await,
+        (
+            true,
+            Some(vec!["http://127.0.0.1:18443: null".into()]),
+            true
+        )
+    );
+    assert_eq!(
+        block_state(&client, "00bb").await,
+        (
+            false,
+            Some(vec!["http://127.0.0.1:18443: rejected".into()]),
+            true
+        )
+    );
+    // A later submission of the same block is taken.
+    let resubmitted = block_submitted(&mut maker, 101, "00bb", true, "duplicate", start + 4.0);
+    source.push([resubmitted]);
+    wait_for_cursor(&collector, SinkKind::Postgres, 5).await;
+    let accepted_bb = (
+        true,
+        Some(vec!["http://127.0.0.1:18443: duplicate".into()]),
+        true,
+    );
+    assert_eq!(block_state(&client, "00bb").await, accepted_bb);
+    collector.shutdown().await;
+
+    // Replaying the older, rejected answer alone (a journal holding seqs
+    // 1-4) leaves the later answer in place; the rows are not duplicated.
+    let older_journal = Arc::new(MemorySource::new());
+    older_journal.push(found.into_iter().chain(answers));
+    let collector = Collector::start(config(Some(&pg), None), older_journal);
+    collector.replay_from(3);
+    wait_for_cursor(&collector, SinkKind::Postgres, 4).await;
+    collector.shutdown().await;
+    assert_eq!(block_state(&client, "00bb").await, accepted_bb);
+    assert_eq!(count(&client, "SELECT COUNT(*) FROM blocks").await, 2);
 }

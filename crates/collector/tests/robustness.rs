@@ -73,7 +73,9 @@ async fn a_journal_damaged_in_the_middle_is_skipped_with_its_position_and_the_re
     let factory = tbg_events::EventFactory::new("eu", "hosted");
     let mut last = 0;
     for i in 0..2_000 {
-        last = journal.append(&factory.make(share(&format!("bc1q{}", i % 7), "rig", 1.0, true)));
+        last = journal
+            .append(&factory.make(share(&format!("bc1q{}", i % 7), "rig", 1.0, true)))
+            .expect("journal append");
     }
     journal.wait_durable(last).await.unwrap();
     journal.close().await.unwrap();

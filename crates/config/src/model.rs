@@ -300,9 +300,11 @@ impl Default for MetricsSection {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum JournalDurability {
-    /// Survives a crash of the pool process (SQLite synchronous=NORMAL).
+    /// Survives a crash of the pool process: durable once copied into the
+    /// staging ring (SQLite synchronous=NORMAL behind it).
     ProcessCrash,
-    /// Also survives a power loss (fsync on every commit; slower).
+    /// Also survives a power loss (the reply waits for the SQLite commit,
+    /// fsynced; slower).
     PowerLoss,
 }
 
@@ -319,6 +321,9 @@ pub struct JournalSection {
     pub retention_days: u64,
     /// The oldest events are deleted while the file is larger than this.
     pub retention_max_mb: u64,
+    /// Size of the staging ring next to the SQLite file (`<path>.stage`,
+    /// preallocated): how much may wait for SQLite before shares are refused.
+    pub stage_mb: u64,
 }
 
 impl Default for JournalSection {
@@ -329,6 +334,7 @@ impl Default for JournalSection {
             durability: JournalDurability::ProcessCrash,
             retention_days: 7,
             retention_max_mb: 10 * 1024,
+            stage_mb: 64,
         }
     }
 }

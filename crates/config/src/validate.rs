@@ -80,6 +80,13 @@ impl Config {
                 "must be at least 16",
             ));
         }
+        if journal.stage_mb == 0 || journal.stage_mb > 16 * 1024 {
+            return Err(ConfigError::new(
+                "journal.stage_mb",
+                journal.stage_mb,
+                "must be between 1 and 16384",
+            ));
+        }
         let collector = &self.collector;
         if collector.batch_max == 0 || collector.batch_max > 100_000 {
             return Err(ConfigError::new(

@@ -3,7 +3,7 @@
 //! may block (disk I/O, script validation, nonce grinding); async callers go
 //! through `spawn_blocking`.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -119,7 +119,55 @@ pub(crate) struct NodeCore {
     mempool_sequence: std::sync::atomic::AtomicU64,
     /// Receives every new tip hash (ZMQ hashblock), if someone listens.
     tip_listener: Mutex<Option<tokio::sync::mpsc::Sender<BlockHash>>>,
+    headers: HeaderCache,
     _temp_dir: Option<tempfile::TempDir>,
+}
+
+/// Headers of block-tree entries, read from the kernel once per block.
+///
+/// bitcoinkernel 0.3.2's `BlockTreeEntry::header()` wraps the header the C
+/// API hands over (a fresh allocation the caller must destroy) in a
+/// non-owning reference, so every call leaks ~80 bytes. The node asks for tip
+/// headers on every RPC (median time past walks 11 of them): an hour-long
+/// soak grew by megabytes. Caching bounds the leak to one header per block,
+/// which the cache would hold anyway.
+#[derive(Default)]
+struct HeaderCache(Mutex<HashMap<BlockHash, Header>>);
+
+impl HeaderCache {
+    fn header(&self, entry: &BlockTreeEntry<'_>) -> Result<Header, DevNodeError> {
+        let hash = entry_hash(entry);
+        if let Some(header) = self.0.lock().get(&hash) {
+            return Ok(*header);
+        }
+        let bytes = entry
+            .header()
+            .consensus_encode()
+            .map_err(|error| DevNodeError::Kernel(format!("encoding header: {error}")))?;
+        let header: Header = bitcoin::consensus::deserialize(&bytes)
+            .map_err(|error| DevNodeError::Kernel(format!("decoding header: {error}")))?;
+        self.0.lock().insert(hash, header);
+        Ok(header)
+    }
+
+    fn time(&self, entry: &BlockTreeEntry<'_>) -> u32 {
+        self.header(entry).map_or(0, |header| header.time)
+    }
+
+    /// Median of the timestamps of `entry` and its ten predecessors.
+    fn median_time_past(&self, entry: &BlockTreeEntry<'_>) -> u32 {
+        let mut times = Vec::with_capacity(11);
+        let mut current = Some(*entry);
+        while let Some(block) = current {
+            if times.len() == 11 {
+                break;
+            }
+            times.push(self.time(&block));
+            current = block.prev();
+        }
+        times.sort_unstable();
+        times.get(times.len() / 2).copied().unwrap_or(0)
+    }
 }
 
 impl NodeCore {
@@ -178,6 +226,7 @@ impl NodeCore {
             blocks_dir,
             mempool_sequence: std::sync::atomic::AtomicU64::new(0),
             tip_listener: Mutex::new(None),
+            headers: HeaderCache::default(),
             _temp_dir: temp_dir,
         };
         {
@@ -371,7 +420,7 @@ impl NodeCore {
         if block.header.bits.to_consensus() != REGTEST_BITS {
             return "bad-diffbits".to_string();
         }
-        if block.header.time <= median_time_past(&previous) {
+        if block.header.time <= self.headers.median_time_past(&previous) {
             return "time-too-old".to_string();
         }
         let expected_height = u64::try_from(previous.height()).unwrap_or(0) + 1;
@@ -467,8 +516,8 @@ impl NodeCore {
             height: u32::try_from(entry.height())
                 .map_err(|_| DevNodeError::Kernel("negative tip height".to_string()))?,
             hash: entry_hash(&entry),
-            header: entry_header(&entry)?,
-            median_time_past: median_time_past(&entry),
+            header: self.headers.header(&entry)?,
+            median_time_past: self.headers.median_time_past(&entry),
             chain_work: chain_work(&entry),
         })
     }
@@ -508,7 +557,7 @@ impl NodeCore {
         Ok(Some(StoredBlock {
             block,
             height,
-            median_time_past: median_time_past(&entry),
+            median_time_past: self.headers.median_time_past(&entry),
             chain_work: chain_work(&entry),
             active_tip_height,
             next_block_hash,
@@ -535,7 +584,7 @@ impl NodeCore {
         let Some(start) = tip.ancestor(tip_height.saturating_sub(span as i32).max(0)) else {
             return 0.0;
         };
-        let seconds = f64::from(entry_time(&tip)) - f64::from(entry_time(&start));
+        let seconds = f64::from(self.headers.time(&tip)) - f64::from(self.headers.time(&start));
         if seconds <= 0.0 {
             return 0.0;
         }
@@ -682,34 +731,6 @@ fn kernel_hash(hash: &BlockHash) -> bitcoinkernel::BlockHash {
 
 fn entry_hash(entry: &BlockTreeEntry<'_>) -> BlockHash {
     BlockHash::from_byte_array(entry.block_hash().to_bytes())
-}
-
-fn entry_time(entry: &BlockTreeEntry<'_>) -> u32 {
-    entry.header().timestamp()
-}
-
-fn entry_header(entry: &BlockTreeEntry<'_>) -> Result<Header, DevNodeError> {
-    let bytes = entry
-        .header()
-        .consensus_encode()
-        .map_err(|error| DevNodeError::Kernel(format!("encoding header: {error}")))?;
-    bitcoin::consensus::deserialize(&bytes)
-        .map_err(|error| DevNodeError::Kernel(format!("decoding header: {error}")))
-}
-
-/// Median of the timestamps of `entry` and its ten predecessors.
-fn median_time_past(entry: &BlockTreeEntry<'_>) -> u32 {
-    let mut times = Vec::with_capacity(11);
-    let mut current = Some(*entry);
-    while let Some(block) = current {
-        if times.len() == 11 {
-            break;
-        }
-        times.push(entry_time(&block));
-        current = block.prev();
-    }
-    times.sort_unstable();
-    times.get(times.len() / 2).copied().unwrap_or(0)
 }
 
 /// Total work up to `entry`; regtest has a constant target so every block

@@ -41,6 +41,21 @@ pub enum JournalError {
     BadRow { seq: u64, detail: String },
     #[error("seq {seq} was never appended (last appended seq is {last_appended})")]
     UnknownSeq { seq: u64, last_appended: u64 },
+    /// The stage ring has no room: SQLite has not kept up (disk full,
+    /// failing or too slow) for as long as the ring lasts. Nothing was
+    /// stored; appends succeed again once the writer commits and reclaims.
+    #[error("journal is full: the stage ring holds {used_bytes} of {capacity_bytes} bytes not yet in SQLite, no room for a {record_bytes}-byte event")]
+    Full {
+        capacity_bytes: u64,
+        used_bytes: u64,
+        record_bytes: u64,
+    },
+    /// The stage file cannot be created or written.
+    #[error("journal stage file {path}: {detail}")]
+    Stage { path: PathBuf, detail: String },
+    /// `append` after `close` (through another handle): nothing was stored.
+    #[error("journal is closed; the event was not journaled")]
+    AppendAfterClose,
     #[error("journal writer has stopped before seq {seq} was committed")]
     Closed { seq: u64 },
     #[error("journal {path}: {detail}")]

@@ -1,6 +1,8 @@
 //! The writer: a handle that queues, and one OS thread that commits.
 
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -11,6 +13,7 @@ use tokio::sync::{oneshot, watch};
 
 use crate::error::{classify, is_corruption, JournalError};
 use crate::schema::{self, Tip};
+use crate::stage::{self, RecoveryStop, Stage};
 use crate::{Durability, JournalConfig, RETENTION_INTERVAL};
 
 /// How long SQLite waits on a lock held by another connection (a reader's
@@ -19,6 +22,9 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Retry delays after a failed commit: doubling from the first to the last.
 const BACKOFF_FIRST: Duration = Duration::from_millis(10);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// With [`Durability::ProcessCrash`], the writer pauses this long after a
+/// commit: adds at most this to the collector's lag.
+const STAGED_LINGER: Duration = Duration::from_millis(2);
 /// On close, give up after this many consecutive failed commits.
 const CLOSE_ATTEMPTS: u32 = 5;
 /// Retention deletes at most this many rows per statement, so one pass never
@@ -40,10 +46,8 @@ pub struct JournalStats {
     pub last_appended_seq: u64,
     /// Every seq up to this one is durable.
     pub committed_seq: u64,
-    /// Appended but not yet committed. The queue has no hard cap: the pool
-    /// waits for durability before answering a miner, so the backlog is
-    /// bounded by the shares in flight; a growing backlog means the disk is
-    /// failing or too slow (see `errors`).
+    /// Appended but not yet committed to SQLite. Bounded by the stage ring:
+    /// when the ring is full, `append` refuses events (`rejected_full`).
     pub backlog: u64,
     /// Transactions committed.
     pub batches: u64,
@@ -68,21 +72,54 @@ pub struct JournalStats {
     /// read, so seqs restarted at 1: a reader's cursor beyond `last_seq`
     /// must be reset.
     pub seq_continuity_lost: bool,
+    /// The staging ring file (`<journal>.stage`).
+    pub stage_path: PathBuf,
+    /// Ring size in bytes.
+    pub stage_capacity_bytes: u64,
+    /// Ring bytes holding events not yet committed to SQLite.
+    pub stage_used_bytes: u64,
+    /// Every seq up to this one is in the stage file (durable against a
+    /// crash of the process).
+    pub staged_seq: u64,
+    /// Appends refused because the ring was full.
+    pub rejected_full: u64,
+    /// Appends refused because the stage file could not be written.
+    pub stage_write_errors: u64,
+    /// The last append was refused (ring full or write error) and no space
+    /// was reclaimed since: events are being lost; not ready.
+    pub stage_refusing: bool,
+    /// Events a previous process had staged but not committed, moved into
+    /// SQLite at open.
+    pub stage_recovered: u64,
+    /// Where recovery at open met a damaged record (the file offset and what
+    /// was wrong): the process died while writing it, so it was never
+    /// acknowledged. Records after it are not read.
+    pub stage_recovery_stopped_at: Option<(u64, String)>,
+    /// The stage file found at open was unusable (and replaced): why.
+    pub stage_ignored: Option<String>,
 }
 
 /// One queued event, serialized by the caller so the writer thread only writes.
-struct PendingRow {
-    seq: u64,
-    event_id: String,
-    ts: f64,
-    event_type: &'static str,
-    region: String,
-    payload: String,
+#[derive(Debug)]
+pub(crate) struct PendingRow {
+    pub(crate) seq: u64,
+    /// Ring position after this event's record: the tail once it is committed.
+    pub(crate) end: u64,
+    pub(crate) event_id: String,
+    pub(crate) ts: f64,
+    pub(crate) event_type: Cow<'static, str>,
+    pub(crate) region: String,
+    pub(crate) payload: String,
 }
 
 struct Queue {
+    /// Staged, not yet taken by the writer. Every row's record is in the
+    /// ring, so the ring's capacity bounds this.
     rows: Vec<PendingRow>,
     next_seq: u64,
+    /// Ring positions: records in [tail, head) are not yet in SQLite.
+    head: u64,
+    tail: u64,
     closing: bool,
     writer_stopped: bool,
     retention_requests: Vec<oneshot::Sender<Result<u64, String>>>,
@@ -91,6 +128,11 @@ struct Queue {
 
 struct Shared {
     queue: Mutex<Queue>,
+    stage: Stage,
+    durability: Durability,
+    /// Every seq up to this one is in the stage file. Stored under the
+    /// queue lock after the write, read without it.
+    staged_seq: AtomicU64,
     wake: Condvar,
     /// Wakes the checkpointer early when the writer stops.
     wake_checkpointer: Condvar,
@@ -130,15 +172,43 @@ impl Journal {
     /// Opens (or creates) the journal and starts its writer thread. A file
     /// that SQLite reports as corrupt or not a database is renamed to
     /// `<name>.corrupt-<unix time>` and a fresh journal started in its place.
+    ///
+    /// Events a previous process staged (`<journal>.stage`) but did not
+    /// commit are committed first; if that fails the open fails and the
+    /// stage file is left as it is, so nothing is lost.
     pub fn open(config: JournalConfig) -> Result<Journal, JournalError> {
         let mut stats = JournalStats::default();
-        let (db, tip) = WriterDb::open_or_replace(&config, &mut stats)?;
+        let stage_path = stage::stage_path(&config.path);
+        let stage_error = |detail| JournalError::Stage {
+            path: stage_path.clone(),
+            detail,
+        };
+        // Locked first: nothing of the journal is touched by a second writer.
+        let stage_file = stage::open_locked(&stage_path).map_err(stage_error)?;
+        let (mut db, mut tip) = WriterDb::open_or_replace(&config, &mut stats)?;
+        recover_staged(
+            &config,
+            &stage_path,
+            &stage_file,
+            &mut db,
+            &mut tip,
+            &mut stats,
+        )?;
+        let stage =
+            Stage::create(stage_file, &stage_path, config.stage_bytes).map_err(stage_error)?;
         let (committed_tx, committed_rx) = watch::channel(tip.last_seq);
         stats.committed_seq = tip.last_seq;
         stats.last_appended_seq = tip.last_seq;
+        stats.stage_path = stage_path;
+        stats.stage_capacity_bytes = stage.capacity();
         let shared = Arc::new(Shared {
+            stage,
+            durability: config.durability,
+            staged_seq: AtomicU64::new(tip.last_seq),
             queue: Mutex::new(Queue {
                 rows: Vec::new(),
+                head: 0,
+                tail: 0,
                 next_seq: tip.last_seq + 1,
                 closing: false,
                 writer_stopped: false,
@@ -173,53 +243,139 @@ impl Journal {
         })
     }
 
-    /// Queues an event and returns the seq it will be stored under. Never
-    /// blocks on I/O and never fails; durability is [`Journal::wait_durable`].
-    pub fn append(&self, event: &Event) -> u64 {
-        // Serialize outside the lock: callers run in parallel, the writer does not.
+    /// Stages an event and returns its seq. Never waits for SQLite: the
+    /// record is copied into the stage file (one `pwrite` into the page
+    /// cache) under the queue lock, so with [`Durability::ProcessCrash`] the
+    /// event is durable when this returns. Fails, storing nothing, when the
+    /// ring is full ([`JournalError::Full`]: SQLite is behind or failing),
+    /// the stage file cannot be written, or the journal is closed.
+    pub fn append(&self, event: &Event) -> Result<u64, JournalError> {
+        // Serialize and checksum outside the lock: callers run in parallel.
+        let shared = &self.inner.shared;
+        let payload = event.to_json();
+        let event_type = event.event_type();
+        let mut record = stage::encode(
+            shared.stage.generation(),
+            &event.id,
+            event.ts,
+            event_type,
+            &event.region,
+            &payload,
+        );
+        let record_bytes = record.len() as u64;
+        // The row too, so the lock is held only for placing and writing.
         let row = PendingRow {
             seq: 0,
+            end: 0,
             event_id: event.id.clone(),
             ts: event.ts,
-            event_type: event.event_type(),
+            event_type: Cow::Borrowed(event_type),
             region: event.region.clone(),
-            payload: event.to_json(),
+            payload,
         };
-        let shared = &self.inner.shared;
-        let (seq, stopped) = {
+        let outcome = {
             let mut queue = shared.queue.lock();
-            // Assigned under the lock so queue order is seq order: a batch never
-            // commits seq n+1 before seq n.
-            let seq = queue.next_seq;
-            queue.next_seq += 1;
-            let stopped = queue.writer_stopped || queue.closing;
-            if !stopped {
-                queue.rows.push(PendingRow { seq, ..row });
+            if queue.writer_stopped || queue.closing {
+                Err(JournalError::AppendAfterClose)
+            } else {
+                match shared.stage.place(queue.head, queue.tail, record_bytes) {
+                    None => Err(JournalError::Full {
+                        capacity_bytes: shared.stage.capacity(),
+                        used_bytes: queue.head - queue.tail,
+                        record_bytes,
+                    }),
+                    Some(placement) => {
+                        // Assigned under the lock so ring order and queue order
+                        // are seq order: a batch never commits seq n+1 before n.
+                        let seq = queue.next_seq;
+                        let written = placement
+                            .wrap_marker_at
+                            .map_or(Ok(()), |at| shared.stage.write_wrap_marker(at, seq))
+                            .and_then(|()| {
+                                shared.stage.write_record(&mut record, seq, placement.start)
+                            });
+                        match written {
+                            Ok(()) => {
+                                queue.next_seq += 1;
+                                queue.head = placement.end;
+                                queue.rows.push(PendingRow {
+                                    seq,
+                                    end: placement.end,
+                                    ..row
+                                });
+                                shared.staged_seq.store(seq, Ordering::Release);
+                                Ok(seq)
+                            }
+                            Err(error) => Err(JournalError::Stage {
+                                path: shared.stage.path().to_path_buf(),
+                                detail: format!("cannot write seq {seq}: {error}"),
+                            }),
+                        }
+                    }
+                }
             }
-            (seq, stopped)
         };
         let mut stats = shared.stats.lock();
-        stats.appended += 1;
-        stats.last_appended_seq = stats.last_appended_seq.max(seq);
-        if stopped {
-            stats.dropped_after_close += 1;
-        } else {
-            drop(stats);
-            shared.wake.notify_one();
+        match &outcome {
+            Ok(seq) => {
+                stats.appended += 1;
+                // Parallel appends may reach this line out of seq order.
+                stats.last_appended_seq = stats.last_appended_seq.max(*seq);
+                if stats.stage_refusing {
+                    stats.stage_refusing = false;
+                    tracing::warn!(path = %self.inner.path.display(), "journal accepts events again");
+                }
+                drop(stats);
+                shared.wake.notify_one();
+            }
+            Err(JournalError::AppendAfterClose) => stats.dropped_after_close += 1,
+            Err(error) => {
+                if matches!(error, JournalError::Full { .. }) {
+                    stats.rejected_full += 1;
+                } else {
+                    stats.stage_write_errors += 1;
+                }
+                if !stats.stage_refusing {
+                    stats.stage_refusing = true;
+                    stats.last_error = Some(error.to_string());
+                    tracing::error!(path = %self.inner.path.display(), %error,
+                        "journal refuses events until space is reclaimed");
+                }
+            }
         }
-        seq
+        outcome
     }
 
-    /// Resolves once `seq` (and every seq before it) is committed; at once if
-    /// it already is. While commits fail this keeps waiting (the writer
-    /// retries), which is what makes the pool report not-ready.
+    /// Resolves once `seq` (and every seq before it) is durable at the
+    /// configured level: at once for [`Durability::ProcessCrash`] (append
+    /// staged it), after the SQLite commit for [`Durability::PowerLoss`].
+    /// While commits fail the latter keeps waiting (the writer retries).
     pub async fn wait_durable(&self, seq: u64) -> Result<(), JournalError> {
+        let staged = self.inner.shared.staged_seq.load(Ordering::Acquire);
+        if seq > staged {
+            return Err(JournalError::UnknownSeq {
+                seq,
+                last_appended: staged,
+            });
+        }
+        match self.inner.shared.durability {
+            Durability::ProcessCrash => Ok(()),
+            Durability::PowerLoss => self.wait_committed(seq).await,
+        }
+    }
+
+    /// Resolves once `seq` (and every seq before it) is committed to SQLite,
+    /// where [`crate::JournalReader`] sees it; at once if it already is.
+    pub async fn wait_committed(&self, seq: u64) -> Result<(), JournalError> {
         if seq <= *self.inner.committed.borrow() {
             return Ok(());
         }
-        let last_appended = self.inner.shared.queue.lock().next_seq.saturating_sub(1);
-        if seq > last_appended {
-            return Err(JournalError::UnknownSeq { seq, last_appended });
+        let staged = self.inner.shared.staged_seq.load(Ordering::Acquire);
+        if seq > staged {
+            return Err(JournalError::UnknownSeq {
+                seq,
+                last_appended: staged,
+            });
         }
         let mut committed = self.inner.committed.clone();
         committed
@@ -229,25 +385,40 @@ impl Journal {
             .map_err(|_| JournalError::Closed { seq })
     }
 
-    /// Every seq up to this one is durable.
+    /// Every seq up to this one is durable at the configured level (what
+    /// [`Journal::wait_durable`] waits for).
+    pub fn durable_seq(&self) -> u64 {
+        match self.inner.shared.durability {
+            Durability::ProcessCrash => self.inner.shared.staged_seq.load(Ordering::Acquire),
+            Durability::PowerLoss => self.committed_seq(),
+        }
+    }
+
+    /// Every seq up to this one is committed to SQLite.
     pub fn committed_seq(&self) -> u64 {
         *self.inner.committed.borrow()
     }
 
     pub fn stats(&self) -> JournalStats {
-        let queue_next = self.inner.shared.queue.lock().next_seq;
+        let (queue_next, used) = {
+            let queue = self.inner.shared.queue.lock();
+            (queue.next_seq, queue.head - queue.tail)
+        };
         let mut stats = self.inner.shared.stats.lock().clone();
         stats.committed_seq = self.committed_seq();
         stats.backlog = queue_next
             .saturating_sub(1)
-            .saturating_sub(stats.committed_seq)
-            .saturating_sub(stats.dropped_after_close);
+            .saturating_sub(stats.committed_seq);
+        stats.stage_used_bytes = used;
+        stats.staged_seq = self.inner.shared.staged_seq.load(Ordering::Acquire);
         stats
     }
 
-    /// True while commits succeed (no failure since the last success).
+    /// True while commits succeed (no failure since the last success) and
+    /// appends are accepted (the ring is not full).
     pub fn is_healthy(&self) -> bool {
-        self.inner.shared.stats.lock().consecutive_failures == 0
+        let stats = self.inner.shared.stats.lock();
+        stats.consecutive_failures == 0 && !stats.stage_refusing
     }
 
     /// The journal file.
@@ -417,7 +588,7 @@ impl WriterDb {
                     i64::try_from(row.seq).unwrap_or(i64::MAX),
                     row.event_id,
                     ts,
-                    row.event_type,
+                    row.event_type.as_ref(),
                     row.region,
                     stream_ms,
                     row.payload,
@@ -587,6 +758,51 @@ fn move_aside(path: &Path) -> Result<PathBuf, JournalError> {
     Ok(target)
 }
 
+/// Commits what a previous process staged but did not commit, so SQLite
+/// is complete before the ring is reset for this process.
+fn recover_staged(
+    config: &JournalConfig,
+    stage_path: &Path,
+    stage_file: &std::fs::File,
+    db: &mut WriterDb,
+    tip: &mut Tip,
+    stats: &mut JournalStats,
+) -> Result<(), JournalError> {
+    let recovered = stage::recover(stage_file, tip.last_seq);
+    if let Some(problem) = &recovered.unusable_header {
+        tracing::warn!(path = %stage_path.display(), %problem,
+            "journal stage file unusable; starting a fresh one (nothing to recover from it)");
+        stats.stage_ignored = Some(problem.clone());
+    }
+    if let Some(RecoveryStop::Invalid {
+        file_offset,
+        detail,
+    }) = &recovered.stop
+    {
+        tracing::warn!(path = %stage_path.display(), file_offset, %detail,
+            recovered = recovered.rows.len(),
+            "journal stage recovery stopped at a damaged record (written when the process died; never acknowledged)");
+        stats.stage_recovery_stopped_at = Some((*file_offset, detail.clone()));
+    }
+    let mut stream_ms = tip.last_stream_ms;
+    for batch in recovered.rows.chunks(config.max_batch.max(1)) {
+        let (batch_stream_ms, _duplicates) = db
+            .commit(batch, stream_ms)
+            .map_err(|error| classify(&config.path, "recovering staged events", None, error))?;
+        stream_ms = batch_stream_ms;
+    }
+    if let Some(last) = recovered.rows.last() {
+        tracing::info!(path = %stage_path.display(), events = recovered.rows.len(),
+            first_seq = recovered.rows[0].seq, last_seq = last.seq,
+            "recovered staged journal events into SQLite");
+        tip.last_seq = last.seq;
+        tip.last_stream_ms = stream_ms;
+        stats.stage_recovered = recovered.rows.len() as u64;
+        stats.bytes = db.size_bytes();
+    }
+    Ok(())
+}
+
 struct Writer {
     checkpointer: Option<std::thread::JoinHandle<()>>,
     db: WriterDb,
@@ -639,6 +855,14 @@ impl Writer {
                     Ok(()) => {
                         backoff = BACKOFF_FIRST;
                         close_failures = 0;
+                        if self.config.durability == Durability::ProcessCrash && !closing {
+                            // Nobody waits for these commits (the stage made
+                            // the events durable): let a batch gather instead
+                            // of being woken by every append, which costs the
+                            // appenders a wake-up and the pool a context switch
+                            // and a transaction per few events.
+                            std::thread::sleep(STAGED_LINGER);
+                        }
                     }
                     Err(error) => {
                         last_error = error;
@@ -668,7 +892,7 @@ impl Writer {
                 let path = self.config.path.clone();
                 if unwritten > 0 {
                     tracing::error!(path = %path.display(), unwritten, error = %last_error,
-                        "journal closed with events not written");
+                        "journal closed with events not written to SQLite; they stay in the stage file and are recovered at the next open");
                 }
                 // Close the connection (checkpointing the WAL into the file)
                 // before telling anyone the journal is closed.
@@ -707,10 +931,12 @@ impl Writer {
             let count = pending.len().min(self.max_batch);
             let batch = &pending[..count];
             let last_seq = batch.last().map_or(0, |row| row.seq);
+            let committed_end = batch.last().map_or(0, |row| row.end);
             match self.db.commit(batch, self.last_stream_ms) {
                 Ok((stream_ms, duplicates)) => {
                     self.last_stream_ms = stream_ms;
                     pending.drain(..count);
+                    self.reclaim(committed_end);
                     let bytes = self.db.size_bytes();
                     let mut stats = self.shared.stats.lock();
                     stats.committed += count as u64;
@@ -741,6 +967,32 @@ impl Writer {
             }
         }
         Ok(())
+    }
+
+    /// Hands the ring space of committed records back to appends. The
+    /// file's tail is written first, so it is never behind the space that
+    /// appends may overwrite; if it cannot be written the space stays taken
+    /// (a full ring is reported) rather than risk a restart reading records
+    /// that were overwritten.
+    fn reclaim(&self, committed_end: u64) {
+        if let Err(error) = self.shared.stage.write_tail(committed_end) {
+            tracing::error!(path = %self.shared.stage.path().display(), %error,
+                "cannot record the stage tail; ring space not reclaimed");
+            return;
+        }
+        let freed = {
+            let mut queue = self.shared.queue.lock();
+            let freed = committed_end > queue.tail;
+            queue.tail = queue.tail.max(committed_end);
+            freed
+        };
+        if freed {
+            let mut stats = self.shared.stats.lock();
+            if stats.stage_refusing {
+                stats.stage_refusing = false;
+                tracing::warn!(path = %self.config.path.display(), "journal ring has room again");
+            }
+        }
     }
 
     /// The file went bad under us: move it aside and continue in a fresh one,

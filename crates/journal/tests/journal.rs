@@ -47,9 +47,12 @@ async fn appended_events_are_durable_and_read_back_in_order_with_exact_payloads(
     let path = dir.path().join("journal.db");
     let journal = Journal::open(config(&path)).unwrap();
     let events: Vec<Event> = (0..500).map(|n| share(n, now())).collect();
-    let seqs: Vec<u64> = events.iter().map(|event| journal.append(event)).collect();
+    let seqs: Vec<u64> = events
+        .iter()
+        .map(|event| journal.append(event).unwrap())
+        .collect();
     assert_eq!(seqs, (1..=500).collect::<Vec<u64>>());
-    journal.wait_durable(500).await.unwrap();
+    journal.wait_committed(500).await.unwrap();
     assert_eq!(journal.committed_seq(), 500);
 
     let records = read_all(&path);
@@ -91,8 +94,8 @@ async fn event_sink_emit_journals_and_duplicate_ids_are_stored_once() {
     let journal = Journal::open(config(&path)).unwrap();
     let event = share(1, now());
     journal.emit(event.clone());
-    let again = journal.append(&event);
-    journal.wait_durable(again).await.unwrap();
+    let again = journal.append(&event).unwrap();
+    journal.wait_committed(again).await.unwrap();
     assert_eq!(read_all(&path).len(), 1);
     assert_eq!(journal.stats().duplicates_ignored, 1);
     journal.close().await.unwrap();
@@ -104,14 +107,14 @@ async fn seqs_continue_after_reopen() {
     let path = dir.path().join("journal.db");
     let journal = Journal::open(config(&path)).unwrap();
     for n in 0..10 {
-        journal.append(&share(n, now()));
+        journal.append(&share(n, now())).unwrap();
     }
     journal.close().await.unwrap();
     let journal = Journal::open(config(&path)).unwrap();
     assert_eq!(journal.committed_seq(), 10);
-    let seq = journal.append(&share(10, now()));
+    let seq = journal.append(&share(10, now())).unwrap();
     assert_eq!(seq, 11);
-    journal.wait_durable(seq).await.unwrap();
+    journal.wait_committed(seq).await.unwrap();
     let seqs: Vec<u64> = read_all(&path).iter().map(|record| record.seq).collect();
     assert_eq!(seqs, (1..=11).collect::<Vec<u64>>());
     journal.close().await.unwrap();
@@ -122,7 +125,7 @@ async fn wait_durable_for_a_committed_seq_returns_at_once_and_unknown_seq_is_an_
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("journal.db");
     let journal = Journal::open(config(&path)).unwrap();
-    let seq = journal.append(&share(0, now()));
+    let seq = journal.append(&share(0, now())).unwrap();
     journal.wait_durable(seq).await.unwrap();
     assert!(matches!(
         journal.wait_durable(seq).now_or_never(),
@@ -143,17 +146,20 @@ async fn wait_durable_for_a_committed_seq_returns_at_once_and_unknown_seq_is_an_
 }
 
 #[tokio::test]
-async fn appends_after_close_are_counted_and_waiting_on_them_fails() {
+async fn appends_after_close_are_refused_and_counted() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("journal.db");
     let journal = Journal::open(config(&path)).unwrap();
     let other_handle = journal.clone();
     journal.close().await.unwrap();
-    let seq = other_handle.append(&share(0, now()));
+    assert!(matches!(
+        other_handle.append(&share(0, now())),
+        Err(JournalError::AppendAfterClose)
+    ));
     assert_eq!(other_handle.stats().dropped_after_close, 1);
     assert!(matches!(
-        other_handle.wait_durable(seq).await,
-        Err(JournalError::Closed { .. })
+        other_handle.wait_durable(1).await,
+        Err(JournalError::UnknownSeq { .. })
     ));
 }
 
@@ -184,7 +190,7 @@ async fn a_reader_in_parallel_sees_a_gapless_growing_prefix() {
         let journal = journal.clone();
         writers.push(tokio::spawn(async move {
             for n in 0..total / 4 {
-                let seq = journal.append(&share(task * 10_000 + n, now()));
+                let seq = journal.append(&share(task * 10_000 + n, now())).unwrap();
                 journal.wait_durable(seq).await.unwrap();
             }
         }));
@@ -211,12 +217,12 @@ async fn retention_by_age_deletes_old_events_and_keeps_the_newest() {
     let journal = Journal::open(config).unwrap();
     let ten_days_ago = now() - 10.0 * 24.0 * 3600.0;
     for n in 0..100 {
-        journal.append(&share(n, ten_days_ago));
+        journal.append(&share(n, ten_days_ago)).unwrap();
     }
     for n in 100..150 {
-        journal.append(&share(n, now()));
+        journal.append(&share(n, now())).unwrap();
     }
-    journal.wait_durable(150).await.unwrap();
+    journal.wait_committed(150).await.unwrap();
     assert_eq!(journal.enforce_retention().await.unwrap(), 100);
     let seqs: Vec<u64> = read_all(&path).iter().map(|record| record.seq).collect();
     assert_eq!(seqs, (101..=150).collect::<Vec<u64>>());
@@ -228,15 +234,15 @@ async fn retention_by_age_deletes_old_events_and_keeps_the_newest() {
 
     // Even when everything is old, the newest row stays so seqs survive a restart.
     for n in 150..160 {
-        journal.append(&share(n, ten_days_ago));
+        journal.append(&share(n, ten_days_ago)).unwrap();
     }
-    journal.wait_durable(160).await.unwrap();
+    journal.wait_committed(160).await.unwrap();
     journal.enforce_retention().await.unwrap();
     journal.close().await.unwrap();
     let records = read_all(&path);
     assert_eq!(records.last().map(|record| record.seq), Some(160));
     let journal = Journal::open(JournalConfig::new(&path)).unwrap();
-    assert_eq!(journal.append(&share(0, now())), 161);
+    assert_eq!(journal.append(&share(0, now())).unwrap(), 161);
     journal.close().await.unwrap();
 }
 
@@ -250,9 +256,9 @@ async fn retention_by_size_deletes_the_oldest_until_the_file_fits() {
     let journal = Journal::open(config).unwrap();
     let mut last = 0;
     for n in 0..12_000 {
-        last = journal.append(&share(n, now()));
+        last = journal.append(&share(n, now())).unwrap();
     }
-    journal.wait_durable(last).await.unwrap();
+    journal.wait_committed(last).await.unwrap();
     let before = journal.stats().bytes;
     assert!(
         before > 2 * limit,
@@ -287,9 +293,9 @@ async fn a_garbage_file_is_a_clear_reader_error_and_the_writer_moves_it_aside() 
     assert!(stats.seq_continuity_lost);
     let moved = &stats.corrupt_files_moved[0];
     assert_eq!(std::fs::read(moved).unwrap(), vec![0x5au8; 64 * 1024]);
-    let seq = journal.append(&share(0, now()));
+    let seq = journal.append(&share(0, now())).unwrap();
     assert_eq!(seq, 1);
-    journal.wait_durable(seq).await.unwrap();
+    journal.wait_committed(seq).await.unwrap();
     assert_eq!(read_all(&path).len(), 1);
     journal.close().await.unwrap();
 }
@@ -301,9 +307,9 @@ async fn a_truncated_journal_is_a_clear_error_and_the_writer_continues_its_seqs(
     let journal = Journal::open(config(&path)).unwrap();
     let mut last = 0;
     for n in 0..5000 {
-        last = journal.append(&share(n, now()));
+        last = journal.append(&share(n, now())).unwrap();
     }
-    journal.wait_durable(last).await.unwrap();
+    journal.wait_committed(last).await.unwrap();
     journal.close().await.unwrap();
     let size = std::fs::metadata(&path).unwrap().len();
     // Closing checkpointed the WAL into the file, so truncating it loses rows.
@@ -323,8 +329,8 @@ async fn a_truncated_journal_is_a_clear_error_and_the_writer_continues_its_seqs(
     let journal = Journal::open(config(&path)).unwrap();
     let stats = journal.stats();
     assert_eq!(stats.corrupt_files_moved.len(), 1, "{stats:?}");
-    let seq = journal.append(&share(0, now()));
-    journal.wait_durable(seq).await.unwrap();
+    let seq = journal.append(&share(0, now())).unwrap();
+    journal.wait_committed(seq).await.unwrap();
     assert_eq!(
         read_all(&path).iter().map(|r| r.seq).collect::<Vec<_>>(),
         vec![seq]
@@ -338,9 +344,9 @@ async fn a_row_that_does_not_parse_is_an_error_naming_its_seq_and_later_rows_sti
     let path = dir.path().join("journal.db");
     let journal = Journal::open(config(&path)).unwrap();
     for n in 0..3 {
-        journal.append(&share(n, now()));
+        journal.append(&share(n, now())).unwrap();
     }
-    journal.wait_durable(3).await.unwrap();
+    journal.wait_committed(3).await.unwrap();
     journal.close().await.unwrap();
     let conn = rusqlite::Connection::open(&path).unwrap();
     conn.execute(
@@ -396,7 +402,7 @@ fn child_appends_until_killed() {
         loop {
             let mut last = 0;
             for _ in 0..7 {
-                last = journal.append(&share(n, now()));
+                last = journal.append(&share(n, now())).unwrap();
                 n += 1;
             }
             journal.wait_durable(last).await.unwrap();
@@ -447,12 +453,19 @@ fn kill_9_loses_no_event_reported_durable() {
         seqs.len()
     );
     assert_eq!(&seqs[..durable as usize], &reported[..]);
-    // The writer reopens the killed journal and continues after the last row.
+    // The writer reopens the killed journal (committing what the child had
+    // staged but not committed) and continues after the last row.
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
         let journal = Journal::open(JournalConfig::new(&path)).unwrap();
-        let next = journal.append(&share(0, now()));
-        assert_eq!(next, seqs.last().copied().unwrap() + 1);
+        let after_open: Vec<u64> = read_all(&path).iter().map(|record| record.seq).collect();
+        assert_eq!(&after_open[..seqs.len()], &seqs[..]);
+        assert_eq!(
+            after_open,
+            (1..=after_open.len() as u64).collect::<Vec<u64>>()
+        );
+        let next = journal.append(&share(0, now())).unwrap();
+        assert_eq!(next, after_open.last().copied().unwrap() + 1);
         journal.wait_durable(next).await.unwrap();
         journal.close().await.unwrap();
     });

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use serde::Serialize;
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpSocket;
 
 /// How shares are made.
@@ -30,6 +30,12 @@ pub enum ShareMode {
     /// Nonces ground until the share meets the pool's difficulty.
     Real,
 }
+
+/// Flood miners and the submits each keeps outstanding: 100 in flight in
+/// all, enough to batch several lines per read and write on both sides, few
+/// enough that queueing stays short (at 50,000/s, 100 in flight is 2 ms).
+pub const FLOOD_MINERS: usize = 25;
+pub const FLOOD_WINDOW: usize = 4;
 
 /// A named set of parameters from the plan.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,18 +60,24 @@ impl Profile {
     }
 
     /// The plan's figures: smoke 10 miners / 30 s, standard 100 / 60 s,
-    /// stress 1000 / 120 s, soak 100 / 1 h; flood submits as fast as the pool answers.
+    /// stress 1000 / 120 s, soak 100 / 1 h; flood submits as fast as the pool
+    /// answers, `FLOOD_WINDOW` submits pipelined per miner.
     pub fn apply(self, config: &mut LoadConfig) {
         let (miners, seconds, rate) = match self {
             Profile::Smoke => (10, 30, 1.0),
             Profile::Standard => (100, 60, 1.0),
             Profile::Stress => (1000, 120, 1.0),
             Profile::Soak => (100, 3600, 1.0),
-            Profile::Flood => (200, 30, 0.0),
+            Profile::Flood => (FLOOD_MINERS, 30, 0.0),
         };
         config.miners = miners;
         config.duration = Duration::from_secs(seconds);
         config.shares_per_second = rate;
+        config.window = if self == Profile::Flood {
+            FLOOD_WINDOW
+        } else {
+            1
+        };
     }
 }
 
@@ -87,6 +99,9 @@ pub struct LoadConfig {
     pub spread_sources: bool,
     /// Difficulty to suggest (mining.suggest_difficulty), if any.
     pub suggest_difficulty: Option<f64>,
+    /// Submits a miner keeps outstanding (pipelined, sent in one write);
+    /// with a rate, shares that fall due while the window is full wait.
+    pub window: usize,
 }
 
 impl LoadConfig {
@@ -102,6 +117,7 @@ impl LoadConfig {
             invalid_fraction: 0.0,
             spread_sources: target.ip().is_loopback(),
             suggest_difficulty: None,
+            window: 1,
         }
     }
 }
@@ -245,11 +261,6 @@ fn source_ip(index: usize) -> IpAddr {
     ))
 }
 
-struct Job {
-    id: String,
-    miner_job: Option<tbg_miner::MinerJob>,
-}
-
 /// Runs the load; calls `progress` about once a second with the running totals.
 pub async fn run(config: LoadConfig, mut progress: impl FnMut(&LoadReport)) -> LoadReport {
     let shared = Arc::new(Shared {
@@ -292,7 +303,12 @@ pub async fn run(config: LoadConfig, mut progress: impl FnMut(&LoadReport)) -> L
                     miner(index, config, shared, deadline).await
                 }));
                 if !ramp_step.is_zero() {
-                    tokio::time::sleep(ramp_step).await;
+                    // On a schedule, not a sleep per miner: sleeps round up to
+                    // the timer's millisecond and would stretch the ramp.
+                    let next = started + ramp_step * (index as u32 + 1);
+                    if next > Instant::now() {
+                        tokio::time::sleep_until(next.into()).await;
+                    }
                 }
             }
             for task in tasks {
@@ -381,6 +397,237 @@ async fn miner(index: usize, config: Arc<LoadConfig>, shared: Arc<Shared>, deadl
     }
 }
 
+/// Largest line the tool accepts from the pool.
+const MAX_LINE: usize = 1 << 20;
+/// Answered shares a miner keeps before adding them to the shared totals.
+const LOCAL_SAMPLES: usize = 256;
+/// How often a miner adds its local counts to the shared totals.
+const FLUSH_EVERY: Duration = Duration::from_millis(250);
+
+/// A miner's counts, added to `Shared` now and then so that the share path
+/// takes no lock and touches no shared cache line.
+struct LocalStats {
+    round_trips_us: Vec<u64>,
+    sent: u64,
+    answered: u64,
+    accepted: u64,
+    rejected: Vec<(String, u64)>,
+    last_flush: Instant,
+}
+
+impl LocalStats {
+    fn new() -> LocalStats {
+        LocalStats {
+            round_trips_us: Vec::with_capacity(LOCAL_SAMPLES),
+            sent: 0,
+            answered: 0,
+            accepted: 0,
+            rejected: Vec::new(),
+            last_flush: Instant::now(),
+        }
+    }
+
+    fn answered(&mut self, rtt_us: u64, verdict: Result<(), &str>) {
+        self.round_trips_us.push(rtt_us.max(1));
+        self.answered += 1;
+        match verdict {
+            Ok(()) => self.accepted += 1,
+            Err(reason) => match self.rejected.iter_mut().find(|(r, _)| r == reason) {
+                Some((_, count)) => *count += 1,
+                None => self.rejected.push((reason.to_string(), 1)),
+            },
+        }
+    }
+
+    fn maybe_flush(&mut self, shared: &Shared, now: Instant) {
+        if self.round_trips_us.len() >= LOCAL_SAMPLES
+            || now.saturating_duration_since(self.last_flush) >= FLUSH_EVERY
+        {
+            self.flush(shared, now);
+        }
+    }
+
+    fn flush(&mut self, shared: &Shared, now: Instant) {
+        self.last_flush = now;
+        if !self.round_trips_us.is_empty() {
+            let mut histogram = shared.round_trip.lock();
+            for rtt in self.round_trips_us.drain(..) {
+                let _ = histogram.record(rtt);
+            }
+        }
+        shared
+            .sent
+            .fetch_add(std::mem::take(&mut self.sent), Ordering::Relaxed);
+        shared
+            .answered
+            .fetch_add(std::mem::take(&mut self.answered), Ordering::Relaxed);
+        shared
+            .accepted
+            .fetch_add(std::mem::take(&mut self.accepted), Ordering::Relaxed);
+        if self.rejected.iter().any(|(_, count)| *count > 0) {
+            let mut rejected = shared.rejected.lock();
+            for (reason, count) in &mut self.rejected {
+                if *count > 0 {
+                    *rejected.entry(reason.clone()).or_default() += std::mem::take(count);
+                }
+            }
+        }
+    }
+}
+
+/// The current job, decoded only when a share is about to be made (a
+/// burst of notifies costs the tool little more than reading them).
+struct Job {
+    miner_job: tbg_miner::MinerJob,
+    /// `,"method":"mining.submit","params":["USER","JOB","` for this job.
+    submit_middle: Vec<u8>,
+    /// The same with a job id the pool never issued (invalid shares).
+    invalid_middle: Vec<u8>,
+}
+
+impl Job {
+    fn decode(line: &[u8], username: &str) -> Option<Job> {
+        let message: Value = serde_json::from_slice(line).ok()?;
+        let params = message.get("params")?;
+        let miner_job = tbg_miner::MinerJob::from_notify_params(params).ok()?;
+        let middle = |job_id: &str| {
+            let mut middle = b",\"method\":\"mining.submit\",\"params\":[".to_vec();
+            middle.extend_from_slice(Value::from(username).to_string().as_bytes());
+            middle.push(b',');
+            middle.extend_from_slice(Value::from(job_id).to_string().as_bytes());
+            middle.extend_from_slice(b",\"");
+            middle
+        };
+        Some(Job {
+            submit_middle: middle(&miner_job.job_id),
+            invalid_middle: middle("ffffffffffffffff"),
+            miner_job,
+        })
+    }
+}
+
+/// What a line from the pool is, found without a JSON parser where it can be.
+enum Incoming<'a> {
+    /// `{"id":N,"result":...}` for a submit: Ok = accepted, Err = reason.
+    ShareAnswer(u64, Result<(), &'a str>),
+    Notify {
+        prevhash: &'a [u8],
+        clean_jobs: bool,
+    },
+    /// Anything else: parsed with serde_json.
+    Other,
+}
+
+fn classify(line: &[u8]) -> Incoming<'_> {
+    const NOTIFY: &[u8] = b"{\"id\":null,\"method\":\"mining.notify\",\"params\":[\"";
+    if let Some(rest) = line.strip_prefix(NOTIFY) {
+        let Some(end_id) = rest.iter().position(|b| *b == b'"') else {
+            return Incoming::Other;
+        };
+        let Some(rest) = rest[end_id..].strip_prefix(b"\",\"") else {
+            return Incoming::Other;
+        };
+        let Some(end) = rest.iter().position(|b| *b == b'"') else {
+            return Incoming::Other;
+        };
+        return Incoming::Notify {
+            prevhash: &rest[..end],
+            clean_jobs: line.trim_ascii_end().ends_with(b"true]}"),
+        };
+    }
+    let Some(rest) = line.strip_prefix(b"{\"id\":") else {
+        return Incoming::Other;
+    };
+    let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+    if digits == 0 || digits > 19 {
+        return Incoming::Other;
+    }
+    let id = rest[..digits]
+        .iter()
+        .fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+    let Some(rest) = rest[digits..].strip_prefix(b",\"result\":") else {
+        return Incoming::Other;
+    };
+    if rest.starts_with(b"true") {
+        return Incoming::ShareAnswer(id, Ok(()));
+    }
+    // `"error":[CODE,"MESSAGE",...]`
+    let Some(at) = find(rest, b"\"error\":[") else {
+        return Incoming::Other;
+    };
+    let error = &rest[at + 9..];
+    let Some(start) = find(error, b",\"") else {
+        return Incoming::Other;
+    };
+    let message = &error[start + 2..];
+    let Some(end) = message.iter().position(|b| *b == b'"' || *b == b'\\') else {
+        return Incoming::Other;
+    };
+    if message[end] == b'\\' {
+        return Incoming::Other;
+    }
+    match std::str::from_utf8(&message[..end]) {
+        Ok(reason) => Incoming::ShareAnswer(id, Err(reason)),
+        Err(_) => Incoming::Other,
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Appends `{"id":ID` + the job's middle + `EN2","NTIME","NONCE"]}\n`.
+fn push_submit(
+    out: &mut Vec<u8>,
+    id: u64,
+    middle: &[u8],
+    extranonce2: &[u8],
+    ntime: u32,
+    nonce: u32,
+) {
+    use std::io::Write as _;
+    out.extend_from_slice(b"{\"id\":");
+    // Writing to a Vec cannot fail.
+    let _ = write!(out, "{id}");
+    out.extend_from_slice(middle);
+    push_hex(out, extranonce2);
+    out.extend_from_slice(b"\",\"");
+    push_hex(out, &ntime.to_be_bytes());
+    out.extend_from_slice(b"\",\"");
+    push_hex(out, &nonce.to_be_bytes());
+    out.extend_from_slice(b"\"]}\n");
+}
+
+fn push_hex(out: &mut Vec<u8>, bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for byte in bytes {
+        out.push(DIGITS[usize::from(byte >> 4)]);
+        out.push(DIGITS[usize::from(byte & 0x0f)]);
+    }
+}
+
+/// The merkle root for these extranonces, through a reused coinbase buffer.
+fn merkle_root(
+    job: &tbg_miner::MinerJob,
+    coinbase: &mut Vec<u8>,
+    extranonce1: &[u8],
+    extranonce2: &[u8],
+) -> [u8; 32] {
+    coinbase.clear();
+    coinbase.extend_from_slice(&job.coinb1);
+    coinbase.extend_from_slice(extranonce1);
+    coinbase.extend_from_slice(extranonce2);
+    coinbase.extend_from_slice(&job.coinb2);
+    let mut root = tbg_miner::sha256d(coinbase);
+    let mut pair = [0u8; 64];
+    for step in &job.merkle_branch {
+        pair[..32].copy_from_slice(&root);
+        pair[32..].copy_from_slice(step);
+        root = tbg_miner::sha256d(&pair);
+    }
+    root
+}
+
 async fn session(
     index: usize,
     config: &LoadConfig,
@@ -388,9 +635,7 @@ async fn session(
     stream: tokio::net::TcpStream,
     deadline: Instant,
 ) -> Result<(), &'static str> {
-    let (read, mut write) = stream.into_split();
-    let mut reader = BufReader::new(read);
-    let mut line = String::new();
+    let (mut read, mut write) = stream.into_split();
     let address = config
         .addresses
         .get(index % config.addresses.len().max(1))
@@ -413,13 +658,19 @@ async fn session(
         .await
         .map_err(|_| "write")?;
 
+    let window = config.window.max(1);
     let mut extranonce1 = Vec::new();
     let mut extranonce2_size = 4usize;
     let mut difficulty = 1.0f64;
     let mut job: Option<Job> = None;
+    // The last notify, not yet decoded.
+    let mut pending_notify: Vec<u8> = Vec::new();
+    let mut have_notify = false;
     let mut authorized = false;
     let mut next_id = 10u64;
-    let mut in_flight: Option<(u64, Instant)> = None;
+    // Submits awaiting an answer, oldest first (the pool answers in order).
+    let mut in_flight: std::collections::VecDeque<(u64, Instant)> =
+        std::collections::VecDeque::with_capacity(window);
     let interval = if config.shares_per_second > 0.0 {
         Some(Duration::from_secs_f64(1.0 / config.shares_per_second))
     } else {
@@ -434,76 +685,219 @@ async fn session(
         rng_state ^= rng_state << 17;
         rng_state
     };
+    let mut stats = LocalStats::new();
+    let mut read_buf = vec![0u8; 4096];
+    let mut filled = 0usize;
+    let mut out: Vec<u8> = Vec::with_capacity(256 * window.min(64));
+    let mut coinbase = Vec::with_capacity(256);
 
-    loop {
-        let ready = authorized && job.is_some() && in_flight.is_none() && !extranonce1.is_empty();
-        let wait_until = if ready { next_share } else { deadline };
-        if Instant::now() >= deadline {
-            return Ok(());
+    let result = loop {
+        let now = Instant::now();
+        if now >= deadline {
+            break Ok(());
         }
-        tokio::select! {
-            read = tokio::time::timeout_at(deadline.into(), reader.read_line(&mut line)) => {
-                let Ok(read) = read else { return Ok(()) };
-                match read {
-                    Ok(0) => return Err("closed_by_pool"),
-                    Err(_) => return Err("read"),
-                    Ok(_) => {}
-                }
-                let received = Instant::now();
-                let message: Value = serde_json::from_str(line.trim()).map_err(|_| "bad_json")?;
-                line.clear();
-                match message.get("method").and_then(Value::as_str) {
-                    Some("mining.notify") => {
-                        let params = message.get("params").cloned().unwrap_or(Value::Null);
-                        let prevhash = params.get(1).and_then(Value::as_str).unwrap_or("").to_string();
-                        // A miner's first job tells nothing about block propagation.
-                        if job.is_some() && params.get(8).and_then(Value::as_bool) == Some(true) {
-                            let mut notifies = shared.notifies.lock();
-                            let entry = notifies.entry(prevhash.clone()).or_insert((received, received));
-                            entry.1 = entry.1.max(received);
+        let ready = authorized && (job.is_some() || have_notify) && !extranonce1.is_empty();
+        let due = in_flight.len() < window && interval.is_none_or(|_| next_share <= now);
+        // The job is decoded only when a share is due: a burst of notifies
+        // costs the tool little more than reading them.
+        if ready && due && have_notify {
+            job = Job::decode(&pending_notify, &username).or(job);
+            have_notify = false;
+        }
+        // Fill the window with every share that is due, in one write.
+        if ready && due {
+            while in_flight.len() < window && interval.is_none_or(|_| next_share <= now) {
+                let Some(current) = &job else { break };
+                counter += 1;
+                let mut extranonce2 = [0u8; 16];
+                extranonce2[..8].copy_from_slice(&counter.to_le_bytes());
+                let extranonce2 = &extranonce2[..extranonce2_size];
+                let invalid = config.invalid_fraction > 0.0
+                    && (next_random() % 10_000) as f64 / 10_000.0 < config.invalid_fraction;
+                let miner_job = &current.miner_job;
+                let ntime = miner_job.ntime;
+                let nonce = match (invalid, config.share_mode) {
+                    (true, _) => 0u32,
+                    (false, ShareMode::Real) => miner_job
+                        .find_nonce(
+                            &extranonce1,
+                            extranonce2,
+                            ntime,
+                            miner_job.version,
+                            difficulty,
+                            0,
+                        )
+                        .map_or(0, |(nonce, _)| nonce),
+                    (false, ShareMode::Random) => {
+                        // A random nonce that is not a block: on regtest half of all
+                        // hashes meet the network target, and a load test must not
+                        // turn into a block storm.
+                        let root = merkle_root(miner_job, &mut coinbase, &extranonce1, extranonce2);
+                        let mut nonce = next_random() as u32;
+                        for _ in 0..64 {
+                            let header = miner_job.header(&root, ntime, nonce, miner_job.version);
+                            if !tbg_miner::meets_nbits(
+                                &tbg_miner::sha256d(&header),
+                                miner_job.nbits,
+                            ) {
+                                break;
+                            }
+                            nonce = next_random() as u32;
                         }
-                        let miner_job = tbg_miner::MinerJob::from_notify_params(&params).ok();
-                        job = Some(Job {
-                            id: params.get(0).and_then(Value::as_str).unwrap_or("").to_string(),
-                            miner_job,
-                        });
+                        nonce
                     }
-                    Some("mining.set_difficulty") => {
-                        difficulty = message.pointer("/params/0").and_then(Value::as_f64).unwrap_or(difficulty);
+                };
+                let middle = if invalid {
+                    &current.invalid_middle
+                } else {
+                    &current.submit_middle
+                };
+                let id = next_id;
+                next_id += 1;
+                push_submit(&mut out, id, middle, extranonce2, ntime, nonce);
+                in_flight.push_back((id, now));
+                stats.sent += 1;
+                if let Some(interval) = interval {
+                    next_share = (next_share + interval).max(now - interval);
+                }
+            }
+            if !out.is_empty() {
+                if write.write_all(&out).await.is_err() {
+                    break Err("write");
+                }
+                out.clear();
+            }
+        }
+        let pace = ready && interval.is_some() && in_flight.len() < window;
+        let wait_until = if pace {
+            next_share.min(deadline)
+        } else {
+            deadline
+        };
+        if filled == read_buf.len() {
+            if read_buf.len() >= MAX_LINE {
+                break Err("line_too_long");
+            }
+            read_buf.resize(read_buf.len() * 2, 0);
+        }
+        let read_result = tokio::select! {
+            read = tokio::time::timeout_at(deadline.into(), read.read(&mut read_buf[filled..])) => read,
+            _ = tokio::time::sleep_until(wait_until.into()), if pace => continue,
+        };
+        let Ok(read_result) = read_result else {
+            break Ok(());
+        };
+        match read_result {
+            Ok(0) => break Err("closed_by_pool"),
+            Err(_) => break Err("read"),
+            Ok(n) => filled += n,
+        }
+        let received = Instant::now();
+        let mut consumed = 0usize;
+        while let Some(pos) = read_buf[consumed..filled].iter().position(|b| *b == b'\n') {
+            let line = &read_buf[consumed..consumed + pos];
+            consumed += pos + 1;
+            match classify(line) {
+                Incoming::ShareAnswer(id, verdict) if id >= 10 => {
+                    let sent_at = match in_flight.front() {
+                        Some((front, sent_at)) if *front == id => {
+                            let sent_at = *sent_at;
+                            in_flight.pop_front();
+                            Some(sent_at)
+                        }
+                        _ => in_flight
+                            .iter()
+                            .position(|(sent, _)| *sent == id)
+                            .and_then(|at| in_flight.remove(at))
+                            .map(|(_, sent_at)| sent_at),
+                    };
+                    if let Some(sent_at) = sent_at {
+                        stats
+                            .answered(micros(received.saturating_duration_since(sent_at)), verdict);
                     }
-                    Some(_) => {}
-                    None => {
-                        let id = message.get("id").and_then(Value::as_u64).unwrap_or(0);
-                        match id {
-                            1 => {
-                                let result = message.get("result").cloned().unwrap_or(Value::Null);
-                                extranonce1 = result.get(1).and_then(Value::as_str).and_then(|h| hex::decode(h).ok()).unwrap_or_default();
-                                extranonce2_size = result.get(2).and_then(Value::as_u64).unwrap_or(4).min(16) as usize;
+                }
+                Incoming::Notify {
+                    prevhash,
+                    clean_jobs,
+                } => {
+                    // A miner's first job tells nothing about block propagation.
+                    if (job.is_some() || have_notify) && clean_jobs {
+                        note_notify(shared, prevhash, received);
+                    }
+                    pending_notify.clear();
+                    pending_notify.extend_from_slice(line);
+                    have_notify = true;
+                }
+                Incoming::ShareAnswer(..) | Incoming::Other => {
+                    let message: Value = match serde_json::from_slice(line) {
+                        Ok(message) => message,
+                        Err(_) => return Err("bad_json"),
+                    };
+                    match message.get("method").and_then(Value::as_str) {
+                        Some("mining.notify") => {
+                            let params = message.get("params").cloned().unwrap_or(Value::Null);
+                            if (job.is_some() || have_notify)
+                                && params.get(8).and_then(Value::as_bool) == Some(true)
+                            {
+                                let prevhash = params.get(1).and_then(Value::as_str).unwrap_or("");
+                                note_notify(shared, prevhash.as_bytes(), received);
                             }
-                            2 => {
-                                if message.get("result") != Some(&Value::Bool(true)) {
-                                    return Err("authorize_refused");
+                            pending_notify.clear();
+                            pending_notify.extend_from_slice(line);
+                            have_notify = true;
+                        }
+                        Some("mining.set_difficulty") => {
+                            difficulty = message
+                                .pointer("/params/0")
+                                .and_then(Value::as_f64)
+                                .unwrap_or(difficulty);
+                        }
+                        Some(_) => {}
+                        None => {
+                            let id = message.get("id").and_then(Value::as_u64).unwrap_or(0);
+                            match id {
+                                1 => {
+                                    let result =
+                                        message.get("result").cloned().unwrap_or(Value::Null);
+                                    extranonce1 = result
+                                        .get(1)
+                                        .and_then(Value::as_str)
+                                        .and_then(|h| hex::decode(h).ok())
+                                        .unwrap_or_default();
+                                    extranonce2_size = result
+                                        .get(2)
+                                        .and_then(Value::as_u64)
+                                        .unwrap_or(4)
+                                        .clamp(1, 16)
+                                        as usize;
                                 }
-                                authorized = true;
-                                shared.authorize.lock().push(micros(started.elapsed()));
-                            }
-                            _ => {
-                                if let Some((sent_id, sent_at)) = in_flight {
-                                    if sent_id == id {
-                                        in_flight = None;
-                                        let rtt = micros(received.saturating_duration_since(sent_at)).max(1);
-                                        let _ = shared.round_trip.lock().record(rtt);
-                                        shared.answered.fetch_add(1, Ordering::Relaxed);
-                                        if message.get("result") == Some(&Value::Bool(true)) {
-                                            shared.accepted.fetch_add(1, Ordering::Relaxed);
-                                        } else {
-                                            let reason = reject_reason(&message);
-                                            *shared.rejected.lock().entry(reason).or_default() += 1;
+                                2 => {
+                                    if message.get("result") != Some(&Value::Bool(true)) {
+                                        return Err("authorize_refused");
+                                    }
+                                    authorized = true;
+                                    shared.authorize.lock().push(micros(started.elapsed()));
+                                }
+                                _ => {
+                                    if let Some(at) =
+                                        in_flight.iter().position(|(sent, _)| *sent == id)
+                                    {
+                                        if let Some((_, sent_at)) = in_flight.remove(at) {
+                                            let verdict = if message.get("result")
+                                                == Some(&Value::Bool(true))
+                                            {
+                                                Ok(())
+                                            } else {
+                                                Err(reject_reason(&message))
+                                            };
+                                            stats.answered(
+                                                micros(received.saturating_duration_since(sent_at)),
+                                                verdict
+                                                    .as_ref()
+                                                    .map(|_| ())
+                                                    .map_err(String::as_str),
+                                            );
                                         }
-                                        next_share = match interval {
-                                            Some(interval) => (next_share + interval).max(Instant::now() - interval),
-                                            None => Instant::now(),
-                                        };
                                     }
                                 }
                             }
@@ -511,58 +905,30 @@ async fn session(
                     }
                 }
             }
-            _ = tokio::time::sleep_until(wait_until.into()), if ready => {
-                let Some(current) = &job else { continue };
-                counter += 1;
-                let mut extranonce2 = counter.to_le_bytes().to_vec();
-                extranonce2.resize(extranonce2_size, 0);
-                let invalid = config.invalid_fraction > 0.0
-                    && (next_random() % 10_000) as f64 / 10_000.0 < config.invalid_fraction;
-                let ntime = job_ntime(&current.miner_job);
-                let (job_id, nonce) = match (&current.miner_job, invalid, config.share_mode) {
-                    (_, true, _) => ("ffffffffffffffff".to_string(), 0u32),
-                    (Some(miner_job), false, ShareMode::Real) => {
-                        let found = miner_job.find_nonce(&extranonce1, &extranonce2, ntime, miner_job.version, difficulty, 0);
-                        (current.id.clone(), found.map_or(0, |(nonce, _)| nonce))
-                    }
-                    (Some(miner_job), false, ShareMode::Random) => {
-                        // A random nonce that is not a block: on regtest half of all
-                        // hashes meet the network target, and a load test must not
-                        // turn into a block storm.
-                        let root = miner_job.merkle_root(&extranonce1, &extranonce2);
-                        let mut nonce = next_random() as u32;
-                        for _ in 0..64 {
-                            let header = miner_job.header(&root, ntime, nonce, miner_job.version);
-                            if !tbg_miner::meets_nbits(&tbg_miner::sha256d(&header), miner_job.nbits) {
-                                break;
-                            }
-                            nonce = next_random() as u32;
-                        }
-                        (current.id.clone(), nonce)
-                    }
-                    _ => (current.id.clone(), next_random() as u32),
-                };
-                let id = next_id;
-                next_id += 1;
-                let request = send(id, "mining.submit", json!([
-                    username, job_id, hex::encode(&extranonce2), format!("{ntime:08x}"), format!("{nonce:08x}")
-                ]));
-                in_flight = Some((id, Instant::now()));
-                shared.sent.fetch_add(1, Ordering::Relaxed);
-                write.write_all(request.as_bytes()).await.map_err(|_| "write")?;
-            }
         }
-    }
+        if consumed > 0 {
+            read_buf.copy_within(consumed..filled, 0);
+            filled -= consumed;
+        }
+        stats.maybe_flush(shared, received);
+    };
+    stats.flush(shared, Instant::now());
+    result
 }
 
-/// ntime for random shares: the job's when known, else the current time.
-fn job_ntime(job: &Option<tbg_miner::MinerJob>) -> u32 {
-    job.as_ref().map(|j| j.ntime).unwrap_or_else(|| {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs() as u32)
-            .unwrap_or(0)
-    })
+/// First and last clean-jobs notify per prevhash, across miners.
+fn note_notify(shared: &Shared, prevhash: &[u8], received: Instant) {
+    let prevhash = String::from_utf8_lossy(prevhash);
+    let mut notifies = shared.notifies.lock();
+    match notifies.get_mut(prevhash.as_ref()) {
+        Some(entry) => {
+            entry.0 = entry.0.min(received);
+            entry.1 = entry.1.max(received);
+        }
+        None => {
+            notifies.insert(prevhash.into_owned(), (received, received));
+        }
+    }
 }
 
 fn reject_reason(message: &Value) -> String {
@@ -578,5 +944,89 @@ fn reject_reason(message: &Value) -> String {
             .unwrap_or("unknown")
             .to_string(),
         _ => "rejected".to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn share_answers_are_read_without_a_parser() {
+        let accepted = tbg_stratum_like_ok(42);
+        assert!(matches!(
+            classify(accepted.as_bytes()),
+            Incoming::ShareAnswer(42, Ok(()))
+        ));
+        let rejected = br#"{"id":43,"result":false,"error":[23,"Above target",null],"reject-reason":"Above target"}"#;
+        match classify(rejected) {
+            Incoming::ShareAnswer(43, Err(reason)) => assert_eq!(reason, "Above target"),
+            _ => panic!("not read as a rejected share"),
+        }
+        // Escapes and object-style errors go to the JSON parser.
+        assert!(matches!(
+            classify(br#"{"id":44,"result":null,"error":[20,"a \"quoted\" reason",null]}"#),
+            Incoming::Other
+        ));
+        assert!(matches!(
+            classify(br#"{"id":45,"result":null,"error":{"code":20,"message":"x"}}"#),
+            Incoming::Other
+        ));
+        assert!(matches!(
+            classify(br#"{"result":true,"id":46}"#),
+            Incoming::Other
+        ));
+    }
+
+    fn tbg_stratum_like_ok(id: u64) -> String {
+        format!(r#"{{"id":{id},"result":true,"error":null}}"#)
+    }
+
+    #[test]
+    fn notify_prevhash_and_clean_flag() {
+        let line = br#"{"id":null,"method":"mining.notify","params":["00ab","deadbeef","01","02",[],"20000000","207fffff","65000000",true]}"#;
+        match classify(line) {
+            Incoming::Notify {
+                prevhash,
+                clean_jobs,
+            } => {
+                assert_eq!(prevhash, b"deadbeef");
+                assert!(clean_jobs);
+            }
+            _ => panic!("not read as a notify"),
+        }
+        let not_clean = br#"{"id":null,"method":"mining.notify","params":["00ab","deadbeef","01","02",[],"20000000","207fffff","65000000",false]}"#;
+        assert!(matches!(
+            classify(not_clean),
+            Incoming::Notify {
+                clean_jobs: false,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn submit_line_is_valid_json_with_the_fields_in_order() {
+        let job_middle = {
+            let mut middle = b",\"method\":\"mining.submit\",\"params\":[".to_vec();
+            middle.extend_from_slice(br#""addr.m1","0000000000000abc",""#);
+            middle
+        };
+        let mut out = Vec::new();
+        push_submit(
+            &mut out,
+            17,
+            &job_middle,
+            &[1, 2, 3, 0xff],
+            0x6500_0000,
+            0xdead_beef,
+        );
+        assert_eq!(out.last(), Some(&b'\n'));
+        let parsed: Value = serde_json::from_slice(&out).expect("valid JSON");
+        assert_eq!(
+            parsed,
+            json!({"id": 17, "method": "mining.submit",
+                   "params": ["addr.m1", "0000000000000abc", "010203ff", "65000000", "deadbeef"]})
+        );
     }
 }

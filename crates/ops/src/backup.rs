@@ -25,7 +25,6 @@ pub const MANIFEST_FORMAT_VERSION: u32 = 1;
 pub struct Manifest {
     pub format_version: u32,
     /// When the snapshot was taken (RFC 3339, UTC; slightly before it).
-    /// `tbg collector --replay --from <created_at>` brings a restore forward.
     pub created_at: String,
     pub database: String,
     pub server_version: String,
@@ -41,6 +40,14 @@ pub struct Manifest {
     pub sha256: String,
     /// `schema.table` -> rows, every user table.
     pub row_counts: BTreeMap<String, i64>,
+    /// The journal seq the collector had committed to PostgreSQL in the
+    /// dumped snapshot (`collector_cursor`, sink `postgres`): the collector
+    /// moves it in the same transaction as the events, so every event up to
+    /// it is in the dump and none after it. `tbg collector --replay --from
+    /// seq:<cursor + 1>` brings a restore forward. `None` without that table
+    /// and in manifests written before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub collector_cursor: Option<u64>,
 }
 
 /// Settings of one PostgreSQL backup.
@@ -154,6 +161,11 @@ pub async fn backup_postgres(
         None
     };
     let timescaledb_version = pg::timescaledb_version(&transaction).await?;
+    let collector_cursor = if tables.iter().any(|t| t == "public.collector_cursor") {
+        pg::collector_cursor(&transaction).await?
+    } else {
+        None
+    };
 
     let result = pg::run_tool(
         &pg_dump,
@@ -183,6 +195,7 @@ pub async fn backup_postgres(
         size_bytes,
         sha256,
         row_counts,
+        collector_cursor,
     };
     let json = serde_json::to_vec_pretty(&manifest).map_err(|error| OpsError::Invalid {
         what: "writing the manifest",

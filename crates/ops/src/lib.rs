@@ -1,6 +1,6 @@
 //! Operations toolkit: PostgreSQL custom-format backups with a manifest
 //! (checksum, size, row counts, schema version), retention (daily + weekly),
-//! Redis snapshot and configuration archives, a validated restore that
+//! Redis snapshot and configuration archives (and their restore), a validated restore that
 //! previews before it acts, and backup verification through a scratch
 //! database.
 //!
@@ -12,6 +12,7 @@ mod backup;
 mod error;
 mod lock;
 mod pg;
+mod redis_restore;
 mod restore;
 mod retention;
 mod snapshot;
@@ -20,12 +21,18 @@ pub use backup::{backup_postgres, BackupOptions, BackupReport, Manifest, MANIFES
 pub use error::OpsError;
 pub use lock::BackupLock;
 pub use pg::{find_tool, PgTarget};
+pub use redis_restore::{
+    LoadedRedisSnapshot, RedisDbContent, RedisRestorePlan, RedisRestoreReport,
+};
 pub use restore::{
-    plan_restore, restore, validate_backup, verify_backup, RestoreOptions, RestorePlan,
-    RestoreReport, ValidatedBackup, VerifyReport, REQUIRED_TABLES,
+    plan_restore, replay_command, restore, validate_backup, verify_backup, RestoreOptions,
+    RestorePlan, RestoreReport, ValidatedBackup, VerifyReport, REPLAY_TIME_MARGIN, REQUIRED_TABLES,
 };
 pub use retention::{apply_retention, backup_stamp, parse_stamp, Retention, RetentionReport};
-pub use snapshot::{backup_config, backup_redis, prune_oldest};
+pub use snapshot::{
+    backup_config, backup_redis, plan_config_restore, prune_oldest, restore_config_archive,
+    ConfigRestoreFile, ConfigRestorePlan,
+};
 
 /// Where the PostgreSQL dumps live under the backup dir.
 pub const DAILY_DIR: &str = "daily";

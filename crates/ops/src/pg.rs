@@ -279,3 +279,17 @@ pub(crate) async fn timescaledb_version(
         .map_err(OpsError::pg("checking for timescaledb"))?;
     Ok(row.map(|row| row.get(0)))
 }
+
+/// The journal seq the collector has committed to PostgreSQL (its
+/// `collector_cursor` row, sink `postgres`); `None` without the row. Call
+/// only when `public.collector_cursor` exists.
+pub(crate) async fn collector_cursor(client: &impl GenericClient) -> Result<Option<u64>, OpsError> {
+    let row = client
+        .query_opt(
+            "SELECT seq FROM public.collector_cursor WHERE sink = 'postgres'",
+            &[],
+        )
+        .await
+        .map_err(OpsError::pg("reading the collector cursor"))?;
+    Ok(row.and_then(|row| u64::try_from(row.get::<_, i64>(0)).ok()))
+}

@@ -11,7 +11,7 @@ use std::time::Duration;
 use time::OffsetDateTime;
 use tokio_postgres::error::SqlState;
 
-use crate::backup::{digest_file, Manifest, MANIFEST_FORMAT_VERSION};
+use crate::backup::{digest_file, rfc3339, Manifest, MANIFEST_FORMAT_VERSION};
 use crate::pg::{self, quote_ident, PgTarget};
 use crate::retention::{manifest_path_of, parse_stamp};
 use crate::OpsError;
@@ -26,6 +26,28 @@ pub const REQUIRED_TABLES: &[&str] = &[
     "public.mining_events",
     "public.shares",
 ];
+
+/// How long before the manifest's `created_at` a time-based replay starts
+/// (manifests without a collector cursor). The collector writes an event to
+/// PostgreSQL a batch wait (1 s by default, more when it lags) after the
+/// event's time, so events stamped shortly before the dump can be missing
+/// from it; replaying a few minutes more costs nothing (stored events are
+/// skipped).
+pub const REPLAY_TIME_MARGIN: Duration = Duration::from_secs(600);
+
+/// The command that brings a restored database up to the present. With the
+/// database's collector cursor it is exact: the journal from the seq after
+/// the cursor (`--from seq:N`). Without one (older manifests), from
+/// [`REPLAY_TIME_MARGIN`] before `created_at`.
+pub fn replay_command(collector_cursor: Option<u64>, created_at: &str) -> String {
+    let from = match collector_cursor {
+        Some(cursor) => format!("seq:{}", cursor.saturating_add(1)),
+        None => parse_created_at(created_at)
+            .map(|at| rfc3339(at - REPLAY_TIME_MARGIN))
+            .unwrap_or_else(|| created_at.to_string()),
+    };
+    format!("tbg collector --replay --from {from}")
+}
 
 /// Manifests are small; a huge "manifest" is not one.
 const MANIFEST_MAX_BYTES: u64 = 16 * 1024 * 1024;
@@ -42,9 +64,12 @@ pub struct ValidatedBackup {
 }
 
 fn created_at_time(manifest: &Manifest) -> Option<OffsetDateTime> {
+    parse_created_at(&manifest.created_at)
+}
+
+fn parse_created_at(created_at: &str) -> Option<OffsetDateTime> {
     // "2026-11-25T17:57:04Z" -> the file stamp "20261125T175704Z".
-    let stamp: String = manifest
-        .created_at
+    let stamp: String = created_at
         .chars()
         .filter(|c| *c != '-' && *c != ':')
         .collect();
@@ -215,12 +240,11 @@ pub struct RestorePlan {
 }
 
 impl RestorePlan {
-    /// The command that brings the restored database up to the present.
+    /// The command that brings the restored database up to the present,
+    /// from the manifest (see [`replay_command`]).
     pub fn replay_command(&self) -> String {
-        format!(
-            "tbg collector --replay --from {}",
-            self.backup.manifest.created_at
-        )
+        let manifest = &self.backup.manifest;
+        replay_command(manifest.collector_cursor, &manifest.created_at)
     }
 }
 
@@ -260,6 +284,17 @@ impl fmt::Display for RestorePlan {
         for (table, rows) in &manifest.row_counts {
             writeln!(f, "  {table:<32} {rows:>12}")?;
         }
+        match manifest.collector_cursor {
+            Some(cursor) => writeln!(
+                f,
+                "collector cursor: journal seq {cursor} (the dump holds every event up to it, none after)"
+            )?,
+            None => writeln!(
+                f,
+                "collector cursor: not in the manifest: the replay starts {} min before created at (stored events are skipped); the restored database's cursor is used after the restore",
+                REPLAY_TIME_MARGIN.as_secs() / 60
+            )?,
+        }
         write!(f, "afterwards:      {}", self.replay_command())
     }
 }
@@ -282,6 +317,11 @@ pub struct RestoreReport {
     pub previous_database: Option<String>,
     /// Rows per table after the restore (equal to the manifest's).
     pub row_counts: BTreeMap<String, i64>,
+    /// The restored database's collector cursor (journal seq of the last
+    /// event it holds); `None` without a `postgres` cursor row.
+    pub collector_cursor: Option<u64>,
+    /// The command that brings the restored database up to the present:
+    /// from the seq after [`Self::collector_cursor`], else as the plan says.
     pub replay_command: String,
 }
 
@@ -366,8 +406,8 @@ pub async fn restore(
         (database.clone(), false)
     };
     let result = restore_into(&plan.backup, &target.with_database(&into), options).await;
-    let row_counts = match result {
-        Ok(counts) => counts,
+    let restored = match result {
+        Ok(restored) => restored,
         Err(error) => {
             if created_database {
                 // A failed restore must not leave a half-made database behind.
@@ -390,12 +430,17 @@ pub async fn restore(
     } else {
         None
     };
+    let manifest = &plan.backup.manifest;
     Ok(RestoreReport {
         database,
         created_database,
         previous_database,
-        row_counts,
-        replay_command: plan.replay_command(),
+        row_counts: restored.row_counts,
+        collector_cursor: restored.collector_cursor,
+        replay_command: replay_command(
+            restored.collector_cursor.or(manifest.collector_cursor),
+            &manifest.created_at,
+        ),
     })
 }
 
@@ -481,12 +526,19 @@ async fn drop_database(target: &PgTarget, database: &str) {
     }
 }
 
-/// pg_restore into `target` (which exists), then compares row counts.
+/// What [`restore_into`] found in the restored database.
+struct Restored {
+    row_counts: BTreeMap<String, i64>,
+    collector_cursor: Option<u64>,
+}
+
+/// pg_restore into `target` (which exists), then compares row counts and
+/// reads the collector cursor.
 async fn restore_into(
     backup: &ValidatedBackup,
     target: &PgTarget,
     options: &RestoreOptions,
-) -> Result<BTreeMap<String, i64>, OpsError> {
+) -> Result<Restored, OpsError> {
     let database = target.database();
     let client = target.connect().await?;
     let timescaledb = backup.manifest.timescaledb_version.is_some()
@@ -540,7 +592,12 @@ async fn restore_into(
             mismatches,
         });
     }
-    Ok(counts)
+    // The table is required (validate_backup), so it was restored.
+    let collector_cursor = pg::collector_cursor(&client).await?;
+    Ok(Restored {
+        row_counts: counts,
+        collector_cursor,
+    })
 }
 
 /// What `verify-backup` checked.
@@ -592,7 +649,7 @@ pub async fn verify_backup(
     let result = restore_into(&backup, &scratch, &options).await;
     drop_database(&server, &scratch_database).await;
     Ok(VerifyReport {
-        row_counts: result?,
+        row_counts: result?.row_counts,
         backup,
         scratch_database,
     })
@@ -606,5 +663,21 @@ mod tests {
     fn archive_listing_yields_tables_not_data_entries() {
         let listing = ";\n; Archive created at 2026-11-25\n215; 1259 16390 TABLE public blocks postgres\n3350; 0 16390 TABLE DATA public blocks postgres\n216; 1259 16391 INDEX public blocks_user postgres\n";
         assert_eq!(archive_tables(listing), vec!["public.blocks".to_string()]);
+    }
+
+    #[test]
+    fn replay_starts_after_the_cursor_or_a_margin_before_the_backup_time() {
+        assert_eq!(
+            replay_command(Some(1097), "2026-11-25T20:35:31Z"),
+            "tbg collector --replay --from seq:1098"
+        );
+        assert_eq!(
+            replay_command(Some(0), "2026-11-25T20:35:31Z"),
+            "tbg collector --replay --from seq:1"
+        );
+        assert_eq!(
+            replay_command(None, "2026-11-25T20:35:31Z"),
+            "tbg collector --replay --from 2026-11-25T20:25:31Z"
+        );
     }
 }

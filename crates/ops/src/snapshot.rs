@@ -161,6 +161,125 @@ pub async fn backup_config(
     Ok((target, removed))
 }
 
+/// One file of a configuration archive and where a restore puts it.
+#[derive(Debug, Clone)]
+pub struct ConfigRestoreFile {
+    pub name: String,
+    pub target: PathBuf,
+}
+
+/// What `restore_config_archive` would write.
+#[derive(Debug, Clone)]
+pub struct ConfigRestorePlan {
+    pub archive: PathBuf,
+    pub target_dir: PathBuf,
+    pub files: Vec<ConfigRestoreFile>,
+}
+
+/// Lists a configuration archive (`tar -tzf`): only plain file names, as
+/// `backup_config` writes them, are accepted; changes nothing.
+pub async fn plan_config_restore(
+    archive: &Path,
+    target_dir: &Path,
+) -> Result<ConfigRestorePlan, OpsError> {
+    let metadata = std::fs::metadata(archive).map_err(|_| OpsError::NotFound {
+        path: archive.to_path_buf(),
+    })?;
+    if metadata.len() == 0 {
+        return Err(OpsError::EmptyFile {
+            path: archive.to_path_buf(),
+        });
+    }
+    let tool = Path::new("tar");
+    let mut command = Command::new(tool);
+    command
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .arg("-tzf")
+        .arg(archive);
+    let listing = run_tool(tool, &mut command)
+        .await
+        .map_err(|error| OpsError::Invalid {
+            what: "config restore",
+            detail: format!(
+                "{} is not a configuration archive (tar.gz): {error}",
+                archive.display()
+            ),
+        })?;
+    let mut files = Vec::new();
+    for name in listing.lines().filter(|l| !l.is_empty()) {
+        let plain = !name.contains('/') && name != "." && name != ".." && !name.starts_with('-');
+        if !plain {
+            return Err(OpsError::Invalid {
+                what: "config restore",
+                detail: format!(
+                    "{} holds {name:?}: not a tbg configuration archive (plain file names only)",
+                    archive.display()
+                ),
+            });
+        }
+        files.push(ConfigRestoreFile {
+            name: name.to_string(),
+            target: target_dir.join(name),
+        });
+    }
+    if files.is_empty() {
+        return Err(OpsError::Invalid {
+            what: "config restore",
+            detail: format!("{} is an empty archive", archive.display()),
+        });
+    }
+    Ok(ConfigRestorePlan {
+        archive: archive.to_path_buf(),
+        target_dir: target_dir.to_path_buf(),
+        files,
+    })
+}
+
+/// Extracts the planned files into the target dir (through a staging
+/// directory beside them); a file already there is kept as
+/// `<name>.before-restore`. Returns the files written.
+pub async fn restore_config_archive(plan: &ConfigRestorePlan) -> Result<Vec<PathBuf>, OpsError> {
+    tokio::fs::create_dir_all(&plan.target_dir)
+        .await
+        .map_err(OpsError::io("cannot create", &plan.target_dir))?;
+    let staging = tempfile::Builder::new()
+        .prefix(".tbg-config-restore-")
+        .tempdir_in(&plan.target_dir)
+        .map_err(OpsError::io(
+            "cannot create a staging directory in",
+            &plan.target_dir,
+        ))?;
+    let tool = Path::new("tar");
+    let mut command = Command::new(tool);
+    command
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .arg("-xzf")
+        .arg(&plan.archive)
+        .arg("-C")
+        .arg(staging.path());
+    for file in &plan.files {
+        command.arg(&file.name);
+    }
+    run_tool(tool, &mut command).await?;
+    let mut written = Vec::new();
+    for file in &plan.files {
+        if file.target.exists() {
+            let kept = plan
+                .target_dir
+                .join(format!("{}.before-restore", file.name));
+            std::fs::rename(&file.target, &kept)
+                .map_err(OpsError::io("cannot rename", &file.target))?;
+        }
+        let staged = staging.path().join(&file.name);
+        std::fs::rename(&staged, &file.target)
+            .map_err(OpsError::io("cannot write", &file.target))?;
+        written.push(file.target.clone());
+    }
+    Ok(written)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

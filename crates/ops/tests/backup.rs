@@ -56,6 +56,8 @@ async fn seeded_server() -> (PgServer, String) {
               SELECT '2026-11-24T12:00:00Z'::timestamptz + i * interval '1 minute', 'bc1qaddr1', 'rig1',
                      1, 2, true, '127.0.0.1', 'hosted', 'eu', 'ev' || i
               FROM generate_series(1, 4) i;
+            -- The collector has written the journal up to seq 9.
+            UPDATE collector_cursor SET seq = 9 WHERE sink = 'postgres';
             "#,
         )
         .await
@@ -122,7 +124,10 @@ async fn backup_restore_verify_round_trip() {
     assert!(report.dump.to_string_lossy().ends_with(".dump"));
     let manifest = &report.manifest;
     assert_eq!(manifest.database, "tbg");
-    assert_eq!(manifest.schema_version, Some(2));
+    let newest = tbg_collector::migrations::MIGRATIONS
+        .last()
+        .map(|m| m.version);
+    assert_eq!(manifest.schema_version, newest);
     assert_eq!(
         manifest.size_bytes,
         std::fs::metadata(&report.dump).unwrap().len()
@@ -134,8 +139,10 @@ async fn backup_restore_verify_round_trip() {
     assert_eq!(counts.get("public.blocks"), Some(&1));
     assert_eq!(counts.get("public.mining_events"), Some(&5));
     assert_eq!(counts.get("public.shares"), Some(&4));
-    assert_eq!(counts.get("public.schema_migrations"), Some(&2));
+    let migrations = tbg_collector::migrations::MIGRATIONS.len() as i64;
+    assert_eq!(counts.get("public.schema_migrations"), Some(&migrations));
     assert_eq!(counts.get("public.collector_cursor"), Some(&1));
+    assert_eq!(manifest.collector_cursor, Some(9));
     // Partitions are counted through their parent, not twice.
     assert!(!counts.keys().any(|t| t.contains("_p2026")), "{counts:?}");
     let on_disk: tbg_ops::Manifest =
@@ -149,7 +156,8 @@ async fn backup_restore_verify_round_trip() {
             "DELETE FROM users WHERE btc_address = 'bc1qaddr1';
              INSERT INTO blocks (block_height, block_hash, \"user\", worker_name, reward, coinbase_sig,
                                  source, region, found_at, event_id)
-               VALUES (102, '00cd', 'x', 'y', 1, 'tbg', 'hosted', 'eu', now(), 'ev-later');",
+               VALUES (102, '00cd', 'x', 'y', 1, 'tbg', 'hosted', 'eu', now(), 'ev-later');
+             UPDATE collector_cursor SET seq = 20 WHERE sink = 'postgres';",
         )
         .await
         .unwrap();
@@ -166,11 +174,10 @@ async fn backup_restore_verify_round_trip() {
     let shown = plan.to_string();
     assert!(shown.contains("tbg_restored"), "{shown}");
     assert!(shown.contains("public.users"), "{shown}");
+    // The replay starts right after the last event the dump holds.
+    assert!(shown.contains("collector cursor: journal seq 9"), "{shown}");
     assert!(
-        shown.contains(&format!(
-            "tbg collector --replay --from {}",
-            manifest.created_at
-        )),
+        shown.ends_with("afterwards:      tbg collector --replay --from seq:10"),
         "{shown}"
     );
     assert!(!databases(&server).contains(&"tbg_restored".to_string()));
@@ -181,6 +188,11 @@ async fn backup_restore_verify_round_trip() {
         .expect("restore into a new database");
     assert!(restored.created_database);
     assert_eq!(&restored.row_counts, counts);
+    assert_eq!(restored.collector_cursor, Some(9));
+    assert_eq!(
+        restored.replay_command,
+        "tbg collector --replay --from seq:10"
+    );
     assert_eq!(snapshot_of(&fresh_url).await, before);
 
     // The live database is not empty: refused without --clean, unchanged.
@@ -221,6 +233,43 @@ async fn backup_restore_verify_round_trip() {
     assert!(verified.scratch_database.starts_with("tbg_verify_"));
     assert_eq!(&verified.row_counts, counts);
     assert_eq!(databases(&server), databases_before);
+
+    // A manifest written before the cursor was recorded: the preview falls
+    // back to a time well before the backup, the restore reads the cursor
+    // from the restored database and is exact again.
+    let mut old: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&report.manifest_path).unwrap()).unwrap();
+    old.as_object_mut().unwrap().remove("collector_cursor");
+    std::fs::write(&report.manifest_path, serde_json::to_vec(&old).unwrap()).unwrap();
+    let old_url = url_for(&url, "tbg_from_old_manifest");
+    let plan = plan_restore(&report.dump, &old_url, None)
+        .await
+        .expect("an old manifest still plans");
+    assert_eq!(plan.backup.manifest.collector_cursor, None);
+    let created = tbg_ops::parse_stamp(&manifest.created_at.replace(['-', ':'], "")).unwrap();
+    let margin_before = created - tbg_ops::REPLAY_TIME_MARGIN;
+    let expected_from = format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+        margin_before.year(),
+        u8::from(margin_before.month()),
+        margin_before.day(),
+        margin_before.hour(),
+        margin_before.minute(),
+        margin_before.second()
+    );
+    assert!(expected_from < manifest.created_at);
+    assert_eq!(
+        plan.replay_command(),
+        format!("tbg collector --replay --from {expected_from}")
+    );
+    let restored = restore(&plan, &old_url, &RestoreOptions::default())
+        .await
+        .expect("restore with an old manifest");
+    assert_eq!(restored.collector_cursor, Some(9));
+    assert_eq!(
+        restored.replay_command,
+        "tbg collector --replay --from seq:10"
+    );
 }
 
 fn url_for(url: &str, database: &str) -> String {

@@ -11,6 +11,7 @@ pub mod blocks;
 pub mod counters;
 pub mod extranonce;
 pub mod memory;
+mod notify;
 mod server;
 pub mod service;
 pub mod session;
@@ -51,11 +52,16 @@ pub enum PoolError {
 
 /// State every session shares.
 pub(crate) struct PoolShared {
+    /// The settings the pool started with; the keys a reload may change are
+    /// read from `live()` instead.
     pub(crate) settings: PoolSettings,
+    /// The current settings, swapped by `PoolHandle::reload` (SIGHUP).
+    live: parking_lot::RwLock<Arc<PoolSettings>>,
     pub(crate) extranonces: extranonce::ExtranonceAllocator,
     pub(crate) stats: StatsRegistry,
     pub(crate) user_sigs: Arc<usersig::UserSigCache>,
-    user_sig_requests: Option<mpsc::Sender<String>>,
+    /// Swapped when a reload changes the Redis URL.
+    user_sig_requests: parking_lot::RwLock<Option<mpsc::Sender<String>>>,
     pub(crate) difficulty_memory: memory::DifficultyMemory,
     pub(crate) counters: Arc<PoolCounters>,
     pub(crate) blocks: blocks::BlockLog,
@@ -72,16 +78,38 @@ pub(crate) struct PoolShared {
 
 impl PoolShared {
     /// Records an event: into the journal first (returns its seq, 0 without
-    /// a journal), then to the best-effort sinks.
+    /// a journal or when the journal refused it), then to the best-effort
+    /// sinks. Use [`PoolShared::try_emit`] where a refusal matters.
     pub(crate) fn emit(&self, data: EventData) -> u64 {
+        self.try_emit(data).unwrap_or(0)
+    }
+
+    /// Like `emit`, but `None` when the journal refused the event (its ring
+    /// is full because SQLite is failing, or its file cannot be written):
+    /// nothing that depends on it may be confirmed. The datagram sink still
+    /// gets it, and a refused block event is logged whole at error level,
+    /// because a block is submitted to the node regardless.
+    pub(crate) fn try_emit(&self, data: EventData) -> Option<u64> {
         let event = self.event_factory.make(data);
         self.counters.event_emitted();
-        let seq = self
-            .journal
-            .as_ref()
-            .map_or(0, |journal| journal.append(&event));
+        let journaled = match &self.journal {
+            None => Some(0),
+            Some(journal) => match journal.append(&event) {
+                Ok(seq) => Some(seq),
+                Err(error) => {
+                    if matches!(
+                        event.data,
+                        EventData::BlockFound { .. } | EventData::BlockSubmitted { .. }
+                    ) {
+                        tracing::error!(%error, event = %event.to_json(),
+                            "block event NOT journaled; it is only in this log and the datagram socket");
+                    }
+                    None
+                }
+            },
+        };
         self.events.emit(event);
-        seq
+        journaled
     }
 
     /// Seconds since the pool started: the clock vardiff runs on.
@@ -93,8 +121,13 @@ impl PoolShared {
         self.job_counter.fetch_add(1, Ordering::Relaxed)
     }
 
+    /// The settings now in force (see `PoolHandle::reload`).
+    pub(crate) fn live(&self) -> Arc<PoolSettings> {
+        self.live.read().clone()
+    }
+
     pub(crate) fn request_user_sig(&self, address: &str) {
-        if let Some(requests) = &self.user_sig_requests {
+        if let Some(requests) = self.user_sig_requests.read().as_ref() {
             // Full: the periodic refresh picks the address up instead.
             let _ = requests.try_send(address.to_string());
         }
@@ -131,6 +164,8 @@ pub struct PoolHandle {
     shutdown_tx: watch::Sender<bool>,
     server: tokio::task::JoinHandle<()>,
     background: Vec<tokio::task::JoinHandle<()>>,
+    /// The Redis signature refresher; replaced when a reload changes the URL.
+    user_sig_task: parking_lot::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 /// Pool-wide status for the status API and tests.
@@ -173,47 +208,17 @@ pub async fn start(settings: PoolSettings, deps: PoolDeps) -> Result<PoolHandle,
     let stats = StatsRegistry::default();
     let mut background = Vec::new();
 
-    let shared_slot: Arc<parking_lot::Mutex<Option<std::sync::Weak<PoolShared>>>> = Arc::default();
-    let user_sig_requests = match &settings.redis_url {
-        Some(url) => {
-            let slot = shared_slot.clone();
-            let active: Arc<dyn Fn() -> Vec<String> + Send + Sync> = Arc::new(move || {
-                let shared = slot.lock().as_ref().and_then(std::sync::Weak::upgrade);
-                shared
-                    .map(|shared| {
-                        shared
-                            .stats
-                            .users(Instant::now())
-                            .into_iter()
-                            .filter(|u| u.workers_connected > 0)
-                            .map(|u| u.address)
-                            .collect()
-                    })
-                    .unwrap_or_default()
-            });
-            let (requests, task) = usersig::spawn_refresher(
-                url.clone(),
-                user_sigs.clone(),
-                active,
-                settings.user_sig_refresh,
-                shutdown_rx.clone(),
-            );
-            background.push(task);
-            Some(requests)
-        }
-        None => None,
-    };
-
     let shared = Arc::new(PoolShared {
         extranonces: extranonce::ExtranonceAllocator::new(
             settings.extranonce1_len,
             settings.session_resume_window,
         ),
         difficulty_memory: memory::DifficultyMemory::new(settings.difficulty_memory),
+        live: parking_lot::RwLock::new(Arc::new(settings.clone())),
         settings,
         stats,
         user_sigs,
-        user_sig_requests,
+        user_sig_requests: parking_lot::RwLock::new(None),
         counters: Arc::new(PoolCounters::default()),
         blocks: blocks::BlockLog::default(),
         events: deps.events,
@@ -226,7 +231,11 @@ pub async fn start(settings: PoolSettings, deps: PoolDeps) -> Result<PoolHandle,
         refresh: deps.refresh,
         epoch: Instant::now(),
     });
-    *shared_slot.lock() = Some(Arc::downgrade(&shared));
+    let user_sig_task = shared
+        .settings
+        .redis_url
+        .clone()
+        .map(|url| spawn_user_sig_refresher(&shared, url, shutdown_rx.clone()));
 
     let (work_tx, work_rx) = watch::channel(None);
     background.push(tokio::spawn(work_source::run(
@@ -252,7 +261,40 @@ pub async fn start(settings: PoolSettings, deps: PoolDeps) -> Result<PoolHandle,
         shutdown_tx,
         server,
         background,
+        user_sig_task: parking_lot::Mutex::new(user_sig_task),
     })
+}
+
+/// Keeps the per-user signatures in step with Redis at `url`; the lookup
+/// channel goes into `shared`.
+fn spawn_user_sig_refresher(
+    shared: &Arc<PoolShared>,
+    url: String,
+    shutdown: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    let weak = Arc::downgrade(shared);
+    let active: Arc<dyn Fn() -> Vec<String> + Send + Sync> = Arc::new(move || {
+        weak.upgrade()
+            .map(|shared| {
+                shared
+                    .stats
+                    .users(Instant::now())
+                    .into_iter()
+                    .filter(|u| u.workers_connected > 0)
+                    .map(|u| u.address)
+                    .collect()
+            })
+            .unwrap_or_default()
+    });
+    let (requests, task) = usersig::spawn_refresher(
+        url,
+        shared.user_sigs.clone(),
+        active,
+        shared.settings.user_sig_refresh,
+        shutdown,
+    );
+    *shared.user_sig_requests.write() = Some(requests);
+    task
 }
 
 /// Prunes idle records now and then so memory stays bounded.
@@ -322,12 +364,45 @@ impl PoolHandle {
         for task in self.background {
             task.abort();
         }
+        if let Some(task) = self.user_sig_task.lock().take() {
+            task.abort();
+        }
         // Disconnect events are in the journal queue: commit them.
         if let Some(journal) = self.shared.journal.clone() {
             if let Err(error) = journal.close().await {
                 tracing::error!(%error, "journal flush at shutdown failed");
             }
         }
+    }
+
+    /// Applies the settings that can change while miners are connected (see
+    /// [`settings::LIVE_SETTINGS`]); the others keep their running values.
+    /// Connected miners keep their difficulty; new ones get the new
+    /// settings; the pool tag goes into the next job. Returns what changed.
+    pub fn reload(&self, new: &PoolSettings) -> Vec<settings::SettingChange> {
+        let current = self.shared.live();
+        let (next, changes) = current.with_live_from(new);
+        if changes.is_empty() {
+            return changes;
+        }
+        let redis_changed = next.redis_url != current.redis_url;
+        *self.shared.live.write() = Arc::new(next.clone());
+        if redis_changed {
+            let mut task = self.user_sig_task.lock();
+            if let Some(old) = task.take() {
+                old.abort();
+            }
+            *self.shared.user_sig_requests.write() = None;
+            *task = next.redis_url.clone().map(|url| {
+                spawn_user_sig_refresher(&self.shared, url, self.shutdown_tx.subscribe())
+            });
+        }
+        changes
+    }
+
+    /// The settings now in force.
+    pub fn live_settings(&self) -> Arc<PoolSettings> {
+        self.shared.live()
     }
 
     /// The journal, when the pool has one.

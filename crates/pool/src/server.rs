@@ -97,12 +97,13 @@ pub(crate) async fn serve(
 }
 
 fn admit(shared: &PoolShared, per_ip: &PerIp, peer: SocketAddr) -> bool {
-    let max = shared.settings.max_clients;
+    let settings = shared.live();
+    let max = settings.max_clients;
     if max != 0 && crate::PoolCounters::get(&shared.counters.connections) >= max as u64 {
         tracing::debug!(%peer, "refused: maxclients reached");
         return false;
     }
-    if !per_ip.try_add(peer.ip(), shared.settings.max_connections_per_ip) {
+    if !per_ip.try_add(peer.ip(), settings.max_connections_per_ip) {
         tracing::debug!(%peer, "refused: too many connections from this address");
         return false;
     }

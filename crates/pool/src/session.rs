@@ -15,13 +15,14 @@ use bitcoin::ScriptBuf;
 use serde_json::Value;
 use tbg_events::EventData;
 use tbg_stratum::{
-    ClientMessage, ConfigureRequest, ConfigureResponse, NotifyParams, RejectReason, Request, Submit,
+    ClientMessage, ConfigureRequest, ConfigureResponse, RejectReason, Request, Submit,
 };
-use tbg_work::{build_coinbase, Job, Vardiff};
+use tbg_work::{Job, Vardiff};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::sync::watch;
 
 use crate::extranonce::Allocation;
+use crate::notify::JobInputs;
 use crate::stats::{StatsRegistry, WorkerHandle};
 use crate::work_source::CurrentWork;
 use crate::PoolShared;
@@ -49,7 +50,8 @@ pub enum CloseReason {
 }
 
 struct SessionJob {
-    id: String,
+    /// Shared with the user's other sessions (same template, same job).
+    id: Arc<str>,
     job: Job,
     prev_hash: bitcoin::BlockHash,
     difficulty: f64,
@@ -133,7 +135,7 @@ async fn read_line_limited<R: AsyncRead + Unpin>(
 impl Session {
     pub(crate) fn new(shared: Arc<PoolShared>, client_id: u64, peer: SocketAddr) -> Session {
         let now = Instant::now();
-        let difficulty = shared.settings.start_difficulty;
+        let difficulty = shared.live().start_difficulty;
         Session {
             shared,
             client_id,
@@ -173,7 +175,7 @@ impl Session {
         let mut out = String::with_capacity(1024);
         let mut vardiff_tick = tokio::time::interval(
             self.shared
-                .settings
+                .live()
                 .share_interval
                 .max(Duration::from_secs(1)),
         );
@@ -241,9 +243,15 @@ impl Session {
         reason
     }
 
-    fn emit(&self, data: EventData) {
-        let seq = self.shared.emit(data);
-        self.pending_seq.fetch_max(seq, Ordering::Relaxed);
+    /// Records an event; false when the journal refused it.
+    fn emit(&self, data: EventData) -> bool {
+        match self.shared.try_emit(data) {
+            Some(seq) => {
+                self.pending_seq.fetch_max(seq, Ordering::Relaxed);
+                true
+            }
+            None => false,
+        }
     }
 
     async fn flush<W: AsyncWrite + Unpin>(
@@ -257,7 +265,7 @@ impl Session {
         // Nothing is confirmed to the miner before its events are durable.
         if let Some(journal) = &self.shared.journal {
             let seq = self.pending_seq.load(Ordering::Relaxed);
-            if seq > journal.committed_seq() && journal.wait_durable(seq).await.is_err() {
+            if seq > journal.durable_seq() && journal.wait_durable(seq).await.is_err() {
                 return Err(CloseReason::Shutdown);
             }
         }
@@ -447,7 +455,7 @@ impl Session {
         // Difficulty: a remembered one (reconnect), else the start difficulty,
         // raised to whatever the miner asked for.
         let remembered = self.shared.difficulty_memory.recall(address, &worker, now);
-        self.difficulty = remembered.unwrap_or(self.shared.settings.start_difficulty);
+        self.difficulty = remembered.unwrap_or(self.shared.live().start_difficulty);
         let mut vardiff = Vardiff::new(
             self.vardiff_config(self.difficulty),
             self.shared.seconds(now),
@@ -473,7 +481,7 @@ impl Session {
     }
 
     fn vardiff_config(&self, start: f64) -> tbg_work::VardiffConfig {
-        let settings = &self.shared.settings;
+        let settings = self.shared.live();
         tbg_work::VardiffConfig {
             target_interval_secs: settings.share_interval.as_secs_f64(),
             retarget_window_secs: settings.share_interval.as_secs_f64() * 6.0,
@@ -583,39 +591,41 @@ impl Session {
         };
         // A new signature from Redis is picked up with the next job.
         user.user_sig = self.shared.user_sigs.get(&user.address);
-        let coinbase = match build_coinbase(
-            &work.template,
-            &user.payout,
-            &self.shared.settings.pool_tag,
-            user.user_sig.as_deref(),
-            allocation.extranonce1.len(),
-            self.shared.settings.extranonce2_len,
-        ) {
-            Ok(coinbase) => coinbase,
+        // Same generation again (a retarget): a job with a new id, so that
+        // shares on it are judged at the new difficulty. Otherwise the job
+        // every session of this user gets for this template.
+        let retarget = work.generation == self.work_generation_sent;
+        let live = self.shared.live();
+        let inputs = JobInputs {
+            template: &work.template,
+            job_template: &work.job_template,
+            payout: &user.payout,
+            pool_tag: &live.pool_tag,
+            user_sig: user.user_sig.as_deref(),
+            extranonce1_len: allocation.extranonce1.len(),
+            extranonce2_len: self.shared.settings.extranonce2_len,
+            clean_jobs: work.clean_jobs && !retarget,
+        };
+        let built = if retarget {
+            crate::notify::build_user_job(&inputs, self.shared.next_job_id()).map(Arc::new)
+        } else {
+            work.notifies
+                .get_or_build(&inputs, || self.shared.next_job_id())
+        };
+        let user_job = match built {
+            Ok(user_job) => user_job,
             Err(error) => {
                 tracing::error!(%error, "cannot build a coinbase; miner keeps its previous job");
                 return;
             }
         };
-        let clean_jobs = work.clean_jobs && work.generation != self.work_generation_sent;
         self.work_generation_sent = work.generation;
-        let id = format!("{:016x}", self.shared.next_job_id());
+        out.push_str(&user_job.line);
+        let id = user_job.id.clone();
         let job = Job {
             template: work.job_template.clone(),
-            coinbase: Arc::new(coinbase),
+            coinbase: user_job.coinbase.clone(),
         };
-        let params = NotifyParams {
-            job_id: id.clone(),
-            prevhash: work.job_template.prevhash_hex.clone(),
-            coinb1: hex::encode(&job.coinbase.coinb1),
-            coinb2: hex::encode(&job.coinbase.coinb2),
-            merkle_branch: work.job_template.merkle_branch_hex.clone(),
-            version: work.job_template.version_hex.clone(),
-            nbits: work.job_template.nbits_hex.clone(),
-            ntime: work.job_template.ntime_hex.clone(),
-            clean_jobs,
-        };
-        out.push_str(&tbg_stratum::notify(&params));
         if self.jobs.len() == JOBS_KEPT {
             self.jobs.pop_front();
         }
@@ -671,7 +681,7 @@ impl Session {
             *count = 0;
         }
         *count += 1;
-        if *count > self.shared.settings.max_invalid_shares_per_minute {
+        if *count > self.shared.live().max_invalid_shares_per_minute {
             tracing::info!(client = self.client_id, peer = %self.peer, "too many invalid shares; closing");
             return Err(CloseReason::TooManyInvalidShares);
         }
@@ -690,8 +700,18 @@ impl Session {
         match verdict {
             Err(reason) => self.reject_share(request, Some(submit), reason, out),
             Ok(accepted) => {
-                out.push_str(&tbg_stratum::response_ok(&request.id, Value::Bool(true)));
-                self.account_accepted(submit, accepted, started, out, work_rx);
+                let reply_at = out.len();
+                let journaled = self.account_accepted(submit, accepted, started, out, work_rx);
+                // A share is confirmed only once its event is journaled; when
+                // the journal refuses it (full), the miner hears an error
+                // at once rather than waiting on a journal that may not
+                // recover soon. A block in it was still submitted.
+                let reply = if journaled {
+                    tbg_stratum::response_ok(&request.id, Value::Bool(true))
+                } else {
+                    tbg_stratum::response_error(&request.id, 20, "Journal full")
+                };
+                out.insert_str(reply_at, &reply);
                 self.shared.counters.share_latency(started.elapsed());
                 Ok(())
             }
@@ -718,7 +738,7 @@ impl Session {
         let Some(worker_index) = user.workers.iter().position(|(name, _)| name == worker) else {
             return Err(RejectReason::Unauthorized);
         };
-        let Some(job_index) = self.jobs.iter().position(|job| job.id == submit.job_id) else {
+        let Some(job_index) = self.jobs.iter().position(|job| *job.id == *submit.job_id) else {
             return Err(RejectReason::InvalidJobId);
         };
         let current_prev = work_rx
@@ -796,15 +816,17 @@ impl Session {
         now: Instant,
         out: &mut String,
         work_rx: &watch::Receiver<Option<Arc<CurrentWork>>>,
-    ) {
+    ) -> bool {
         let _ = submit;
-        let Some(user) = &self.authorized else { return };
+        let Some(user) = &self.authorized else {
+            return true;
+        };
         let Some(allocation) = &self.allocation else {
-            return;
+            return true;
         };
         // `worker_index` came from `position` over this very list.
         let Some((worker, handle)) = user.workers.get(share.worker_index) else {
-            return;
+            return true;
         };
         self.shares_session += 1;
         self.shared.counters.share_accepted(share.target_difficulty);
@@ -822,7 +844,7 @@ impl Session {
             });
         }
         self.best_session = self.best_session.max(share.share_difficulty);
-        self.emit(EventData::ShareSubmitted {
+        let journaled = self.emit(EventData::ShareSubmitted {
             user: user.address.clone(),
             worker: worker.clone(),
             client_id: self.client_id,
@@ -885,6 +907,7 @@ impl Session {
         if let Some(new) = retarget {
             self.retarget(new, now, out, work_rx);
         }
+        journaled
     }
 
     /// A new difficulty from vardiff: tell the miner, then give it a job

@@ -79,3 +79,163 @@ impl PoolSettings {
         }
     }
 }
+
+/// The settings a running pool takes on a reload (SIGHUP), by field name.
+/// Everything else (network, stratum bind, extranonce sizes, version mask,
+/// timeouts) stays as the pool started: changing it under connected miners
+/// would break their sessions.
+pub const LIVE_SETTINGS: &[&str] = &[
+    "pool_tag",
+    "min_difficulty",
+    "start_difficulty",
+    "max_difficulty",
+    "share_interval",
+    "max_clients",
+    "max_connections_per_ip",
+    "max_invalid_shares_per_minute",
+    "redis_url",
+];
+
+/// One setting a reload changed; values as text (the Redis URL without its
+/// password).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SettingChange {
+    pub name: &'static str,
+    pub old: String,
+    pub new: String,
+}
+
+impl std::fmt::Display for SettingChange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {} -> {}", self.name, self.old, self.new)
+    }
+}
+
+impl PoolSettings {
+    /// These settings with the [`LIVE_SETTINGS`] of `new`, and the list of
+    /// those that differ.
+    pub fn with_live_from(&self, new: &PoolSettings) -> (PoolSettings, Vec<SettingChange>) {
+        let mut next = self.clone();
+        let mut changes = Vec::new();
+        fn take<T: PartialEq + Clone>(
+            changes: &mut Vec<SettingChange>,
+            name: &'static str,
+            slot: &mut T,
+            new: &T,
+            show: impl Fn(&T) -> String,
+        ) {
+            if slot != new {
+                changes.push(SettingChange {
+                    name,
+                    old: show(slot),
+                    new: show(new),
+                });
+                *slot = new.clone();
+            }
+        }
+        let number = |v: &f64| v.to_string();
+        take(
+            &mut changes,
+            "pool_tag",
+            &mut next.pool_tag,
+            &new.pool_tag,
+            |v| format!("{v:?}"),
+        );
+        take(
+            &mut changes,
+            "min_difficulty",
+            &mut next.min_difficulty,
+            &new.min_difficulty,
+            number,
+        );
+        take(
+            &mut changes,
+            "start_difficulty",
+            &mut next.start_difficulty,
+            &new.start_difficulty,
+            number,
+        );
+        take(
+            &mut changes,
+            "max_difficulty",
+            &mut next.max_difficulty,
+            &new.max_difficulty,
+            |v| v.map_or("none".to_string(), |d| d.to_string()),
+        );
+        take(
+            &mut changes,
+            "share_interval",
+            &mut next.share_interval,
+            &new.share_interval,
+            |v| format!("{v:?}"),
+        );
+        take(
+            &mut changes,
+            "max_clients",
+            &mut next.max_clients,
+            &new.max_clients,
+            usize::to_string,
+        );
+        take(
+            &mut changes,
+            "max_connections_per_ip",
+            &mut next.max_connections_per_ip,
+            &new.max_connections_per_ip,
+            usize::to_string,
+        );
+        take(
+            &mut changes,
+            "max_invalid_shares_per_minute",
+            &mut next.max_invalid_shares_per_minute,
+            &new.max_invalid_shares_per_minute,
+            u32::to_string,
+        );
+        take(
+            &mut changes,
+            "redis_url",
+            &mut next.redis_url,
+            &new.redis_url,
+            |v| v.as_deref().map_or("none".to_string(), redact_url_password),
+        );
+        (next, changes)
+    }
+}
+
+/// `redis://user:secret@host/` -> `redis://user:***@host/`.
+pub fn redact_url_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let Some((userinfo, host)) = rest.rsplit_once('@') else {
+        return url.to_string();
+    };
+    match userinfo.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reload_takes_only_the_live_settings() {
+        let running = PoolSettings::new(Network::Regtest);
+        let mut file = running.clone();
+        file.start_difficulty = 7.0;
+        file.pool_tag = "/new/".into();
+        file.redis_url = Some("redis://:secret@10.0.0.1/0".into());
+        file.extranonce1_len = 8;
+        file.stratum_bind = SocketAddr::from(([127, 0, 0, 1], 4444));
+        let (next, changes) = running.with_live_from(&file);
+        assert_eq!(next.start_difficulty, 7.0);
+        assert_eq!(next.pool_tag, "/new/");
+        assert_eq!(next.extranonce1_len, running.extranonce1_len);
+        assert_eq!(next.stratum_bind, running.stratum_bind);
+        let names: Vec<_> = changes.iter().map(|c| c.name).collect();
+        assert_eq!(names, ["pool_tag", "start_difficulty", "redis_url"]);
+        assert_eq!(changes[2].new, "redis://:***@10.0.0.1/0");
+        assert!(running.with_live_from(&running).1.is_empty());
+    }
+}

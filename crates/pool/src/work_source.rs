@@ -8,6 +8,7 @@ use tbg_node::FetchedTemplate;
 use tbg_work::{JobTemplate, Template};
 use tokio::sync::watch;
 
+use crate::notify::NotifyCache;
 use crate::PoolShared;
 
 /// The work of the moment, shared by every session.
@@ -21,6 +22,8 @@ pub struct CurrentWork {
     pub clean_jobs: bool,
     pub network_difficulty: f64,
     pub received_at: Instant,
+    /// This template's notify per payout user, built by the first session.
+    pub(crate) notifies: NotifyCache,
 }
 
 /// Parses every template, keeps the last good one, and publishes work.
@@ -68,6 +71,7 @@ pub(crate) async fn run(
                         clean_jobs,
                         network_difficulty,
                         received_at: update.fetched_at,
+                        notifies: NotifyCache::default(),
                     };
                     // send_replace: publishing never fails even with no session yet.
                     work_tx.send_replace(Some(Arc::new(work)));

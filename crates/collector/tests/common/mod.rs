@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use tbg_collector::Record;
+use tbg_collector::JournalRecord;
 use tbg_events::{EventData, EventFactory};
 
 pub use tbg_testkit::{PgServer, RedisServer};
@@ -41,13 +41,13 @@ impl RecordMaker {
         }
     }
 
-    pub fn record(&mut self, data: EventData, ts: f64) -> Record {
+    pub fn record(&mut self, data: EventData, ts: f64) -> JournalRecord {
         let event = self.factory.make_at(data, ts);
         let seq = self.next_seq;
         self.next_seq += 1;
         let ms = ((ts * 1000.0) as u64).max(self.last_stream_ms);
         self.last_stream_ms = ms;
-        Record {
+        JournalRecord {
             seq,
             event_id: event.id.clone(),
             ts,
@@ -59,7 +59,7 @@ impl RecordMaker {
     }
 
     /// A record whose payload is not an event.
-    pub fn garbage(&mut self, ts: f64) -> Record {
+    pub fn garbage(&mut self, ts: f64) -> JournalRecord {
         let mut record = self.record(share("bc1qgarbage", "w", 1.0, true), ts);
         record.payload = "{\"event\":\"share_submitted\",\"data\":{\"user\":".to_string();
         record

@@ -1,0 +1,195 @@
+//! Event accounting: the ids the pool journaled against the rows in
+//! PostgreSQL and the entries of every Redis stream.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::Path;
+
+use serde_json::Value;
+use tbg_journal::JournalReader;
+
+use crate::ChaosError;
+
+/// One journaled event, as much as the accounting needs.
+#[derive(Debug, Clone)]
+pub struct JournaledEvent {
+    pub seq: u64,
+    pub id: String,
+    pub event_type: String,
+    pub ts: f64,
+    pub payload: Value,
+}
+
+/// Every event in the journal file, in order.
+pub fn journal_events(path: &Path) -> Result<Vec<JournaledEvent>, ChaosError> {
+    let reader = JournalReader::open(path)
+        .map_err(|e| ChaosError::Failed(format!("journal {}: {e}", path.display())))?;
+    let mut events = Vec::new();
+    let mut after = 0;
+    loop {
+        let batch = reader
+            .read_after(after, 10_000)
+            .map_err(|e| ChaosError::Failed(format!("reading the journal: {e}")))?;
+        let Some(last) = batch.last() else { break };
+        after = last.seq;
+        events.extend(batch.into_iter().map(|record| JournaledEvent {
+            seq: record.seq,
+            payload: serde_json::from_str(&record.payload).unwrap_or(Value::Null),
+            id: record.event_id,
+            event_type: record.event_type,
+            ts: record.ts,
+        }));
+    }
+    Ok(events)
+}
+
+/// The journal's last sequence number (0 when empty).
+pub fn journal_last_seq(path: &Path) -> Result<u64, ChaosError> {
+    JournalReader::open(path)
+        .and_then(|reader| reader.last_seq())
+        .map_err(|e| ChaosError::Failed(format!("journal {}: {e}", path.display())))
+}
+
+/// Accepted `share_submitted` events of workers whose name contains `marker`.
+pub fn accepted_shares_of(events: &[JournaledEvent], marker: &str) -> usize {
+    events
+        .iter()
+        .filter(|e| e.event_type == "share_submitted")
+        .filter(|e| e.payload.pointer("/data/accepted") == Some(&Value::Bool(true)))
+        .filter(|e| {
+            let field = |name: &str| {
+                e.payload
+                    .pointer(&format!("/data/{name}"))
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string()
+            };
+            field("worker").contains(marker) || field("user").contains(marker)
+        })
+        .count()
+}
+
+/// The `id` field of every entry of every `mining:*` stream (`blocks:found`
+/// is a pub/sub channel, not a stream).
+pub fn redis_stream_ids(url: &str) -> Result<Vec<String>, ChaosError> {
+    let failed = |e: redis::RedisError| ChaosError::Failed(format!("redis {url}: {e}"));
+    let client = redis::Client::open(url).map_err(failed)?;
+    let mut connection = client.get_connection().map_err(failed)?;
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("mining:*")
+        .query(&mut connection)
+        .map_err(failed)?;
+    let mut ids = Vec::new();
+    for key in keys {
+        let kind: String = redis::cmd("TYPE")
+            .arg(&key)
+            .query(&mut connection)
+            .map_err(failed)?;
+        if kind != "stream" {
+            continue;
+        }
+        let entries: Vec<(String, HashMap<String, String>)> = redis::cmd("XRANGE")
+            .arg(&key)
+            .arg("-")
+            .arg("+")
+            .query(&mut connection)
+            .map_err(failed)?;
+        for (entry_id, fields) in entries {
+            ids.push(
+                fields
+                    .get("id")
+                    .cloned()
+                    .unwrap_or_else(|| format!("<entry {entry_id} of {key} has no id>")),
+            );
+        }
+    }
+    Ok(ids)
+}
+
+/// Journal vs PostgreSQL vs Redis.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Ledger {
+    pub journaled: usize,
+    pub in_postgres: usize,
+    pub in_redis: usize,
+    /// Journaled ids missing from PostgreSQL.
+    pub lost_postgres: usize,
+    /// Journaled ids missing from Redis.
+    pub lost_redis: usize,
+    pub dup_journal: usize,
+    pub dup_postgres: usize,
+    pub dup_redis: usize,
+    /// Ids in a sink that the journal does not have (should be 0 too).
+    pub unknown: usize,
+    /// A few missing ids, for the report.
+    pub examples: Vec<String>,
+}
+
+impl Ledger {
+    /// Compares the id lists; the Redis list may hold an event once per stream
+    /// it belongs to, which is a duplicate.
+    pub fn compare(journal: &[String], postgres: &[String], redis: &[String]) -> Ledger {
+        let dups = |ids: &[String]| ids.len() - ids.iter().collect::<BTreeSet<_>>().len();
+        let journal_set: BTreeSet<&String> = journal.iter().collect();
+        let postgres_set: BTreeSet<&String> = postgres.iter().collect();
+        let redis_set: BTreeSet<&String> = redis.iter().collect();
+        let missing_pg: Vec<&&String> = journal_set.difference(&postgres_set).collect();
+        let missing_redis: Vec<&&String> = journal_set.difference(&redis_set).collect();
+        let unknown = postgres_set.difference(&journal_set).count()
+            + redis_set.difference(&journal_set).count();
+        Ledger {
+            journaled: journal.len(),
+            in_postgres: postgres.len(),
+            in_redis: redis.len(),
+            lost_postgres: missing_pg.len(),
+            lost_redis: missing_redis.len(),
+            dup_journal: dups(journal),
+            dup_postgres: dups(postgres),
+            dup_redis: dups(redis),
+            unknown,
+            examples: missing_pg
+                .iter()
+                .map(|id| format!("{id} (not in PostgreSQL)"))
+                .chain(
+                    missing_redis
+                        .iter()
+                        .map(|id| format!("{id} (not in Redis)")),
+                )
+                .take(5)
+                .collect(),
+        }
+    }
+
+    /// Journaled events missing from at least one store.
+    pub fn lost(&self) -> usize {
+        self.lost_postgres + self.lost_redis
+    }
+
+    pub fn duplicates(&self) -> usize {
+        self.dup_journal + self.dup_postgres + self.dup_redis
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn counts_lost_duplicated_and_unknown_ids() {
+        let ledger = Ledger::compare(
+            &ids(&["a", "b", "c"]),
+            &ids(&["a", "b", "b"]),
+            &ids(&["a", "b", "c", "x"]),
+        );
+        assert_eq!(ledger.lost_postgres, 1);
+        assert_eq!(ledger.lost_redis, 0);
+        assert_eq!(ledger.dup_postgres, 1);
+        assert_eq!(ledger.unknown, 1);
+        assert_eq!(ledger.lost(), 1);
+        assert_eq!(ledger.duplicates(), 1);
+        assert!(ledger.examples[0].starts_with("c "));
+    }
+}

@@ -1,0 +1,418 @@
+//! The stage ring: what is acknowledged survives `kill -9` and is in SQLite
+//! after the next open; damaged or stale ring contents are never taken for
+//! events; a full ring refuses events without growing and recovers by itself.
+
+use std::io::Write;
+use std::io::{BufRead, BufReader, Lines};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tbg_events::{Event, EventData, EventFactory};
+use tbg_journal::{Journal, JournalConfig, JournalError, JournalReader, MIN_STAGE_BYTES};
+
+/// Bytes before the ring in the stage file (the header page).
+const STAGE_HEADER_BYTES: u64 = 4096;
+/// Bytes before a record's payload.
+const RECORD_HEADER_BYTES: u64 = 32;
+
+fn now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+fn share(number: u64) -> Event {
+    EventFactory::new("eu", "hosted").make_at(
+        EventData::ShareSubmitted {
+            user: "bc1qexampleuser".into(),
+            worker: format!("rig{number}"),
+            client_id: number,
+            diff: 1024.0,
+            sdiff: 2048.5,
+            accepted: true,
+            reject_reason: None,
+            ip: "127.0.0.1".into(),
+        },
+        now(),
+    )
+}
+
+fn small_ring(path: &Path) -> JournalConfig {
+    let mut config = JournalConfig::new(path);
+    config.stage_bytes = MIN_STAGE_BYTES;
+    config
+}
+
+fn stage_path(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".stage");
+    PathBuf::from(name)
+}
+
+fn stored_seqs(path: &Path) -> Vec<u64> {
+    let reader = JournalReader::open(path).expect("open reader");
+    reader
+        .read_after(0, usize::MAX)
+        .expect("read")
+        .iter()
+        .map(|record| record.seq)
+        .collect()
+}
+
+/// Appends, and when the ring is full waits for SQLite to catch up and
+/// retries (what a producer that may wait does).
+async fn append_waiting_for_room(journal: &Journal, event: &Event) -> u64 {
+    loop {
+        match journal.append(event) {
+            Ok(seq) => return seq,
+            Err(JournalError::Full { .. }) => {
+                let staged = journal.stats().staged_seq;
+                journal.wait_committed(staged).await.unwrap();
+            }
+            Err(other) => panic!("append failed: {other}"),
+        }
+    }
+}
+
+/// Holds SQLite's write lock from another connection, so the journal's
+/// commits fail (after the busy timeout) while the test wants them to.
+struct WriteLock(rusqlite::Connection);
+
+impl WriteLock {
+    fn take(path: &Path) -> WriteLock {
+        let conn = rusqlite::Connection::open(path).unwrap();
+        conn.execute_batch("BEGIN IMMEDIATE").unwrap();
+        WriteLock(conn)
+    }
+
+    fn release(self) {
+        self.0.execute_batch("ROLLBACK").unwrap();
+    }
+}
+
+const CHILD_PATH_VAR: &str = "TBG_STAGE_CHILD_PATH";
+const CHILD_COUNT_VAR: &str = "TBG_STAGE_CHILD_COUNT";
+
+fn spawn_child(test_name: &str, path: &Path, count: u64) -> (Child, Lines<BufReader<ChildStdout>>) {
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args(["--ignored", "--exact", test_name, "--nocapture"])
+        .env(CHILD_PATH_VAR, path)
+        .env(CHILD_COUNT_VAR, count.to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    (child, BufReader::new(stdout).lines())
+}
+
+/// Run by the kill -9 tests in a child process: stages `count` events with
+/// the default durability, printing where each record starts in the ring
+/// and then that it is acknowledged, and then waits to be killed.
+#[test]
+#[ignore = "helper run as a child process by the kill -9 tests"]
+fn child_stages_events_then_waits_to_be_killed() {
+    let (Some(path), Some(count)) = (
+        std::env::var_os(CHILD_PATH_VAR),
+        std::env::var(CHILD_COUNT_VAR).ok(),
+    ) else {
+        return;
+    };
+    let count: u64 = count.parse().unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let journal = Journal::open(JournalConfig::new(PathBuf::from(path))).unwrap();
+        // Opening needs SQLite; the parent blocks its commits only after.
+        println!("opened");
+        let mut go = String::new();
+        std::io::stdin().read_line(&mut go).unwrap();
+        for n in 0..count {
+            // Nothing is committed (the parent holds the write lock), so the
+            // ring's tail is 0 and its fill level is where the record goes.
+            println!("record_at {}", journal.stats().stage_used_bytes);
+            let seq = journal.append(&share(n)).unwrap();
+            journal.wait_durable(seq).await.unwrap();
+            println!("acknowledged {seq}");
+        }
+        std::future::pending::<()>().await;
+    });
+}
+
+/// Stages `count` events in a child whose SQLite commits cannot happen,
+/// kills it with SIGKILL, and returns the ring offset of the last record.
+async fn stage_in_a_killed_child(path: &Path, count: u64) -> u64 {
+    // A journal with its schema, and no events, to lock.
+    Journal::open(JournalConfig::new(path))
+        .unwrap()
+        .close()
+        .await
+        .unwrap();
+    let (mut child, mut lines) =
+        spawn_child("child_stages_events_then_waits_to_be_killed", path, count);
+    while lines.next().expect("child ended early").unwrap() != "opened" {}
+    let lock = WriteLock::take(path);
+    let mut go = child.stdin.take().unwrap();
+    go.write_all(b"go\n").unwrap();
+    let mut last_record_at = 0;
+    loop {
+        let line = lines.next().expect("child ended early").unwrap();
+        if let Some(at) = line.strip_prefix("record_at ") {
+            last_record_at = at.parse().unwrap();
+        }
+        if line == format!("acknowledged {count}") {
+            break;
+        }
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    // Nothing reached SQLite: what the next open finds comes from the ring.
+    assert!(stored_seqs(path).is_empty());
+    lock.release();
+    last_record_at
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_acknowledged_before_kill_9_are_recovered_into_sqlite_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("journal.db");
+    stage_in_a_killed_child(&path, 50).await;
+
+    let journal = Journal::open(JournalConfig::new(&path)).unwrap();
+    let stats = journal.stats();
+    assert_eq!(stats.stage_recovered, 50, "{stats:?}");
+    assert_eq!(stats.stage_recovery_stopped_at, None);
+    assert_eq!(stored_seqs(&path), (1..=50).collect::<Vec<u64>>());
+    let reader = JournalReader::open(&path).unwrap();
+    for record in reader.read_after(0, 100).unwrap() {
+        let event = record.event().unwrap();
+        assert!(
+            matches!(event.data, EventData::ShareSubmitted { client_id, .. } if client_id == record.seq - 1)
+        );
+    }
+    // Seqs continue after the recovered ones.
+    assert_eq!(journal.append(&share(50)).unwrap(), 51);
+    journal.close().await.unwrap();
+
+    // The ring was reset with a new generation at that open: its old records
+    // (still in the file) are not events of this generation. Were they taken
+    // for current ones, an emptied database would get them back.
+    for name in ["journal.db", "journal.db-wal", "journal.db-shm"] {
+        let _ = std::fs::remove_file(dir.path().join(name));
+    }
+    let journal = Journal::open(JournalConfig::new(&path)).unwrap();
+    let stats = journal.stats();
+    assert_eq!(stats.stage_recovered, 0, "{stats:?}");
+    assert_eq!(stats.stage_recovery_stopped_at, None);
+    assert!(stored_seqs(&path).is_empty());
+    journal.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_torn_last_record_is_ignored_and_reported_with_its_offset() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("journal.db");
+    let last_record_at = stage_in_a_killed_child(&path, 20).await;
+    // What a crash in the middle of copying the last record leaves behind.
+    let file_offset = STAGE_HEADER_BYTES + last_record_at;
+    let stage = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(stage_path(&path))
+        .unwrap();
+    let mut byte = [0u8; 1];
+    stage
+        .read_exact_at(&mut byte, file_offset + RECORD_HEADER_BYTES + 20)
+        .unwrap();
+    byte[0] ^= 0xff;
+    stage
+        .write_all_at(&byte, file_offset + RECORD_HEADER_BYTES + 20)
+        .unwrap();
+    drop(stage);
+
+    let journal = Journal::open(JournalConfig::new(&path)).unwrap();
+    let stats = journal.stats();
+    assert_eq!(stats.stage_recovered, 19);
+    let (offset, detail) = stats.stage_recovery_stopped_at.clone().unwrap();
+    assert_eq!(offset, file_offset);
+    assert!(detail.contains("checksum"), "{detail}");
+    assert_eq!(stored_seqs(&path), (1..=19).collect::<Vec<u64>>());
+    assert_eq!(journal.append(&share(0)).unwrap(), 20);
+    journal.close().await.unwrap();
+}
+
+/// Run by the many-laps kill -9 test: appends with a small ring, waiting
+/// for room when it is full, printing every acknowledged seq, until killed.
+#[test]
+#[ignore = "helper run as a child process by the kill -9 tests"]
+fn child_appends_over_many_laps_until_killed() {
+    let Some(path) = std::env::var_os(CHILD_PATH_VAR) else {
+        return;
+    };
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let journal = Journal::open(small_ring(Path::new(&path))).unwrap();
+        for n in 0.. {
+            let seq = append_waiting_for_room(&journal, &share(n)).await;
+            journal.wait_durable(seq).await.unwrap();
+            println!("acknowledged {seq}");
+        }
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_during_many_ring_laps_loses_no_acknowledged_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("journal.db");
+    let (mut child, mut lines) = spawn_child("child_appends_over_many_laps_until_killed", &path, 0);
+    // ~450-byte records: 3,000 of them go around a 64 KiB ring 20 times.
+    let mut acknowledged = 0u64;
+    while acknowledged < 3_000 {
+        let line = lines.next().expect("child ended early").unwrap();
+        if let Some(seq) = line.strip_prefix("acknowledged ") {
+            acknowledged = seq.parse().unwrap();
+        }
+    }
+    child.kill().unwrap(); // SIGKILL
+    for line in lines.map_while(Result::ok) {
+        if let Some(seq) = line.strip_prefix("acknowledged ") {
+            acknowledged = acknowledged.max(seq.parse().unwrap());
+        }
+    }
+    child.wait().unwrap();
+
+    let journal = Journal::open(small_ring(&path)).unwrap();
+    let seqs = stored_seqs(&path);
+    assert!(
+        seqs.len() as u64 >= acknowledged,
+        "{} rows, {acknowledged} acknowledged",
+        seqs.len()
+    );
+    assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<u64>>());
+    let next = journal.append(&share(0)).unwrap();
+    assert_eq!(next, seqs.len() as u64 + 1);
+    journal.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_laps_around_a_small_ring_store_every_event_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("journal.db");
+    let journal = Journal::open(small_ring(&path)).unwrap();
+    let events: Vec<Event> = (0..20_000).map(share).collect();
+    let ring_bytes: u64 = events
+        .iter()
+        .map(|event| event.to_json().len() as u64)
+        .sum();
+    assert!(
+        ring_bytes > 50 * MIN_STAGE_BYTES,
+        "test must wrap the ring many times"
+    );
+    for (index, event) in events.iter().enumerate() {
+        let seq = append_waiting_for_room(&journal, event).await;
+        assert_eq!(seq, index as u64 + 1);
+    }
+    journal.wait_committed(20_000).await.unwrap();
+    let stats = journal.stats();
+    assert!(stats.stage_used_bytes <= stats.stage_capacity_bytes);
+    journal.close().await.unwrap();
+
+    let reader = JournalReader::open(&path).unwrap();
+    let records = reader.read_after(0, usize::MAX).unwrap();
+    assert_eq!(records.len(), events.len());
+    for (record, event) in records.iter().zip(&events) {
+        assert_eq!(record.payload, event.to_json());
+        assert_eq!(record.event_id, event.id);
+    }
+    // A clean close leaves nothing to recover.
+    let journal = Journal::open(small_ring(&path)).unwrap();
+    assert_eq!(journal.stats().stage_recovered, 0);
+    journal.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_ring_refuses_events_without_growing_and_accepts_them_again_after_the_writer_catches_up(
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("journal.db");
+    let journal = Journal::open(small_ring(&path)).unwrap();
+    // The writer's first retention pass must not be the one that blocks.
+    journal.enforce_retention().await.unwrap();
+    let lock = WriteLock::take(&path);
+
+    let mut accepted = 0u64;
+    let full = loop {
+        match journal.append(&share(accepted)) {
+            Ok(_) => accepted += 1,
+            Err(error) => break error,
+        }
+    };
+    assert!(matches!(full, JournalError::Full { .. }), "{full}");
+    assert!(
+        accepted > 50,
+        "a 64 KiB ring holds more than {accepted} events"
+    );
+    assert!(!journal.is_healthy());
+    let at_full = journal.stats();
+    assert_eq!(at_full.backlog, accepted);
+    // More refused appends store nothing and hold nothing.
+    for n in 0..10_000 {
+        assert!(matches!(
+            journal.append(&share(n)),
+            Err(JournalError::Full { .. })
+        ));
+    }
+    let later = journal.stats();
+    assert_eq!(later.rejected_full, 10_001);
+    assert_eq!((later.backlog, later.staged_seq), (accepted, accepted));
+    assert!(later.stage_used_bytes <= later.stage_capacity_bytes);
+    assert_eq!(later.stage_used_bytes, at_full.stage_used_bytes);
+
+    lock.release();
+    journal.wait_committed(accepted).await.unwrap();
+    let seq = journal.append(&share(accepted)).unwrap();
+    assert_eq!(seq, accepted + 1);
+    assert!(journal.is_healthy(), "{:?}", journal.stats());
+    journal.wait_committed(seq).await.unwrap();
+    assert_eq!(stored_seqs(&path), (1..=seq).collect::<Vec<u64>>());
+    journal.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_stage_file_that_is_not_one_is_reported_and_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("journal.db");
+    std::fs::write(stage_path(&path), vec![0x5au8; 8192]).unwrap();
+    let journal = Journal::open(small_ring(&path)).unwrap();
+    let stats = journal.stats();
+    assert!(stats.stage_ignored.is_some(), "{stats:?}");
+    assert_eq!(stats.stage_capacity_bytes, MIN_STAGE_BYTES);
+    assert_eq!(
+        std::fs::metadata(stage_path(&path)).unwrap().len(),
+        STAGE_HEADER_BYTES + MIN_STAGE_BYTES
+    );
+    let seq = journal.append(&share(0)).unwrap();
+    journal.wait_committed(seq).await.unwrap();
+    journal.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_second_writer_on_the_same_journal_is_refused_while_the_first_is_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("journal.db");
+    let journal = Journal::open(small_ring(&path)).unwrap();
+    let seq = journal.append(&share(0)).unwrap();
+    let second = Journal::open(small_ring(&path)).unwrap_err();
+    assert!(matches!(second, JournalError::Stage { .. }), "{second}");
+    assert!(second.to_string().contains("in use"), "{second}");
+    // The first writer is untouched by the attempt.
+    journal.wait_committed(seq).await.unwrap();
+    assert_eq!(journal.append(&share(1)).unwrap(), seq + 1);
+    journal.close().await.unwrap();
+    let reopened = Journal::open(small_ring(&path)).unwrap();
+    assert_eq!(reopened.stats().stage_recovered, 0);
+    reopened.close().await.unwrap();
+}
