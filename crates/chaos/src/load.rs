@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use tbg_miner::MinerJob;
+use tbg_testkit::{regtest_address, AddressKind};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
@@ -402,12 +403,7 @@ impl PacedMiner {
     pub async fn stop(mut self) {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(task) = self.task.take() {
-            if tokio::time::timeout(Duration::from_secs(15), task)
-                .await
-                .is_err()
-            {
-                tracing::warn!("paced miner did not stop in time");
-            }
+            join_within(task, Duration::from_secs(15), "paced miner").await;
         }
     }
 }
@@ -418,6 +414,14 @@ impl Drop for PacedMiner {
         if let Some(task) = &self.task {
             task.abort();
         }
+    }
+}
+
+/// Waits for a stopping task; one that does not end within `timeout` is
+/// left running (detached), with a warning.
+async fn join_within(task: tokio::task::JoinHandle<()>, timeout: Duration, what: &str) {
+    if tokio::time::timeout(timeout, task).await.is_err() {
+        tracing::warn!("{what} did not stop in time");
     }
 }
 
@@ -572,6 +576,16 @@ impl LatencyLog {
     }
 }
 
+/// `count` worker names for an [`EventLoad`]: `<regtest address>.load<i>`.
+pub fn load_usernames(count: usize) -> Vec<String> {
+    (0..count)
+        .map(|index| {
+            let (address, _) = regtest_address(AddressKind::P2wpkh);
+            format!("{address}.load{index}")
+        })
+        .collect()
+}
+
 /// Clients submitting shares for an unknown job every `interval`.
 pub struct EventLoad {
     pub latencies: Arc<LatencyLog>,
@@ -628,12 +642,7 @@ impl EventLoad {
     pub async fn stop(mut self) {
         self.stop.store(true, Ordering::Relaxed);
         for task in self.tasks.drain(..) {
-            if tokio::time::timeout(Duration::from_secs(10), task)
-                .await
-                .is_err()
-            {
-                tracing::warn!("event load client did not stop in time");
-            }
+            join_within(task, Duration::from_secs(10), "event load client").await;
         }
     }
 }

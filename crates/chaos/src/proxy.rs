@@ -295,13 +295,20 @@ mod tests {
         assert_eq!(proxy.accepted_connections(), 1);
     }
 
-    #[tokio::test]
-    async fn refuse_drops_existing_and_new_connections() {
+    /// A passing proxy to an echo server, and a connection through it that
+    /// has echoed once.
+    async fn proxy_with_a_live_connection() -> (FaultProxy, TcpStream) {
         let proxy = FaultProxy::start(echo_server().await).await.unwrap();
         let mut existing = TcpStream::connect(proxy.local_addr()).await.unwrap();
         assert!(roundtrip(&mut existing, b"a", Duration::from_secs(5))
             .await
             .is_some());
+        (proxy, existing)
+    }
+
+    #[tokio::test]
+    async fn refuse_drops_existing_and_new_connections() {
+        let (proxy, mut existing) = proxy_with_a_live_connection().await;
 
         proxy.set_mode(ProxyMode::Refuse);
         assert!(closed_within(&mut existing, Duration::from_secs(5)).await);
@@ -320,11 +327,7 @@ mod tests {
 
     #[tokio::test]
     async fn blackhole_holds_connections_silently_and_heals() {
-        let proxy = FaultProxy::start(echo_server().await).await.unwrap();
-        let mut existing = TcpStream::connect(proxy.local_addr()).await.unwrap();
-        assert!(roundtrip(&mut existing, b"a", Duration::from_secs(5))
-            .await
-            .is_some());
+        let (proxy, mut existing) = proxy_with_a_live_connection().await;
 
         proxy.set_mode(ProxyMode::Blackhole);
         // Existing and new connections stay open and get nothing back.

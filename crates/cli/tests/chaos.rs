@@ -18,8 +18,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
-use tbg_chaos::ledger::{accepted_shares_of, journal_events};
-use tbg_chaos::load::{EventLoad, PacedMiner, StratumConn};
+use tbg_chaos::ledger::{accepted_shares_of, journal_events, Ledger};
+use tbg_chaos::load::{load_usernames, EventLoad, MinerStats, PacedMiner, StratumConn};
 use tbg_chaos::process::{ManagedProcess, RestartPolicy};
 use tbg_chaos::proxy::ProxyMode;
 use tbg_chaos::report::{self, ScenarioReport};
@@ -352,6 +352,28 @@ fn set(report: &Shared, f: impl FnOnce(&mut ScenarioReport)) {
     f(&mut report.lock().unwrap_or_else(|e| e.into_inner()));
 }
 
+/// The fault, in words, and what the scenario's recovery time measures.
+fn describe(report: &Shared, injected: impl Into<String>, recovery_of: &str) {
+    let (injected, recovery_of) = (injected.into(), recovery_of.to_string());
+    set(report, |r| {
+        r.injected = injected;
+        r.recovery_of = recovery_of;
+    });
+}
+
+fn record_recovery(report: &Shared, recovery: Duration) {
+    set(report, |r| r.recovery_s = Some(secs(recovery)));
+}
+
+/// The event accounting of a ledger, for the table.
+fn record_ledger(report: &Shared, ledger: &Ledger) {
+    set(report, |r| {
+        r.lost = Some(ledger.lost());
+        r.duplicates = Some(ledger.duplicates());
+        r.journaled_events = Some(ledger.journaled);
+    });
+}
+
 fn figure(report: &Shared, name: &str, value: impl std::fmt::Display) {
     let value = value.to_string();
     set(report, |r| r.figures.push((name.to_string(), value)));
@@ -368,8 +390,12 @@ fn unix_now() -> f64 {
         .unwrap_or(0.0)
 }
 
+/// Every recovery target of the plan.
+const RECOVERY_TARGET: Duration = Duration::from_secs(5);
+
 /// Checks a recovery target; a miss fails the scenario.
-fn target(report: &Shared, what: &str, measured: Duration, limit: Duration) -> Result<()> {
+fn target(report: &Shared, what: &str, measured: Duration) -> Result<()> {
+    let limit = RECOVERY_TARGET;
     let met = measured <= limit;
     figure(
         report,
@@ -396,6 +422,9 @@ struct Run {
     next_miner: usize,
 }
 
+/// A miner's worker name, accepted and rejected shares, reject reasons.
+type Acknowledged = (String, u64, u64, std::collections::BTreeMap<String, u64>);
+
 fn miner_name(index: usize) -> String {
     let (address, _) = regtest_address(AddressKind::P2wpkh);
     format!("{address}.chaosminer{index}")
@@ -416,15 +445,9 @@ impl Run {
         };
         run.add_miner();
         run.add_miner();
-        let load_users = (0..2)
-            .map(|i| {
-                let (address, _) = regtest_address(AddressKind::P2wpkh);
-                format!("{address}.load{i}")
-            })
-            .collect();
         run.load = Some(EventLoad::start(
             run.stack.pool_addr,
-            load_users,
+            load_usernames(2),
             Duration::from_millis(20),
         ));
         let miners = &run.miners;
@@ -474,6 +497,25 @@ impl Run {
         self.miners.iter().map(|m| m.stats.accepted()).sum()
     }
 
+    fn rejected(&self) -> u64 {
+        self.miners.iter().map(|m| m.stats.rejected()).sum()
+    }
+
+    /// Every miner's rejects so far, by reason.
+    fn reject_reasons(&self) -> std::collections::BTreeMap<String, u64> {
+        let mut reasons = std::collections::BTreeMap::new();
+        for miner in &self.miners {
+            for (reason, count) in miner.stats.reject_reasons() {
+                *reasons.entry(reason).or_insert(0) += count;
+            }
+        }
+        reasons
+    }
+
+    fn with_pool_log(&self, error: impl std::fmt::Display) -> anyhow::Error {
+        anyhow!("{error}; pool log:\n{}", self.stack.pool.log_tail(15))
+    }
+
     fn answered(&self) -> u64 {
         self.miners
             .iter()
@@ -482,23 +524,41 @@ impl Run {
             + self.load.as_ref().map_or(0, |l| l.latencies.answered())
     }
 
-    fn first_accept_after(&self, since: Instant) -> Option<Instant> {
-        self.miners
-            .iter()
-            .filter_map(|m| m.stats.first_accept_after(since))
-            .min()
+    /// Waits until `seen` (what a miner saw, at or after `since`) holds at
+    /// any miner; the time from `since` to the earliest.
+    async fn wait_earliest(
+        &self,
+        what: &str,
+        since: Instant,
+        timeout: Duration,
+        seen: impl Fn(&MinerStats) -> Option<Instant>,
+    ) -> Result<Duration> {
+        let earliest = || self.miners.iter().filter_map(|m| seen(&m.stats)).min();
+        wait_until(what, timeout, || earliest().is_some())
+            .await
+            .map_err(|e| self.with_pool_log(e))?;
+        Ok(earliest()
+            .context(what.to_string())?
+            .saturating_duration_since(since))
     }
 
     async fn wait_first_accept(&self, since: Instant, timeout: Duration) -> Result<Duration> {
-        wait_until("an accepted share", timeout, || {
-            self.first_accept_after(since).is_some()
+        self.wait_earliest("an accepted share", since, timeout, |stats| {
+            stats.first_accept_after(since)
         })
         .await
-        .map_err(|e| anyhow!("{e}; pool log:\n{}", self.stack.pool.log_tail(15)))?;
-        let first = self
+    }
+
+    /// Adds a miner after an injection ended; the time from `since` to its
+    /// first accepted share.
+    async fn fresh_miner_recovery(&mut self, what: &str, since: Instant) -> Result<Duration> {
+        let fresh = self.add_miner();
+        let stats = self.miners[fresh].stats.clone();
+        wait_until(what, Duration::from_secs(30), || stats.accepted() >= 1).await?;
+        Ok(stats
             .first_accept_after(since)
-            .context("an accepted share")?;
-        Ok(first.saturating_duration_since(since))
+            .context("an accepted share")?
+            .saturating_duration_since(since))
     }
 
     /// The tip the miners currently work on.
@@ -514,31 +574,15 @@ impl Run {
         prevhash: &str,
         timeout: Duration,
     ) -> Result<Duration> {
-        let first = || {
-            self.miners
-                .iter()
-                .filter_map(|m| m.stats.first_new_tip_after(since, prevhash))
-                .min()
-        };
-        wait_until("a job on a new tip", timeout, || first().is_some())
-            .await
-            .map_err(|e| anyhow!("{e}; pool log:\n{}", self.stack.pool.log_tail(15)))?;
-        Ok(first()
-            .context("a new tip")?
-            .saturating_duration_since(since))
+        self.wait_earliest("a job on a new tip", since, timeout, |stats| {
+            stats.first_new_tip_after(since, prevhash)
+        })
+        .await
     }
 
-    fn alive(&mut self) -> Result<()> {
-        self.stack
-            .assert_pool_alive(self.pool_pid)
-            .map_err(|e| anyhow!("{e}"))
-    }
-
-    /// Stops the load, waits for the sinks, fills the accounting, checks
-    /// 0 lost / 0 duplicated and that every share a miner was told is
-    /// accepted is in the journal; stops the stack.
-    async fn finish(mut self, expected_restarts: usize) -> Result<()> {
-        let report = self.report.clone();
+    /// Stops the event load and the miners; what each miner was answered:
+    /// (worker name, accepted, rejected, reject reasons).
+    async fn stop_load(&mut self) -> Vec<Acknowledged> {
         if let Some(load) = self.load.take() {
             load.stop().await;
         }
@@ -559,6 +603,21 @@ impl Run {
                 stats.reject_reasons(),
             ));
         }
+        acknowledged
+    }
+
+    fn alive(&mut self) -> Result<()> {
+        self.stack
+            .assert_pool_alive(self.pool_pid)
+            .map_err(|e| anyhow!("{e}"))
+    }
+
+    /// Stops the load, waits for the sinks, fills the accounting, checks
+    /// 0 lost / 0 duplicated and that every share a miner was told is
+    /// accepted is in the journal; stops the stack.
+    async fn finish(mut self, expected_restarts: usize) -> Result<()> {
+        let report = self.report.clone();
+        let acknowledged = self.stop_load().await;
         let restarts = self.stack.pool.restarts();
         set(&report, |r| r.pool_restarts = Some(restarts));
         if !self.stack.pool.is_running() {
@@ -593,11 +652,7 @@ impl Run {
             format!("{:.2} s", secs(catch_up)),
         );
         let ledger = self.stack.ledger()?;
-        set(&report, |r| {
-            r.lost = Some(ledger.lost());
-            r.duplicates = Some(ledger.duplicates());
-            r.journaled_events = Some(ledger.journaled);
-        });
+        record_ledger(&report, &ledger);
         figure(
             &report,
             "stores",
@@ -718,11 +773,11 @@ async fn send_malformed(
 }
 
 async fn malformed_stratum(report: Shared) -> Result<()> {
-    set(&report, |r| {
-        r.injected = "binary garbage (4 KB), a 70 KB line, an unknown method, JSON nested 5000 deep, NUL bytes, a request without newline then close, SQL and emoji worker names".into();
-        r.recovery_of =
-            "end of the injection -> first accepted share of a miner connecting afterwards".into();
-    });
+    describe(
+        &report,
+        "binary garbage (4 KB), a 70 KB line, an unknown method, JSON nested 5000 deep, NUL bytes, a request without newline then close, SQL and emoji worker names",
+        "end of the injection -> first accepted share of a miner connecting afterwards",
+    );
     let mut run = Run::start(&report, options()).await?;
     let pool = run.stack.pool_addr;
     let mut garbage = Vec::with_capacity(4096);
@@ -817,18 +872,10 @@ async fn malformed_stratum(report: Shared) -> Result<()> {
         run.alive()?;
     }
     let injection_end = Instant::now();
-    let fresh = run.add_miner();
-    let first = wait_until(
-        "a fresh miner's accepted share",
-        Duration::from_secs(30),
-        || run.miners[fresh].stats.accepted() >= 1,
-    )
-    .await?;
-    let recovery = run.miners[fresh]
-        .stats
-        .first_accept_after(injection_end)
-        .map_or(first, |t| t.saturating_duration_since(injection_end));
-    set(&report, |r| r.recovery_s = Some(secs(recovery)));
+    let recovery = run
+        .fresh_miner_recovery("a fresh miner's accepted share", injection_end)
+        .await?;
+    record_recovery(&report, recovery);
     run.alive()?;
     figure(&report, "same pool pid", run.pool_pid);
     run.finish(0).await?;
@@ -836,11 +883,11 @@ async fn malformed_stratum(report: Shared) -> Result<()> {
 }
 
 async fn connection_flood(report: Shared) -> Result<()> {
-    set(&report, |r| {
-        r.injected = "500 TCP connections in 10 bursts of 50 (100 ms apart), all held open".into();
-        r.recovery_of =
-            "end of the flood -> first accepted share of a miner connecting then".into();
-    });
+    describe(
+        &report,
+        "500 TCP connections in 10 bursts of 50 (100 ms apart), all held open",
+        "end of the flood -> first accepted share of a miner connecting then",
+    );
     let mut run = Run::start(&report, options()).await?;
     let pool = run.stack.pool_addr;
     let flood_start = Instant::now();
@@ -868,19 +915,10 @@ async fn connection_flood(report: Shared) -> Result<()> {
         ),
     );
     run.alive()?;
-    let fresh = run.add_miner();
-    wait_until(
-        "a new miner's accepted share during the flood",
-        Duration::from_secs(30),
-        || run.miners[fresh].stats.accepted() >= 1,
-    )
-    .await?;
-    let recovery = run.miners[fresh]
-        .stats
-        .first_accept_after(flood_end)
-        .context("an accepted share")?
-        .saturating_duration_since(flood_end);
-    set(&report, |r| r.recovery_s = Some(secs(recovery)));
+    let recovery = run
+        .fresh_miner_recovery("a new miner's accepted share during the flood", flood_end)
+        .await?;
+    record_recovery(&report, recovery);
     tokio::time::sleep(Duration::from_secs(2)).await;
     let during = run.accepted() - accepted_before;
     figure(
@@ -934,7 +972,7 @@ async fn sink_recovery(
     .await
     .map_err(|e| anyhow!("{e}; collector log:\n{}", run.stack.collector.log_tail(20)))?;
     let first = cleared.elapsed();
-    set(report, |r| r.recovery_s = Some(secs(first)));
+    record_recovery(report, first);
     let caught_up = wait_until("the sink to catch up", Duration::from_secs(60), || {
         cursor(&run.stack) >= journal_at_clear
     })
@@ -948,27 +986,17 @@ async fn sink_recovery(
             secs(caught_up.max(first))
         ),
     );
-    target(
-        report,
-        "first event stored after the fault cleared",
-        first,
-        Duration::from_secs(5),
-    )
+    target(report, "first event stored after the fault cleared", first)
 }
 
-async fn redis_down(report: Shared) -> Result<()> {
-    set(&report, |r| {
-        r.injected =
-            "redis-server SIGKILLed, down 10 s, restarted on the same port (append-only file)"
-                .into();
-        r.recovery_of =
-            "Redis restarted -> first new event stored in Redis by the collector".into();
-    });
-    let mut run = Run::start(&report, options()).await?;
-    let before = run.stack.redis_cursor();
-    let accepted_before = run.accepted();
-    run.stack.redis.kill();
-    tokio::time::sleep(Duration::from_secs(10)).await;
+/// After a store's outage: the pool and the collector still run; the shares
+/// accepted meanwhile (a figure).
+fn survived_outage(
+    run: &mut Run,
+    report: &Shared,
+    store: &str,
+    accepted_before: u64,
+) -> Result<u64> {
     run.alive()?;
     ensure!(
         run.stack.collector.is_running(),
@@ -976,7 +1004,26 @@ async fn redis_down(report: Shared) -> Result<()> {
         run.stack.collector.log_tail(20)
     );
     let during = run.accepted() - accepted_before;
-    figure(&report, "shares accepted while Redis was down", during);
+    figure(
+        report,
+        &format!("shares accepted while {store} was down"),
+        during,
+    );
+    Ok(during)
+}
+
+async fn redis_down(report: Shared) -> Result<()> {
+    describe(
+        &report,
+        "redis-server SIGKILLed, down 10 s, restarted on the same port (append-only file)",
+        "Redis restarted -> first new event stored in Redis by the collector",
+    );
+    let mut run = Run::start(&report, options()).await?;
+    let before = run.stack.redis_cursor();
+    let accepted_before = run.accepted();
+    run.stack.redis.kill();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let during = survived_outage(&mut run, &report, "Redis", accepted_before)?;
     ensure!(during > 0, "mining stopped while Redis was down");
     tokio::task::block_in_place(|| run.stack.redis.restart());
     let cleared = Instant::now();
@@ -985,25 +1032,18 @@ async fn redis_down(report: Shared) -> Result<()> {
 }
 
 async fn postgres_down(report: Shared) -> Result<()> {
-    set(&report, |r| {
-        r.injected = "PostgreSQL stopped (pg_ctl -m immediate) 20 s, then started".into();
-        r.recovery_of =
-            "PostgreSQL started -> first new event stored in PostgreSQL by the collector".into();
-    });
+    describe(
+        &report,
+        "PostgreSQL stopped (pg_ctl -m immediate) 20 s, then started",
+        "PostgreSQL started -> first new event stored in PostgreSQL by the collector",
+    );
     let mut run = Run::start(&report, options()).await?;
     let before = run.stack.postgres_cursor();
     let accepted_before = run.accepted();
     let journal_before = run.stack.journal_last_seq();
     tokio::task::block_in_place(|| run.stack.pg.stop_immediate());
     tokio::time::sleep(Duration::from_secs(20)).await;
-    run.alive()?;
-    ensure!(
-        run.stack.collector.is_running(),
-        "the collector died: {}",
-        run.stack.collector.log_tail(20)
-    );
-    let during = run.accepted() - accepted_before;
-    figure(&report, "shares accepted while PostgreSQL was down", during);
+    let during = survived_outage(&mut run, &report, "PostgreSQL", accepted_before)?;
     figure(
         &report,
         "events journaled while PostgreSQL was down",
@@ -1067,10 +1107,11 @@ fn fill(path: &Path) -> u64 {
 }
 
 async fn disk_full(report: Shared) -> Result<()> {
-    set(&report, |r| {
-        r.injected = "journal directory on a 16 MB tmpfs (journal.stage_mb = 1 so the preallocated staging ring fits); a filler file takes every free byte for 15 s, then is deleted".into();
-        r.recovery_of = "filler deleted -> first accepted share".into();
-    });
+    describe(
+        &report,
+        "journal directory on a 16 MB tmpfs (journal.stage_mb = 1 so the preallocated staging ring fits); a filler file takes every free byte for 15 s, then is deleted",
+        "filler deleted -> first accepted share",
+    );
     let mount_dir = tempfile::Builder::new()
         .prefix("tbg-chaos-disk-")
         .tempdir()?;
@@ -1108,12 +1149,7 @@ async fn disk_full(report: Shared) -> Result<()> {
         .iter()
         .map(|m| m.stats.accepted_since(full_at))
         .sum::<usize>();
-    let mut reasons = std::collections::BTreeMap::new();
-    for miner in &run.miners {
-        for (reason, count) in miner.stats.reject_reasons() {
-            *reasons.entry(reason).or_insert(0u64) += count;
-        }
-    }
+    let reasons = run.reject_reasons();
     figure(&report, "/health 3 s after the disk filled", &health_early);
     figure(&report, "/health 14 s after the disk filled", &health_late);
     figure(
@@ -1131,7 +1167,7 @@ async fn disk_full(report: Shared) -> Result<()> {
     let recovery = run
         .wait_first_accept(cleared, Duration::from_secs(30))
         .await?;
-    set(&report, |r| r.recovery_s = Some(secs(recovery)));
+    record_recovery(&report, recovery);
     let journal_at_clear = run.stack.journal_last_seq();
     let resumed = wait_until("new events in the journal", Duration::from_secs(30), || {
         run.stack.journal_last_seq() > journal_at_clear
@@ -1142,18 +1178,12 @@ async fn disk_full(report: Shared) -> Result<()> {
         "journal writes resumed",
         format!("{:.2} s after the filler was deleted", secs(resumed)),
     );
-    let ready = wait_until_ready(&run.stack, Duration::from_secs(30)).await;
-    figure(
-        &report,
-        "/health ready again",
-        ready.map_or_else(|e| e, |d| format!("{:.2} s after", secs(d))),
-    );
+    figure_ready_again(&report, &run.stack).await;
     run.alive()?;
     target(
         &report,
         "first accepted share after space is back",
         recovery,
-        Duration::from_secs(5),
     )?;
     let result = run.finish(0).await;
     drop(mount);
@@ -1161,17 +1191,15 @@ async fn disk_full(report: Shared) -> Result<()> {
 }
 
 async fn node_down(report: Shared) -> Result<()> {
-    set(&report, |r| {
-        r.injected = "the node's JSON-RPC listener and connections closed for 30 s (the chain keeps its state)".into();
-        r.recovery_of =
-            "RPC back -> first job on a new tip at a miner (block submitted, fresh template)"
-                .into();
-    });
+    describe(
+        &report,
+        "the node's JSON-RPC listener and connections closed for 30 s (the chain keeps its state)",
+        "RPC back -> first job on a new tip at a miner (block submitted, fresh template)",
+    );
     let mut run = Run::start(&report, options()).await?;
     let answered_before = run.answered();
     let accepted_before = run.accepted();
     run.stack.node().stop_rpc().await;
-    let stopped = Instant::now();
     tokio::time::sleep(Duration::from_secs(5)).await;
     let health_down = health(&run.stack).await;
     metrics_up(&run.stack)
@@ -1194,7 +1222,6 @@ async fn node_down(report: Shared) -> Result<()> {
         run.accepted() > accepted_before,
         "no share accepted on the last work while the node was down"
     );
-    let _ = stopped;
     let prevhash = run.prevhash().context("no job seen")?;
     run.stack
         .node()
@@ -1205,7 +1232,7 @@ async fn node_down(report: Shared) -> Result<()> {
     let recovery = run
         .wait_new_tip(cleared, &prevhash, Duration::from_secs(30))
         .await?;
-    set(&report, |r| r.recovery_s = Some(secs(recovery)));
+    record_recovery(&report, recovery);
     figure(
         &report,
         "node height",
@@ -1214,12 +1241,7 @@ async fn node_down(report: Shared) -> Result<()> {
             run.stack.node().block_count()
         ),
     );
-    let ready = wait_until_ready(&run.stack, Duration::from_secs(30)).await;
-    figure(
-        &report,
-        "/health ready again",
-        ready.map_or_else(|e| e, |d| format!("{:.2} s after", secs(d))),
-    );
+    figure_ready_again(&report, &run.stack).await;
     let first_share = run
         .wait_first_accept(cleared, Duration::from_secs(30))
         .await?;
@@ -1229,13 +1251,18 @@ async fn node_down(report: Shared) -> Result<()> {
         format!("{:.2} s", secs(first_share)),
     );
     run.alive()?;
-    target(
-        &report,
-        "fresh template after the node is back",
-        recovery,
-        Duration::from_secs(5),
-    )?;
+    target(&report, "fresh template after the node is back", recovery)?;
     run.finish(0).await
+}
+
+/// Waits for `/health` to answer 200 again and records after how long.
+async fn figure_ready_again(report: &Shared, stack: &Stack) {
+    let ready = wait_until_ready(stack, Duration::from_secs(30)).await;
+    figure(
+        report,
+        "/health ready again",
+        ready.map_or_else(|e| e, |d| format!("{:.2} s after", secs(d))),
+    );
 }
 
 async fn wait_until_ready(
@@ -1257,10 +1284,11 @@ async fn wait_until_ready(
 }
 
 async fn network_partition(report: Shared) -> Result<()> {
-    set(&report, |r| {
-        r.injected = "the pool reaches the node through a TCP proxy; the proxy blackholes (accepts, holds, never forwards) for 30 s".into();
-        r.recovery_of = "partition ends -> first job on a new tip at a miner (block through the healed network, fresh template)".into();
-    });
+    describe(
+        &report,
+        "the pool reaches the node through a TCP proxy; the proxy blackholes (accepts, holds, never forwards) for 30 s",
+        "partition ends -> first job on a new tip at a miner (block through the healed network, fresh template)",
+    );
     let mut run = Run::start(
         &report,
         StackOptions {
@@ -1298,35 +1326,25 @@ async fn network_partition(report: Shared) -> Result<()> {
     let recovery = run
         .wait_new_tip(cleared, &prevhash, Duration::from_secs(30))
         .await?;
-    set(&report, |r| r.recovery_s = Some(secs(recovery)));
-    let ready = wait_until_ready(&run.stack, Duration::from_secs(30)).await;
-    figure(
-        &report,
-        "/health ready again",
-        ready.map_or_else(|e| e, |d| format!("{:.2} s after", secs(d))),
-    );
+    record_recovery(&report, recovery);
+    figure_ready_again(&report, &run.stack).await;
     run.alive()?;
-    target(
-        &report,
-        "recovery after the partition",
-        recovery,
-        Duration::from_secs(5),
-    )?;
+    target(&report, "recovery after the partition", recovery)?;
     run.finish(0).await
 }
 
 async fn pool_sigkill(report: Shared) -> Result<()> {
     let unit = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/systemd/tbg-pool.service");
     let policy = RestartPolicy::from_unit_file(&unit)?;
-    set(&report, |r| {
-        r.injected = format!(
+    describe(
+        &report,
+        format!(
             "SIGKILL to the pool; the harness is the supervisor with the unit's policy (Restart={}, RestartSec={} ms, from deploy/systemd/tbg-pool.service); the miners reconnect by themselves (the harness's paced miners: tbg_miner::run_miner has no reconnect loop)",
             policy.restart,
             policy.restart_sec.as_millis()
-        );
-        r.recovery_of =
-            "SIGKILL -> first accepted share on a connection opened after the kill".into();
-    });
+        ),
+        "SIGKILL -> first accepted share on a connection opened after the kill",
+    );
     let mut run = Run::start(&report, options()).await?;
     let killed = Instant::now();
     run.stack.pool.signal("KILL")?;
@@ -1338,23 +1356,15 @@ async fn pool_sigkill(report: Shared) -> Result<()> {
     let restarted = killed.elapsed();
     run.stack.wait_pool_up(Duration::from_secs(30)).await?;
     let listening = killed.elapsed();
-    let first_on_new_connection = || {
-        run.miners
-            .iter()
-            .filter_map(|m| m.stats.first_accept_on_connection_after(killed))
-            .min()
-    };
-    wait_until(
-        "an accepted share on a new connection",
-        Duration::from_secs(30),
-        || first_on_new_connection().is_some(),
-    )
-    .await
-    .map_err(|e| anyhow!("{e}; pool log:\n{}", run.stack.pool.log_tail(15)))?;
-    let recovery = first_on_new_connection()
-        .context("an accepted share")?
-        .saturating_duration_since(killed);
-    set(&report, |r| r.recovery_s = Some(secs(recovery)));
+    let recovery = run
+        .wait_earliest(
+            "an accepted share on a new connection",
+            killed,
+            Duration::from_secs(30),
+            |stats| stats.first_accept_on_connection_after(killed),
+        )
+        .await?;
+    record_recovery(&report, recovery);
     figure(
         &report,
         "timeline",
@@ -1376,20 +1386,16 @@ async fn pool_sigkill(report: Shared) -> Result<()> {
         .map(|m| m.stats.connects.load(Ordering::Relaxed))
         .sum();
     figure(&report, "miner connections (2 before the kill)", reconnects);
-    target(
-        &report,
-        "kill -> first accepted share",
-        recovery,
-        Duration::from_secs(5),
-    )?;
+    target(&report, "kill -> first accepted share", recovery)?;
     run.finish(1).await
 }
 
 async fn backup_restore(report: Shared) -> Result<()> {
-    set(&report, |r| {
-        r.injected = "collector with the default batch_wait_ms = 1000; tbg backup (pg_dump) started just after a whole second, under load; 5 s more events; the database's schema dropped (lost); tbg restore --confirm into a new database; tbg collector --replay --from <the time restore prints>".into();
-        r.recovery_of = "replay start -> every journaled event in the restored database".into();
-    });
+    describe(
+        &report,
+        "collector with the default batch_wait_ms = 1000; tbg backup (pg_dump) started just after a whole second, under load; 5 s more events; the database's schema dropped (lost); tbg restore --confirm into a new database; tbg collector --replay --from <the seq:N restore prints>",
+        "replay start -> every journaled event in the restored database",
+    );
     // The collector as deployed: batches wait up to 1 s (the default).
     let mut run = Run::start(
         &report,
@@ -1427,12 +1433,7 @@ async fn backup_restore(report: Shared) -> Result<()> {
     let rows_at_backup = run.stack.pg.psql("SELECT count(*) FROM mining_events");
     // Changes after the backup: these exist only in the journal.
     tokio::time::sleep(Duration::from_secs(5)).await;
-    if let Some(load) = run.load.take() {
-        load.stop().await;
-    }
-    for miner in run.miners.drain(..) {
-        miner.stop().await;
-    }
+    run.stop_load().await;
     run.stack.wait_caught_up(Duration::from_secs(60)).await?;
     run.stack.collector.terminate(Duration::from_secs(5));
     let rows_before_loss = run.stack.pg.psql("SELECT count(*) FROM mining_events");
@@ -1500,23 +1501,13 @@ async fn backup_restore(report: Shared) -> Result<()> {
     replay.spawn()?;
     let last_seq = run.stack.journal_last_seq();
     let restored_cursor = || {
-        Command::new("psql")
-            .args([
-                "-At",
-                "-d",
-                &restored_url,
-                "-c",
-                "SELECT seq FROM collector_cursor WHERE sink = 'postgres'",
-            ])
-            .output()
-            .ok()
-            .and_then(|o| {
-                String::from_utf8_lossy(&o.stdout)
-                    .trim()
-                    .parse::<u64>()
-                    .ok()
-            })
-            .unwrap_or(0)
+        psql(
+            &restored_url,
+            "SELECT seq FROM collector_cursor WHERE sink = 'postgres'",
+        )
+        .ok()
+        .and_then(|out| out.trim().parse::<u64>().ok())
+        .unwrap_or(0)
     };
     wait_until(
         "the replay to reach the journal's end",
@@ -1526,25 +1517,16 @@ async fn backup_restore(report: Shared) -> Result<()> {
     .await
     .map_err(|e| anyhow!("{e}; replay log:\n{}", replay.log_tail(20)))?;
     let replayed_in = replay_started.elapsed();
-    set(&report, |r| r.recovery_s = Some(secs(replayed_in)));
+    record_recovery(&report, replayed_in);
     replay.terminate(Duration::from_secs(5));
     let journaled = journal_events(&run.stack.journal_path)?;
     let journal: Vec<String> = journaled.iter().map(|e| e.id.clone()).collect();
-    let output = Command::new("psql")
-        .args([
-            "-At",
-            "-d",
-            &restored_url,
-            "-c",
-            "SELECT event_id FROM mining_events",
-        ])
-        .output()?;
-    let restored_ids: Vec<String> = String::from_utf8_lossy(&output.stdout)
+    let restored_ids: Vec<String> = psql(&restored_url, "SELECT event_id FROM mining_events")?
         .lines()
         .map(str::to_string)
         .collect();
     let redis_ids = tbg_chaos::ledger::redis_stream_ids(&run.stack.redis.url())?;
-    let ledger = tbg_chaos::ledger::Ledger::compare(&journal, &restored_ids, &redis_ids);
+    let ledger = Ledger::compare(&journal, &restored_ids, &redis_ids);
     let present =
         100.0 * (journal.len() - ledger.lost_postgres) as f64 / journal.len().max(1) as f64;
     figure(
@@ -1567,12 +1549,9 @@ async fn backup_restore(report: Shared) -> Result<()> {
             format!("{} (replay point --from {from})", missing.join(", ")),
         );
     }
-    set(&report, |r| {
-        r.lost = Some(ledger.lost());
-        r.duplicates = Some(ledger.duplicates());
-        r.journaled_events = Some(journal.len());
-        r.pool_restarts = Some(run.stack.pool.restarts());
-    });
+    record_ledger(&report, &ledger);
+    let restarts = run.stack.pool.restarts();
+    set(&report, |r| r.pool_restarts = Some(restarts));
     ensure!(
         ledger.lost() == 0 && ledger.duplicates() == 0,
         "after restore + replay: {} lost, {} duplicated, e.g. {:?}",
@@ -1583,6 +1562,15 @@ async fn backup_restore(report: Shared) -> Result<()> {
     run.alive()?;
     run.stack.shutdown().await;
     Ok(())
+}
+
+/// `psql -At` against a database URL: its output.
+fn psql(database_url: &str, sql: &str) -> Result<String> {
+    let output = Command::new("psql")
+        .args(["-At", "-d", database_url, "-c", sql])
+        .output()
+        .context("running psql")?;
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
 /// `HH:MM:SS.mmm` UTC of a unix time.
@@ -1644,19 +1632,14 @@ async fn clock_skew(report: Shared) -> Result<()> {
     drop(probe);
     let height = run.stack.node().block_count();
     let accepted_before = run.accepted();
-    let rejected_before: u64 = run.miners.iter().map(|m| m.stats.rejected()).sum();
+    let rejected_before = run.rejected();
     tokio::time::sleep(Duration::from_secs(10)).await;
     run.alive()?;
     metrics_up(&run.stack).await?;
     let accepted = run.accepted() - accepted_before;
-    let rejected = run.miners.iter().map(|m| m.stats.rejected()).sum::<u64>() - rejected_before;
+    let rejected = run.rejected() - rejected_before;
     let blocks = run.stack.node().block_count() - height;
-    let mut reasons = std::collections::BTreeMap::new();
-    for miner in &run.miners {
-        for (reason, count) in miner.stats.reject_reasons() {
-            *reasons.entry(reason).or_insert(0) += count;
-        }
-    }
+    let reasons = run.reject_reasons();
     figure(
         &report,
         "in 10 s",
@@ -1691,11 +1674,11 @@ async fn clock_skew(report: Shared) -> Result<()> {
 
 async fn cpu_stress(report: Shared) -> Result<()> {
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-    set(&report, |r| {
-        r.injected =
-            format!("{cores} busy-looping threads (one per core) for 30 s, in the harness");
-        r.recovery_of = "stress ends -> end of the first 1 s window whose submit-answer p99 is within 2x the pre-stress p99".into();
-    });
+    describe(
+        &report,
+        format!("{cores} busy-looping threads (one per core) for 30 s, in the harness"),
+        "stress ends -> end of the first 1 s window whose submit-answer p99 is within 2x the pre-stress p99",
+    );
     let mut run = Run::start(&report, options()).await?;
     let latencies = run.load.as_ref().context("load")?.latencies.clone();
     let baseline_from = Instant::now();
@@ -1762,22 +1745,18 @@ async fn cpu_stress(report: Shared) -> Result<()> {
         ),
     );
     let recovery = recovery.context("latency did not come back within 15 s")?;
-    set(&report, |r| r.recovery_s = Some(secs(recovery)));
+    record_recovery(&report, recovery);
     ensure!(answered_during > 0, "no submit answered during the stress");
-    target(
-        &report,
-        "latency back after the stress",
-        recovery,
-        Duration::from_secs(5),
-    )?;
+    target(&report, "latency back after the stress", recovery)?;
     run.finish(0).await
 }
 
 async fn event_socket_removed(report: Shared) -> Result<()> {
-    set(&report, |r| {
-        r.injected = "a receiver bound on events.socket_path; the socket file deleted for 3 s; a new receiver bound at the same path".into();
-        r.recovery_of = "new receiver bound -> first event datagram on it".into();
-    });
+    describe(
+        &report,
+        "a receiver bound on events.socket_path; the socket file deleted for 3 s; a new receiver bound at the same path",
+        "new receiver bound -> first event datagram on it",
+    );
     let mut run = Run::start(&report, options()).await?;
     let path = run.stack.socket_path.clone();
     let first = tokio::net::UnixDatagram::bind(&path)?;
@@ -1811,7 +1790,7 @@ async fn event_socket_removed(report: Shared) -> Result<()> {
         .await
         .context("no event on the new receiver within 10 s")??;
     let recovery = cleared.elapsed();
-    set(&report, |r| r.recovery_s = Some(secs(recovery)));
+    record_recovery(&report, recovery);
     let event: serde_json::Value = serde_json::from_slice(&buffer[..received])?;
     figure(
         &report,
@@ -1835,21 +1814,16 @@ async fn event_socket_removed(report: Shared) -> Result<()> {
     );
     drop(second);
     let _ = std::fs::remove_file(&path);
-    target(
-        &report,
-        "events resume on the new socket",
-        recovery,
-        Duration::from_secs(5),
-    )?;
+    target(&report, "events resume on the new socket", recovery)?;
     run.finish(0).await
 }
 
 async fn collector_sigkill(report: Shared) -> Result<()> {
-    set(&report, |r| {
-        r.injected = "kill -9 of the collector under load, 3 s down, restarted".into();
-        r.recovery_of =
-            "collector restarted -> first new event stored in both PostgreSQL and Redis".into();
-    });
+    describe(
+        &report,
+        "kill -9 of the collector under load, 3 s down, restarted",
+        "collector restarted -> first new event stored in both PostgreSQL and Redis",
+    );
     let mut run = Run::start(&report, options()).await?;
     let pg_before = run.stack.postgres_cursor();
     let redis_before = run.stack.redis_cursor();
@@ -1863,7 +1837,6 @@ async fn collector_sigkill(report: Shared) -> Result<()> {
     let pg_at_restart = run.stack.postgres_cursor().max(pg_before);
     let redis_at_restart = run.stack.redis_cursor().max(redis_before);
     run.stack.collector.spawn()?;
-    let cleared = Instant::now();
     let recovery = wait_until(
         "both sinks to store new events",
         Duration::from_secs(30),
@@ -1873,13 +1846,7 @@ async fn collector_sigkill(report: Shared) -> Result<()> {
         },
     )
     .await?;
-    let _ = cleared;
-    set(&report, |r| r.recovery_s = Some(secs(recovery)));
-    target(
-        &report,
-        "collector storing again",
-        recovery,
-        Duration::from_secs(5),
-    )?;
+    record_recovery(&report, recovery);
+    target(&report, "collector storing again", recovery)?;
     run.finish(0).await
 }

@@ -2,8 +2,11 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixDatagram;
-use std::process::{Command, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
+
+use tbg_testkit::free_port;
 
 /// Tests run in parallel: no fixed metrics ports.
 const METRICS_ON_FREE_PORTS: &str =
@@ -13,27 +16,67 @@ fn tbg() -> Command {
     Command::new(env!("CARGO_BIN_EXE_tbg"))
 }
 
+/// `tbg check-config --config <path>`, run to the end.
+fn check_config(path: &Path) -> Output {
+    tbg()
+        .args(["check-config", "--config"])
+        .arg(path)
+        .output()
+        .unwrap()
+}
+
+/// `tbg <subcommand> --config <config>`, stdout discarded.
+fn tbg_with_config(subcommand: &str, config: &Path) -> Command {
+    let mut command = tbg();
+    command
+        .args([subcommand, "--config"])
+        .arg(config)
+        .stdout(Stdio::null());
+    command
+}
+
+/// Starts `tbg <subcommand> --config <config>`; `stderr` piped to read it
+/// with [`LogLines`], or discarded.
+fn spawn_with_config(subcommand: &str, config: &Path, stderr: Stdio) -> Child {
+    tbg_with_config(subcommand, config)
+        .stderr(stderr)
+        .spawn()
+        .unwrap()
+}
+
+/// `kill -<name> <pid>`, as an operator sends it.
+fn signal(child: &Child, name: &str) {
+    assert!(Command::new("kill")
+        .args([format!("-{name}"), child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+}
+
+/// SIGTERM, then the process exits with code 0 within 5 s.
+fn stops_cleanly_on_sigterm(child: &mut Child) {
+    signal(child, "TERM");
+    assert_eq!(wait_exit(child, Duration::from_secs(5)), Some(0));
+}
+
+fn kill_and_reap(child: &mut Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 #[test]
 fn a_bad_config_value_is_named_and_exits_with_code_2() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("tbg.toml");
     std::fs::write(&path, "network = \"regtest\"\n[[nodes]]\nurl = \"127.0.0.1:18443\"\nuser = \"u\"\npass = \"p\"\n[pool]\nnonce1length = 12\n")
         .unwrap();
-    let output = tbg()
-        .args(["check-config", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
+    let output = check_config(&path);
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("pool.nonce1length = 12"), "{stderr}");
 
     std::fs::write(&path, "network = \"regtest\"\n[pool\n").unwrap();
-    let output = tbg()
-        .args(["check-config", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
+    let output = check_config(&path);
     assert_eq!(output.status.code(), Some(2), "TOML syntax error");
 
     let output = tbg()
@@ -206,12 +249,7 @@ fn sigterm_stops_gracefully_and_tells_miners_to_reconnect() {
     assert!(line.contains("\"id\":1"), "{line}");
 
     let stop = Instant::now();
-    let pid = child.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
+    signal(&child, "TERM");
     let mut saw_reconnect = false;
     loop {
         line.clear();
@@ -230,30 +268,21 @@ fn sigterm_stops_gracefully_and_tells_miners_to_reconnect() {
     );
 }
 
-fn wait_exit(child: &mut std::process::Child, timeout: Duration) -> Option<i32> {
+fn wait_exit(child: &mut Child, timeout: Duration) -> Option<i32> {
     let deadline = Instant::now() + timeout;
     loop {
         if let Ok(Some(status)) = child.try_wait() {
             return status.code();
         }
         if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
+            kill_and_reap(child);
             return None;
         }
         std::thread::sleep(Duration::from_millis(20));
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn pool_config(dir: &std::path::Path, port: u16) -> std::path::PathBuf {
+fn pool_config(dir: &Path, port: u16) -> PathBuf {
     let path = dir.join(format!("pool-{port}.toml"));
     let journal = dir.join(format!("journal-{port}.db"));
     let socket = dir.join("events.sock");
@@ -268,7 +297,7 @@ fn pool_config(dir: &std::path::Path, port: u16) -> std::path::PathBuf {
     path
 }
 
-fn wait_listening(port: u16, child: &mut std::process::Child) {
+fn wait_listening(port: u16, child: &mut Child) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(child.try_wait().unwrap().is_none(), "pool exited early");
@@ -285,12 +314,9 @@ fn pid_file_blocks_a_second_pool_but_never_a_restart_after_a_crash() {
     let pid_file = dir.path().join("run/main.pid");
     let (port_a, port_b) = (free_port(), free_port());
     let start = |port: u16| {
-        tbg()
-            .args(["pool", "--config"])
-            .arg(pool_config(dir.path(), port))
+        tbg_with_config("pool", &pool_config(dir.path(), port))
             .arg("--pid-file")
             .arg(&pid_file)
-            .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap()
@@ -329,7 +355,7 @@ struct LogLines {
 }
 
 impl LogLines {
-    fn of(child: &mut std::process::Child) -> LogLines {
+    fn of(child: &mut Child) -> LogLines {
         let stderr = child.stderr.take().expect("stderr piped");
         let (tx, lines) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
@@ -394,20 +420,12 @@ fn start_difficulty_of_a_new_miner(port: u16) -> f64 {
     }
 }
 
-fn reload_config(dir: &std::path::Path, port: u16, pool_keys: &str) -> String {
+fn reload_config(dir: &Path, port: u16, pool_keys: &str) -> String {
     format!(
         "network = \"regtest\"\n[[nodes]]\nurl = \"127.0.0.1:1\"\nuser = \"u\"\npass = \"p\"\n[pool]\nbind = \"127.0.0.1:{port}\"\nmindiff = 0.001\n{pool_keys}\n[events]\nsocket_path = {:?}\n[journal]\npath = {:?}\n{METRICS_ON_FREE_PORTS}",
         dir.join("events.sock"),
         dir.join("journal.db"),
     )
-}
-
-fn sighup(child: &std::process::Child) {
-    assert!(Command::new("kill")
-        .args(["-HUP", &child.id().to_string()])
-        .status()
-        .unwrap()
-        .success());
 }
 
 /// SIGHUP: a live key (startdiff) applies to the next miner without a
@@ -419,20 +437,14 @@ fn sighup_reloads_live_keys_and_survives_a_broken_config() {
     let port = free_port();
     let config = dir.path().join("tbg.toml");
     std::fs::write(&config, reload_config(dir.path(), port, "startdiff = 0.5")).unwrap();
-    let mut child = tbg()
-        .args(["pool", "--config"])
-        .arg(&config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_with_config("pool", &config, Stdio::piped());
     let mut log = LogLines::of(&mut child);
     wait_listening(port, &mut child);
     assert_eq!(start_difficulty_of_a_new_miner(port), 0.5);
 
     // A live key.
     std::fs::write(&config, reload_config(dir.path(), port, "startdiff = 2.5")).unwrap();
-    sighup(&child);
+    signal(&child, "HUP");
     let applied = log.wait_for("configuration reload: applied");
     assert!(applied.contains("pool.startdiff"), "{applied}");
     log.wait_for("configuration reloaded");
@@ -441,14 +453,14 @@ fn sighup_reloads_live_keys_and_survives_a_broken_config() {
 
     // A broken file, then a bad value: refused, old config kept.
     std::fs::write(&config, "network = \"regtest\"\n[pool\n").unwrap();
-    sighup(&child);
+    signal(&child, "HUP");
     log.wait_for("configuration reload failed");
     std::fs::write(
         &config,
         reload_config(dir.path(), port, "startdiff = 9\nnonce1length = 12"),
     )
     .unwrap();
-    sighup(&child);
+    signal(&child, "HUP");
     let failed = log.wait_for("configuration reload failed");
     assert!(failed.contains("pool.nonce1length"), "{failed}");
     assert!(child.try_wait().unwrap().is_none(), "still running");
@@ -462,18 +474,13 @@ fn sighup_reloads_live_keys_and_survives_a_broken_config() {
     let other_port = free_port();
     let moved = reload_config(dir.path(), other_port, "startdiff = 4");
     std::fs::write(&config, moved).unwrap();
-    sighup(&child);
+    signal(&child, "HUP");
     log.wait_for("pool.bind cannot change while running; restart to apply it");
     log.wait_for("configuration reloaded");
     assert_eq!(start_difficulty_of_a_new_miner(port), 4.0);
     assert!(std::net::TcpStream::connect(("127.0.0.1", other_port)).is_err());
 
-    assert!(Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap()
-        .success());
-    assert_eq!(wait_exit(&mut child, Duration::from_secs(5)), Some(0));
+    stops_cleanly_on_sigterm(&mut child);
 }
 
 /// The runbook's first diagnosis commands, run as written there against a
@@ -492,11 +499,7 @@ fn runbook_diagnosis_commands_on_a_pool_without_its_node() {
         ),
     )
     .unwrap();
-    let check = tbg()
-        .args(["check-config", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
+    let check = check_config(&config);
     assert!(
         check.status.success(),
         "{}",
@@ -504,13 +507,7 @@ fn runbook_diagnosis_commands_on_a_pool_without_its_node() {
     );
     assert!(String::from_utf8_lossy(&check.stdout).contains(&format!("127.0.0.1:{port}")));
 
-    let mut child = tbg()
-        .args(["pool", "--config"])
-        .arg(&config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_with_config("pool", &config, Stdio::null());
     wait_listening(port, &mut child);
     wait_listening(metrics_port, &mut child);
     let sh = |script: String| {
@@ -534,22 +531,12 @@ fn runbook_diagnosis_commands_on_a_pool_without_its_node() {
     assert!(nodes.contains("\"up\":false"), "{nodes}");
     assert!(nodes.contains("127.0.0.1:1"), "{nodes}");
 
-    assert!(Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap()
-        .success());
-    assert_eq!(wait_exit(&mut child, Duration::from_secs(5)), Some(0));
+    stops_cleanly_on_sigterm(&mut child);
 }
 
 /// A pool config (no node: it starts and accepts miners anyway) whose
 /// collector writes to `redis_url`, with the journal at `journal`.
-fn pool_and_collector_config(
-    dir: &std::path::Path,
-    port: u16,
-    journal: &std::path::Path,
-    redis_url: &str,
-) -> std::path::PathBuf {
+fn pool_and_collector_config(dir: &Path, port: u16, journal: &Path, redis_url: &str) -> PathBuf {
     let path = dir.join(format!("tbg-{port}.toml"));
     std::fs::write(
         &path,
@@ -571,7 +558,7 @@ fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
 }
 
 /// Leaves a file at the journal path before the collector starts.
-type PrepareJournal = dyn Fn(&std::path::Path);
+type PrepareJournal = dyn Fn(&Path);
 
 /// The chaos suite's start-up race: the collector starts while the pool is
 /// still creating the journal (the file is there, its schema is not). It
@@ -580,7 +567,7 @@ type PrepareJournal = dyn Fn(&std::path::Path);
 #[test]
 fn collector_waits_for_a_journal_the_pool_is_still_creating() {
     let dir = tempfile::tempdir().unwrap();
-    let blank_sqlite = |path: &std::path::Path| {
+    let blank_sqlite = |path: &Path| {
         let connection = rusqlite::Connection::open(path).unwrap();
         connection
             .execute_batch("CREATE TABLE scratch (x); DROP TABLE scratch;")
@@ -596,13 +583,7 @@ fn collector_waits_for_a_journal_the_pool_is_still_creating() {
         let journal = dir.path().join(format!("journal-{port}.db"));
         prepare(&journal);
         let config = pool_and_collector_config(dir.path(), port, &journal, &redis.url());
-        let mut collector = tbg()
-            .args(["collector", "--config"])
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut collector = spawn_with_config("collector", &config, Stdio::piped());
         let mut collector_log = LogLines::of(&mut collector);
         collector_log.wait_for("schema is not created yet");
         assert!(
@@ -611,13 +592,7 @@ fn collector_waits_for_a_journal_the_pool_is_still_creating() {
             collector_log.seen
         );
 
-        let mut pool = tbg()
-            .args(["pool", "--config"])
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut pool = spawn_with_config("pool", &config, Stdio::null());
         wait_listening(port, &mut pool);
         collector_log.wait_for("journal is ready");
         // One miner: its miner_connected event goes journal -> collector -> Redis.
@@ -632,10 +607,8 @@ fn collector_waits_for_a_journal_the_pool_is_still_creating() {
             "{case}: {}",
             collector_log.seen
         );
-        for child in [&mut pool, &mut collector] {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        kill_and_reap(&mut pool);
+        kill_and_reap(&mut collector);
     }
 
     // Not ours, or newer than this build: a clear error at once.
@@ -655,13 +628,7 @@ fn collector_waits_for_a_journal_the_pool_is_still_creating() {
     ] {
         let config =
             pool_and_collector_config(dir.path(), free_port(), journal, "redis://127.0.0.1:1");
-        let mut collector = tbg()
-            .args(["collector", "--config"])
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut collector = spawn_with_config("collector", &config, Stdio::piped());
         let mut log = LogLines::of(&mut collector);
         log.wait_for(expected);
         assert!(
@@ -707,11 +674,8 @@ fn collector_replays_from_a_journal_seq() {
     let redis = tbg_testkit::RedisServer::start();
     let config = pool_and_collector_config(dir.path(), free_port(), &journal_path, &redis.url());
     let replay = |from: &str| {
-        tbg()
-            .args(["collector", "--config"])
-            .arg(&config)
+        tbg_with_config("collector", &config)
             .args(["--replay", "--from", from])
-            .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap()
@@ -747,6 +711,5 @@ fn collector_replays_from_a_journal_seq() {
         .map(|(_, fields)| fields.get("id").cloned().expect("the event id"))
         .collect();
     assert_eq!(delivered, ids[2..].to_vec());
-    let _ = collector.kill();
-    let _ = collector.wait();
+    kill_and_reap(&mut collector);
 }

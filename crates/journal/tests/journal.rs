@@ -1,44 +1,17 @@
 //! Journal behaviour a pool operator and the collector rely on.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use futures::FutureExt;
-use tbg_events::{Event, EventData, EventFactory, EventSink};
+use tbg_events::{Event, EventSink};
 use tbg_journal::{Durability, Journal, JournalConfig, JournalError, JournalReader};
 
-fn now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|elapsed| elapsed.as_secs_f64())
-        .unwrap_or(0.0)
-}
-
-fn share(number: u64, ts: f64) -> Event {
-    EventFactory::new("eu", "hosted").make_at(
-        EventData::ShareSubmitted {
-            user: "bc1qexampleuser".into(),
-            worker: format!("rig{number}"),
-            client_id: number,
-            diff: 1024.0,
-            sdiff: 2048.5,
-            accepted: true,
-            reject_reason: None,
-            ip: "127.0.0.1".into(),
-        },
-        ts,
-    )
-}
+mod common;
+use common::{kill_9_after_reported, now, read_all, share_at, spawn_test_child, stored_seqs};
 
 fn config(path: &Path) -> JournalConfig {
     JournalConfig::new(path)
-}
-
-fn read_all(path: &Path) -> Vec<tbg_journal::JournalRecord> {
-    let reader = JournalReader::open(path).expect("open reader");
-    reader.read_after(0, usize::MAX).expect("read")
 }
 
 #[tokio::test]
@@ -46,7 +19,7 @@ async fn appended_events_are_durable_and_read_back_in_order_with_exact_payloads(
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("journal.db");
     let journal = Journal::open(config(&path)).unwrap();
-    let events: Vec<Event> = (0..500).map(|n| share(n, now())).collect();
+    let events: Vec<Event> = (0..500).map(|n| share_at(n, now())).collect();
     let seqs: Vec<u64> = events
         .iter()
         .map(|event| journal.append(event).unwrap())
@@ -92,7 +65,7 @@ async fn event_sink_emit_journals_and_duplicate_ids_are_stored_once() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("journal.db");
     let journal = Journal::open(config(&path)).unwrap();
-    let event = share(1, now());
+    let event = share_at(1, now());
     journal.emit(event.clone());
     let again = journal.append(&event).unwrap();
     journal.wait_committed(again).await.unwrap();
@@ -107,15 +80,15 @@ async fn seqs_continue_after_reopen() {
     let path = dir.path().join("journal.db");
     let journal = Journal::open(config(&path)).unwrap();
     for n in 0..10 {
-        journal.append(&share(n, now())).unwrap();
+        journal.append(&share_at(n, now())).unwrap();
     }
     journal.close().await.unwrap();
     let journal = Journal::open(config(&path)).unwrap();
     assert_eq!(journal.committed_seq(), 10);
-    let seq = journal.append(&share(10, now())).unwrap();
+    let seq = journal.append(&share_at(10, now())).unwrap();
     assert_eq!(seq, 11);
     journal.wait_committed(seq).await.unwrap();
-    let seqs: Vec<u64> = read_all(&path).iter().map(|record| record.seq).collect();
+    let seqs = stored_seqs(&path);
     assert_eq!(seqs, (1..=11).collect::<Vec<u64>>());
     journal.close().await.unwrap();
 }
@@ -125,7 +98,7 @@ async fn wait_durable_for_a_committed_seq_returns_at_once_and_unknown_seq_is_an_
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("journal.db");
     let journal = Journal::open(config(&path)).unwrap();
-    let seq = journal.append(&share(0, now())).unwrap();
+    let seq = journal.append(&share_at(0, now())).unwrap();
     journal.wait_durable(seq).await.unwrap();
     assert!(matches!(
         journal.wait_durable(seq).now_or_never(),
@@ -153,7 +126,7 @@ async fn appends_after_close_are_refused_and_counted() {
     let other_handle = journal.clone();
     journal.close().await.unwrap();
     assert!(matches!(
-        other_handle.append(&share(0, now())),
+        other_handle.append(&share_at(0, now())),
         Err(JournalError::AppendAfterClose)
     ));
     assert_eq!(other_handle.stats().dropped_after_close, 1);
@@ -190,7 +163,7 @@ async fn a_reader_in_parallel_sees_a_gapless_growing_prefix() {
         let journal = journal.clone();
         writers.push(tokio::spawn(async move {
             for n in 0..total / 4 {
-                let seq = journal.append(&share(task * 10_000 + n, now())).unwrap();
+                let seq = journal.append(&share_at(task * 10_000 + n, now())).unwrap();
                 journal.wait_durable(seq).await.unwrap();
             }
         }));
@@ -217,14 +190,14 @@ async fn retention_by_age_deletes_old_events_and_keeps_the_newest() {
     let journal = Journal::open(config).unwrap();
     let ten_days_ago = now() - 10.0 * 24.0 * 3600.0;
     for n in 0..100 {
-        journal.append(&share(n, ten_days_ago)).unwrap();
+        journal.append(&share_at(n, ten_days_ago)).unwrap();
     }
     for n in 100..150 {
-        journal.append(&share(n, now())).unwrap();
+        journal.append(&share_at(n, now())).unwrap();
     }
     journal.wait_committed(150).await.unwrap();
     assert_eq!(journal.enforce_retention().await.unwrap(), 100);
-    let seqs: Vec<u64> = read_all(&path).iter().map(|record| record.seq).collect();
+    let seqs = stored_seqs(&path);
     assert_eq!(seqs, (101..=150).collect::<Vec<u64>>());
     let reader = JournalReader::open(&path).unwrap();
     assert_eq!(reader.first_seq().unwrap(), 101);
@@ -234,7 +207,7 @@ async fn retention_by_age_deletes_old_events_and_keeps_the_newest() {
 
     // Even when everything is old, the newest row stays so seqs survive a restart.
     for n in 150..160 {
-        journal.append(&share(n, ten_days_ago)).unwrap();
+        journal.append(&share_at(n, ten_days_ago)).unwrap();
     }
     journal.wait_committed(160).await.unwrap();
     journal.enforce_retention().await.unwrap();
@@ -242,7 +215,7 @@ async fn retention_by_age_deletes_old_events_and_keeps_the_newest() {
     let records = read_all(&path);
     assert_eq!(records.last().map(|record| record.seq), Some(160));
     let journal = Journal::open(JournalConfig::new(&path)).unwrap();
-    assert_eq!(journal.append(&share(0, now())).unwrap(), 161);
+    assert_eq!(journal.append(&share_at(0, now())).unwrap(), 161);
     journal.close().await.unwrap();
 }
 
@@ -256,7 +229,7 @@ async fn retention_by_size_deletes_the_oldest_until_the_file_fits() {
     let journal = Journal::open(config).unwrap();
     let mut last = 0;
     for n in 0..12_000 {
-        last = journal.append(&share(n, now())).unwrap();
+        last = journal.append(&share_at(n, now())).unwrap();
     }
     journal.wait_committed(last).await.unwrap();
     let before = journal.stats().bytes;
@@ -293,7 +266,7 @@ async fn a_garbage_file_is_a_clear_reader_error_and_the_writer_moves_it_aside() 
     assert!(stats.seq_continuity_lost);
     let moved = &stats.corrupt_files_moved[0];
     assert_eq!(std::fs::read(moved).unwrap(), vec![0x5au8; 64 * 1024]);
-    let seq = journal.append(&share(0, now())).unwrap();
+    let seq = journal.append(&share_at(0, now())).unwrap();
     assert_eq!(seq, 1);
     journal.wait_committed(seq).await.unwrap();
     assert_eq!(read_all(&path).len(), 1);
@@ -307,7 +280,7 @@ async fn a_truncated_journal_is_a_clear_error_and_the_writer_continues_its_seqs(
     let journal = Journal::open(config(&path)).unwrap();
     let mut last = 0;
     for n in 0..5000 {
-        last = journal.append(&share(n, now())).unwrap();
+        last = journal.append(&share_at(n, now())).unwrap();
     }
     journal.wait_committed(last).await.unwrap();
     journal.close().await.unwrap();
@@ -329,12 +302,9 @@ async fn a_truncated_journal_is_a_clear_error_and_the_writer_continues_its_seqs(
     let journal = Journal::open(config(&path)).unwrap();
     let stats = journal.stats();
     assert_eq!(stats.corrupt_files_moved.len(), 1, "{stats:?}");
-    let seq = journal.append(&share(0, now())).unwrap();
+    let seq = journal.append(&share_at(0, now())).unwrap();
     journal.wait_committed(seq).await.unwrap();
-    assert_eq!(
-        read_all(&path).iter().map(|r| r.seq).collect::<Vec<_>>(),
-        vec![seq]
-    );
+    assert_eq!(stored_seqs(&path), vec![seq]);
     journal.close().await.unwrap();
 }
 
@@ -344,7 +314,7 @@ async fn a_row_that_does_not_parse_is_an_error_naming_its_seq_and_later_rows_sti
     let path = dir.path().join("journal.db");
     let journal = Journal::open(config(&path)).unwrap();
     for n in 0..3 {
-        journal.append(&share(n, now())).unwrap();
+        journal.append(&share_at(n, now())).unwrap();
     }
     journal.wait_committed(3).await.unwrap();
     journal.close().await.unwrap();
@@ -402,7 +372,7 @@ fn child_appends_until_killed() {
         loop {
             let mut last = 0;
             for _ in 0..7 {
-                last = journal.append(&share(n, now())).unwrap();
+                last = journal.append(&share_at(n, now())).unwrap();
                 n += 1;
             }
             journal.wait_durable(last).await.unwrap();
@@ -415,37 +385,13 @@ fn child_appends_until_killed() {
 fn kill_9_loses_no_event_reported_durable() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("journal.db");
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--ignored",
-            "--exact",
-            "child_appends_until_killed",
-            "--nocapture",
-        ])
-        .env(CHILD_PATH_VAR, &path)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let mut lines = BufReader::new(stdout).lines();
-    let mut durable = 0u64;
-    while durable < 700 {
-        let line = lines.next().expect("child ended early").unwrap();
-        if let Some(seq) = line.strip_prefix("durable ") {
-            durable = seq.trim().parse().unwrap();
-        }
-    }
-    child.kill().unwrap(); // SIGKILL
-                           // Lines the child printed before it died were durable too.
-    for line in lines.map_while(Result::ok) {
-        if let Some(seq) = line.strip_prefix("durable ") {
-            durable = durable.max(seq.trim().parse().unwrap());
-        }
-    }
-    child.wait().unwrap();
+    let (child, lines) = spawn_test_child(
+        "child_appends_until_killed",
+        &[(CHILD_PATH_VAR, path.as_os_str())],
+    );
+    let durable = kill_9_after_reported(child, lines, "durable ", 700);
 
-    let seqs: Vec<u64> = read_all(&path).iter().map(|record| record.seq).collect();
+    let seqs = stored_seqs(&path);
     let reported: Vec<u64> = (1..=durable).collect();
     assert!(
         seqs.len() as u64 >= durable,
@@ -458,13 +404,13 @@ fn kill_9_loses_no_event_reported_durable() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
         let journal = Journal::open(JournalConfig::new(&path)).unwrap();
-        let after_open: Vec<u64> = read_all(&path).iter().map(|record| record.seq).collect();
+        let after_open = stored_seqs(&path);
         assert_eq!(&after_open[..seqs.len()], &seqs[..]);
         assert_eq!(
             after_open,
             (1..=after_open.len() as u64).collect::<Vec<u64>>()
         );
-        let next = journal.append(&share(0, now())).unwrap();
+        let next = journal.append(&share_at(0, now())).unwrap();
         assert_eq!(next, after_open.last().copied().unwrap() + 1);
         journal.wait_durable(next).await.unwrap();
         journal.close().await.unwrap();

@@ -3,42 +3,19 @@
 //! events; a full ring refuses events without growing and recovers by itself.
 
 use std::io::Write;
-use std::io::{BufRead, BufReader, Lines};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdout, Command, Stdio};
-use std::time::{SystemTime, UNIX_EPOCH};
 
-use tbg_events::{Event, EventData, EventFactory};
+use tbg_events::{Event, EventData};
 use tbg_journal::{Journal, JournalConfig, JournalError, JournalReader, MIN_STAGE_BYTES};
+
+mod common;
+use common::{kill_9_after_reported, share, spawn_test_child, stored_seqs};
 
 /// Bytes before the ring in the stage file (the header page).
 const STAGE_HEADER_BYTES: u64 = 4096;
 /// Bytes before a record's payload.
 const RECORD_HEADER_BYTES: u64 = 32;
-
-fn now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|elapsed| elapsed.as_secs_f64())
-        .unwrap_or(0.0)
-}
-
-fn share(number: u64) -> Event {
-    EventFactory::new("eu", "hosted").make_at(
-        EventData::ShareSubmitted {
-            user: "bc1qexampleuser".into(),
-            worker: format!("rig{number}"),
-            client_id: number,
-            diff: 1024.0,
-            sdiff: 2048.5,
-            accepted: true,
-            reject_reason: None,
-            ip: "127.0.0.1".into(),
-        },
-        now(),
-    )
-}
 
 fn small_ring(path: &Path) -> JournalConfig {
     let mut config = JournalConfig::new(path);
@@ -50,16 +27,6 @@ fn stage_path(path: &Path) -> PathBuf {
     let mut name = path.as_os_str().to_owned();
     name.push(".stage");
     PathBuf::from(name)
-}
-
-fn stored_seqs(path: &Path) -> Vec<u64> {
-    let reader = JournalReader::open(path).expect("open reader");
-    reader
-        .read_after(0, usize::MAX)
-        .expect("read")
-        .iter()
-        .map(|record| record.seq)
-        .collect()
 }
 
 /// Appends, and when the ring is full waits for SQLite to catch up and
@@ -95,20 +62,6 @@ impl WriteLock {
 
 const CHILD_PATH_VAR: &str = "TBG_STAGE_CHILD_PATH";
 const CHILD_COUNT_VAR: &str = "TBG_STAGE_CHILD_COUNT";
-
-fn spawn_child(test_name: &str, path: &Path, count: u64) -> (Child, Lines<BufReader<ChildStdout>>) {
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["--ignored", "--exact", test_name, "--nocapture"])
-        .env(CHILD_PATH_VAR, path)
-        .env(CHILD_COUNT_VAR, count.to_string())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    (child, BufReader::new(stdout).lines())
-}
 
 /// Run by the kill -9 tests in a child process: stages `count` events with
 /// the default durability, printing where each record starts in the ring
@@ -151,8 +104,14 @@ async fn stage_in_a_killed_child(path: &Path, count: u64) -> u64 {
         .close()
         .await
         .unwrap();
-    let (mut child, mut lines) =
-        spawn_child("child_stages_events_then_waits_to_be_killed", path, count);
+    let count_text = count.to_string();
+    let (mut child, mut lines) = spawn_test_child(
+        "child_stages_events_then_waits_to_be_killed",
+        &[
+            (CHILD_PATH_VAR, path.as_os_str()),
+            (CHILD_COUNT_VAR, count_text.as_ref()),
+        ],
+    );
     while lines.next().expect("child ended early").unwrap() != "opened" {}
     let lock = WriteLock::take(path);
     let mut go = child.stdin.take().unwrap();
@@ -267,22 +226,12 @@ fn child_appends_over_many_laps_until_killed() {
 async fn kill_9_during_many_ring_laps_loses_no_acknowledged_event() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("journal.db");
-    let (mut child, mut lines) = spawn_child("child_appends_over_many_laps_until_killed", &path, 0);
+    let (child, lines) = spawn_test_child(
+        "child_appends_over_many_laps_until_killed",
+        &[(CHILD_PATH_VAR, path.as_os_str())],
+    );
     // ~450-byte records: 3,000 of them go around a 64 KiB ring 20 times.
-    let mut acknowledged = 0u64;
-    while acknowledged < 3_000 {
-        let line = lines.next().expect("child ended early").unwrap();
-        if let Some(seq) = line.strip_prefix("acknowledged ") {
-            acknowledged = seq.parse().unwrap();
-        }
-    }
-    child.kill().unwrap(); // SIGKILL
-    for line in lines.map_while(Result::ok) {
-        if let Some(seq) = line.strip_prefix("acknowledged ") {
-            acknowledged = acknowledged.max(seq.parse().unwrap());
-        }
-    }
-    child.wait().unwrap();
+    let acknowledged = kill_9_after_reported(child, lines, "acknowledged ", 3_000);
 
     let journal = Journal::open(small_ring(&path)).unwrap();
     let seqs = stored_seqs(&path);

@@ -16,6 +16,7 @@ use prometheus_client::registry::Registry;
 use serde::Serialize;
 use serde_json::json;
 use tbg_events::DatagramSink;
+use tbg_journal::JournalStats;
 use tbg_node::{ChainInfo, NodeHealth, NodeSet};
 use tbg_pool::counters::{redact_url, RpcMetrics};
 use tbg_pool::{PoolCounters, PoolService, PoolView};
@@ -189,6 +190,9 @@ fn encode_pool(sources: &PoolSources, enc: &mut DescriptorEncoder) -> Result<(),
 
     let accepted = get(&c.shares_accepted);
     let stale = c.rejected(RejectReason::Stale);
+    // Valid shares the pool could not record: the pool's fault, not the
+    // miner's, so not "invalid" (they have their own reason below).
+    let journal_full = c.rejected(RejectReason::JournalFull);
     let rejected = get(&c.shares_rejected);
     encode::counter_u64(enc, "ckpool_shares_valid", "Accepted shares.", accepted)?;
     encode::counter_u64(
@@ -200,8 +204,8 @@ fn encode_pool(sources: &PoolSources, enc: &mut DescriptorEncoder) -> Result<(),
     encode::counter_u64(
         enc,
         "ckpool_shares_invalid",
-        "Rejected shares other than stale ones.",
-        rejected.saturating_sub(stale),
+        "Rejected shares other than stale ones and those refused because the journal was full.",
+        rejected.saturating_sub(stale).saturating_sub(journal_full),
     )?;
     let by_reason: Vec<(Labels, u64)> = RejectReason::ALL
         .iter()
@@ -405,67 +409,112 @@ fn encode_pool(sources: &PoolSources, enc: &mut DescriptorEncoder) -> Result<(),
         )?;
     }
     if let Some(journal) = pool.journal() {
-        let stats = journal.stats();
-        encode::counter_u64(
-            enc,
-            "ckpool_events_journaled",
-            "Events committed to the journal.",
-            stats.committed,
-        )?;
-        encode::counter_u64(
-            enc,
-            "ckpool_journal_appended",
-            "Events appended to the journal.",
-            stats.appended,
-        )?;
-        encode::gauge(
-            enc,
-            "ckpool_journal_backlog_events",
-            "Events appended but not yet committed.",
-            stats.backlog as f64,
-        )?;
-        encode::gauge(
-            enc,
-            "ckpool_journal_committed_seq",
-            "Every journal seq up to this one is durable.",
-            stats.committed_seq as f64,
-        )?;
-        encode::counter_u64(
-            enc,
-            "ckpool_journal_batches",
-            "Journal transactions committed.",
-            stats.batches,
-        )?;
-        encode::gauge(
-            enc,
-            "ckpool_journal_last_batch_size",
-            "Events in the last journal transaction.",
-            stats.last_batch_size as f64,
-        )?;
-        encode::counter_u64(
-            enc,
-            "ckpool_journal_errors",
-            "Failed journal commits (retried).",
-            stats.errors,
-        )?;
-        encode::gauge(
-            enc,
-            "ckpool_journal_bytes",
-            "Journal database size.",
-            stats.bytes as f64,
-        )?;
-        encode::gauge(
-            enc,
-            "ckpool_journal_healthy",
-            "1 while journal commits succeed.",
-            if journal.is_healthy() { 1.0 } else { 0.0 },
-        )?;
+        encode_journal(&journal.stats(), journal.is_healthy(), enc)?;
     }
     encode::gauge(
         enc,
         "ckpool_redis_up",
         "1 while the Redis of the user coinbase signatures answers.",
         if pool.redis_up() { 1.0 } else { 0.0 },
+    )?;
+    Ok(())
+}
+
+/// The journal's metrics, from one stats snapshot.
+fn encode_journal(
+    stats: &JournalStats,
+    healthy: bool,
+    enc: &mut DescriptorEncoder,
+) -> Result<(), Error> {
+    encode::counter_u64(
+        enc,
+        "ckpool_events_journaled",
+        "Events committed to the journal.",
+        stats.committed,
+    )?;
+    encode::counter_u64(
+        enc,
+        "ckpool_journal_appended",
+        "Events appended to the journal.",
+        stats.appended,
+    )?;
+    encode::gauge(
+        enc,
+        "ckpool_journal_backlog_events",
+        "Events appended but not yet committed.",
+        stats.backlog as f64,
+    )?;
+    encode::gauge(
+        enc,
+        "ckpool_journal_committed_seq",
+        "Every journal seq up to this one is durable.",
+        stats.committed_seq as f64,
+    )?;
+    encode::counter_u64(
+        enc,
+        "ckpool_journal_batches",
+        "Journal transactions committed.",
+        stats.batches,
+    )?;
+    encode::gauge(
+        enc,
+        "ckpool_journal_last_batch_size",
+        "Events in the last journal transaction.",
+        stats.last_batch_size as f64,
+    )?;
+    encode::counter_u64(
+        enc,
+        "ckpool_journal_errors",
+        "Failed journal commits (retried).",
+        stats.errors,
+    )?;
+    encode::gauge(
+        enc,
+        "ckpool_journal_bytes",
+        "Journal database size.",
+        stats.bytes as f64,
+    )?;
+    encode::gauge(
+        enc,
+        "ckpool_journal_healthy",
+        "1 while journal commits succeed.",
+        if healthy { 1.0 } else { 0.0 },
+    )?;
+    encode::gauge(
+        enc,
+        "ckpool_journal_stage_capacity_bytes",
+        "Size of the journal's staging ring: events wait there until SQLite commits them.",
+        stats.stage_capacity_bytes as f64,
+    )?;
+    encode::gauge(
+        enc,
+        "ckpool_journal_stage_used_bytes",
+        "Staging ring bytes holding events not yet committed to SQLite.",
+        stats.stage_used_bytes as f64,
+    )?;
+    encode::counter_u64(
+        enc,
+        "ckpool_journal_stage_refused_full",
+        "Events refused because the staging ring was full (their shares were refused).",
+        stats.rejected_full,
+    )?;
+    encode::counter_u64(
+        enc,
+        "ckpool_journal_stage_write_errors",
+        "Events refused because the staging file could not be written.",
+        stats.stage_write_errors,
+    )?;
+    encode::gauge(
+        enc,
+        "ckpool_journal_stage_recovered_events",
+        "Events a previous process had staged but not committed, recovered at start.",
+        stats.stage_recovered as f64,
+    )?;
+    encode::gauge(
+        enc,
+        "ckpool_journal_stage_refusing",
+        "1 while the journal refuses events (ring full or staging file failing): shares are refused.",
+        if stats.stage_refusing { 1.0 } else { 0.0 },
     )?;
     Ok(())
 }
@@ -557,14 +606,9 @@ fn pool_health(state: &AppState) -> HealthReport {
         }
     }
     if let Some(journal) = pool.journal() {
-        if !journal.is_healthy() {
-            let stats = journal.stats();
-            reasons.push(format!(
-                "journal not writable: {} failed commits, last error: {}",
-                stats.consecutive_failures,
-                stats.last_error.unwrap_or_default()
-            ));
-        }
+        let (reason, warning) = journal_health(&journal.stats(), journal.is_healthy());
+        reasons.extend(reason);
+        warnings.extend(warning);
     }
     if let Some(sink) = &sources.datagram {
         let dropped = sink.stats().dropped_total();
@@ -594,6 +638,42 @@ fn pool_health(state: &AppState) -> HealthReport {
         nodes_up: nodes.iter().filter(|n| n.up).count(),
         nodes: nodes.len(),
     }
+}
+
+/// What `/health` says about the journal: a reason (not ready) and/or a
+/// warning.
+fn journal_health(stats: &JournalStats, healthy: bool) -> (Option<String>, Option<String>) {
+    let last_error = stats.last_error.as_deref().unwrap_or("none recorded");
+    let staged = format!(
+        "{} of {} bytes staged",
+        stats.stage_used_bytes, stats.stage_capacity_bytes
+    );
+    let half_full = stats.stage_used_bytes.saturating_mul(2) > stats.stage_capacity_bytes;
+    // The stats do not say which refusal came last: a ring that refused for
+    // lack of room and is at least half used is full (a record is tiny next
+    // to the ring); otherwise the staging file itself fails.
+    let full = stats.rejected_full > 0 && (stats.stage_write_errors == 0 || half_full);
+    let reason = if stats.stage_refusing && full {
+        Some(format!(
+            "journal full: {staged}, shares are refused until the journal can write again (last error: {last_error})"
+        ))
+    } else if stats.stage_refusing {
+        Some(format!(
+            "journal staging file {} cannot be written: shares are refused until the journal can write again (last error: {last_error})",
+            stats.stage_path.display()
+        ))
+    } else if !healthy {
+        Some(format!(
+            "journal not writable: {} failed commits, last error: {last_error}",
+            stats.consecutive_failures
+        ))
+    } else {
+        None
+    };
+    // Filling while commits succeed: SQLite is slower than the share rate.
+    let warning = (reason.is_none() && half_full)
+        .then(|| format!("journal staging ring more than half used: {staged}, SQLite is behind"));
+    (reason, warning)
 }
 
 async fn health(State(state): State<Arc<AppState>>) -> Response {
@@ -714,6 +794,85 @@ mod tests {
         assert!(text.contains("\nckpool_bitcoin_headers 800005"), "{text}");
         assert!(text.contains("\nckpool_bitcoin_peers 2"), "{text}");
         assert!(text.contains("\nckpool_bitcoin_initial_block_download 0"));
+    }
+
+    fn ring(used: u64, rejected_full: u64, write_errors: u64, refusing: bool) -> JournalStats {
+        JournalStats {
+            stage_path: "/var/lib/tbg/events.db.stage".into(),
+            stage_capacity_bytes: 1000,
+            stage_used_bytes: used,
+            rejected_full,
+            stage_write_errors: write_errors,
+            stage_refusing: refusing,
+            last_error: Some("commit of 3 events failed: database or disk is full".into()),
+            ..JournalStats::default()
+        }
+    }
+
+    #[test]
+    fn a_full_ring_is_a_plain_reason() {
+        let (reason, warning) = journal_health(&ring(990, 4, 0, true), false);
+        assert_eq!(
+            reason.as_deref(),
+            Some(
+                "journal full: 990 of 1000 bytes staged, shares are refused until the journal \
+                 can write again (last error: commit of 3 events failed: database or disk is full)"
+            )
+        );
+        assert_eq!(warning, None);
+    }
+
+    #[test]
+    fn a_failing_stage_file_is_not_called_full() {
+        let (reason, _) = journal_health(&ring(10, 0, 2, true), false);
+        let reason = reason.unwrap();
+        assert!(
+            reason
+                .starts_with("journal staging file /var/lib/tbg/events.db.stage cannot be written"),
+            "{reason}"
+        );
+    }
+
+    #[test]
+    fn a_filling_ring_warns_and_an_empty_one_is_silent() {
+        let (reason, warning) = journal_health(&ring(600, 0, 0, false), true);
+        assert_eq!(reason, None);
+        assert_eq!(
+            warning.as_deref(),
+            Some("journal staging ring more than half used: 600 of 1000 bytes staged, SQLite is behind")
+        );
+        assert_eq!(journal_health(&ring(0, 0, 0, false), true), (None, None));
+    }
+
+    #[derive(Debug)]
+    struct JournalOnly(JournalStats);
+
+    impl Collector for JournalOnly {
+        fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), Error> {
+            encode_journal(&self.0, !self.0.stage_refusing, &mut enc)
+        }
+    }
+
+    #[test]
+    fn the_ring_is_exported() {
+        let mut stats = ring(990, 4, 1, true);
+        stats.stage_recovered = 7;
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(JournalOnly(stats)));
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        for line in [
+            "\nckpool_journal_stage_capacity_bytes 1000",
+            "\nckpool_journal_stage_used_bytes 990",
+            "\nckpool_journal_stage_refused_full_total 4",
+            "\nckpool_journal_stage_write_errors_total 1",
+            "\nckpool_journal_stage_recovered_events 7",
+            "\nckpool_journal_stage_refusing 1",
+            "\nckpool_journal_healthy 0",
+            "# TYPE ckpool_journal_stage_refused_full counter",
+        ] {
+            assert!(text.contains(line), "{line:?} not in {text}");
+        }
     }
 
     #[test]

@@ -90,7 +90,7 @@ impl PoolShared {
     /// gets it, and a refused block event is logged whole at error level,
     /// because a block is submitted to the node regardless.
     pub(crate) fn try_emit(&self, data: EventData) -> Option<u64> {
-        let event = self.event_factory.make(data);
+        let mut event = self.event_factory.make(data);
         self.counters.event_emitted();
         let journaled = match &self.journal {
             None => Some(0),
@@ -103,6 +103,20 @@ impl PoolShared {
                     ) {
                         tracing::error!(%error, event = %event.to_json(),
                             "block event NOT journaled; it is only in this log and the datagram socket");
+                    }
+                    // The miner hears "Journal full" for such a share: the
+                    // sinks hear the same, not "accepted".
+                    if let EventData::ShareSubmitted {
+                        accepted,
+                        reject_reason,
+                        ..
+                    } = &mut event.data
+                    {
+                        if *accepted {
+                            *accepted = false;
+                            *reject_reason =
+                                Some(tbg_stratum::RejectReason::JournalFull.message().to_owned());
+                        }
                     }
                     None
                 }

@@ -709,10 +709,12 @@ impl Session {
                 let reply = if journaled {
                     tbg_stratum::response_ok(&request.id, Value::Bool(true))
                 } else {
-                    tbg_stratum::response_error(&request.id, 20, "Journal full")
+                    tbg_stratum::response_reject(&request.id, RejectReason::JournalFull)
                 };
                 out.insert_str(reply_at, &reply);
-                self.shared.counters.share_latency(started.elapsed());
+                if journaled {
+                    self.shared.counters.share_latency(started.elapsed());
+                }
                 Ok(())
             }
         }
@@ -828,22 +830,10 @@ impl Session {
         let Some((worker, handle)) = user.workers.get(share.worker_index) else {
             return true;
         };
-        self.shares_session += 1;
-        self.shared.counters.share_accepted(share.target_difficulty);
-        let previous_best =
-            handle
-                .lock()
-                .record_accepted(share.target_difficulty, share.share_difficulty, now);
-        if let Some(prev_best) = previous_best {
-            self.emit(EventData::ShareBestDiff {
-                user: user.address.clone(),
-                worker: worker.clone(),
-                new_best: share.share_difficulty,
-                prev_best,
-                timeframe: "alltime".to_string(),
-            });
-        }
-        self.best_session = self.best_session.max(share.share_difficulty);
+        // The share's event first: only a share the journal took is
+        // credited. One it refused (full) is counted as rejected with its
+        // own reason, so no counter, status or best difficulty shows a share
+        // the miner was told was refused.
         let journaled = self.emit(EventData::ShareSubmitted {
             user: user.address.clone(),
             worker: worker.clone(),
@@ -854,6 +844,31 @@ impl Session {
             reject_reason: None,
             ip: self.peer.ip().to_string(),
         });
+        if journaled {
+            self.shares_session += 1;
+            self.shared.counters.share_accepted(share.target_difficulty);
+            let previous_best =
+                handle
+                    .lock()
+                    .record_accepted(share.target_difficulty, share.share_difficulty, now);
+            if let Some(prev_best) = previous_best {
+                self.emit(EventData::ShareBestDiff {
+                    user: user.address.clone(),
+                    worker: worker.clone(),
+                    new_best: share.share_difficulty,
+                    prev_best,
+                    timeframe: "alltime".to_string(),
+                });
+            }
+            self.best_session = self.best_session.max(share.share_difficulty);
+        } else {
+            // Not counted towards the invalid-shares limit: the pool is at
+            // fault, not the miner.
+            self.shared
+                .counters
+                .share_rejected(RejectReason::JournalFull);
+            handle.lock().record_rejected();
+        }
         if share.is_block {
             let job = &self.jobs[share.job_index];
             let block_hex = job.job.block_hex(
@@ -883,8 +898,9 @@ impl Session {
                 coinbase_sig: user.user_sig.clone().unwrap_or_default(),
             });
         }
-        if now.saturating_duration_since(self.last_hashrate_event)
-            >= self.shared.settings.hashrate_event_interval
+        if journaled
+            && now.saturating_duration_since(self.last_hashrate_event)
+                >= self.shared.settings.hashrate_event_interval
         {
             self.last_hashrate_event = now;
             let stats = handle.lock();
@@ -899,6 +915,8 @@ impl Session {
                 hashrate_1d: h1d,
             });
         }
+        // Vardiff still counts a refused share: it measures the miner's
+        // rate, which the journal does not change.
         let seconds = self.shared.seconds(now);
         let retarget = self
             .vardiff

@@ -29,11 +29,14 @@ pub enum RejectReason {
     InvalidNtimeHex,
     InvalidNonce2Hex,
     InvalidDifficulty,
+    /// A valid share the pool could not record (its event journal is full):
+    /// refused so the miner is never told "accepted" for an unrecorded share.
+    JournalFull,
 }
 
 impl RejectReason {
     /// Every variant, e.g. to pre-register metric label values.
-    pub const ALL: [RejectReason; 24] = [
+    pub const ALL: [RejectReason; 25] = [
         RejectReason::InvalidNonce2Length,
         RejectReason::WorkerMismatch,
         RejectReason::NoNonce,
@@ -58,6 +61,7 @@ impl RejectReason {
         RejectReason::InvalidNtimeHex,
         RejectReason::InvalidNonce2Hex,
         RejectReason::InvalidDifficulty,
+        RejectReason::JournalFull,
     ];
 
     /// Text sent to the miner (ckpool's wording for ckpool's reasons).
@@ -87,6 +91,7 @@ impl RejectReason {
             RejectReason::InvalidNtimeHex => "Invalid ntime hex",
             RejectReason::InvalidNonce2Hex => "Invalid nonce2 hex",
             RejectReason::InvalidDifficulty => "Invalid difficulty",
+            RejectReason::JournalFull => "Journal full",
         }
     }
 
@@ -131,6 +136,7 @@ impl RejectReason {
             RejectReason::InvalidNtimeHex => "invalid_ntime_hex",
             RejectReason::InvalidNonce2Hex => "invalid_nonce2_hex",
             RejectReason::InvalidDifficulty => "invalid_difficulty",
+            RejectReason::JournalFull => "journal_full",
         }
     }
 }

@@ -4,7 +4,22 @@ use std::time::Duration;
 
 use serde_json::json;
 use tbg_journal::Durability;
+use tbg_pool::WorkerSnapshot;
+use tbg_stratum::RejectReason;
 use tbg_testkit::{regtest_address, AddressKind, ManualMiner, TestEnv};
+
+/// What `/status/workers/<address>.<worker>` shows for this worker.
+fn worker_snapshot(env: &TestEnv, address: &str, worker: &str) -> WorkerSnapshot {
+    env.service
+        .pool
+        .stats()
+        .user(address, std::time::Instant::now())
+        .expect("the user is known")
+        .workers
+        .into_iter()
+        .find(|w| w.worker == worker)
+        .expect("the worker is known")
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_miner_hears_accepted_only_after_the_share_is_journaled() {
@@ -112,7 +127,36 @@ async fn a_full_journal_refuses_shares_with_an_error_and_the_pool_recovers_by_it
 
     let reply = miner.submit_valid(2).await;
     assert_eq!(reply.error, json!([20, "Journal full", null]));
-    assert_ne!(reply.result, json!(true));
+    assert_eq!(reply.result, json!(false));
+    // The refused share is counted as refused everywhere a user looks, and
+    // credits the worker nothing.
+    let pool = &env.service.pool;
+    let status = pool.status();
+    assert_eq!(
+        (status.shares_accepted, status.shares_rejected),
+        (1, 1),
+        "{status:?}"
+    );
+    assert_eq!(pool.counters().rejected(RejectReason::JournalFull), 1);
+    let worker = worker_snapshot(&env, &address, "rig");
+    assert_eq!((worker.shares_accepted, worker.shares_rejected), (1, 1));
+    let shares = env.events_of("share_submitted");
+    let sdiff_of = |event: &tbg_events::Event| match &event.data {
+        tbg_events::EventData::ShareSubmitted { sdiff, .. } => *sdiff,
+        _ => unreachable!("filtered on share_submitted"),
+    };
+    assert_eq!(shares.len(), 2, "{shares:?}");
+    assert_eq!(
+        worker.best_difficulty,
+        sdiff_of(&shares[0]),
+        "the refused share never counts as the worker's best"
+    );
+    // The event sink hears what the miner heard.
+    assert!(
+        matches!(&shares[1].data, tbg_events::EventData::ShareSubmitted { accepted: false, reject_reason: Some(reason), .. } if reason == "Journal full"),
+        "{:?}",
+        shares[1]
+    );
     // The block in that share still went to the node and to the event sink.
     env.wait_until(
         "block_found for the refused share",
@@ -130,6 +174,10 @@ async fn a_full_journal_refuses_shares_with_an_error_and_the_pool_recovers_by_it
     let reply = miner.submit_valid(3).await;
     assert_eq!(reply.result, json!(true), "{:?}", reply.error);
     assert!(handle.is_healthy());
+    let status = env.service.pool.status();
+    assert_eq!((status.shares_accepted, status.shares_rejected), (2, 1));
+    let worker = worker_snapshot(&env, &address, "rig");
+    assert_eq!((worker.shares_accepted, worker.shares_rejected), (2, 1));
     env.node.start_rpc().await.unwrap();
     drop(miner);
     env.shutdown().await;
