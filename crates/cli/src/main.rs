@@ -302,7 +302,12 @@ async fn start_pool(config: &Config) -> Result<observability::RunningPool> {
     let node_settings = settings::node_settings(config);
     let events = event_sink(config)?;
     let factory = EventFactory::new(config.events.region.clone(), config.events.source.clone());
-    let journal = open_journal(config)?;
+    // Opening preallocates the staging ring, recovers it and may wait for a
+    // lock: file work kept off the async threads.
+    let journal_config = config.clone();
+    let journal = tokio::task::spawn_blocking(move || open_journal(&journal_config))
+        .await
+        .context("journal open task")??;
     let service = PoolService::start(
         pool_settings,
         node_settings,

@@ -105,14 +105,27 @@ pub(crate) fn open_locked(path: &Path) -> Result<File, String> {
         .truncate(false)
         .open(path)
         .map_err(|error| format!("cannot open: {error}"))?;
-    match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
-        Ok(()) => Ok(file),
-        Err(error) if error == rustix::io::Errno::WOULDBLOCK => Err(
-            "in use: another journal writer (process or open handle) has this journal open".into(),
-        ),
-        Err(error) => Err(format!("cannot lock: {error}")),
+    // A lock can outlive its holder by a moment: a child process forked by
+    // the holder shares the open file until it execs (the descriptor is
+    // close-on-exec), and a pool restarted by its supervisor may start while
+    // the old one is still exiting. Wait that moment out, not longer.
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    loop {
+        match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => return Ok(file),
+            Err(error) if error == rustix::io::Errno::WOULDBLOCK => {
+                if std::time::Instant::now() >= deadline {
+                    return Err("in use: another journal writer (process or open handle) has this journal open".into());
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Err(error) => return Err(format!("cannot lock: {error}")),
+        }
     }
 }
+
+/// How long [`open_locked`] waits for a lock held by someone else.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl Stage {
     /// Preallocates the (locked, see [`open_locked`]) file and writes a fresh
