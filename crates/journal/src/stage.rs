@@ -462,7 +462,7 @@ pub(crate) fn recover(file: &File, committed_seq: u64) -> Recovered {
         } else {
             recovered.already_committed += 1;
         }
-        expected_seq = Some(seq + 1);
+        expected_seq = Some(seq.saturating_add(1));
         position = end;
         scanned += record_bytes;
     }
