@@ -10,7 +10,6 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::fmt::Write as _;
 use std::sync::Arc;
 
 use bitcoin::{Script, ScriptBuf};
@@ -117,56 +116,25 @@ pub(crate) fn build_user_job(inputs: &JobInputs<'_>, id: u64) -> Result<UserJob,
     })
 }
 
-/// `mining.notify`, byte for byte what `tbg_stratum::notify` writes, without
-/// the intermediate copies: every field is hex (or a bool), so nothing needs
-/// JSON escaping.
-pub(crate) fn notify_line(
+/// The `mining.notify` line; built once per user and template, so the
+/// stratum crate's builder is cheap enough here.
+fn notify_line(
     job_id: &str,
     template: &JobTemplate,
     coinbase: &CoinbaseParts,
     clean_jobs: bool,
 ) -> String {
-    let branch_len: usize = template.merkle_branch_hex.iter().map(|h| h.len() + 3).sum();
-    let mut line = String::with_capacity(
-        120 + job_id.len()
-            + template.prevhash_hex.len()
-            + 2 * (coinbase.coinb1.len() + coinbase.coinb2.len())
-            + branch_len,
-    );
-    line.push_str("{\"id\":null,\"method\":\"mining.notify\",\"params\":[\"");
-    line.push_str(job_id);
-    line.push_str("\",\"");
-    line.push_str(&template.prevhash_hex);
-    line.push_str("\",\"");
-    push_hex(&mut line, &coinbase.coinb1);
-    line.push_str("\",\"");
-    push_hex(&mut line, &coinbase.coinb2);
-    line.push_str("\",[");
-    for (index, branch) in template.merkle_branch_hex.iter().enumerate() {
-        if index > 0 {
-            line.push(',');
-        }
-        line.push('"');
-        line.push_str(branch);
-        line.push('"');
-    }
-    line.push_str("],\"");
-    line.push_str(&template.version_hex);
-    line.push_str("\",\"");
-    line.push_str(&template.nbits_hex);
-    line.push_str("\",\"");
-    line.push_str(&template.ntime_hex);
-    line.push_str("\",");
-    line.push_str(if clean_jobs { "true" } else { "false" });
-    line.push_str("]}\n");
-    line
-}
-
-fn push_hex(out: &mut String, bytes: &[u8]) {
-    for byte in bytes {
-        // Writing to a String cannot fail.
-        let _ = write!(out, "{byte:02x}");
-    }
+    tbg_stratum::notify(&tbg_stratum::NotifyParams {
+        job_id: job_id.to_string(),
+        prevhash: template.prevhash_hex.clone(),
+        coinb1: hex::encode(&coinbase.coinb1),
+        coinb2: hex::encode(&coinbase.coinb2),
+        merkle_branch: template.merkle_branch_hex.clone(),
+        version: template.version_hex.clone(),
+        nbits: template.nbits_hex.clone(),
+        ntime: template.ntime_hex.clone(),
+        clean_jobs,
+    })
 }
 
 #[cfg(test)]
