@@ -701,7 +701,7 @@ impl Session {
             Err(reason) => self.reject_share(request, Some(submit), reason, out),
             Ok(accepted) => {
                 let reply_at = out.len();
-                let journaled = self.account_accepted(submit, accepted, started, out, work_rx);
+                let journaled = self.account_accepted(accepted, started, out, work_rx);
                 // A share is confirmed only once its event is journaled; when
                 // the journal refuses it (full), the miner hears an error
                 // at once rather than waiting on a journal that may not
@@ -813,13 +813,11 @@ impl Session {
 
     fn account_accepted(
         &mut self,
-        submit: &Submit,
         share: AcceptedShare,
         now: Instant,
         out: &mut String,
         work_rx: &watch::Receiver<Option<Arc<CurrentWork>>>,
     ) -> bool {
-        let _ = submit;
         let Some(user) = &self.authorized else {
             return true;
         };
