@@ -17,17 +17,33 @@ use crate::event::Event;
 /// no unbounded queues) and swallow its own failures, counting them.
 pub trait EventSink: Send + Sync + 'static {
     fn emit(&self, event: Event);
+
+    /// `emit` for a caller that already holds `json`, the event's
+    /// [`Event::to_json`]: a sink that sends JSON uses it instead of
+    /// serializing the event again.
+    fn emit_serialized(&self, event: Event, json: &str) {
+        let _ = json;
+        self.emit(event)
+    }
 }
 
 impl<S: EventSink + ?Sized> EventSink for Arc<S> {
     fn emit(&self, event: Event) {
         (**self).emit(event)
     }
+
+    fn emit_serialized(&self, event: Event, json: &str) {
+        (**self).emit_serialized(event, json)
+    }
 }
 
 impl<S: EventSink + ?Sized> EventSink for Box<S> {
     fn emit(&self, event: Event) {
         (**self).emit(event)
+    }
+
+    fn emit_serialized(&self, event: Event, json: &str) {
+        (**self).emit_serialized(event, json)
     }
 }
 
@@ -70,6 +86,15 @@ impl EventSink for FanoutSink {
                 sink.emit(event.clone());
             }
             last.emit(event);
+        }
+    }
+
+    fn emit_serialized(&self, event: Event, json: &str) {
+        if let Some((last, rest)) = self.sinks.split_last() {
+            for sink in rest {
+                sink.emit_serialized(event.clone(), json);
+            }
+            last.emit_serialized(event, json);
         }
     }
 }
@@ -241,5 +266,9 @@ const ENOBUFS: i32 = 105;
 impl EventSink for DatagramSink {
     fn emit(&self, event: Event) {
         self.send_bytes(event.to_json().as_bytes());
+    }
+
+    fn emit_serialized(&self, _event: Event, json: &str) {
+        self.send_bytes(json.as_bytes());
     }
 }

@@ -205,3 +205,24 @@ fn concurrent_emitters_share_one_sink() {
         assert!(ids.insert(receive(&receiver).id));
     }
 }
+
+#[test]
+fn a_serialized_event_is_sent_as_given_through_a_fanout() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("events.sock");
+    let receiver = listener(&path);
+    let datagrams = Arc::new(DatagramSink::new(&path).expect("sink"));
+    let memory = Arc::new(MemorySink::new(4));
+    let fanout = FanoutSink::new(vec![memory.clone(), datagrams.clone()]);
+    let factory = EventFactory::new("test", "hosted");
+    let sent = event(&factory, 7);
+    // The pool serializes once for its journal and hands the same text on:
+    // the datagram carries exactly that text, not a second serialization.
+    let json = sent.to_json();
+    fanout.emit_serialized(sent.clone(), &json);
+    let mut buf = vec![0u8; 128 * 1024];
+    let len = receiver.recv(&mut buf).expect("datagram within 5 s");
+    assert_eq!(std::str::from_utf8(&buf[..len]).expect("utf-8"), json);
+    assert_eq!(memory.events(), vec![sent]);
+    assert_eq!(datagrams.stats().sent, 1);
+}

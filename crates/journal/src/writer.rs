@@ -23,17 +23,41 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 const BACKOFF_FIRST: Duration = Duration::from_millis(10);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// With [`Durability::ProcessCrash`], the writer pauses this long after a
-/// commit: adds at most this to the collector's lag.
-const STAGED_LINGER: Duration = Duration::from_millis(2);
+/// commit: adds at most this to the collector's lag. Each commit rewrites
+/// the right-hand pages of the table and its indexes and a WAL header, so
+/// bigger transactions cost less per event; but the whole batch is committed
+/// in one stretch of CPU, which the pool's sessions wait behind when they
+/// share a core. 5 ms was the best of 2, 5 and 20 ms for the share round
+/// trip at 10,000 shares/s (docs/benchmarks.md, "Journal writer cost").
+const STAGED_LINGER: Duration = Duration::from_millis(5);
 /// On close, give up after this many consecutive failed commits.
 const CLOSE_ATTEMPTS: u32 = 5;
 /// Retention deletes at most this many rows per statement, so one pass never
 /// builds a huge transaction.
 const RETENTION_CHUNK: i64 = 20_000;
 
-const INSERT: &str =
-    "INSERT INTO journal (seq, event_id, ts, event_type, region, stream_ms, payload)
-VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (event_id) DO NOTHING";
+/// Rows per INSERT statement: one statement for many rows costs SQLite one
+/// statement start, cursor open and halt instead of one per row, which more
+/// than halved the journal writer's CPU per event (docs/benchmarks.md).
+/// Batches are split into power-of-two runs, so at most seven statements
+/// (64, 32, ... 1 rows) are ever prepared.
+const ROWS_PER_INSERT: usize = 64;
+const COLUMNS_PER_ROW: usize = 7;
+
+/// `INSERT ... VALUES (...), (...) ...` for `rows` rows.
+fn insert_statement(rows: usize) -> String {
+    let mut sql = String::from(
+        "INSERT INTO journal (seq, event_id, ts, event_type, region, stream_ms, payload) VALUES ",
+    );
+    for row in 0..rows {
+        if row > 0 {
+            sql.push(',');
+        }
+        sql.push_str("(?,?,?,?,?,?,?)");
+    }
+    sql.push_str(" ON CONFLICT (event_id) DO NOTHING");
+    sql
+}
 
 /// A snapshot of the journal's counters.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -250,9 +274,15 @@ impl Journal {
     /// ring is full ([`JournalError::Full`]: SQLite is behind or failing),
     /// the stage file cannot be written, or the journal is closed.
     pub fn append(&self, event: &Event) -> Result<u64, JournalError> {
-        // Serialize and checksum outside the lock: callers run in parallel.
+        self.append_serialized(event, &event.to_json())
+    }
+
+    /// [`Journal::append`] for a caller that already serialized the event:
+    /// `json` must be its [`Event::to_json`] (stored as the payload).
+    pub fn append_serialized(&self, event: &Event, json: &str) -> Result<u64, JournalError> {
+        // Encode and checksum outside the lock: callers run in parallel.
         let shared = &self.inner.shared;
-        let payload = event.to_json();
+        let payload = json.to_owned();
         let event_type = event.event_type();
         let mut record = stage::encode(
             shared.stage.generation(),
@@ -574,29 +604,32 @@ impl WriterDb {
     ) -> Result<(i64, u64), rusqlite::Error> {
         let transaction = self.conn.transaction()?;
         let mut stream_ms = last_stream_ms;
-        let mut duplicates = 0;
-        {
-            let mut insert = transaction.prepare_cached(INSERT)?;
-            for row in rows {
+        let mut duplicates = 0u64;
+        let mut rest = rows;
+        while !rest.is_empty() {
+            // The largest power of two that fits, up to ROWS_PER_INSERT.
+            let take = ROWS_PER_INSERT.min(1 << rest.len().ilog2());
+            let (run, after) = rest.split_at(take);
+            rest = after;
+            let mut insert = transaction.prepare_cached(&insert_statement(take))?;
+            for (index, row) in run.iter().enumerate() {
                 // SQLite stores NaN as NULL, which NOT NULL refuses: a bad ts
                 // from a producer must not wedge the whole batch. The payload
                 // keeps what the producer sent.
                 let ts = if row.ts.is_finite() { row.ts } else { 0.0 };
                 // Float-to-int `as` saturates; stream ids only grow.
                 stream_ms = stream_ms.max((ts * 1000.0) as i64);
-                let changed = insert.execute(params![
-                    i64::try_from(row.seq).unwrap_or(i64::MAX),
-                    row.event_id,
-                    ts,
-                    row.event_type.as_ref(),
-                    row.region,
-                    stream_ms,
-                    row.payload,
-                ])?;
-                if changed == 0 {
-                    duplicates += 1;
-                }
+                let first = index * COLUMNS_PER_ROW + 1;
+                insert.raw_bind_parameter(first, i64::try_from(row.seq).unwrap_or(i64::MAX))?;
+                insert.raw_bind_parameter(first + 1, &row.event_id)?;
+                insert.raw_bind_parameter(first + 2, ts)?;
+                insert.raw_bind_parameter(first + 3, row.event_type.as_ref())?;
+                insert.raw_bind_parameter(first + 4, &row.region)?;
+                insert.raw_bind_parameter(first + 5, stream_ms)?;
+                insert.raw_bind_parameter(first + 6, &row.payload)?;
             }
+            let inserted = insert.raw_execute()?;
+            duplicates += (take - inserted.min(take)) as u64;
         }
         transaction.commit()?;
         Ok((stream_ms, duplicates))

@@ -92,9 +92,11 @@ impl PoolShared {
     pub(crate) fn try_emit(&self, data: EventData) -> Option<u64> {
         let mut event = self.event_factory.make(data);
         self.counters.event_emitted();
+        // Serialized once, for the journal and the datagram sink.
+        let json = event.to_json();
         let journaled = match &self.journal {
             None => Some(0),
-            Some(journal) => match journal.append(&event) {
+            Some(journal) => match journal.append_serialized(&event, &json) {
                 Ok(seq) => Some(seq),
                 Err(error) => {
                     if matches!(
@@ -122,7 +124,12 @@ impl PoolShared {
                 }
             },
         };
-        self.events.emit(event);
+        if journaled.is_some() {
+            self.events.emit_serialized(event, &json);
+        } else {
+            // The share may have been rewritten to "Journal full" above.
+            self.events.emit(event);
+        }
         journaled
     }
 
