@@ -30,7 +30,11 @@ $(printf '%b' "${POOL_CONFIG_EXTRA:-}")
 TOML
 ulimit -n 65536 2>/dev/null || true
 rpc_port=$((port + 1))
-RUST_LOG=warn $TBG devnet --config "$work/tbg.toml" --stratum "127.0.0.1:$port" --rpc "127.0.0.1:$rpc_port" --data-dir "$work/devnet" 2>"$work/pool.log" &
+# The pool starts on core 1 (POOL_CPUS) so that its runtime sizes itself
+# for the one core it gets (one tokio worker), as under a systemd
+# CPUAffinity= or a container's cpuset; pinning a running pool would leave
+# two workers taking turns on one core.
+RUST_LOG=warn taskset -c "${POOL_CPUS:-1}" $TBG devnet --config "$work/tbg.toml" --stratum "127.0.0.1:$port" --rpc "127.0.0.1:$rpc_port" --data-dir "$work/devnet" 2>"$work/pool.log" &
 pool_pid=$!
 for _ in $(seq 1 600); do
   (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break
@@ -49,7 +53,7 @@ for profile in "${@:-smoke standard flood}"; do
   for p in $profile; do
     rss_before=$(rss_kb); ticks_before=$(cpu_ticks); start=$(date +%s.%N)
     # The load tool pinned to core 0, the pool (all its threads: -a) to core 1.
-    taskset -a -cp 1 $pool_pid >/dev/null 2>&1 || true
+    taskset -a -cp "${POOL_CPUS:-1}" $pool_pid >/dev/null 2>&1 || true
     # NEW_BLOCK_AFTER=SECONDS: another miner finds a block then (RPC
     # generatetoaddress on the embedded node), to time new-block notifies.
     if [ -n "${NEW_BLOCK_AFTER:-}" ]; then

@@ -630,6 +630,12 @@ impl WriterDb {
             }
             let inserted = insert.raw_execute()?;
             duplicates += (take - inserted.min(take)) as u64;
+            if !rest.is_empty() {
+                // A big batch is milliseconds of CPU: on a core shared with
+                // the pool's sessions, let them answer shares in between
+                // (the transaction stays open, so this costs no commit).
+                std::thread::yield_now();
+            }
         }
         transaction.commit()?;
         Ok((stream_ms, duplicates))
@@ -710,6 +716,15 @@ fn spawn_checkpointer(path: &Path, shared: Arc<Shared>) -> Option<std::thread::J
     let started = std::thread::Builder::new()
         .name("tbg-journal-ckpt".into())
         .spawn(move || {
+            // Lowest priority: a checkpoint copies up to 250 ms of WAL in one
+            // call (megabytes under a flood), which the pool's sessions must
+            // not wait behind. Starved, it only lets the WAL grow until the
+            // writer's TRUNCATE checkpoint at the next retention pass.
+            if let Err(error) =
+                rustix::process::setpriority_process(Some(rustix::thread::gettid()), 19)
+            {
+                tracing::debug!(%error, "cannot lower the journal checkpointer's priority");
+            }
             let conn = match Connection::open_with_flags(
                 &path,
                 OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,

@@ -180,12 +180,19 @@ impl Session {
                 .max(Duration::from_secs(1)),
         );
         vardiff_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // One timer for the authorize and idle timeouts, re-armed only when
+        // it fires early (activity moved the deadline) or the deadline moved
+        // earlier: a timer registered and cancelled on every pass of the
+        // loop cost each share and each notify a trip through the timer wheel.
+        let mut armed = self.timeout_deadline();
+        let timeout = tokio::time::sleep_until(armed.into());
+        tokio::pin!(timeout);
         let reason = loop {
-            let deadline = if self.authorized.is_none() {
-                self.connected_at + self.shared.settings.authorize_timeout
-            } else {
-                self.last_activity + self.shared.settings.idle_timeout
-            };
+            let deadline = self.timeout_deadline();
+            if deadline < armed {
+                armed = deadline;
+                timeout.as_mut().reset(armed.into());
+            }
             tokio::select! {
                 biased;
                 _ = shutdown.changed() => {
@@ -229,8 +236,12 @@ impl Session {
                     }
                 }
                 _ = vardiff_tick.tick() => self.poll_vardiff(&mut out, &work_rx),
-                _ = tokio::time::sleep_until(deadline.into()) => {
-                    break if self.authorized.is_none() { CloseReason::AuthorizeTimeout } else { CloseReason::IdleTimeout };
+                () = &mut timeout => {
+                    if Instant::now() >= deadline {
+                        break if self.authorized.is_none() { CloseReason::AuthorizeTimeout } else { CloseReason::IdleTimeout };
+                    }
+                    armed = deadline;
+                    timeout.as_mut().reset(armed.into());
                 }
             }
             if !out.is_empty() {
@@ -241,6 +252,16 @@ impl Session {
         };
         self.finish(reason);
         reason
+    }
+
+    /// When the connection is closed for silence: the authorize timeout
+    /// until the miner authorizes, then the idle timeout.
+    fn timeout_deadline(&self) -> Instant {
+        if self.authorized.is_none() {
+            self.connected_at + self.shared.settings.authorize_timeout
+        } else {
+            self.last_activity + self.shared.settings.idle_timeout
+        }
     }
 
     /// Records an event; false when the journal refused it.

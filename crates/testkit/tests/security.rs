@@ -759,6 +759,31 @@ async fn connections_that_never_authorize_are_closed_after_authorize_timeout() {
     env.shutdown().await;
 }
 
+#[tokio::test]
+async fn an_authorized_miner_is_closed_one_idle_timeout_after_its_last_line() {
+    // The session arms one timer and re-arms it when it fires early, so a
+    // miner kept alive by its lines for several timeouts must still be
+    // closed one timeout after it falls silent, not at the first deadline.
+    let idle = Duration::from_secs(1);
+    let env = TestEnv::start_with(|settings| settings.idle_timeout = idle).await;
+    let (address, _) = regtest_address(AddressKind::P2wpkh);
+    let mut client = authorized_client(&env, &format!("{address}.chatty")).await;
+    let started = Instant::now();
+    while started.elapsed() < idle * 3 {
+        tokio::time::sleep(idle / 4).await;
+        assert_still_usable(&mut client, "a line every quarter of the idle timeout").await;
+    }
+    let silent_from = Instant::now();
+    read_until_closed(&mut client, idle + SLACK).await;
+    let lasted = silent_from.elapsed();
+    assert!(
+        lasted >= idle - Duration::from_millis(100),
+        "closed {lasted:?} after the last line, before the idle timeout"
+    );
+    assert_pool_serves(&env).await;
+    env.shutdown().await;
+}
+
 fn open_connections(env: &TestEnv) -> u64 {
     env.service.pool.status().connections
 }
