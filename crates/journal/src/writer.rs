@@ -158,6 +158,10 @@ struct Shared {
     /// queue lock after the write, read without it.
     staged_seq: AtomicU64,
     wake: Condvar,
+    /// Set when the writer stops; the checkpointer waits on it (not on the
+    /// queue lock, which a low-priority thread must never hold: appends
+    /// would wait for it to be scheduled).
+    checkpointer_stop: Mutex<bool>,
     /// Wakes the checkpointer early when the writer stops.
     wake_checkpointer: Condvar,
     stats: Mutex<JournalStats>,
@@ -240,6 +244,7 @@ impl Journal {
                 close_waiters: Vec::new(),
             }),
             wake: Condvar::new(),
+            checkpointer_stop: Mutex::new(false),
             wake_checkpointer: Condvar::new(),
             stats: Mutex::new(stats),
         });
@@ -737,12 +742,12 @@ fn spawn_checkpointer(path: &Path, shared: Arc<Shared>) -> Option<std::thread::J
             };
             loop {
                 {
-                    let mut queue = shared.queue.lock();
-                    if queue.writer_stopped {
+                    let mut stop = shared.checkpointer_stop.lock();
+                    if *stop {
                         return;
                     }
-                    shared.wake_checkpointer.wait_for(&mut queue, CHECKPOINT_INTERVAL);
-                    if queue.writer_stopped {
+                    shared.wake_checkpointer.wait_for(&mut stop, CHECKPOINT_INTERVAL);
+                    if *stop {
                         return;
                     }
                 }
@@ -944,8 +949,9 @@ impl Writer {
                 }
                 // Close the connection (checkpointing the WAL into the file)
                 // before telling anyone the journal is closed.
-                // The checkpointer has seen writer_stopped; its connection
-                // must be closed too, so nothing holds the file afterwards.
+                // Stop the checkpointer and wait for it: its connection must
+                // be closed too, so nothing holds the file afterwards.
+                *self.shared.checkpointer_stop.lock() = true;
                 self.shared.wake_checkpointer.notify_all();
                 if let Some(checkpointer) = self.checkpointer.take() {
                     let _ = checkpointer.join();
