@@ -37,12 +37,14 @@ const CLOSE_ATTEMPTS: u32 = 5;
 const RETENTION_CHUNK: i64 = 20_000;
 
 /// Rows per INSERT statement: one statement for many rows costs SQLite one
-/// statement start, cursor open and halt instead of one per row, which more
-/// than halved the journal writer's CPU per event (docs/benchmarks.md).
-/// Batches are split into power-of-two runs, so at most seven statements
-/// (64, 32, ... 1 rows) are ever prepared.
+/// statement start, cursor open and halt instead of one per row (+9 %
+/// committed events/s in the journal bench, docs/benchmarks.md). Batches
+/// are split into power-of-two runs, so seven statements (64, 32, ... 1
+/// rows) serve every batch.
 const ROWS_PER_INSERT: usize = 64;
 const COLUMNS_PER_ROW: usize = 7;
+/// `INSERT_STATEMENTS[k]` inserts `2^k` rows.
+const INSERT_SIZES: usize = ROWS_PER_INSERT.ilog2() as usize + 1;
 
 /// `INSERT ... VALUES (...), (...) ...` for `rows` rows.
 fn insert_statement(rows: usize) -> String {
@@ -503,6 +505,9 @@ impl Journal {
 /// The connection and the file it belongs to.
 struct WriterDb {
     conn: Connection,
+    /// [`insert_statement`] for 1, 2, 4 ... [`ROWS_PER_INSERT`] rows, built
+    /// once: the text is the key of the prepared-statement cache.
+    insert_statements: [String; INSERT_SIZES],
 }
 
 impl WriterDb {
@@ -573,7 +578,14 @@ impl WriterDb {
         ))
         .map_err(|e| classify(path, "setting synchronous", None, e))?;
         let tip = schema::create_or_validate(&conn, path)?;
-        Ok((WriterDb { conn }, tip))
+        let insert_statements = std::array::from_fn(|power| insert_statement(1 << power));
+        Ok((
+            WriterDb {
+                conn,
+                insert_statements,
+            },
+            tip,
+        ))
     }
 
     fn size_bytes(&self) -> u64 {
@@ -613,10 +625,11 @@ impl WriterDb {
         let mut rest = rows;
         while !rest.is_empty() {
             // The largest power of two that fits, up to ROWS_PER_INSERT.
-            let take = ROWS_PER_INSERT.min(1 << rest.len().ilog2());
+            let power = (rest.len().ilog2() as usize).min(INSERT_SIZES - 1);
+            let take = 1 << power;
             let (run, after) = rest.split_at(take);
             rest = after;
-            let mut insert = transaction.prepare_cached(&insert_statement(take))?;
+            let mut insert = transaction.prepare_cached(&self.insert_statements[power])?;
             for (index, row) in run.iter().enumerate() {
                 // SQLite stores NaN as NULL, which NOT NULL refuses: a bad ts
                 // from a producer must not wedge the whole batch. The payload
