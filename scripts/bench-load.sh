@@ -4,6 +4,9 @@
 #   scripts/bench-load.sh [PROFILE...]        default: smoke standard flood
 # Extra load options through LOAD_ARGS, e.g. LOAD_ARGS="--miners 10000 --rate 0.1".
 # POOL_CONFIG_EXTRA adds TOML lines to the pool's config (e.g. "[journal]\nenabled = false").
+# POOL_HOOK is shell run once the pool is pinned, with $pool_pid set (to pin,
+# renice or trace its threads); LOAD_WRAP prefixes the load tool's command
+# (e.g. LOAD_WRAP="/usr/bin/time -v" for its own CPU and memory).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -54,6 +57,7 @@ for profile in "${@:-smoke standard flood}"; do
     rss_before=$(rss_kb); ticks_before=$(cpu_ticks); start=$(date +%s.%N)
     # The load tool pinned to core 0, the pool (all its threads: -a) to core 1.
     taskset -a -cp "${POOL_CPUS:-1}" $pool_pid >/dev/null 2>&1 || true
+    if [ -n "${POOL_HOOK:-}" ]; then eval "$POOL_HOOK"; fi
     # NEW_BLOCK_AFTER=SECONDS: another miner finds a block then (RPC
     # generatetoaddress on the embedded node), to time new-block notifies.
     if [ -n "${NEW_BLOCK_AFTER:-}" ]; then
@@ -76,7 +80,7 @@ for profile in "${@:-smoke standard flood}"; do
        done) > "$work/$p.rss" &
       sampler=$!
     fi
-    taskset -c 0 $TBG loadtest --pool "127.0.0.1:$port" --profile "$p" --addresses "$address" ${LOAD_ARGS:-} > "$work/$p.txt"
+    ${LOAD_WRAP:-} taskset -c 0 $TBG loadtest --pool "127.0.0.1:$port" --profile "$p" --addresses "$address" ${LOAD_ARGS:-} > "$work/$p.txt"
     end=$(date +%s.%N); ticks_after=$(cpu_ticks); rss_after=$(rss_kb)
     [ -n "${scraper:-}" ] && kill "$scraper" 2>/dev/null && scraper=""
     [ -n "${sampler:-}" ] && kill "$sampler" 2>/dev/null && sampler="" && cat "$work/$p.rss"

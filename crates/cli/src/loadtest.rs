@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use tbg_loadtest::{LoadConfig, Profile, ShareMode};
+use tbg_loadtest::{LoadConfig, Pacing, Profile, ShareMode};
 
 #[derive(Args, Clone)]
 pub struct LoadtestArgs {
@@ -40,6 +40,11 @@ pub struct LoadtestArgs {
     /// `real`: nonces ground to the pool's difficulty.
     #[arg(long, default_value = "random")]
     pub shares: String,
+    /// When shares fall due: `poisson` (exponential gaps, as real miners'
+    /// shares arrive) or `even` (exactly 1/rate apart: miners opened in step
+    /// submit in step, a burst test).
+    #[arg(long, default_value = "poisson")]
+    pub pacing: String,
     /// Fraction of shares sent deliberately invalid (0..1).
     #[arg(long, default_value_t = 0.0)]
     pub invalid: f64,
@@ -82,6 +87,11 @@ pub async fn run(args: LoadtestArgs) -> Result<()> {
         "random" => ShareMode::Random,
         "real" => ShareMode::Real,
         other => bail!("--shares {other:?}: random or real"),
+    };
+    config.pacing = match args.pacing.as_str() {
+        "poisson" => Pacing::Poisson,
+        "even" => Pacing::Even,
+        other => bail!("--pacing {other:?}: poisson or even"),
     };
     config.invalid_fraction = args.invalid.clamp(0.0, 1.0);
     config.suggest_difficulty = args.suggest_difficulty;

@@ -31,6 +31,20 @@ pub enum ShareMode {
     Real,
 }
 
+/// When a paced miner's shares fall due.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pacing {
+    /// Exponential gaps around the mean (a Poisson process), as a real
+    /// miner's shares arrive: hashing is memoryless, and independent miners
+    /// never fall into step.
+    Poisson,
+    /// A fixed gap of exactly 1/rate. Miners opened one ramp step apart fall
+    /// into step whenever the gap is a multiple of the step (100 miners over
+    /// the default 1 s ramp at 100 shares/s each submit in the same
+    /// millisecond): a burst test, not a model of miners.
+    Even,
+}
+
 /// Flood miners and the submits each keeps outstanding: 100 in flight in
 /// all, enough to batch several lines per read and write on both sides, few
 /// enough that queueing stays short (at 50,000/s, 100 in flight is 2 ms).
@@ -93,6 +107,7 @@ pub struct LoadConfig {
     /// Usernames are `<address>.m<index>`, cycling through these.
     pub addresses: Vec<String>,
     pub share_mode: ShareMode,
+    pub pacing: Pacing,
     /// Fraction of shares sent deliberately invalid (bad job id).
     pub invalid_fraction: f64,
     /// Spread source addresses over 127.0.0.0/8 (loopback targets only).
@@ -114,12 +129,22 @@ impl LoadConfig {
             ramp_up: Duration::from_secs(1),
             addresses,
             share_mode: ShareMode::Random,
+            pacing: Pacing::Poisson,
             invalid_fraction: 0.0,
             spread_sources: target.ip().is_loopback(),
             suggest_difficulty: None,
             window: 1,
         }
     }
+}
+
+/// An exponentially distributed gap with mean `mean`, from 64 random bits
+/// (inverse transform sampling); capped at 20 means, so one unlucky draw
+/// cannot silence a miner for the rest of a short run.
+pub fn poisson_gap(mean: Duration, random: u64) -> Duration {
+    // Uniform in (0, 1]: never 0, whose logarithm is infinite.
+    let uniform = ((random >> 11) + 1) as f64 / (1u64 << 53) as f64;
+    mean.mul_f64((-uniform.ln()).min(20.0))
 }
 
 /// Latency percentiles in microseconds.
@@ -676,7 +701,6 @@ async fn session(
     } else {
         None
     };
-    let mut next_share = Instant::now();
     let mut counter = 0u64;
     let mut rng_state = (index as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
     let mut next_random = move || {
@@ -685,6 +709,15 @@ async fn session(
         rng_state ^= rng_state << 17;
         rng_state
     };
+    let pacing = config.pacing;
+    let next_gap = move |interval: Duration, random: u64| match pacing {
+        Pacing::Even => interval,
+        Pacing::Poisson => poisson_gap(interval, random),
+    };
+    // The first share comes one gap after the start, not at once: miners
+    // opened together would otherwise submit together.
+    let mut next_share =
+        Instant::now() + interval.map_or(Duration::ZERO, |i| next_gap(i, next_random()));
     let mut stats = LocalStats::new();
     let mut read_buf = vec![0u8; 4096];
     let mut filled = 0usize;
@@ -758,7 +791,8 @@ async fn session(
                 in_flight.push_back((id, now));
                 stats.sent += 1;
                 if let Some(interval) = interval {
-                    next_share = (next_share + interval).max(now - interval);
+                    let gap = next_gap(interval, next_random());
+                    next_share = (next_share + gap).max(now - interval);
                 }
             }
             if !out.is_empty() {
@@ -950,6 +984,37 @@ fn reject_reason(message: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn poisson_gaps_average_the_interval_and_spread_like_an_exponential() {
+        let mean = Duration::from_millis(10);
+        let mut state = 0x1234_5678_9abc_def0u64;
+        let gaps: Vec<f64> = (0..100_000)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                poisson_gap(mean, state).as_secs_f64() / mean.as_secs_f64()
+            })
+            .collect();
+        let average = gaps.iter().sum::<f64>() / gaps.len() as f64;
+        assert!((average - 1.0).abs() < 0.02, "mean gap {average}");
+        // An exponential has P(gap > mean) = 1/e and P(gap < mean/10) = 9.5 %;
+        // a fixed or uniform gap has neither.
+        let longer = gaps.iter().filter(|g| **g > 1.0).count() as f64 / gaps.len() as f64;
+        let short = gaps.iter().filter(|g| **g < 0.1).count() as f64 / gaps.len() as f64;
+        assert!(
+            (longer - (-1.0f64).exp()).abs() < 0.01,
+            "P(gap > mean) {longer}"
+        );
+        assert!(
+            (short - (1.0 - (-0.1f64).exp())).abs() < 0.01,
+            "P(gap < mean/10) {short}"
+        );
+        assert_eq!(poisson_gap(mean, 0), poisson_gap(mean, 0), "deterministic");
+        assert!(poisson_gap(mean, 0) <= mean * 20, "capped");
+        assert!(poisson_gap(mean, u64::MAX) < Duration::from_micros(1));
+    }
 
     #[test]
     fn share_answers_are_read_without_a_parser() {
