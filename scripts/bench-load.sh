@@ -59,11 +59,17 @@ for profile in "${@:-smoke standard flood}"; do
     taskset -a -cp "${POOL_CPUS:-1}" $pool_pid >/dev/null 2>&1 || true
     if [ -n "${POOL_HOOK:-}" ]; then eval "$POOL_HOOK"; fi
     # NEW_BLOCK_AFTER=SECONDS: another miner finds a block then (RPC
-    # generatetoaddress on the embedded node), to time new-block notifies.
+    # generatetoaddress on the embedded node), to time new-block notifies;
+    # NEW_BLOCKS=N (default 1) blocks, NEW_BLOCK_EVERY=SECONDS (default 5)
+    # apart, for a distribution rather than one sample per run.
     if [ -n "${NEW_BLOCK_AFTER:-}" ]; then
-      (sleep "$NEW_BLOCK_AFTER"; curl -s --user "$(cat "$work/devnet/chain/.cookie")" \
-        --data-binary '{"jsonrpc":"1.0","id":1,"method":"generatetoaddress","params":[1,"'"$address"'"]}' \
-        "http://127.0.0.1:$rpc_port/" >/dev/null) &
+      (sleep "$NEW_BLOCK_AFTER"
+       for block in $(seq 1 "${NEW_BLOCKS:-1}"); do
+         [ "$block" -gt 1 ] && sleep "${NEW_BLOCK_EVERY:-5}"
+         curl -s --user "$(cat "$work/devnet/chain/.cookie")" \
+           --data-binary '{"jsonrpc":"1.0","id":1,"method":"generatetoaddress","params":[1,"'"$address"'"]}' \
+           "http://127.0.0.1:$rpc_port/" >/dev/null
+       done) &
     fi
     # SCRAPE_EVERY=SECONDS: fetch /metrics and /status that often, to price them.
     if [ -n "${SCRAPE_EVERY:-}" ]; then
