@@ -138,6 +138,19 @@ impl LoadConfig {
     }
 }
 
+/// The longest mean gap between a paced miner's shares (one a day).
+const LONGEST_SHARE_GAP: Duration = Duration::from_secs(86_400);
+
+/// The mean gap between a paced miner's shares; `None` (as fast as answered)
+/// for a rate of 0. A rate so low that its gap does not fit a `Duration`
+/// means one share a day, not a panic.
+pub fn share_interval(shares_per_second: f64) -> Option<Duration> {
+    (shares_per_second > 0.0).then(|| {
+        Duration::try_from_secs_f64(1.0 / shares_per_second)
+            .map_or(LONGEST_SHARE_GAP, |gap| gap.min(LONGEST_SHARE_GAP))
+    })
+}
+
 /// An exponentially distributed gap with mean `mean`, from 64 random bits
 /// (inverse transform sampling); capped at 20 means, so one unlucky draw
 /// cannot silence a miner for the rest of a short run.
@@ -696,11 +709,7 @@ async fn session(
     // Submits awaiting an answer, oldest first (the pool answers in order).
     let mut in_flight: std::collections::VecDeque<(u64, Instant)> =
         std::collections::VecDeque::with_capacity(window);
-    let interval = if config.shares_per_second > 0.0 {
-        Some(Duration::from_secs_f64(1.0 / config.shares_per_second))
-    } else {
-        None
-    };
+    let interval = share_interval(config.shares_per_second);
     let mut counter = 0u64;
     let mut rng_state = (index as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
     let mut next_random = move || {
@@ -791,8 +800,12 @@ async fn session(
                 in_flight.push_back((id, now));
                 stats.sent += 1;
                 if let Some(interval) = interval {
-                    let gap = next_gap(interval, next_random());
-                    next_share = (next_share + gap).max(now - interval);
+                    // Never more than one share behind after a stall; a
+                    // gap longer than the clock's age has no floor to keep.
+                    let next = next_share + next_gap(interval, next_random());
+                    next_share = now
+                        .checked_sub(interval)
+                        .map_or(next, |floor| next.max(floor));
                 }
             }
             if !out.is_empty() {
@@ -984,6 +997,16 @@ fn reject_reason(message: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn share_intervals_follow_the_rate_and_never_panic() {
+        assert_eq!(share_interval(100.0), Some(Duration::from_millis(10)));
+        assert_eq!(share_interval(0.0), None, "0 = flood");
+        assert_eq!(share_interval(f64::NAN), None);
+        assert_eq!(share_interval(1e-30), Some(LONGEST_SHARE_GAP));
+        assert_eq!(share_interval(f64::MIN_POSITIVE), Some(LONGEST_SHARE_GAP));
+        assert_eq!(share_interval(f64::INFINITY), Some(Duration::ZERO));
+    }
 
     #[test]
     fn poisson_gaps_average_the_interval_and_spread_like_an_exponential() {
