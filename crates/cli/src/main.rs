@@ -352,14 +352,14 @@ async fn run_pool(
     mut hangup: Option<tokio::signal::unix::Signal>,
 ) -> Result<()> {
     let service = start_pool(config).await?;
-    serve_until_shutdown(&service.pool, &mut reloader, &mut hangup).await;
+    serve_until_shutdown(&service, &mut reloader, &mut hangup).await;
     stop_pool(service).await;
     Ok(())
 }
 
 /// Waits for SIGINT/SIGTERM, reloading the configuration on each SIGHUP.
 async fn serve_until_shutdown(
-    pool: &tbg_pool::PoolHandle,
+    pool: &observability::RunningPool,
     reloader: &mut reload::Reloader,
     hangup: &mut Option<tokio::signal::unix::Signal>,
 ) {
@@ -487,10 +487,10 @@ async fn run_devnet(
         Some(mut task) => {
             tokio::select! {
                 _ = &mut task => {},
-                _ = serve_until_shutdown(&service.pool, &mut reloader, &mut hangup) => task.abort(),
+                _ = serve_until_shutdown(&service, &mut reloader, &mut hangup) => task.abort(),
             }
         }
-        None => serve_until_shutdown(&service.pool, &mut reloader, &mut hangup).await,
+        None => serve_until_shutdown(&service, &mut reloader, &mut hangup).await,
     }
     stop_pool(service).await;
     node.shutdown().await;

@@ -14,6 +14,7 @@ use tbg_pool::PoolService;
 pub struct RunningPool {
     service: PoolService,
     metrics: MetricsServer,
+    datagram: Arc<DatagramSink>,
 }
 
 impl std::ops::Deref for RunningPool {
@@ -24,6 +25,11 @@ impl std::ops::Deref for RunningPool {
 }
 
 impl RunningPool {
+    /// The compatibility datagram socket the pool's events also go to.
+    pub fn event_socket(&self) -> &DatagramSink {
+        &self.datagram
+    }
+
     /// Stops the HTTP endpoints; returns the pool to stop it.
     pub async fn stop_metrics(self) -> PoolService {
         self.metrics.shutdown().await;
@@ -37,10 +43,14 @@ pub async fn with_metrics(
     service: PoolService,
     datagram: Arc<DatagramSink>,
 ) -> Result<RunningPool> {
-    let sources = PoolSources::new(&service, Some(datagram))
+    let sources = PoolSources::new(&service, Some(datagram.clone()))
         .with_max_template_age(Duration::from_secs(config.metrics.max_template_age_secs));
     match MetricsServer::start_pool(&config.metrics.bind, sources).await {
-        Ok(metrics) => Ok(RunningPool { service, metrics }),
+        Ok(metrics) => Ok(RunningPool {
+            service,
+            metrics,
+            datagram,
+        }),
         Err(error) => {
             service.shutdown(Duration::from_millis(500)).await;
             Err(error).context("metrics.bind")

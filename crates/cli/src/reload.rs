@@ -7,13 +7,15 @@ use anyhow::Result;
 use serde_json::Value;
 use tbg_config::Config;
 use tbg_pool::settings::redact_url_password;
-use tbg_pool::PoolHandle;
 
+use crate::observability::RunningPool;
 use crate::ConfigArgs;
 
 /// Config keys a running pool applies on SIGHUP. New miners get the new
 /// difficulties and limits; connected miners keep theirs; the pool tag goes
-/// into the next job; a new Redis URL restarts the signature lookups.
+/// into the next job; a new Redis URL restarts the signature lookups; the
+/// node polling periods count from the last poll; the next event goes to a
+/// new datagram socket path.
 pub const POOL_LIVE_KEYS: &[&str] = &[
     "pool.pool_tag",
     "pool.mindiff",
@@ -23,6 +25,9 @@ pub const POOL_LIVE_KEYS: &[&str] = &[
     "pool.maxclients",
     "pool.max_connections_per_ip",
     "pool.max_invalid_shares_per_minute",
+    "pool.blockpoll_ms",
+    "pool.update_interval_s",
+    "events.socket_path",
     "redis.url",
 ];
 
@@ -261,13 +266,16 @@ impl Reloader {
         Some(live)
     }
 
-    /// The pool: live keys go into the running pool.
-    pub fn reload_pool(&mut self, pool: &PoolHandle) {
+    /// The pool: live keys go into the running pool, its node watcher and
+    /// its event socket.
+    pub fn reload_pool(&mut self, running: &RunningPool) {
         self.reload_with(|config| {
             let settings = crate::settings::pool_settings(config)?;
-            for change in pool.reload(&settings) {
+            for change in running.pool.reload(&settings) {
                 tracing::debug!(%change, "pool setting changed");
             }
+            running.set_watcher_intervals(&crate::settings::node_settings(config).watcher);
+            running.event_socket().set_path(&config.events.socket_path);
             Ok(())
         });
     }

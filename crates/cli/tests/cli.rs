@@ -451,6 +451,41 @@ fn sighup_reloads_live_keys_and_survives_a_broken_config() {
     assert_eq!(start_difficulty_of_a_new_miner(port), 2.5);
     assert!(child.try_wait().unwrap().is_none(), "same process");
 
+    // The event socket and the node polling periods move live too: the
+    // next miner's events arrive at the new socket.
+    let moved_socket = dir.path().join("moved.sock");
+    let listener = std::os::unix::net::UnixDatagram::bind(&moved_socket).unwrap();
+    listener
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let moved = reload_config(
+        dir.path(),
+        port,
+        "startdiff = 2.5\nblockpoll_ms = 250\nupdate_interval_s = 7",
+    )
+    .replace(
+        &format!("{:?}", dir.path().join("events.sock")),
+        &format!("{moved_socket:?}"),
+    );
+    std::fs::write(&config, moved).unwrap();
+    signal(&child, "HUP");
+    let reloaded = log.wait_for("configuration reloaded");
+    for key in [
+        "events.socket_path",
+        "pool.blockpoll_ms",
+        "pool.update_interval_s",
+    ] {
+        assert!(reloaded.contains(key), "{key} applied live: {reloaded}");
+    }
+    assert!(!reloaded.contains("restart_keys=events"), "{reloaded}");
+    start_difficulty_of_a_new_miner(port);
+    let mut datagram = vec![0u8; 64 * 1024];
+    let len = listener
+        .recv(&mut datagram)
+        .expect("an event at the new socket path");
+    let event: serde_json::Value = serde_json::from_slice(&datagram[..len]).unwrap();
+    assert_eq!(event["event"], "miner_connected", "{event}");
+
     // A broken file, then a bad value: refused, old config kept.
     std::fs::write(&config, "network = \"regtest\"\n[pool\n").unwrap();
     signal(&child, "HUP");

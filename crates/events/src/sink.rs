@@ -7,8 +7,9 @@ use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 use serde::Serialize;
 
 use crate::event::Event;
@@ -187,33 +188,65 @@ impl SinkStats {
 pub const DEFAULT_MAX_DATAGRAM_BYTES: usize = 64 * 1024;
 
 /// Sends one JSON object per datagram to a Unix datagram socket (the event
-/// collector). The sender is unbound and non-blocking and names the path on
-/// every send, so a collector that goes away and comes back (same path) is
-/// picked up again on the next event without any reconnect logic.
+/// collector). The sender is non-blocking and stays connected to the
+/// listener, so an event costs one `send` rather than a path lookup per
+/// `sendto`. When the listener goes away (its process exits or the path is
+/// removed) the sink drops the connection and connects again on a later
+/// event: at once after a working connection fails, then at most once per
+/// reconnect interval ([`DEFAULT_RECONNECT_INTERVAL`]) while nothing
+/// listens, so a pool without a collector does not pay a failed lookup for
+/// every share. A collector that comes back (same path) is picked up within
+/// that interval.
 pub struct DatagramSink {
-    socket: UnixDatagram,
-    path: PathBuf,
+    connection: RwLock<Connection>,
     max_datagram_bytes: usize,
+    reconnect_interval: Duration,
     sent: AtomicU64,
     dropped_no_listener: AtomicU64,
     dropped_full: AtomicU64,
     dropped_other: AtomicU64,
 }
 
+/// The socket connected to the listener, or when to try connecting again.
+struct Connection {
+    path: PathBuf,
+    socket: Option<UnixDatagram>,
+    next_attempt: Instant,
+}
+
+/// How often a sink without a listener tries to connect again.
+pub const DEFAULT_RECONNECT_INTERVAL: Duration = Duration::from_millis(100);
+
+/// What one send attempt came to.
+enum Outcome {
+    Sent,
+    /// The connection's listener is gone: reconnect.
+    Disconnected,
+    /// No listener, and the next connect attempt is not due yet.
+    Waiting,
+    Full,
+    Other,
+}
+
 impl DatagramSink {
     /// The listener need not exist yet; events sent before it does are counted as drops.
     pub fn new(path: impl Into<PathBuf>) -> Result<DatagramSink, SinkError> {
         let path = path.into();
-        let socket = UnixDatagram::unbound()
-            .and_then(|socket| socket.set_nonblocking(true).map(|()| socket))
-            .map_err(|source| SinkError::Socket {
-                path: path.clone(),
-                source,
-            })?;
+        // Created once up front so that a sink that cannot have a socket at
+        // all (descriptor limit) is an error at start, not silent drops.
+        let socket = new_socket().map_err(|source| SinkError::Socket {
+            path: path.clone(),
+            source,
+        })?;
+        let socket = socket.connect(&path).ok().map(|()| socket);
         Ok(DatagramSink {
-            socket,
-            path,
+            connection: RwLock::new(Connection {
+                path,
+                socket,
+                next_attempt: Instant::now(),
+            }),
             max_datagram_bytes: DEFAULT_MAX_DATAGRAM_BYTES,
+            reconnect_interval: DEFAULT_RECONNECT_INTERVAL,
             sent: AtomicU64::new(0),
             dropped_no_listener: AtomicU64::new(0),
             dropped_full: AtomicU64::new(0),
@@ -226,8 +259,29 @@ impl DatagramSink {
         self
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// How long a sink without a listener waits between connect attempts
+    /// (zero: try on every event).
+    pub fn with_reconnect_interval(mut self, reconnect_interval: Duration) -> DatagramSink {
+        self.reconnect_interval = reconnect_interval;
+        self
+    }
+
+    /// Where events go now.
+    pub fn path(&self) -> PathBuf {
+        self.connection.read().path.clone()
+    }
+
+    /// Sends to another path from the next event on (a configuration
+    /// reload); returns whether it changed.
+    pub fn set_path(&self, path: &Path) -> bool {
+        let mut connection = self.connection.write();
+        if connection.path == path {
+            return false;
+        }
+        connection.path = path.to_path_buf();
+        connection.socket = None;
+        connection.next_attempt = Instant::now();
+        true
     }
 
     pub fn stats(&self) -> SinkStats {
@@ -245,18 +299,85 @@ impl DatagramSink {
             self.dropped_other.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        let counter = match self.socket.send_to(payload, &self.path) {
-            Ok(_) => &self.sent,
-            Err(error) => match error.kind() {
-                io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => {
-                    &self.dropped_no_listener
-                }
-                io::ErrorKind::WouldBlock => &self.dropped_full,
-                _ if error.raw_os_error() == Some(ENOBUFS) => &self.dropped_full,
-                _ => &self.dropped_other,
+        // Senders share the connected socket under the read lock.
+        let outcome = {
+            let connection = self.connection.read();
+            match &connection.socket {
+                Some(socket) => send_on(socket, payload),
+                // Not yet time to try again: no write lock, no lookup.
+                None if Instant::now() < connection.next_attempt => Outcome::Waiting,
+                None => Outcome::Disconnected,
+            }
+        };
+        let counter = match outcome {
+            Outcome::Sent => &self.sent,
+            Outcome::Full => &self.dropped_full,
+            Outcome::Other => &self.dropped_other,
+            Outcome::Waiting => &self.dropped_no_listener,
+            Outcome::Disconnected => match self.reconnect_and_send(payload) {
+                Outcome::Sent => &self.sent,
+                Outcome::Full => &self.dropped_full,
+                Outcome::Other => &self.dropped_other,
+                Outcome::Disconnected | Outcome::Waiting => &self.dropped_no_listener,
             },
         };
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The listener was gone (or never there): connect again, unless the
+    /// last attempt failed less than the reconnect interval ago.
+    fn reconnect_and_send(&self, payload: &[u8]) -> Outcome {
+        let mut connection = self.connection.write();
+        if let Some(socket) = &connection.socket {
+            match send_on(socket, payload) {
+                // Another sender reconnected meanwhile.
+                Outcome::Disconnected => {}
+                other => return other,
+            }
+            // A working connection just failed: retry at once, it may be a
+            // restarted listener.
+            connection.socket = None;
+            connection.next_attempt = Instant::now();
+        }
+        let now = Instant::now();
+        if now < connection.next_attempt {
+            return Outcome::Waiting;
+        }
+        let attempt =
+            new_socket().and_then(|socket| socket.connect(&connection.path).map(|()| socket));
+        match attempt {
+            Ok(socket) => {
+                let outcome = send_on(&socket, payload);
+                connection.socket = Some(socket);
+                outcome
+            }
+            Err(_) => {
+                connection.next_attempt = now + self.reconnect_interval;
+                Outcome::Disconnected
+            }
+        }
+    }
+}
+
+fn new_socket() -> io::Result<UnixDatagram> {
+    let socket = UnixDatagram::unbound()?;
+    socket.set_nonblocking(true)?;
+    Ok(socket)
+}
+
+fn send_on(socket: &UnixDatagram, payload: &[u8]) -> Outcome {
+    match socket.send(payload) {
+        Ok(_) => Outcome::Sent,
+        Err(error) => match error.kind() {
+            io::ErrorKind::NotFound
+            | io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::NotConnected
+            | io::ErrorKind::BrokenPipe
+            | io::ErrorKind::ConnectionReset => Outcome::Disconnected,
+            io::ErrorKind::WouldBlock => Outcome::Full,
+            _ if error.raw_os_error() == Some(ENOBUFS) => Outcome::Full,
+            _ => Outcome::Other,
+        },
     }
 }
 

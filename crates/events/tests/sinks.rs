@@ -62,7 +62,10 @@ fn listener_removed_then_recreated() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("events.sock");
     let factory = EventFactory::new("test", "hosted");
-    let sink = DatagramSink::new(&path).expect("sink works before the listener exists");
+    // Retries the connection on every event, so each step is exact.
+    let sink = DatagramSink::new(&path)
+        .expect("sink works before the listener exists")
+        .with_reconnect_interval(Duration::ZERO);
 
     // No socket file at all.
     sink.emit(event(&factory, 0));
@@ -90,6 +93,76 @@ fn listener_removed_then_recreated() {
     let stats = sink.stats();
     assert_eq!(stats.sent, 2);
     assert_eq!(stats.dropped_total(), 3);
+}
+
+#[test]
+fn a_listener_that_appears_later_is_picked_up_within_the_reconnect_interval() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("events.sock");
+    let factory = EventFactory::new("test", "hosted");
+    let interval = Duration::from_millis(50);
+    let sink = DatagramSink::new(&path)
+        .expect("sink")
+        .with_reconnect_interval(interval);
+    // Nothing listens: these are dropped.
+    for n in 0..100 {
+        sink.emit(event(&factory, n));
+    }
+    assert_eq!(sink.stats().dropped_no_listener, 100);
+
+    let receiver = listener(&path);
+    let started = Instant::now();
+    receiver.set_nonblocking(true).expect("nonblocking");
+    let mut buf = vec![0u8; 128 * 1024];
+    let mut n = 100;
+    let delivered = loop {
+        sink.emit(event(&factory, n));
+        if let Ok(len) = receiver.recv(&mut buf) {
+            break Event::from_json(std::str::from_utf8(&buf[..len]).expect("utf-8"))
+                .expect("an event");
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "never reconnected: {:?}",
+            sink.stats()
+        );
+        n += 1;
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    assert_eq!(delivered.data, event(&factory, n).data);
+    let stats = sink.stats();
+    assert_eq!(stats.sent, 1);
+    assert_eq!(stats.dropped_no_listener, n);
+
+    // Connected now: every following event is delivered.
+    receiver.set_nonblocking(false).expect("blocking");
+    for m in 0..10 {
+        sink.emit(event(&factory, 1000 + m));
+        assert_eq!(receive(&receiver).data, event(&factory, 1000 + m).data);
+    }
+    assert_eq!(sink.stats().sent, 11);
+}
+
+/// A reload moves the socket: the next event goes to the new listener.
+#[test]
+fn set_path_sends_the_next_event_to_the_new_listener() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (old_path, new_path) = (dir.path().join("old.sock"), dir.path().join("new.sock"));
+    let (old, new) = (listener(&old_path), listener(&new_path));
+    let factory = EventFactory::new("test", "hosted");
+    let sink = DatagramSink::new(&old_path).expect("sink");
+    sink.emit(event(&factory, 1));
+    assert_eq!(receive(&old).data, event(&factory, 1).data);
+
+    assert!(sink.set_path(&new_path));
+    assert!(!sink.set_path(&new_path), "same path: no change");
+    assert_eq!(sink.path(), new_path);
+    sink.emit(event(&factory, 2));
+    assert_eq!(receive(&new).data, event(&factory, 2).data);
+    old.set_nonblocking(true).expect("nonblocking");
+    let mut buf = [0u8; 1024];
+    assert!(old.recv(&mut buf).is_err(), "nothing more at the old path");
+    assert_eq!(sink.stats().sent, 2);
 }
 
 #[test]

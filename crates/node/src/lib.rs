@@ -20,6 +20,6 @@ pub use nodeset::{
 };
 pub use rpc::{RpcClient, RpcError, RpcObserver};
 pub use watcher::{
-    FetchedTemplate, NodeHealth, RefreshTrigger, RunningWatcher, TemplateWatcher, WatcherConfig,
-    CHAIN_INFO_POLL,
+    FetchedTemplate, IntervalControl, NodeHealth, RefreshTrigger, RunningWatcher, TemplateWatcher,
+    WatcherConfig, CHAIN_INFO_POLL,
 };

@@ -113,9 +113,13 @@ impl TemplateWatcher {
             shutdown.clone(),
             chain_info_tx,
         ));
+        let (intervals_tx, intervals_rx) = watch::channel(Intervals {
+            block_poll: config.block_poll,
+            update_interval: config.update_interval,
+        });
         let task = tokio::spawn(watch_loop(
             nodes,
-            config,
+            intervals_rx,
             shutdown,
             template_tx,
             health_tx,
@@ -127,6 +131,7 @@ impl TemplateWatcher {
             task,
             refresh: RefreshTrigger(wake_tx),
             chain_info: chain_info_rx,
+            intervals: IntervalControl(Arc::new(intervals_tx)),
         }
     }
 }
@@ -143,6 +148,34 @@ pub struct RunningWatcher {
     /// [`CHAIN_INFO_POLL`]; `None` until known and while no node answers
     /// getblockchaininfo (an old value would hide that the node is gone).
     pub chain_info: watch::Receiver<Option<ChainInfo>>,
+    /// Changes `block_poll` and `update_interval` while it runs.
+    pub intervals: IntervalControl,
+}
+
+/// The two polling periods of a running watcher, changeable (a SIGHUP
+/// reload): a change takes effect at once, counted from the last fetch.
+#[derive(Clone, Debug)]
+pub struct IntervalControl(Arc<watch::Sender<Intervals>>);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Intervals {
+    block_poll: Duration,
+    update_interval: Duration,
+}
+
+impl IntervalControl {
+    /// Sets both periods; returns whether either changed.
+    pub fn set(&self, block_poll: Duration, update_interval: Duration) -> bool {
+        let new = Intervals {
+            block_poll,
+            update_interval,
+        };
+        self.0.send_if_modified(|current| {
+            let changed = *current != new;
+            *current = new;
+            changed
+        })
+    }
 }
 
 /// Asks the watcher for a new template now.
@@ -188,7 +221,7 @@ fn set_health(health_tx: &watch::Sender<NodeHealth>, health: NodeHealth) {
 
 async fn watch_loop(
     nodes: Arc<NodeSet>,
-    config: WatcherConfig,
+    mut intervals: watch::Receiver<Intervals>,
     shutdown: CancellationToken,
     template_tx: watch::Sender<Option<Arc<FetchedTemplate>>>,
     health_tx: watch::Sender<NodeHealth>,
@@ -197,8 +230,13 @@ async fn watch_loop(
     let mut need_fetch = true;
     let mut backoff = MIN_BACKOFF;
     let mut retry_at = Instant::now();
+    let mut config = *intervals.borrow_and_update();
     let mut next_refresh = Instant::now();
     let mut next_poll = Instant::now() + config.block_poll;
+    // When the last template or best-block poll came: a new period counts from it.
+    let mut last_fetch = Instant::now();
+    let mut last_poll = Instant::now();
+    let mut intervals_open = true;
     let mut current_prev: Option<BlockHash> = None;
     let mut zmq_open = true;
 
@@ -219,6 +257,8 @@ async fn watch_loop(
                     set_health(&health_tx, NodeHealth::Up { node_index });
                     need_fetch = false;
                     backoff = MIN_BACKOFF;
+                    last_fetch = fetched_at;
+                    last_poll = fetched_at;
                     next_refresh = fetched_at + config.update_interval;
                     next_poll = fetched_at + config.block_poll;
                 }
@@ -254,6 +294,16 @@ async fn watch_loop(
                 }
                 continue;
             }
+            changed = intervals.changed(), if intervals_open => {
+                if changed.is_err() {
+                    intervals_open = false;
+                    continue;
+                }
+                config = *intervals.borrow_and_update();
+                next_refresh = last_fetch + config.update_interval;
+                next_poll = last_poll + config.block_poll;
+                continue;
+            }
         }
 
         let now = Instant::now();
@@ -265,6 +315,7 @@ async fn watch_loop(
             continue;
         }
         if now >= next_poll {
+            last_poll = now;
             next_poll = now + config.block_poll;
             match nodes.best_block_hash().await {
                 Ok(best) if Some(best) != current_prev => {

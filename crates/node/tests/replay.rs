@@ -794,6 +794,73 @@ async fn watcher_refreshes_on_update_interval_without_new_block() {
     tokio::time::timeout(WAIT, task).await.unwrap().unwrap();
 }
 
+/// A reload shortens `update_interval` of a running watcher: the refresh
+/// then comes at the new period, without a restart.
+#[tokio::test]
+async fn watcher_takes_new_intervals_while_running() {
+    let server = ReplayServer::start("user", "pass").await;
+    let nodes = Arc::new(
+        NodeSet::new(
+            vec![server.endpoint("user", "pass")],
+            TIMEOUT,
+            Network::Regtest,
+        )
+        .unwrap(),
+    );
+    let shutdown = CancellationToken::new();
+    let mut running = TemplateWatcher::spawn_with_trigger(
+        nodes,
+        WatcherConfig {
+            block_poll: Duration::from_secs(3600),
+            update_interval: Duration::from_secs(3600),
+            zmq_hashblock: None,
+        },
+        shutdown.clone(),
+    );
+    let first = tokio::time::timeout(WAIT, running.templates.wait_for(Option::is_some))
+        .await
+        .unwrap()
+        .unwrap()
+        .clone()
+        .unwrap();
+    let polls_before = server.state.call_count("getbestblockhash");
+    assert!(running
+        .intervals
+        .set(Duration::from_millis(20), Duration::from_millis(50)));
+    assert!(
+        !running
+            .intervals
+            .set(Duration::from_millis(20), Duration::from_millis(50)),
+        "same values: no change"
+    );
+    let refreshed = tokio::time::timeout(
+        WAIT,
+        running
+            .templates
+            .wait_for(|t| t.as_ref().is_some_and(|t| t.fetched_at > first.fetched_at)),
+    )
+    .await
+    .expect("refresh at the new update_interval, not after an hour")
+    .unwrap()
+    .clone()
+    .unwrap();
+    assert!(!refreshed.new_block);
+    // The new block_poll too: getbestblockhash is polled again.
+    let deadline = std::time::Instant::now() + WAIT;
+    while server.state.call_count("getbestblockhash") <= polls_before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no poll at the new block_poll"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    shutdown.cancel();
+    tokio::time::timeout(WAIT, running.task)
+        .await
+        .unwrap()
+        .unwrap();
+}
+
 #[tokio::test]
 async fn watcher_fetches_at_once_on_zmq_hashblock() {
     use zeromq::{Socket, SocketSend};

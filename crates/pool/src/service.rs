@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use tbg_events::{EventFactory, EventSink};
 use tbg_node::{
-    ChainInfo, NodeEndpoint, NodeError, NodeHealth, NodeSet, TemplateWatcher, WatcherConfig,
+    ChainInfo, IntervalControl, NodeEndpoint, NodeError, NodeHealth, NodeSet, TemplateWatcher,
+    WatcherConfig,
 };
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -42,6 +43,7 @@ pub struct PoolService {
     pub chain_info: watch::Receiver<Option<ChainInfo>>,
     watcher_stop: CancellationToken,
     watcher: tokio::task::JoinHandle<()>,
+    watcher_intervals: IntervalControl,
 }
 
 impl PoolService {
@@ -67,12 +69,13 @@ impl PoolService {
             node_settings.watcher,
             watcher_stop.clone(),
         );
-        let (templates, node_health, watcher, refresh, chain_info) = (
+        let (templates, node_health, watcher, refresh, chain_info, watcher_intervals) = (
             running.templates,
             running.health,
             running.task,
             running.refresh,
             running.chain_info,
+            running.intervals,
         );
         let pool = crate::start(
             settings,
@@ -95,7 +98,15 @@ impl PoolService {
             chain_info,
             watcher_stop,
             watcher,
+            watcher_intervals,
         })
+    }
+
+    /// Applies new node polling periods (`blockpoll`, `update_interval`) to
+    /// the running watcher; returns whether either changed.
+    pub fn set_watcher_intervals(&self, watcher: &WatcherConfig) -> bool {
+        self.watcher_intervals
+            .set(watcher.block_poll, watcher.update_interval)
     }
 
     /// Graceful stop: miners are told to reconnect, then the watcher stops.
