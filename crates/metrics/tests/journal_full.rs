@@ -148,6 +148,7 @@ async fn a_full_journal_shows_in_health_and_metrics_and_its_shares_count_as_reje
     let (_, status) = get_json(&http, &format!("{base}/status")).await;
     assert_eq!(status["pool"]["shares_accepted"], 1, "{status}");
     assert_eq!(status["pool"]["shares_rejected"], 1, "{status}");
+    assert_eq!(status["pool"]["shares_refused_journal_full"], 1, "{status}");
 
     // SQLite writes again: the ring drains and the pool recovers by itself.
     lock.execute_batch("ROLLBACK").unwrap();

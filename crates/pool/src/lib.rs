@@ -195,7 +195,12 @@ pub struct PoolStatus {
     pub connections: u64,
     pub miners: u64,
     pub shares_accepted: u64,
+    /// Every rejection, including `shares_refused_journal_full`.
     pub shares_rejected: u64,
+    /// Valid shares refused because the journal could not record them
+    /// (the pool's fault, not the miner's): non-zero means events are
+    /// being lost upstream of the journal; see the runbook.
+    pub shares_refused_journal_full: u64,
     pub accepted_difficulty: f64,
     pub blocks_found: u64,
     pub blocks_accepted: u64,

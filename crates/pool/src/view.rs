@@ -75,6 +75,7 @@ impl PoolView {
             miners: PoolCounters::get(&c.miners),
             shares_accepted: PoolCounters::get(&c.shares_accepted),
             shares_rejected: PoolCounters::get(&c.shares_rejected),
+            shares_refused_journal_full: c.rejected(tbg_stratum::RejectReason::JournalFull),
             accepted_difficulty: c.accepted_difficulty.load(),
             blocks_found: PoolCounters::get(&c.blocks_found),
             blocks_accepted: PoolCounters::get(&c.blocks_accepted),
