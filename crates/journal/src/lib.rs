@@ -23,10 +23,12 @@
 //!
 //! Schema (version 1, `PRAGMA user_version = 1`): see [`SCHEMA_VERSION`] and
 //! `docs/design/crate-contracts.md`.
-#![forbid(unsafe_code)]
+// One FFI call (`sched::set_policy`) needs `unsafe`; nothing else may.
+#![deny(unsafe_code)]
 
 mod error;
 mod reader;
+mod sched;
 mod schema;
 mod stage;
 mod writer;
@@ -75,6 +77,11 @@ pub struct JournalConfig {
     /// ~15 s of 10,000 shares/s, ~2.5 min of 1,000/s. In-memory rows are
     /// bounded by it too (about the same size again at most).
     pub stage_bytes: u64,
+    /// Run the writer thread at idle priority (`SCHED_IDLE`) while the ring
+    /// is nearly empty, where the process may raise it back (see
+    /// [`JournalStats::writer_idle_priority`]); [`Durability::ProcessCrash`]
+    /// only, since with `PowerLoss` shares wait for the writer.
+    pub idle_writer: bool,
 }
 
 /// Default transaction cap: large enough that a burst commits in a few
@@ -100,6 +107,7 @@ impl JournalConfig {
             retention_max_age: DEFAULT_RETENTION_MAX_AGE,
             retention_max_bytes: DEFAULT_RETENTION_MAX_BYTES,
             stage_bytes: DEFAULT_STAGE_BYTES,
+            idle_writer: true,
         }
     }
 }

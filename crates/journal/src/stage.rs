@@ -13,7 +13,7 @@
 //!
 //! Why `pwrite` and not a shared memory map: both land in the same page
 //! cache, so durability is the same, and one syscall costs ~1 µs, far under
-//! the budget. A mapping would need `unsafe` (this crate forbids it: another
+//! the budget. A mapping would need `unsafe` (this crate allows it in one FFI call only: another
 //! process truncating the file turns a plain memory copy into SIGBUS) and
 //! turns every I/O error into a signal; `pwrite` returns the error instead.
 //! The file is preallocated with `fallocate`, so a full disk cannot refuse a

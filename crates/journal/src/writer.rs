@@ -2,7 +2,7 @@
 
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -12,6 +12,7 @@ use tbg_events::Event;
 use tokio::sync::{oneshot, watch};
 
 use crate::error::{classify, is_corruption, JournalError};
+use crate::sched;
 use crate::schema::{self, Tip};
 use crate::stage::{self, RecoveryStop, Stage};
 use crate::{Durability, JournalConfig, RETENTION_INTERVAL};
@@ -123,6 +124,16 @@ pub struct JournalStats {
     pub stage_recovery_stopped_at: Option<(u64, String)>,
     /// The stage file found at open was unusable (and replaced): why.
     pub stage_ignored: Option<String>,
+    /// The writer thread runs at idle priority now (it is raised to normal
+    /// while the ring is more than an eighth full).
+    pub writer_idle_priority: bool,
+    /// Idle priority is in use at all: configured, `ProcessCrash`
+    /// durability, and this process may raise the thread back
+    /// (`CAP_SYS_NICE` or `RLIMIT_NICE` >= 20, systemd `LimitNICE=+0`).
+    pub writer_idle_priority_available: bool,
+    /// The writer thread's id (as in `top -H`, `/proc/<pid>/task`); 0 until
+    /// it started.
+    pub writer_thread_id: i32,
 }
 
 /// One queued event, serialized by the caller so the writer thread only writes.
@@ -167,6 +178,31 @@ struct Shared {
     /// Wakes the checkpointer early when the writer stops.
     wake_checkpointer: Condvar,
     stats: Mutex<JournalStats>,
+    /// The writer thread's id (0 until it started).
+    writer_tid: AtomicI32,
+    /// The writer runs at idle priority (see the `sched` module).
+    writer_idle: AtomicBool,
+    /// Idle priority may be used (configured, and reversible here).
+    idle_available: bool,
+}
+
+/// The appender raises an idle writer to normal once this fraction of the
+/// ring is in use...
+const RAISE_WRITER_AT: u64 = 8;
+/// ...and the writer goes back to idle once no more than this is.
+const LOWER_WRITER_AT: u64 = 64;
+
+impl Shared {
+    /// An idle writer is raised to the normal policy, so nothing else on
+    /// the machine can starve it while the ring fills.
+    fn raise_writer(&self) {
+        if self.writer_idle.swap(false, Ordering::AcqRel) {
+            let tid = self.writer_tid.load(Ordering::Acquire);
+            if let Err(error) = sched::set_normal(tid) {
+                tracing::warn!(%error, "cannot raise the journal writer to normal priority");
+            }
+        }
+    }
 }
 
 struct Inner {
@@ -249,6 +285,11 @@ impl Journal {
             checkpointer_stop: Mutex::new(false),
             wake_checkpointer: Condvar::new(),
             stats: Mutex::new(stats),
+            writer_tid: AtomicI32::new(0),
+            writer_idle: AtomicBool::new(false),
+            idle_available: config.idle_writer
+                && config.durability == Durability::ProcessCrash
+                && sched::idle_is_reversible(),
         });
         let checkpointer = spawn_checkpointer(&config.path, Arc::clone(&shared));
         let writer = Writer {
@@ -310,6 +351,7 @@ impl Journal {
             region: event.region.clone(),
             payload,
         };
+        let mut used_after = 0;
         let outcome = {
             let mut queue = shared.queue.lock();
             if queue.writer_stopped || queue.closing {
@@ -335,6 +377,7 @@ impl Journal {
                             Ok(()) => {
                                 queue.next_seq += 1;
                                 queue.head = placement.end;
+                                used_after = queue.head - queue.tail;
                                 queue.rows.push(PendingRow {
                                     seq,
                                     end: placement.end,
@@ -363,6 +406,11 @@ impl Journal {
                     tracing::warn!(path = %self.inner.path.display(), "journal accepts events again");
                 }
                 drop(stats);
+                if used_after * RAISE_WRITER_AT >= shared.stage.capacity()
+                    && shared.writer_idle.load(Ordering::Relaxed)
+                {
+                    shared.raise_writer();
+                }
                 shared.wake.notify_one();
             }
             Err(JournalError::AppendAfterClose) => stats.dropped_after_close += 1,
@@ -448,6 +496,9 @@ impl Journal {
             .saturating_sub(stats.committed_seq);
         stats.stage_used_bytes = used;
         stats.staged_seq = self.inner.shared.staged_seq.load(Ordering::Acquire);
+        stats.writer_idle_priority = self.inner.shared.writer_idle.load(Ordering::Acquire);
+        stats.writer_idle_priority_available = self.inner.shared.idle_available;
+        stats.writer_thread_id = self.inner.shared.writer_tid.load(Ordering::Acquire);
         stats
     }
 
@@ -892,6 +943,9 @@ struct Writer {
 
 impl Writer {
     fn run(mut self) {
+        self.shared
+            .writer_tid
+            .store(sched::current_tid(), Ordering::Release);
         let mut pending: Vec<PendingRow> = Vec::new();
         self.retention_pass(Vec::new());
         let mut next_retention = Instant::now() + RETENTION_INTERVAL;
@@ -925,12 +979,19 @@ impl Writer {
                 }
                 (queue.closing, std::mem::take(&mut queue.retention_requests))
             };
+            if closing {
+                // Flush at full speed: the pool is stopping.
+                self.shared.raise_writer();
+            }
             if !matches!(retry_at, Some(at) if Instant::now() < at) {
                 retry_at = None;
                 match self.commit_all(&mut pending) {
                     Ok(()) => {
                         backoff = BACKOFF_FIRST;
                         close_failures = 0;
+                        if !closing {
+                            self.lower_when_caught_up();
+                        }
                         if self.config.durability == Durability::ProcessCrash && !closing {
                             // Nobody waits for these commits (the stage made
                             // the events durable): let a batch gather instead
@@ -993,6 +1054,27 @@ impl Writer {
                     let _ = waiter.send(result);
                 }
                 return;
+            }
+        }
+    }
+
+    /// Back to idle priority once the ring is (nearly) empty; also the
+    /// first switch to idle after the start.
+    fn lower_when_caught_up(&self) {
+        let shared = &self.shared;
+        if !shared.idle_available || shared.writer_idle.load(Ordering::Acquire) {
+            return;
+        }
+        let used = {
+            let queue = shared.queue.lock();
+            queue.head - queue.tail
+        };
+        if used * LOWER_WRITER_AT <= shared.stage.capacity() {
+            match sched::set_idle(sched::current_tid()) {
+                Ok(()) => shared.writer_idle.store(true, Ordering::Release),
+                Err(error) => {
+                    tracing::debug!(%error, "cannot lower the journal writer to idle priority")
+                }
             }
         }
     }

@@ -330,6 +330,77 @@ async fn a_full_ring_refuses_events_without_growing_and_accepts_them_again_after
     journal.close().await.unwrap();
 }
 
+/// The scheduling policy of one of this process's threads (`SCHED_OTHER`
+/// 0, `SCHED_IDLE` 5), from `/proc/self/task/<tid>/stat`.
+fn thread_policy(tid: i32) -> u32 {
+    let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).unwrap();
+    // Fields after the command name (which may hold spaces): state is
+    // field 3, policy field 41.
+    let after_name = &stat[stat.rfind(')').unwrap() + 2..];
+    after_name.split(' ').nth(41 - 3).unwrap().parse().unwrap()
+}
+
+const SCHED_OTHER: u32 = 0;
+const SCHED_IDLE: u32 = 5;
+
+async fn wait_for_policy(journal: &Journal, idle: bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while journal.stats().writer_idle_priority != idle {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "writer idle priority never became {idle}: {:?}",
+            journal.stats()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
+
+/// The writer idles at `SCHED_IDLE` while the ring is nearly empty (so its
+/// commits never hold up a share), is raised to the normal policy once an
+/// eighth of the ring waits (so nothing else on the machine can starve it
+/// while the ring fills), and goes back to idle once it has caught up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_writer_idles_while_the_ring_is_nearly_empty_and_is_raised_while_it_fills() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("journal.db");
+    let journal = Journal::open(small_ring(&path)).unwrap();
+    let first = journal.append(&share(0)).unwrap();
+    journal.wait_committed(first).await.unwrap();
+    let stats = journal.stats();
+    let tid = stats.writer_thread_id;
+    assert!(tid > 0, "{stats:?}");
+    if !stats.writer_idle_priority_available {
+        // No CAP_SYS_NICE and RLIMIT_NICE < 20: an idle writer could not be
+        // raised again, so it must never go idle.
+        assert_eq!(thread_policy(tid), SCHED_OTHER);
+        assert!(!stats.writer_idle_priority);
+        journal.close().await.unwrap();
+        return;
+    }
+    wait_for_policy(&journal, true).await;
+    assert_eq!(thread_policy(tid), SCHED_IDLE);
+
+    // Commits blocked: the ring fills past an eighth and the writer is raised.
+    journal.enforce_retention().await.unwrap();
+    let lock = WriteLock::take(&path);
+    let mut last = first;
+    while journal.stats().stage_used_bytes * 8 < journal.stats().stage_capacity_bytes {
+        last = journal.append(&share(last)).unwrap();
+    }
+    assert!(!journal.stats().writer_idle_priority);
+    assert_eq!(thread_policy(tid), SCHED_OTHER);
+
+    // Caught up: idle again.
+    lock.release();
+    journal.wait_committed(last).await.unwrap();
+    let seq = journal.append(&share(last)).unwrap();
+    journal.wait_committed(seq).await.unwrap();
+    wait_for_policy(&journal, true).await;
+    assert_eq!(thread_policy(tid), SCHED_IDLE);
+    assert_eq!(stored_seqs(&path), (1..=seq).collect::<Vec<u64>>());
+    journal.close().await.unwrap();
+}
+
 #[tokio::test]
 async fn a_stage_file_that_is_not_one_is_reported_and_replaced() {
     let dir = tempfile::tempdir().unwrap();

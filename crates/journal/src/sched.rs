@@ -1,0 +1,66 @@
+//! Scheduling policy of the writer thread.
+//!
+//! The writer commits in bursts (a few hundred µs of SQLite every linger
+//! period). At the normal policy a burst preempts the pool's sessions when
+//! the writer wakes, and the shares that arrive meanwhile wait behind it:
+//! that is most of what the journal adds to the share round trip's tail
+//! (docs/benchmarks.md, "Journal writer at idle priority"). Under
+//! `SCHED_IDLE` the writer only runs when the core has nothing else to do,
+//! and a waking session preempts it at once.
+//!
+//! An idle thread can be starved by anything else that keeps the core busy
+//! (a flood of shares, or a collector catching up beside the pool), and the
+//! ring would fill. So idle is used only where the process may raise the
+//! thread back (`CAP_SYS_NICE`, or `RLIMIT_NICE` allowing nice 0, e.g.
+//! systemd's `LimitNICE=+0`): the appender raises it to normal as soon as
+//! the ring is an eighth full, and the writer lowers itself again once it
+//! has caught up. Where it cannot be raised back, the writer stays at the
+//! normal policy.
+
+use std::io;
+
+/// A thread id, as `gettid` returns it.
+pub(crate) type Tid = i32;
+
+/// The calling thread's id.
+pub(crate) fn current_tid() -> Tid {
+    rustix::thread::gettid().as_raw_nonzero().get()
+}
+
+/// Puts thread `tid` under `SCHED_IDLE`.
+pub(crate) fn set_idle(tid: Tid) -> io::Result<()> {
+    set_policy(tid, libc::SCHED_IDLE)
+}
+
+/// Puts thread `tid` back under the normal policy (`SCHED_OTHER`, nice 0).
+pub(crate) fn set_normal(tid: Tid) -> io::Result<()> {
+    set_policy(tid, libc::SCHED_OTHER)
+}
+
+#[allow(unsafe_code)]
+fn set_policy(tid: Tid, policy: libc::c_int) -> io::Result<()> {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: `param` is a valid, initialized sched_param that outlives the
+    // call; the kernel only reads it. An unknown tid is an ESRCH error.
+    let result = unsafe { libc::sched_setscheduler(tid, policy, &param) };
+    if result == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Whether a thread of this process that went idle may be raised back to
+/// normal: tried on a throwaway thread, so no thread that matters can be
+/// left stuck at idle.
+pub(crate) fn idle_is_reversible() -> bool {
+    std::thread::Builder::new()
+        .name("tbg-journal-probe".into())
+        .spawn(|| {
+            let tid = current_tid();
+            set_idle(tid).is_ok() && set_normal(tid).is_ok()
+        })
+        .ok()
+        .and_then(|probe| probe.join().ok())
+        .unwrap_or(false)
+}
