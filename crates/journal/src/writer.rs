@@ -134,6 +134,9 @@ pub struct JournalStats {
     /// The writer thread's id (as in `top -H`, `/proc/<pid>/task`); 0 until
     /// it started.
     pub writer_thread_id: i32,
+    /// The checkpointer thread's id (0 until it started): it follows the
+    /// writer to idle priority and back.
+    pub checkpointer_thread_id: i32,
 }
 
 /// One queued event, serialized by the caller so the writer thread only writes.
@@ -180,6 +183,9 @@ struct Shared {
     stats: Mutex<JournalStats>,
     /// The writer thread's id (0 until it started).
     writer_tid: AtomicI32,
+    /// The checkpointer thread's id (0 until it started): it follows the
+    /// writer's priority.
+    checkpointer_tid: AtomicI32,
     /// The writer runs at idle priority (see the `sched` module).
     writer_idle: AtomicBool,
     /// Idle priority may be used (configured, and reversible here).
@@ -195,11 +201,18 @@ const LOWER_WRITER_AT: u64 = 64;
 impl Shared {
     /// An idle writer is raised to the normal policy, so nothing else on
     /// the machine can starve it while the ring fills.
+    /// The checkpointer too: the writer's own checkpoint at a retention
+    /// pass waits for a checkpoint in progress.
     fn raise_writer(&self) {
         if self.writer_idle.swap(false, Ordering::AcqRel) {
             let tid = self.writer_tid.load(Ordering::Acquire);
             if let Err(error) = sched::set_normal(tid) {
                 tracing::warn!(%error, "cannot raise the journal writer to normal priority");
+            }
+            let checkpointer = self.checkpointer_tid.load(Ordering::Acquire);
+            if checkpointer != 0 {
+                // Its nice 19 stays: it only must not be starved.
+                let _ = sched::set_normal(checkpointer);
             }
         }
     }
@@ -286,6 +299,7 @@ impl Journal {
             wake_checkpointer: Condvar::new(),
             stats: Mutex::new(stats),
             writer_tid: AtomicI32::new(0),
+            checkpointer_tid: AtomicI32::new(0),
             writer_idle: AtomicBool::new(false),
             idle_available: config.idle_writer
                 && config.durability == Durability::ProcessCrash
@@ -499,6 +513,7 @@ impl Journal {
         stats.writer_idle_priority = self.inner.shared.writer_idle.load(Ordering::Acquire);
         stats.writer_idle_priority_available = self.inner.shared.idle_available;
         stats.writer_thread_id = self.inner.shared.writer_tid.load(Ordering::Acquire);
+        stats.checkpointer_thread_id = self.inner.shared.checkpointer_tid.load(Ordering::Acquire);
         stats
     }
 
@@ -799,11 +814,14 @@ fn spawn_checkpointer(path: &Path, shared: Arc<Shared>) -> Option<std::thread::J
             // call (megabytes under a flood), which the pool's sessions must
             // not wait behind. Starved, it only lets the WAL grow until the
             // writer's TRUNCATE checkpoint at the next retention pass.
-            if let Err(error) =
-                rustix::process::setpriority_process(Some(rustix::thread::gettid()), 19)
+            let tid = sched::current_tid();
+            if let Err(error) = rustix::process::setpriority_process(rustix::thread::Pid::from_raw(tid), 19)
             {
                 tracing::debug!(%error, "cannot lower the journal checkpointer's priority");
             }
+            shared.checkpointer_tid.store(tid, Ordering::Release);
+            // Idle while the writer is (see the `sched` module); a starved
+            // checkpointer only lets the WAL grow.
             let conn = match Connection::open_with_flags(
                 &path,
                 OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -824,6 +842,15 @@ fn spawn_checkpointer(path: &Path, shared: Arc<Shared>) -> Option<std::thread::J
                     if *stop {
                         return;
                     }
+                }
+                if shared.idle_available {
+                    // Set each pass (one cheap call every 250 ms), since the
+                    // appender may have raised this thread meanwhile.
+                    let _ = if shared.writer_idle.load(Ordering::Acquire) {
+                        sched::set_idle(tid)
+                    } else {
+                        sched::set_normal(tid)
+                    };
                 }
                 if let Err(error) =
                     conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| row.get::<_, i64>(0))

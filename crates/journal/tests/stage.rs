@@ -343,6 +343,18 @@ fn thread_policy(tid: i32) -> u32 {
 const SCHED_OTHER: u32 = 0;
 const SCHED_IDLE: u32 = 5;
 
+/// The checkpointer follows the writer at its next pass (every 250 ms).
+async fn wait_for_thread_policy(tid: i32, policy: u32) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while thread_policy(tid) != policy {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "thread {tid} never got policy {policy}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
 async fn wait_for_policy(journal: &Journal, idle: bool) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while journal.stats().writer_idle_priority != idle {
@@ -379,6 +391,9 @@ async fn the_writer_idles_while_the_ring_is_nearly_empty_and_is_raised_while_it_
     }
     wait_for_policy(&journal, true).await;
     assert_eq!(thread_policy(tid), SCHED_IDLE);
+    let checkpointer = journal.stats().checkpointer_thread_id;
+    assert!(checkpointer > 0);
+    wait_for_thread_policy(checkpointer, SCHED_IDLE).await;
 
     // Commits blocked: the ring fills past an eighth and the writer is raised.
     journal.enforce_retention().await.unwrap();
@@ -389,6 +404,7 @@ async fn the_writer_idles_while_the_ring_is_nearly_empty_and_is_raised_while_it_
     }
     assert!(!journal.stats().writer_idle_priority);
     assert_eq!(thread_policy(tid), SCHED_OTHER);
+    assert_eq!(thread_policy(checkpointer), SCHED_OTHER);
 
     // Caught up: idle again.
     lock.release();
@@ -397,6 +413,7 @@ async fn the_writer_idles_while_the_ring_is_nearly_empty_and_is_raised_while_it_
     journal.wait_committed(seq).await.unwrap();
     wait_for_policy(&journal, true).await;
     assert_eq!(thread_policy(tid), SCHED_IDLE);
+    wait_for_thread_policy(checkpointer, SCHED_IDLE).await;
     assert_eq!(stored_seqs(&path), (1..=seq).collect::<Vec<u64>>());
     journal.close().await.unwrap();
 }
