@@ -709,9 +709,8 @@ async fn chain_info_reports_blocks_headers_and_peers_when_known() {
     assert_eq!(info.connections, Some(9));
 }
 
-#[tokio::test]
-async fn watcher_publishes_chain_info_without_getnetworkinfo() {
-    let server = ReplayServer::start("user", "pass").await;
+/// A watcher on `server` that polls and refreshes only once an hour.
+fn hourly_watcher(server: &ReplayServer) -> (tbg_node::RunningWatcher, CancellationToken) {
     let nodes = Arc::new(
         NodeSet::new(
             vec![server.endpoint("user", "pass")],
@@ -721,7 +720,7 @@ async fn watcher_publishes_chain_info_without_getnetworkinfo() {
         .unwrap(),
     );
     let shutdown = CancellationToken::new();
-    let mut running = TemplateWatcher::spawn_with_trigger(
+    let running = TemplateWatcher::spawn_with_trigger(
         nodes,
         WatcherConfig {
             block_poll: Duration::from_secs(3600),
@@ -730,6 +729,13 @@ async fn watcher_publishes_chain_info_without_getnetworkinfo() {
         },
         shutdown.clone(),
     );
+    (running, shutdown)
+}
+
+#[tokio::test]
+async fn watcher_publishes_chain_info_without_getnetworkinfo() {
+    let server = ReplayServer::start("user", "pass").await;
+    let (mut running, shutdown) = hourly_watcher(&server);
     let info = tokio::time::timeout(WAIT, running.chain_info.wait_for(Option::is_some))
         .await
         .expect("chain info in time")
@@ -799,24 +805,7 @@ async fn watcher_refreshes_on_update_interval_without_new_block() {
 #[tokio::test]
 async fn watcher_takes_new_intervals_while_running() {
     let server = ReplayServer::start("user", "pass").await;
-    let nodes = Arc::new(
-        NodeSet::new(
-            vec![server.endpoint("user", "pass")],
-            TIMEOUT,
-            Network::Regtest,
-        )
-        .unwrap(),
-    );
-    let shutdown = CancellationToken::new();
-    let mut running = TemplateWatcher::spawn_with_trigger(
-        nodes,
-        WatcherConfig {
-            block_poll: Duration::from_secs(3600),
-            update_interval: Duration::from_secs(3600),
-            zmq_hashblock: None,
-        },
-        shutdown.clone(),
-    );
+    let (mut running, shutdown) = hourly_watcher(&server);
     let first = tokio::time::timeout(WAIT, running.templates.wait_for(Option::is_some))
         .await
         .unwrap()
