@@ -26,11 +26,13 @@ const BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// With [`Durability::ProcessCrash`], the writer pauses this long after a
 /// commit: adds at most this to the collector's lag. Each commit rewrites
 /// the right-hand pages of the table and its indexes and a WAL header, so
-/// bigger transactions cost less per event; but the whole batch is committed
-/// in one stretch of CPU, which the pool's sessions wait behind when they
-/// share a core. 5 ms was the best of 2, 5 and 20 ms for the share round
-/// trip at 10,000 shares/s (docs/benchmarks.md, "Journal writer cost").
-const STAGED_LINGER: Duration = Duration::from_millis(5);
+/// bigger transactions cost less per event. While the writer ran at the
+/// normal policy its bigger batches delayed the sessions sharing its core
+/// and 5 ms was best; at idle priority (see the `sched` module) it yields
+/// to them, and 20 ms costs 2-4 µs less of the pool's core per share at
+/// 10,000 shares/s than 5 ms, with the same or a better p99; 50 ms gained
+/// nothing more (docs/benchmarks.md, "The journal writer at idle priority").
+const STAGED_LINGER: Duration = Duration::from_millis(20);
 /// On close, give up after this many consecutive failed commits.
 const CLOSE_ATTEMPTS: u32 = 5;
 /// Retention deletes at most this many rows per statement, so one pass never
