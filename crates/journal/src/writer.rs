@@ -202,9 +202,9 @@ const LOWER_WRITER_AT: u64 = 64;
 
 impl Shared {
     /// An idle writer is raised to the normal policy, so nothing else on
-    /// the machine can starve it while the ring fills.
-    /// The checkpointer too: the writer's own checkpoint at a retention
-    /// pass waits for a checkpoint in progress.
+    /// the machine can starve it while the ring fills; the checkpointer
+    /// too, since the writer's checkpoint at a retention pass waits for one
+    /// in progress.
     fn raise_writer(&self) {
         if self.writer_idle.swap(false, Ordering::AcqRel) {
             let tid = self.writer_tid.load(Ordering::Acquire);
