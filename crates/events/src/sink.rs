@@ -309,17 +309,15 @@ impl DatagramSink {
                 None => Outcome::Disconnected,
             }
         };
+        let outcome = match outcome {
+            Outcome::Disconnected => self.reconnect_and_send(payload),
+            other => other,
+        };
         let counter = match outcome {
             Outcome::Sent => &self.sent,
             Outcome::Full => &self.dropped_full,
             Outcome::Other => &self.dropped_other,
-            Outcome::Waiting => &self.dropped_no_listener,
-            Outcome::Disconnected => match self.reconnect_and_send(payload) {
-                Outcome::Sent => &self.sent,
-                Outcome::Full => &self.dropped_full,
-                Outcome::Other => &self.dropped_other,
-                Outcome::Disconnected | Outcome::Waiting => &self.dropped_no_listener,
-            },
+            Outcome::Disconnected | Outcome::Waiting => &self.dropped_no_listener,
         };
         counter.fetch_add(1, Ordering::Relaxed);
     }

@@ -691,50 +691,60 @@ impl WriterDb {
         // parses both again for every batch.
         let conn = &self.conn;
         conn.prepare_cached("BEGIN")?.execute([])?;
-        let inserted = (|| -> Result<(i64, u64), rusqlite::Error> {
-            let mut stream_ms = last_stream_ms;
-            let mut duplicates = 0u64;
-            let mut rest = rows;
-            while !rest.is_empty() {
-                // The largest power of two that fits, up to ROWS_PER_INSERT.
-                let power = (rest.len().ilog2() as usize).min(INSERT_SIZES - 1);
-                let take = 1 << power;
-                let (run, after) = rest.split_at(take);
-                rest = after;
-                let mut insert = conn.prepare_cached(&self.insert_statements[power])?;
-                for (index, row) in run.iter().enumerate() {
-                    // SQLite stores NaN as NULL, which NOT NULL refuses: a bad ts
-                    // from a producer must not wedge the whole batch. The payload
-                    // keeps what the producer sent.
-                    let ts = if row.ts.is_finite() { row.ts } else { 0.0 };
-                    // Float-to-int `as` saturates; stream ids only grow.
-                    stream_ms = stream_ms.max((ts * 1000.0) as i64);
-                    let first = index * COLUMNS_PER_ROW + 1;
-                    insert.raw_bind_parameter(first, i64::try_from(row.seq).unwrap_or(i64::MAX))?;
-                    insert.raw_bind_parameter(first + 1, &row.event_id)?;
-                    insert.raw_bind_parameter(first + 2, ts)?;
-                    insert.raw_bind_parameter(first + 3, row.event_type.as_ref())?;
-                    insert.raw_bind_parameter(first + 4, &row.region)?;
-                    insert.raw_bind_parameter(first + 5, stream_ms)?;
-                    insert.raw_bind_parameter(first + 6, &row.payload)?;
-                }
-                let inserted = insert.raw_execute()?;
-                duplicates += (take - inserted.min(take)) as u64;
-                if !rest.is_empty() {
-                    // A big batch is milliseconds of CPU: on a core shared with
-                    // the pool's sessions, let them answer shares in between
-                    // (the transaction stays open, so this costs no commit).
-                    std::thread::yield_now();
-                }
-            }
-            conn.prepare_cached("COMMIT")?.execute([])?;
-            Ok((stream_ms, duplicates))
-        })();
-        if inserted.is_err() && !conn.is_autocommit() {
+        let committed = self
+            .insert(rows, last_stream_ms)
+            .and_then(|inserted| conn.prepare_cached("COMMIT")?.execute([]).map(|_| inserted));
+        if committed.is_err() && !conn.is_autocommit() {
             // Nothing of a failed batch stays: it is retried whole.
             let _ = conn.execute_batch("ROLLBACK");
         }
-        inserted
+        committed
+    }
+
+    /// Inserts `rows` in the open transaction. Returns (new last stream_ms,
+    /// duplicates).
+    fn insert(
+        &self,
+        rows: &[PendingRow],
+        last_stream_ms: i64,
+    ) -> Result<(i64, u64), rusqlite::Error> {
+        let conn = &self.conn;
+        let mut stream_ms = last_stream_ms;
+        let mut duplicates = 0u64;
+        let mut rest = rows;
+        while !rest.is_empty() {
+            // The largest power of two that fits, up to ROWS_PER_INSERT.
+            let power = (rest.len().ilog2() as usize).min(INSERT_SIZES - 1);
+            let take = 1 << power;
+            let (run, after) = rest.split_at(take);
+            rest = after;
+            let mut insert = conn.prepare_cached(&self.insert_statements[power])?;
+            for (index, row) in run.iter().enumerate() {
+                // SQLite stores NaN as NULL, which NOT NULL refuses: a bad ts
+                // from a producer must not wedge the whole batch. The payload
+                // keeps what the producer sent.
+                let ts = if row.ts.is_finite() { row.ts } else { 0.0 };
+                // Float-to-int `as` saturates; stream ids only grow.
+                stream_ms = stream_ms.max((ts * 1000.0) as i64);
+                let first = index * COLUMNS_PER_ROW + 1;
+                insert.raw_bind_parameter(first, i64::try_from(row.seq).unwrap_or(i64::MAX))?;
+                insert.raw_bind_parameter(first + 1, &row.event_id)?;
+                insert.raw_bind_parameter(first + 2, ts)?;
+                insert.raw_bind_parameter(first + 3, row.event_type.as_ref())?;
+                insert.raw_bind_parameter(first + 4, &row.region)?;
+                insert.raw_bind_parameter(first + 5, stream_ms)?;
+                insert.raw_bind_parameter(first + 6, &row.payload)?;
+            }
+            let inserted = insert.raw_execute()?;
+            duplicates += (take - inserted.min(take)) as u64;
+            if !rest.is_empty() {
+                // A big batch is milliseconds of CPU: on a core shared with
+                // the pool's sessions, let them answer shares in between
+                // (the transaction stays open, so this costs no commit).
+                std::thread::yield_now();
+            }
+        }
+        Ok((stream_ms, duplicates))
     }
 
     /// Deletes by age, then by size, then gives the space back. Never

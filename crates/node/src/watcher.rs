@@ -231,9 +231,8 @@ async fn watch_loop(
     let mut backoff = MIN_BACKOFF;
     let mut retry_at = Instant::now();
     let mut config = *intervals.borrow_and_update();
-    let mut next_refresh = Instant::now();
-    let mut next_poll = Instant::now() + config.block_poll;
-    // When the last template or best-block poll came: a new period counts from it.
+    // When the last template and the last best-block poll came: the next
+    // ones are due a period later (so a reloaded period counts from them).
     let mut last_fetch = Instant::now();
     let mut last_poll = Instant::now();
     let mut intervals_open = true;
@@ -259,8 +258,6 @@ async fn watch_loop(
                     backoff = MIN_BACKOFF;
                     last_fetch = fetched_at;
                     last_poll = fetched_at;
-                    next_refresh = fetched_at + config.update_interval;
-                    next_poll = fetched_at + config.block_poll;
                 }
                 Err(error) => {
                     tracing::debug!(%error, "cannot fetch a block template");
@@ -276,6 +273,8 @@ async fn watch_loop(
             }
         }
 
+        let next_refresh = last_fetch + config.update_interval;
+        let next_poll = last_poll + config.block_poll;
         let wake_at = if need_fetch {
             retry_at
         } else {
@@ -300,8 +299,6 @@ async fn watch_loop(
                     continue;
                 }
                 config = *intervals.borrow_and_update();
-                next_refresh = last_fetch + config.update_interval;
-                next_poll = last_poll + config.block_poll;
                 continue;
             }
         }
@@ -316,7 +313,6 @@ async fn watch_loop(
         }
         if now >= next_poll {
             last_poll = now;
-            next_poll = now + config.block_poll;
             match nodes.best_block_hash().await {
                 Ok(best) if Some(best) != current_prev => {
                     need_fetch = true;
