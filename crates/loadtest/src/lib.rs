@@ -8,6 +8,8 @@
 //! difficulty the pool sets.
 #![forbid(unsafe_code)]
 
+mod pacer;
+
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,6 +21,8 @@ use serde::Serialize;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpSocket;
+
+use pacer::{Pacer, Schedule, Slot};
 
 /// How shares are made.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -189,6 +193,10 @@ pub struct LoadReport {
     /// For each new block seen: time from the first miner's `mining.notify`
     /// (clean_jobs) to the last one's.
     pub new_block_notify_spread: Latency,
+    /// How late the tool handed paced miners their shares (its own
+    /// scheduling, not the pool's): large values mean the load tool could
+    /// not keep the rate, and the round trips say less.
+    pub pacing_lateness: Latency,
 }
 
 impl LoadReport {
@@ -232,6 +240,12 @@ impl LoadReport {
             "new block -> last notify {}\n",
             lat(&self.new_block_notify_spread)
         ));
+        if self.pacing_lateness.count > 0 {
+            text.push_str(&format!(
+                "share pacing late  {}\n",
+                lat(&self.pacing_lateness)
+            ));
+        }
         text
     }
 }
@@ -240,6 +254,8 @@ struct Shared {
     connect: Mutex<Vec<u64>>,
     authorize: Mutex<Vec<u64>>,
     round_trip: Mutex<hdrhistogram::Histogram<u64>>,
+    /// Filled by the pacer thread.
+    pacing_late: Arc<Mutex<hdrhistogram::Histogram<u64>>>,
     sent: AtomicU64,
     answered: AtomicU64,
     accepted: AtomicU64,
@@ -284,6 +300,14 @@ fn histogram_latency(histogram: &hdrhistogram::Histogram<u64>) -> Latency {
     }
 }
 
+/// 1 µs .. 60 s at 3 significant digits: fixed bounds, cannot fail.
+fn microsecond_histogram() -> hdrhistogram::Histogram<u64> {
+    hdrhistogram::Histogram::new_with_bounds(1, 60_000_000, 3).unwrap_or_else(|_| {
+        hdrhistogram::Histogram::new(3)
+            .unwrap_or_else(|_| unreachable!("3 significant digits is valid"))
+    })
+}
+
 fn micros(duration: Duration) -> u64 {
     u64::try_from(duration.as_micros()).unwrap_or(u64::MAX)
 }
@@ -304,13 +328,8 @@ pub async fn run(config: LoadConfig, mut progress: impl FnMut(&LoadReport)) -> L
     let shared = Arc::new(Shared {
         connect: Mutex::default(),
         authorize: Mutex::default(),
-        // 1 µs .. 60 s at 3 significant digits: fixed bounds, cannot fail.
-        round_trip: Mutex::new(
-            hdrhistogram::Histogram::new_with_bounds(1, 60_000_000, 3).unwrap_or_else(|_| {
-                hdrhistogram::Histogram::new(3)
-                    .unwrap_or_else(|_| unreachable!("3 significant digits is valid"))
-            }),
-        ),
+        round_trip: Mutex::new(microsecond_histogram()),
+        pacing_late: Arc::new(Mutex::new(microsecond_histogram())),
         sent: AtomicU64::new(0),
         answered: AtomicU64::new(0),
         accepted: AtomicU64::new(0),
@@ -330,6 +349,25 @@ pub async fn run(config: LoadConfig, mut progress: impl FnMut(&LoadReport)) -> L
     } else {
         Duration::ZERO
     };
+    // Paced miners get their shares from the pacer thread; flood miners
+    // (no rate) submit as fast as they are answered.
+    let pacer = share_interval(config.shares_per_second).and_then(|interval| {
+        let schedule = Schedule {
+            interval,
+            pacing: config.pacing,
+            start: started,
+            ramp_step,
+            deadline,
+        };
+        match Pacer::start(config.miners, schedule, shared.pacing_late.clone()) {
+            Ok(pacer) => Some(pacer),
+            Err(_) => {
+                shared.error("pacer_thread");
+                None
+            }
+        }
+    });
+    let slots = pacer.as_ref().map(Pacer::slots);
     let spawner = {
         let shared = shared.clone();
         let config = config.clone();
@@ -337,8 +375,10 @@ pub async fn run(config: LoadConfig, mut progress: impl FnMut(&LoadReport)) -> L
             for index in 0..config.miners {
                 let shared = shared.clone();
                 let config = config.clone();
+                let slots = slots.clone();
                 tasks.push(tokio::spawn(async move {
-                    miner(index, config, shared, deadline).await
+                    let slot = slots.as_deref().and_then(|slots| slots.get(index));
+                    miner(index, config, shared, deadline, slot).await
                 }));
                 if !ramp_step.is_zero() {
                     // On a schedule, not a sleep per miner: sleeps round up to
@@ -362,6 +402,10 @@ pub async fn run(config: LoadConfig, mut progress: impl FnMut(&LoadReport)) -> L
             _ = &mut spawner => break,
             _ = ticker.tick() => progress(&snapshot(&shared, &config, started)),
         }
+    }
+    if let Some(pacer) = pacer {
+        // Joins within the pacer's stop check; off the runtime's thread.
+        let _ = tokio::task::spawn_blocking(move || pacer.stop()).await;
     }
     snapshot(&shared, &config, started)
 }
@@ -394,10 +438,17 @@ fn snapshot(shared: &Shared, config: &LoadConfig, started: Instant) -> LoadRepor
         rejected: shared.rejected.lock().clone(),
         errors: shared.errors.lock().clone(),
         new_block_notify_spread: latency(&spreads),
+        pacing_lateness: histogram_latency(&shared.pacing_late.lock()),
     }
 }
 
-async fn miner(index: usize, config: Arc<LoadConfig>, shared: Arc<Shared>, deadline: Instant) {
+async fn miner(
+    index: usize,
+    config: Arc<LoadConfig>,
+    shared: Arc<Shared>,
+    deadline: Instant,
+    pace: Option<&Slot>,
+) {
     let connect_started = Instant::now();
     let socket = match config.target {
         SocketAddr::V4(_) => TcpSocket::new_v4(),
@@ -428,7 +479,7 @@ async fn miner(index: usize, config: Arc<LoadConfig>, shared: Arc<Shared>, deadl
     let now_connected = shared.connected_now.fetch_add(1, Ordering::Relaxed) + 1;
     shared.connected_total.fetch_add(1, Ordering::Relaxed);
     shared.peak.fetch_max(now_connected, Ordering::Relaxed);
-    let outcome = session(index, &config, &shared, stream, deadline).await;
+    let outcome = session(index, &config, &shared, stream, deadline, pace).await;
     shared.connected_now.fetch_sub(1, Ordering::Relaxed);
     if let Err(kind) = outcome {
         shared.error(kind);
@@ -644,6 +695,15 @@ fn push_hex(out: &mut Vec<u8>, bytes: &[u8]) {
     }
 }
 
+/// Resolves when a paced miner owes a share; never for a flood miner, whose
+/// next share waits only for an answer.
+async fn share_falls_due(pace: Option<&Slot>) {
+    match pace {
+        Some(slot) => slot.wait().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// The merkle root for these extranonces, through a reused coinbase buffer.
 fn merkle_root(
     job: &tbg_miner::MinerJob,
@@ -672,6 +732,7 @@ async fn session(
     shared: &Shared,
     stream: tokio::net::TcpStream,
     deadline: Instant,
+    pace: Option<&Slot>,
 ) -> Result<(), &'static str> {
     let (mut read, mut write) = stream.into_split();
     let address = config
@@ -709,7 +770,6 @@ async fn session(
     // Submits awaiting an answer, oldest first (the pool answers in order).
     let mut in_flight: std::collections::VecDeque<(u64, Instant)> =
         std::collections::VecDeque::with_capacity(window);
-    let interval = share_interval(config.shares_per_second);
     let mut counter = 0u64;
     let mut rng_state = (index as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
     let mut next_random = move || {
@@ -718,15 +778,6 @@ async fn session(
         rng_state ^= rng_state << 17;
         rng_state
     };
-    let pacing = config.pacing;
-    let next_gap = move |interval: Duration, random: u64| match pacing {
-        Pacing::Even => interval,
-        Pacing::Poisson => poisson_gap(interval, random),
-    };
-    // The first share comes one gap after the start, not at once: miners
-    // opened together would otherwise submit together.
-    let mut next_share =
-        Instant::now() + interval.map_or(Duration::ZERO, |i| next_gap(i, next_random()));
     let mut stats = LocalStats::new();
     let mut read_buf = vec![0u8; 4096];
     let mut filled = 0usize;
@@ -739,7 +790,7 @@ async fn session(
             break Ok(());
         }
         let ready = authorized && (job.is_some() || have_notify) && !extranonce1.is_empty();
-        let due = in_flight.len() < window && interval.is_none_or(|_| next_share <= now);
+        let due = in_flight.len() < window && pace.is_none_or(Slot::owed);
         // The job is decoded only when a share is due: a burst of notifies
         // costs the tool little more than reading them.
         if ready && due && have_notify {
@@ -748,8 +799,11 @@ async fn session(
         }
         // Fill the window with every share that is due, in one write.
         if ready && due {
-            while in_flight.len() < window && interval.is_none_or(|_| next_share <= now) {
+            while in_flight.len() < window {
                 let Some(current) = &job else { break };
+                if pace.is_some_and(|slot| !slot.take()) {
+                    break;
+                }
                 counter += 1;
                 let mut extranonce2 = [0u8; 16];
                 extranonce2[..8].copy_from_slice(&counter.to_le_bytes());
@@ -799,14 +853,6 @@ async fn session(
                 push_submit(&mut out, id, middle, extranonce2, ntime, nonce);
                 in_flight.push_back((id, now));
                 stats.sent += 1;
-                if let Some(interval) = interval {
-                    // Never more than one share behind after a stall; a
-                    // gap longer than the clock's age has no floor to keep.
-                    let next = next_share + next_gap(interval, next_random());
-                    next_share = now
-                        .checked_sub(interval)
-                        .map_or(next, |floor| next.max(floor));
-                }
             }
             if !out.is_empty() {
                 if write.write_all(&out).await.is_err() {
@@ -815,12 +861,7 @@ async fn session(
                 out.clear();
             }
         }
-        let pace = ready && interval.is_some() && in_flight.len() < window;
-        let wait_until = if pace {
-            next_share.min(deadline)
-        } else {
-            deadline
-        };
+        let wait_for_pacer = ready && in_flight.len() < window;
         if filled == read_buf.len() {
             if read_buf.len() >= MAX_LINE {
                 break Err("line_too_long");
@@ -829,7 +870,7 @@ async fn session(
         }
         let read_result = tokio::select! {
             read = tokio::time::timeout_at(deadline.into(), read.read(&mut read_buf[filled..])) => read,
-            _ = tokio::time::sleep_until(wait_until.into()), if pace => continue,
+            _ = share_falls_due(pace), if wait_for_pacer => continue,
         };
         let Ok(read_result) = read_result else {
             break Ok(());
