@@ -351,22 +351,26 @@ pub async fn run(config: LoadConfig, mut progress: impl FnMut(&LoadReport)) -> L
     };
     // Paced miners get their shares from the pacer thread; flood miners
     // (no rate) submit as fast as they are answered.
-    let pacer = share_interval(config.shares_per_second).and_then(|interval| {
-        let schedule = Schedule {
-            interval,
-            pacing: config.pacing,
-            start: started,
-            ramp_step,
-            deadline,
-        };
-        match Pacer::start(config.miners, schedule, shared.pacing_late.clone()) {
-            Ok(pacer) => Some(pacer),
-            Err(_) => {
-                shared.error("pacer_thread");
-                None
+    let pacer = match share_interval(config.shares_per_second) {
+        None => None,
+        Some(interval) => {
+            let schedule = Schedule {
+                interval,
+                pacing: config.pacing,
+                start: started,
+                ramp_step,
+                deadline,
+            };
+            match Pacer::start(config.miners, schedule, shared.pacing_late.clone()) {
+                Ok(pacer) => Some(pacer),
+                Err(_) => {
+                    // Without it paced miners would flood: report, run nothing.
+                    shared.error("pacer_thread");
+                    return snapshot(&shared, &config, started);
+                }
             }
         }
-    });
+    };
     let slots = pacer.as_ref().map(Pacer::slots);
     let spawner = {
         let shared = shared.clone();
