@@ -832,8 +832,6 @@ fn spawn_checkpointer(path: &Path, shared: Arc<Shared>) -> Option<std::thread::J
                 tracing::debug!(%error, "cannot lower the journal checkpointer's priority");
             }
             shared.checkpointer_tid.store(tid, Ordering::Release);
-            // Idle while the writer is (see the `sched` module); a starved
-            // checkpointer only lets the WAL grow.
             let conn = match Connection::open_with_flags(
                 &path,
                 OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -856,7 +854,8 @@ fn spawn_checkpointer(path: &Path, shared: Arc<Shared>) -> Option<std::thread::J
                     }
                 }
                 if shared.idle_available {
-                    // Set each pass (one cheap call every 250 ms), since the
+                    // Idle while the writer is (see the `sched` module). Set
+                    // each pass (one cheap call every 250 ms), since the
                     // appender may have raised this thread meanwhile.
                     let _ = if shared.writer_idle.load(Ordering::Acquire) {
                         sched::set_idle(tid)

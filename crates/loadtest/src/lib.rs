@@ -164,6 +164,19 @@ pub fn poisson_gap(mean: Duration, random: u64) -> Duration {
     mean.mul_f64((-uniform.ln()).min(20.0))
 }
 
+/// xorshift64: cheap and seeded, enough for share gaps and random nonces.
+/// The state must not start at 0 (it would stay 0).
+struct XorShift64(u64);
+
+impl XorShift64 {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
 /// Latency percentiles in microseconds.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Latency {
@@ -775,13 +788,9 @@ async fn session(
     let mut in_flight: std::collections::VecDeque<(u64, Instant)> =
         std::collections::VecDeque::with_capacity(window);
     let mut counter = 0u64;
-    let mut rng_state = (index as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    let mut next_random = move || {
-        rng_state ^= rng_state << 13;
-        rng_state ^= rng_state >> 7;
-        rng_state ^= rng_state << 17;
-        rng_state
-    };
+    // An odd multiplier keeps the seed non-zero.
+    let mut random = XorShift64((index as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    let mut next_random = move || random.next();
     let mut stats = LocalStats::new();
     let mut read_buf = vec![0u8; 4096];
     let mut filled = 0usize;

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
-use crate::{micros, poisson_gap, Pacing};
+use crate::{micros, poisson_gap, Pacing, XorShift64};
 
 /// Shares a stalled miner may owe (not yet authorized, window full): it
 /// catches up by at most this many, as a real miner's queue would not grow
@@ -143,7 +143,7 @@ impl Drop for Pacer {
 /// Every miner's next due share, earliest first.
 struct DueTimes {
     schedule: Schedule,
-    random_state: u64,
+    random: XorShift64,
     next: BinaryHeap<Reverse<(Instant, usize)>>,
 }
 
@@ -151,7 +151,7 @@ impl DueTimes {
     fn new(miners: usize, schedule: Schedule) -> DueTimes {
         let mut due = DueTimes {
             schedule,
-            random_state: 0x2545_F491_4F6C_DD1D,
+            random: XorShift64(0x2545_F491_4F6C_DD1D),
             next: BinaryHeap::with_capacity(miners),
         };
         for index in 0..miners {
@@ -168,12 +168,7 @@ impl DueTimes {
     fn gap(&mut self) -> Duration {
         match self.schedule.pacing {
             Pacing::Even => self.schedule.interval,
-            Pacing::Poisson => {
-                self.random_state ^= self.random_state << 13;
-                self.random_state ^= self.random_state >> 7;
-                self.random_state ^= self.random_state << 17;
-                poisson_gap(self.schedule.interval, self.random_state)
-            }
+            Pacing::Poisson => poisson_gap(self.schedule.interval, self.random.next()),
         }
     }
 
