@@ -338,10 +338,29 @@ fn open_journal(config: &Config) -> Result<Option<tbg_journal::Journal>> {
         Duration::from_secs(section.retention_days.saturating_mul(86_400));
     journal_config.retention_max_bytes = section.retention_max_mb.saturating_mul(1024 * 1024);
     journal_config.stage_bytes = section.stage_mb.saturating_mul(1024 * 1024);
+    journal_config.stage_dir = match &section.stage_dir {
+        None => tbg_journal::StageDir::Preferred(default_stage_dir()),
+        Some(dir) => tbg_journal::StageDir::Required(dir.clone()),
+    };
     let journal = tbg_journal::Journal::open(journal_config)
         .with_context(|| format!("journal {}", section.path.display()))?;
     tracing::info!(path = %section.path.display(), "event journal open");
     Ok(Some(journal))
+}
+
+/// Where the staging ring goes when `[journal] stage_dir` is unset: the
+/// service's runtime directory when systemd gave it one (`RuntimeDirectory=`
+/// sets `$RUNTIME_DIRECTORY`; a tmpfs under /run that outlives a restart of
+/// the unit, where the unit's own /dev/shm, with `PrivateDevices=yes`, is
+/// new at every start and would lose a crashed pool's ring), else /dev/shm.
+fn default_stage_dir() -> PathBuf {
+    std::env::var_os("RUNTIME_DIRECTORY")
+        .and_then(|dirs| {
+            // Several directories are separated by colons; the first is ours.
+            let first = dirs.to_string_lossy().split(':').next()?.to_owned();
+            (!first.is_empty()).then(|| PathBuf::from(first))
+        })
+        .unwrap_or_else(|| PathBuf::from(tbg_journal::DEFAULT_MEMORY_STAGE_DIR))
 }
 
 /// Runs the pool until SIGINT/SIGTERM, then stops gracefully; SIGHUP

@@ -321,9 +321,15 @@ pub struct JournalSection {
     pub retention_days: u64,
     /// The oldest events are deleted while the file is larger than this.
     pub retention_max_mb: u64,
-    /// Size of the staging ring next to the SQLite file (`<path>.stage`,
-    /// preallocated): how much may wait for SQLite before shares are refused.
+    /// Size of the staging ring (preallocated): how much may wait for
+    /// SQLite before shares are refused.
     pub stage_mb: u64,
+    /// Directory of the staging ring. Unset: `$RUNTIME_DIRECTORY` (systemd)
+    /// or else `/dev/shm`, tmpfs where appends are a memory copy, when the
+    /// ring can be created there; else beside the SQLite file
+    /// (`<path>.stage`). Set: that directory or the pool does not start.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stage_dir: Option<PathBuf>,
 }
 
 impl Default for JournalSection {
@@ -335,6 +341,7 @@ impl Default for JournalSection {
             retention_days: 7,
             retention_max_mb: 10 * 1024,
             stage_mb: 64,
+            stage_dir: None,
         }
     }
 }

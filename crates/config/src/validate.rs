@@ -87,6 +87,17 @@ impl Config {
                 "must be between 1 and 16384",
             ));
         }
+        if journal
+            .stage_dir
+            .as_ref()
+            .is_some_and(|dir| dir.as_os_str().is_empty())
+        {
+            return Err(ConfigError::new(
+                "journal.stage_dir",
+                "\"\"",
+                "must name a directory (leave it unset for the default)",
+            ));
+        }
         let collector = &self.collector;
         if collector.batch_max == 0 || collector.batch_max > 100_000 {
             return Err(ConfigError::new(

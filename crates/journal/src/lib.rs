@@ -3,9 +3,9 @@
 //! SQLite database (WAL mode, bundled SQLite) that the collector tails
 //! read-only from another process.
 //!
-//! [`Journal::append`] copies the event into a preallocated ring file next to
-//! the database (`<journal>.stage`, see the `stage` module) under a short
-//! lock: from then on it survives a crash of the pool process, which is
+//! [`Journal::append`] copies the event into a preallocated ring file (beside
+//! the database or in a tmpfs, see [`StageDir`]) under a short lock: from
+//! then on it survives a crash of the pool process, which is
 //! what [`Durability::ProcessCrash`] promises, in microseconds. One dedicated
 //! OS thread owns the SQLite connection; it takes everything staged at once
 //! and commits it in one transaction (group commit), then hands the ring
@@ -23,10 +23,12 @@
 //!
 //! Schema (version 1, `PRAGMA user_version = 1`): see [`SCHEMA_VERSION`] and
 //! `docs/design/crate-contracts.md`.
-// One FFI call (`sched::set_policy`) needs `unsafe`; nothing else may.
+// Two functions need `unsafe`: one FFI call (`sched::set_policy`) and the
+// copy into the mapped stage ring (`stage::copy_into_mapping`).
 #![deny(unsafe_code)]
 
 mod error;
+mod location;
 mod reader;
 mod sched;
 mod schema;
@@ -37,6 +39,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use error::JournalError;
+pub use location::{StageDir, DEFAULT_MEMORY_STAGE_DIR};
 pub use reader::{JournalReader, JournalRecord};
 pub use schema::SCHEMA_VERSION;
 pub use stage::MIN_STAGE_BYTES;
@@ -77,6 +80,9 @@ pub struct JournalConfig {
     /// ~15 s of 10,000 shares/s, ~2.5 min of 1,000/s. In-memory rows are
     /// bounded by it too (about the same size again at most).
     pub stage_bytes: u64,
+    /// Where the stage ring lives (see [`StageDir`]); beside the journal
+    /// unless set.
+    pub stage_dir: StageDir,
     /// Run the writer thread at idle priority (`SCHED_IDLE`) while the ring
     /// is nearly empty, where the process may raise it back (see
     /// [`JournalStats::writer_idle_priority`]); [`Durability::ProcessCrash`]
@@ -107,6 +113,7 @@ impl JournalConfig {
             retention_max_age: DEFAULT_RETENTION_MAX_AGE,
             retention_max_bytes: DEFAULT_RETENTION_MAX_BYTES,
             stage_bytes: DEFAULT_STAGE_BYTES,
+            stage_dir: StageDir::default(),
             idle_writer: true,
         }
     }

@@ -1,23 +1,24 @@
-//! The staging log: a preallocated ring file next to the SQLite database
-//! (`<journal>.stage`) that makes an event durable against a crash of the
-//! pool process in a few microseconds.
+//! The staging log: a preallocated ring file (see the `location` module for
+//! where it lives) that makes an event durable against a crash of the pool
+//! process in well under a microsecond.
 //!
-//! `append` writes each record into the file with one `pwrite` while it holds
-//! the queue lock. The bytes are then in the kernel's page cache: they
-//! survive `kill -9` of the pool (not a power loss; that level waits for the
-//! SQLite commit). The writer thread still moves every event into SQLite,
-//! the queryable store, in group commits; once a batch is committed its
-//! records' space is handed back to the ring (the tail moves). At open,
-//! records the previous process staged but did not commit are recovered into
-//! SQLite before anything else happens.
+//! `append` copies each record into the ring while it holds the queue lock.
+//! The bytes are then in the kernel's page cache: they survive `kill -9` of
+//! the pool (not a power loss; that level waits for the SQLite commit). The
+//! writer thread still moves every event into SQLite, the queryable store,
+//! in group commits; once a batch is committed its records' space is handed
+//! back to the ring (the tail moves). At open, records a previous process
+//! staged but did not commit are recovered into SQLite before anything else
+//! happens.
 //!
-//! Why `pwrite` and not a shared memory map: both land in the same page
-//! cache, so durability is the same, and one syscall costs ~1 µs, far under
-//! the budget. A mapping would need `unsafe` (this crate allows it in one FFI call only: another
-//! process truncating the file turns a plain memory copy into SIGBUS) and
-//! turns every I/O error into a signal; `pwrite` returns the error instead.
-//! The file is preallocated with `fallocate`, so a full disk cannot refuse a
-//! write into the ring either.
+//! How the bytes get there depends on the file system. A ring in a tmpfs is
+//! written through a shared mapping populated at creation (`MAP_POPULATE`):
+//! tmpfs pages are never written back, so no access ever faults and an
+//! append is a memory copy. Anywhere else it is written with `pwrite`
+//! (~1 µs): a mapping of a disk file faults whenever writeback has cleaned
+//! a page, and such faults stalled appends for 20-37 ms when measured. The
+//! header is always written with `pwrite`, by the writer thread. The file
+//! is preallocated, so a full disk cannot refuse a write into the ring.
 //!
 //! Layout (little endian):
 //!
@@ -30,6 +31,8 @@
 //!   32..36  crc32c(generation, bytes 0..32)
 //!   64..72  tail: logical position of the oldest record not yet in SQLite
 //!   72..76  crc32c(generation, bytes 64..72)
+//!   128..132 length n of the journal's absolute path (0: not recorded)
+//!   132..132+n the path; then crc32c(generation, bytes 128..132+n)
 //! ring (capacity bytes), records 8-byte aligned, never split at the end:
 //!   0..4    magic: RECORD_MAGIC, or WRAP_MAGIC (continue at ring offset 0)
 //!   4..8    payload length
@@ -49,7 +52,7 @@
 use std::borrow::Cow;
 use std::fs::{File, OpenOptions};
 use std::hash::{BuildHasher, Hasher};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::writer::PendingRow;
@@ -63,15 +66,13 @@ const FORMAT_VERSION: u32 = 1;
 const RECORD_MAGIC: u32 = u32::from_le_bytes(*b"TBGR");
 const WRAP_MAGIC: u32 = u32::from_le_bytes(*b"TBGW");
 const TAIL_OFFSET: u64 = 64;
+const JOURNAL_PATH_OFFSET: usize = 128;
+/// Longest journal path recorded in the header (a longer one is not).
+const MAX_RECORDED_PATH: usize = HEADER_BYTES as usize - JOURNAL_PATH_OFFSET - 8;
+/// `f_type` of a tmpfs (linux/magic.h).
+const TMPFS_MAGIC: u64 = 0x0102_1994;
 /// Zeros are written in chunks of this size where `fallocate` is unsupported.
 const ZERO_FILL_CHUNK: usize = 1024 * 1024;
-
-/// The stage file path for a journal path: `<journal>.stage`.
-pub(crate) fn stage_path(journal: &Path) -> PathBuf {
-    let mut name = journal.as_os_str().to_owned();
-    name.push(".stage");
-    PathBuf::from(name)
-}
 
 /// The open ring file of this process (one generation).
 #[derive(Debug)]
@@ -80,6 +81,9 @@ pub(crate) struct Stage {
     path: PathBuf,
     generation: u64,
     capacity: u64,
+    /// The ring (not the header) mapped shared and populated: set when the
+    /// file is in a tmpfs, where no access to it can fault.
+    mapping: Option<memmap2::MmapRaw>,
 }
 
 /// Where an append goes in the ring.
@@ -97,31 +101,93 @@ pub(crate) struct Placement {
 /// for as long as the file stays open: a second writer on the same journal
 /// (another pool process, or a second `Journal::open` in this one) would
 /// reset the ring under the first and is refused instead.
-pub(crate) fn open_locked(path: &Path) -> Result<File, String> {
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(path)
-        .map_err(|error| format!("cannot open: {error}"))?;
+pub(crate) fn open_locked(path: &Path) -> Result<File, LockFailure> {
     // A lock can outlive its holder by a moment: a child process forked by
     // the holder shares the open file until it execs (the descriptor is
     // close-on-exec), and a pool restarted by its supervisor may start while
     // the old one is still exiting. Wait that moment out, not longer.
     let deadline = std::time::Instant::now() + LOCK_WAIT;
     loop {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(path)
+            .map_err(|error| LockFailure::Other(format!("cannot open: {error}")))?;
         match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
-            Ok(()) => return Ok(file),
+            // The holder removes an in-memory ring when it stops cleanly:
+            // a lock on that unlinked file guards nothing, open again.
+            Ok(()) if still_at(&file, path) => return Ok(file),
+            Ok(()) => continue,
             Err(error) if error == rustix::io::Errno::WOULDBLOCK => {
                 if std::time::Instant::now() >= deadline {
-                    return Err("in use: another journal writer (process or open handle) has this journal open".into());
+                    return Err(LockFailure::InUse);
                 }
                 std::thread::sleep(std::time::Duration::from_millis(10));
             }
-            Err(error) => return Err(format!("cannot lock: {error}")),
+            Err(error) => return Err(LockFailure::Other(format!("cannot lock: {error}"))),
         }
     }
+}
+
+/// Why [`open_locked`] failed.
+#[derive(Debug)]
+pub(crate) enum LockFailure {
+    /// Another writer holds the lock: the journal is in use.
+    InUse,
+    /// The file cannot be opened or locked.
+    Other(String),
+}
+
+impl std::fmt::Display for LockFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LockFailure::InUse => f.write_str(
+                "in use: another journal writer (process or open handle) has this journal open",
+            ),
+            LockFailure::Other(detail) => f.write_str(detail),
+        }
+    }
+}
+
+/// Opens an existing ring and locks it without waiting: `None` when it does
+/// not exist (any more) or another process holds it.
+pub(crate) fn try_lock_existing(path: &Path) -> Option<File> {
+    let file = OpenOptions::new().read(true).write(true).open(path).ok()?;
+    rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive).ok()?;
+    still_at(&file, path).then_some(file)
+}
+
+/// The open file is still the one `path` names (not removed or replaced).
+fn still_at(file: &File, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (file.metadata(), std::fs::metadata(path)) {
+        (Ok(open), Ok(named)) => open.dev() == named.dev() && open.ino() == named.ino(),
+        _ => false,
+    }
+}
+
+/// The journal path recorded in a ring's header, if it has a valid one.
+pub(crate) fn recorded_journal(file: &File) -> Option<PathBuf> {
+    use std::os::unix::ffi::OsStrExt;
+    let mut header = vec![0u8; HEADER_BYTES as usize];
+    file.read_exact_at(&mut header, 0).ok()?;
+    let generation = u64::from_le_bytes(header[16..24].try_into().ok()?);
+    let header_crc = u32::from_le_bytes(header[32..36].try_into().ok()?);
+    if &header[0..8] != FILE_MAGIC || crc32c(generation, &[&header[0..32]]) != header_crc {
+        return None;
+    }
+    let at = JOURNAL_PATH_OFFSET;
+    let length = u32::from_le_bytes(header[at..at + 4].try_into().ok()?) as usize;
+    if length == 0 || length > MAX_RECORDED_PATH {
+        return None;
+    }
+    let end = at + 4 + length;
+    let crc = u32::from_le_bytes(header.get(end..end + 4)?.try_into().ok()?);
+    (crc32c(generation, &[&header[at..end]]) == crc)
+        .then(|| PathBuf::from(std::ffi::OsStr::from_bytes(&header[at + 4..end])))
 }
 
 /// How long [`open_locked`] waits for a lock held by someone else.
@@ -131,7 +197,13 @@ impl Stage {
     /// Preallocates the (locked, see [`open_locked`]) file and writes a fresh
     /// header with a new generation and an empty ring. Call only after the
     /// previous contents were recovered: they become an older generation.
-    pub(crate) fn create(file: File, path: &Path, capacity: u64) -> Result<Stage, String> {
+    /// `journal` (its absolute path) is recorded in the header.
+    pub(crate) fn create(
+        file: File,
+        path: &Path,
+        capacity: u64,
+        journal: &Path,
+    ) -> Result<Stage, String> {
         let capacity = ring_capacity(capacity);
         let total = HEADER_BYTES + capacity;
         let current = file
@@ -143,11 +215,12 @@ impl Stage {
                 .map_err(|error| format!("cannot shrink to {total} bytes: {error}"))?;
         }
         preallocate(&file, total)?;
-        let stage = Stage {
+        let mut stage = Stage {
             file,
             path: path.to_path_buf(),
             generation: new_generation(),
             capacity,
+            mapping: None,
         };
         let mut header = vec![0u8; HEADER_BYTES as usize];
         header[0..8].copy_from_slice(FILE_MAGIC);
@@ -158,11 +231,20 @@ impl Stage {
         header[32..36].copy_from_slice(&crc.to_le_bytes());
         let tail = tail_bytes(stage.generation, 0);
         header[TAIL_OFFSET as usize..TAIL_OFFSET as usize + tail.len()].copy_from_slice(&tail);
+        record_journal_path(&mut header, stage.generation, journal);
         stage
             .file
             .write_all_at(&header, 0)
             .map_err(|error| format!("cannot write the header: {error}"))?;
+        if in_tmpfs(&stage.file) {
+            stage.mapping = Some(map_populated(&stage.file, capacity)?);
+        }
         Ok(stage)
+    }
+
+    /// The ring is written through a memory mapping (it is in a tmpfs).
+    pub(crate) fn in_memory(&self) -> bool {
+        self.mapping.is_some()
     }
 
     pub(crate) fn path(&self) -> &Path {
@@ -205,14 +287,14 @@ impl Stage {
         position: u64,
     ) -> std::io::Result<()> {
         seal(record, RECORD_MAGIC, seq, self.generation);
-        self.file.write_all_at(record, self.file_offset(position))
+        self.write_at(record, position)
     }
 
     /// Writes a wrap marker at `position`; `next_seq` is the record after it.
     pub(crate) fn write_wrap_marker(&self, position: u64, next_seq: u64) -> std::io::Result<()> {
         let mut marker = [0u8; RECORD_HEADER_BYTES as usize];
         seal(&mut marker, WRAP_MAGIC, next_seq, self.generation);
-        self.file.write_all_at(&marker, self.file_offset(position))
+        self.write_at(&marker, position)
     }
 
     /// Records before `tail` are in SQLite: a restart starts reading there.
@@ -228,9 +310,80 @@ impl Stage {
         self.generation
     }
 
-    fn file_offset(&self, position: u64) -> u64 {
-        HEADER_BYTES + position % self.capacity
+    /// Copies `bytes` into the ring at logical `position`. Callers hold the
+    /// queue lock, so no two copies overlap in time.
+    fn write_at(&self, bytes: &[u8], position: u64) -> std::io::Result<()> {
+        let offset = position % self.capacity;
+        let Some(mapping) = &self.mapping else {
+            return self.file.write_all_at(bytes, HEADER_BYTES + offset);
+        };
+        let offset = offset as usize;
+        if offset + bytes.len() > mapping.len() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!(
+                    "{} bytes at ring offset {offset} run past the ring's end",
+                    bytes.len()
+                ),
+            ));
+        }
+        copy_into_mapping(mapping, offset, bytes);
+        Ok(())
     }
+}
+
+/// The one memory write of this crate.
+#[allow(unsafe_code)]
+fn copy_into_mapping(mapping: &memmap2::MmapRaw, offset: usize, bytes: &[u8]) {
+    debug_assert!(offset + bytes.len() <= mapping.len());
+    // SAFETY: the destination lies inside the mapping (checked by the
+    // caller), which lives as long as `mapping`. Only this process writes
+    // the ring (it holds the file's `flock`) and only under the queue lock,
+    // so the copy races with no other write; nothing in this process reads
+    // the mapping. The file was preallocated and populated, so the access
+    // cannot fault for lack of a page; it could only if another process
+    // truncated our locked 0600 file (SIGBUS), which nothing of ours does.
+    unsafe {
+        std::ptr::copy_nonoverlapping(
+            bytes.as_ptr(),
+            mapping.as_mut_ptr().add(offset),
+            bytes.len(),
+        );
+    }
+}
+
+/// The file lives in a tmpfs.
+fn in_tmpfs(file: &File) -> bool {
+    rustix::fs::fstatfs(file).is_ok_and(|stats| stats.f_type as u64 == TMPFS_MAGIC)
+}
+
+/// Maps the ring (after the header page) shared and faults every page in
+/// now, so that no append ever takes a page fault.
+fn map_populated(file: &File, capacity: u64) -> Result<memmap2::MmapRaw, String> {
+    let length = usize::try_from(capacity)
+        .map_err(|_| format!("ring of {capacity} bytes does not fit in memory"))?;
+    memmap2::MmapOptions::new()
+        .offset(HEADER_BYTES)
+        .len(length)
+        .populate()
+        .map_raw(file)
+        .map_err(|error| format!("cannot map the ring: {error}"))
+}
+
+/// Writes the journal's path into a header being built (not when too long:
+/// it only serves [`crate::location::remove_orphans`]).
+fn record_journal_path(header: &mut [u8], generation: u64, journal: &Path) {
+    use std::os::unix::ffi::OsStrExt;
+    let bytes = journal.as_os_str().as_bytes();
+    if bytes.is_empty() || bytes.len() > MAX_RECORDED_PATH {
+        return;
+    }
+    let at = JOURNAL_PATH_OFFSET;
+    let end = at + 4 + bytes.len();
+    header[at..at + 4].copy_from_slice(&(bytes.len() as u32).to_le_bytes());
+    header[at + 4..end].copy_from_slice(bytes);
+    let crc = crc32c(generation, &[&header[at..end]]);
+    header[end..end + 4].copy_from_slice(&crc.to_le_bytes());
 }
 
 fn ring_capacity(requested: u64) -> u64 {

@@ -12,6 +12,7 @@ use tbg_events::Event;
 use tokio::sync::{oneshot, watch};
 
 use crate::error::{classify, is_corruption, JournalError};
+use crate::location::{self, StageDir};
 use crate::sched;
 use crate::schema::{self, Tip};
 use crate::stage::{self, RecoveryStop, Stage};
@@ -101,8 +102,10 @@ pub struct JournalStats {
     /// read, so seqs restarted at 1: a reader's cursor beyond `last_seq`
     /// must be reset.
     pub seq_continuity_lost: bool,
-    /// The staging ring file (`<journal>.stage`).
+    /// The staging ring file (see [`crate::StageDir`]).
     pub stage_path: PathBuf,
+    /// The ring is in a tmpfs, written through a memory mapping.
+    pub stage_in_memory: bool,
     /// Ring size in bytes.
     pub stage_capacity_bytes: u64,
     /// Ring bytes holding events not yet committed to SQLite.
@@ -259,29 +262,15 @@ impl Journal {
     /// stage file is left as it is, so nothing is lost.
     pub fn open(config: JournalConfig) -> Result<Journal, JournalError> {
         let mut stats = JournalStats::default();
-        let stage_path = stage::stage_path(&config.path);
-        let stage_error = |detail| JournalError::Stage {
-            path: stage_path.clone(),
-            detail,
-        };
-        // Locked first: nothing of the journal is touched by a second writer.
-        let stage_file = stage::open_locked(&stage_path).map_err(stage_error)?;
-        let (mut db, mut tip) = WriterDb::open_or_replace(&config, &mut stats)?;
-        recover_staged(
-            &config,
-            &stage_path,
-            &stage_file,
-            &mut db,
-            &mut tip,
-            &mut stats,
-        )?;
-        let stage =
-            Stage::create(stage_file, &stage_path, config.stage_bytes).map_err(stage_error)?;
+        let (stage, stage_path) = open_stage(&config, &mut stats)?;
+        let (db, tip) = (stage.db, stage.tip);
+        let stage = stage.stage;
         let (committed_tx, committed_rx) = watch::channel(tip.last_seq);
         stats.committed_seq = tip.last_seq;
         stats.last_appended_seq = tip.last_seq;
         stats.stage_path = stage_path;
         stats.stage_capacity_bytes = stage.capacity();
+        stats.stage_in_memory = stage.in_memory();
         let shared = Arc::new(Shared {
             stage,
             durability: config.durability,
@@ -923,6 +912,99 @@ fn move_aside(path: &Path) -> Result<PathBuf, JournalError> {
     Ok(target)
 }
 
+/// What [`open_stage`] opened.
+struct OpenedStage {
+    stage: Stage,
+    db: WriterDb,
+    tip: Tip,
+}
+
+/// Opens SQLite and the ring: every ring of this journal an earlier process
+/// may have left (under this configuration or an earlier one, see
+/// [`location::candidates`]) is locked, committed to SQLite and, unless it
+/// is the one used now, removed; then this process's ring is created.
+fn open_stage(
+    config: &JournalConfig,
+    stats: &mut JournalStats,
+) -> Result<(OpenedStage, PathBuf), JournalError> {
+    let stage_error = |path: &Path, detail: String| JournalError::Stage {
+        path: path.to_path_buf(),
+        detail,
+    };
+    let lock_error =
+        |path: &Path, failure: stage::LockFailure| stage_error(path, failure.to_string());
+    let memory_dir = Path::new(location::DEFAULT_MEMORY_STAGE_DIR);
+    for dir in [config.stage_dir.dir(), Some(memory_dir)]
+        .into_iter()
+        .flatten()
+    {
+        for removed in location::remove_orphans(dir) {
+            tracing::info!(path = %removed.display(),
+                "removed the stage ring of a journal that no longer exists");
+        }
+    }
+    let candidates = location::candidates(&config.path, &config.stage_dir);
+    let beside = location::beside_journal(&config.path);
+    let target = match &config.stage_dir {
+        StageDir::Preferred(dir) if !dir.is_dir() => {
+            tracing::warn!(dir = %dir.display(),
+                "stage ring directory missing; the ring goes beside the journal");
+            beside.clone()
+        }
+        _ => candidates[0].clone(),
+    };
+    // Locked first: nothing of the journal is touched by a second writer.
+    let (target, target_file) = match (stage::open_locked(&target), &config.stage_dir) {
+        (Ok(file), _) => (target, file),
+        // "in use" is the same journal's lock wherever the ring is.
+        (Err(stage::LockFailure::Other(detail)), StageDir::Preferred(dir)) if target != beside => {
+            tracing::warn!(dir = %dir.display(), %detail,
+                "cannot open the stage ring there; it goes beside the journal");
+            let file =
+                stage::open_locked(&beside).map_err(|failure| lock_error(&beside, failure))?;
+            (beside.clone(), file)
+        }
+        (Err(failure), _) => return Err(lock_error(&target, failure)),
+    };
+    let mut others = Vec::new();
+    for path in candidates.iter().filter(|path| **path != target) {
+        if path.is_file() {
+            let file = stage::open_locked(path).map_err(|failure| lock_error(path, failure))?;
+            others.push((path.clone(), file));
+        }
+    }
+    let (mut db, mut tip) = WriterDb::open_or_replace(config, stats)?;
+    let rings = others.iter().map(|(path, file)| (path, file));
+    for (path, file) in rings.chain(std::iter::once((&target, &target_file))) {
+        recover_staged(config, path, file, &mut db, &mut tip, stats)?;
+    }
+    for (path, _file) in others {
+        // Committed above; the lock goes with the file after the removal.
+        if let Err(error) = std::fs::remove_file(&path) {
+            tracing::warn!(path = %path.display(), %error, "cannot remove an old stage ring");
+        }
+    }
+    let journal = location::absolute_journal_path(&config.path);
+    let created = Stage::create(target_file, &target, config.stage_bytes, &journal);
+    let (stage, path) = match (created, &config.stage_dir) {
+        (Ok(stage), _) => (stage, target),
+        (Err(detail), StageDir::Preferred(dir)) if target != beside => {
+            tracing::warn!(dir = %dir.display(), %detail,
+                "cannot create the stage ring there; it goes beside the journal");
+            let _ = std::fs::remove_file(&target);
+            let file =
+                stage::open_locked(&beside).map_err(|failure| lock_error(&beside, failure))?;
+            let stage = Stage::create(file, &beside, config.stage_bytes, &journal)
+                .map_err(|detail| stage_error(&beside, detail))?;
+            (stage, beside)
+        }
+        (Err(detail), _) => return Err(stage_error(&target, detail)),
+    };
+    tracing::info!(path = %path.display(), in_memory = stage.in_memory(),
+        capacity_bytes = stage.capacity(), "journal stage ring ready");
+    Ok((OpenedStage { stage, db, tip }, path))
+}
+
 /// Commits what a previous process staged but did not commit, so SQLite
 /// is complete before the ring is reset for this process.
 fn recover_staged(
@@ -960,9 +1042,9 @@ fn recover_staged(
         tracing::info!(path = %stage_path.display(), events = recovered.rows.len(),
             first_seq = recovered.rows[0].seq, last_seq = last.seq,
             "recovered staged journal events into SQLite");
-        tip.last_seq = last.seq;
+        tip.last_seq = tip.last_seq.max(last.seq);
         tip.last_stream_ms = stream_ms;
-        stats.stage_recovered = recovered.rows.len() as u64;
+        stats.stage_recovered += recovered.rows.len() as u64;
         stats.bytes = db.size_bytes();
     }
     Ok(())
@@ -1068,6 +1150,13 @@ impl Writer {
                 if unwritten > 0 {
                     tracing::error!(path = %path.display(), unwritten, error = %last_error,
                         "journal closed with events not written to SQLite; they stay in the stage file and are recovered at the next open");
+                }
+                if unwritten == 0 && self.shared.stage.in_memory() {
+                    // Everything is in SQLite: free the ring's memory.
+                    if let Err(error) = std::fs::remove_file(self.shared.stage.path()) {
+                        tracing::warn!(path = %self.shared.stage.path().display(), %error,
+                            "cannot remove the in-memory stage ring");
+                    }
                 }
                 // Close the connection (checkpointing the WAL into the file)
                 // before telling anyone the journal is closed.

@@ -7,7 +7,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use tbg_events::{Event, EventData};
-use tbg_journal::{Journal, JournalConfig, JournalError, JournalReader, MIN_STAGE_BYTES};
+use tbg_journal::{Journal, JournalConfig, JournalError, JournalReader, StageDir, MIN_STAGE_BYTES};
 
 mod common;
 use common::{kill_9_after_reported, share, spawn_test_child, stored_seqs};
@@ -60,8 +60,54 @@ impl WriteLock {
     }
 }
 
+/// Runs each case twice: with the journal (and so its ring) on the disk, where
+/// the ring is written with `pwrite`, and in a tmpfs, where it is written
+/// through a memory mapping.
+macro_rules! on_disk_and_in_memory {
+    ($($case:ident),* $(,)?) => {
+        $(
+            mod $case {
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn on_disk() {
+                    let root = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+                    super::$case(root.path(), false).await;
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn in_memory() {
+                    let root = super::memory_root();
+                    super::$case(root.path(), true).await;
+                }
+            }
+        )*
+    };
+}
+
+on_disk_and_in_memory!(
+    events_acknowledged_before_kill_9_are_recovered_into_sqlite_at_open,
+    a_torn_last_record_is_ignored_and_reported_with_its_offset,
+    kill_9_during_many_ring_laps_loses_no_acknowledged_event,
+    many_laps_around_a_small_ring_store_every_event_in_order,
+    a_full_ring_refuses_events_without_growing_and_accepts_them_again_after_the_writer_catches_up,
+    a_stage_file_that_is_not_one_is_reported_and_replaced,
+);
+
+/// A temporary directory in a tmpfs.
+fn memory_root() -> tempfile::TempDir {
+    tempfile::tempdir_in(tbg_journal::DEFAULT_MEMORY_STAGE_DIR)
+        .expect("a tmpfs at /dev/shm (every Linux system mounts one)")
+}
+
+/// The ring is written through a mapping exactly when it is in a tmpfs.
+fn assert_ring_kind(journal: &Journal, in_memory: bool) {
+    let stats = journal.stats();
+    assert_eq!(stats.stage_in_memory, in_memory, "{stats:?}");
+}
+
 const CHILD_PATH_VAR: &str = "TBG_STAGE_CHILD_PATH";
 const CHILD_COUNT_VAR: &str = "TBG_STAGE_CHILD_COUNT";
+/// Set: the child's ring goes in this directory ([`StageDir::Required`]).
+const CHILD_STAGE_DIR_VAR: &str = "TBG_STAGE_CHILD_STAGE_DIR";
 
 /// Run by the kill -9 tests in a child process: stages `count` events with
 /// the default durability, printing where each record starts in the ring
@@ -78,7 +124,11 @@ fn child_stages_events_then_waits_to_be_killed() {
     let count: u64 = count.parse().unwrap();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
-        let journal = Journal::open(JournalConfig::new(PathBuf::from(path))).unwrap();
+        let mut config = JournalConfig::new(PathBuf::from(path));
+        if let Some(dir) = std::env::var_os(CHILD_STAGE_DIR_VAR) {
+            config.stage_dir = StageDir::Required(dir.into());
+        }
+        let journal = Journal::open(config).unwrap();
         // Opening needs SQLite; the parent blocks its commits only after.
         println!("opened");
         let mut go = String::new();
@@ -98,49 +148,67 @@ fn child_stages_events_then_waits_to_be_killed() {
 /// Stages `count` events in a child whose SQLite commits cannot happen,
 /// kills it with SIGKILL, and returns the ring offset of the last record.
 async fn stage_in_a_killed_child(path: &Path, count: u64) -> u64 {
+    stage_in_a_killed_child_with_ring_in(path, count, None).await
+}
+
+/// [`stage_in_a_killed_child`] with the child's ring in `stage_dir`.
+async fn stage_in_a_killed_child_with_ring_in(
+    path: &Path,
+    count: u64,
+    stage_dir: Option<&Path>,
+) -> u64 {
     // A journal with its schema, and no events, to lock.
     Journal::open(JournalConfig::new(path))
         .unwrap()
         .close()
         .await
         .unwrap();
+    let stored_before = stored_seqs(path);
     let count_text = count.to_string();
-    let (mut child, mut lines) = spawn_test_child(
-        "child_stages_events_then_waits_to_be_killed",
-        &[
-            (CHILD_PATH_VAR, path.as_os_str()),
-            (CHILD_COUNT_VAR, count_text.as_ref()),
-        ],
-    );
+    let mut env = vec![
+        (CHILD_PATH_VAR, path.as_os_str()),
+        (CHILD_COUNT_VAR, count_text.as_ref()),
+    ];
+    if let Some(dir) = stage_dir {
+        env.push((CHILD_STAGE_DIR_VAR, dir.as_os_str()));
+    }
+    let (mut child, mut lines) =
+        spawn_test_child("child_stages_events_then_waits_to_be_killed", &env);
     while lines.next().expect("child ended early").unwrap() != "opened" {}
     let lock = WriteLock::take(path);
     let mut go = child.stdin.take().unwrap();
     go.write_all(b"go\n").unwrap();
     let mut last_record_at = 0;
+    let mut acknowledged = 0;
     loop {
         let line = lines.next().expect("child ended early").unwrap();
         if let Some(at) = line.strip_prefix("record_at ") {
             last_record_at = at.parse().unwrap();
         }
-        if line == format!("acknowledged {count}") {
-            break;
+        if line.starts_with("acknowledged ") {
+            acknowledged += 1;
+            if acknowledged == count {
+                break;
+            }
         }
     }
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
     // Nothing reached SQLite: what the next open finds comes from the ring.
-    assert!(stored_seqs(path).is_empty());
+    assert_eq!(stored_seqs(path), stored_before);
     lock.release();
     last_record_at
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn events_acknowledged_before_kill_9_are_recovered_into_sqlite_at_open() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("journal.db");
+async fn events_acknowledged_before_kill_9_are_recovered_into_sqlite_at_open(
+    root: &Path,
+    in_memory: bool,
+) {
+    let path = root.join("journal.db");
     stage_in_a_killed_child(&path, 50).await;
 
     let journal = Journal::open(JournalConfig::new(&path)).unwrap();
+    assert_ring_kind(&journal, in_memory);
     let stats = journal.stats();
     assert_eq!(stats.stage_recovered, 50, "{stats:?}");
     assert_eq!(stats.stage_recovery_stopped_at, None);
@@ -160,7 +228,7 @@ async fn events_acknowledged_before_kill_9_are_recovered_into_sqlite_at_open() {
     // (still in the file) are not events of this generation. Were they taken
     // for current ones, an emptied database would get them back.
     for name in ["journal.db", "journal.db-wal", "journal.db-shm"] {
-        let _ = std::fs::remove_file(dir.path().join(name));
+        let _ = std::fs::remove_file(root.join(name));
     }
     let journal = Journal::open(JournalConfig::new(&path)).unwrap();
     let stats = journal.stats();
@@ -170,10 +238,8 @@ async fn events_acknowledged_before_kill_9_are_recovered_into_sqlite_at_open() {
     journal.close().await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_torn_last_record_is_ignored_and_reported_with_its_offset() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("journal.db");
+async fn a_torn_last_record_is_ignored_and_reported_with_its_offset(root: &Path, in_memory: bool) {
+    let path = root.join("journal.db");
     let last_record_at = stage_in_a_killed_child(&path, 20).await;
     // What a crash in the middle of copying the last record leaves behind.
     let file_offset = STAGE_HEADER_BYTES + last_record_at;
@@ -193,6 +259,7 @@ async fn a_torn_last_record_is_ignored_and_reported_with_its_offset() {
     drop(stage);
 
     let journal = Journal::open(JournalConfig::new(&path)).unwrap();
+    assert_ring_kind(&journal, in_memory);
     let stats = journal.stats();
     assert_eq!(stats.stage_recovered, 19);
     let (offset, detail) = stats.stage_recovery_stopped_at.clone().unwrap();
@@ -222,10 +289,8 @@ fn child_appends_over_many_laps_until_killed() {
     });
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kill_9_during_many_ring_laps_loses_no_acknowledged_event() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("journal.db");
+async fn kill_9_during_many_ring_laps_loses_no_acknowledged_event(root: &Path, in_memory: bool) {
+    let path = root.join("journal.db");
     let (child, lines) = spawn_test_child(
         "child_appends_over_many_laps_until_killed",
         &[(CHILD_PATH_VAR, path.as_os_str())],
@@ -234,6 +299,7 @@ async fn kill_9_during_many_ring_laps_loses_no_acknowledged_event() {
     let acknowledged = kill_9_after_reported(child, lines, "acknowledged ", 3_000);
 
     let journal = Journal::open(small_ring(&path)).unwrap();
+    assert_ring_kind(&journal, in_memory);
     let seqs = stored_seqs(&path);
     assert!(
         seqs.len() as u64 >= acknowledged,
@@ -246,11 +312,10 @@ async fn kill_9_during_many_ring_laps_loses_no_acknowledged_event() {
     journal.close().await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn many_laps_around_a_small_ring_store_every_event_in_order() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("journal.db");
+async fn many_laps_around_a_small_ring_store_every_event_in_order(root: &Path, in_memory: bool) {
+    let path = root.join("journal.db");
     let journal = Journal::open(small_ring(&path)).unwrap();
+    assert_ring_kind(&journal, in_memory);
     let events: Vec<Event> = (0..20_000).map(share).collect();
     let ring_bytes: u64 = events
         .iter()
@@ -282,12 +347,13 @@ async fn many_laps_around_a_small_ring_store_every_event_in_order() {
     journal.close().await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_ring_refuses_events_without_growing_and_accepts_them_again_after_the_writer_catches_up(
+    root: &Path,
+    in_memory: bool,
 ) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("journal.db");
+    let path = root.join("journal.db");
     let journal = Journal::open(small_ring(&path)).unwrap();
+    assert_ring_kind(&journal, in_memory);
     // The writer's first retention pass must not be the one that blocks.
     journal.enforce_retention().await.unwrap();
     let lock = WriteLock::take(&path);
@@ -418,12 +484,11 @@ async fn the_writer_idles_while_the_ring_is_nearly_empty_and_is_raised_while_it_
     journal.close().await.unwrap();
 }
 
-#[tokio::test]
-async fn a_stage_file_that_is_not_one_is_reported_and_replaced() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("journal.db");
+async fn a_stage_file_that_is_not_one_is_reported_and_replaced(root: &Path, in_memory: bool) {
+    let path = root.join("journal.db");
     std::fs::write(stage_path(&path), vec![0x5au8; 8192]).unwrap();
     let journal = Journal::open(small_ring(&path)).unwrap();
+    assert_ring_kind(&journal, in_memory);
     let stats = journal.stats();
     assert!(stats.stage_ignored.is_some(), "{stats:?}");
     assert_eq!(stats.stage_capacity_bytes, MIN_STAGE_BYTES);
@@ -452,4 +517,161 @@ async fn a_second_writer_on_the_same_journal_is_refused_while_the_first_is_open(
     let reopened = Journal::open(small_ring(&path)).unwrap();
     assert_eq!(reopened.stats().stage_recovered, 0);
     reopened.close().await.unwrap();
+}
+
+/// The rings in `dir` (named after their journals).
+fn rings_in(dir: &Path) -> Vec<PathBuf> {
+    let mut rings: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "stage"))
+        .collect();
+    rings.sort();
+    rings
+}
+
+fn ring_in(path: &Path, stage_dir: StageDir) -> JournalConfig {
+    let mut config = small_ring(path);
+    config.stage_dir = stage_dir;
+    config
+}
+
+#[tokio::test]
+async fn a_ring_in_a_tmpfs_directory_is_used_while_open_and_removed_by_a_clean_close() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let stage_dir = memory_root();
+    let path = dir.path().join("journal.db");
+    let journal =
+        Journal::open(ring_in(&path, StageDir::Preferred(stage_dir.path().into()))).unwrap();
+    let stats = journal.stats();
+    assert!(stats.stage_in_memory, "{stats:?}");
+    assert_eq!(rings_in(stage_dir.path()), vec![stats.stage_path.clone()]);
+    assert!(!stage_path(&path).exists(), "no ring beside the journal");
+    let seq = journal.append(&share(0)).unwrap();
+    journal.wait_committed(seq).await.unwrap();
+    journal.close().await.unwrap();
+    assert_eq!(rings_in(stage_dir.path()), Vec::<PathBuf>::new());
+    assert_eq!(stored_seqs(&path), vec![1]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ring_left_by_kill_9_is_recovered_after_the_configuration_moves_the_ring() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let path = dir.path().join("journal.db");
+    // Killed with its ring in the default tmpfs directory, reopened with the
+    // ring beside the journal: the tmpfs ring is found, committed, removed.
+    let default_dir = Path::new(tbg_journal::DEFAULT_MEMORY_STAGE_DIR);
+    stage_in_a_killed_child_with_ring_in(&path, 30, Some(default_dir)).await;
+    let ours = |dir: &Path| -> Vec<PathBuf> {
+        let name = dir.file_name().unwrap().to_string_lossy().into_owned();
+        rings_in(default_dir)
+            .into_iter()
+            .filter(|ring| {
+                recorded_journal_dir(ring).is_some_and(|recorded| recorded.ends_with(&name))
+            })
+            .collect()
+    };
+    assert_eq!(ours(dir.path()).len(), 1, "the killed writer's ring stays");
+    let journal = Journal::open(small_ring(&path)).unwrap();
+    let stats = journal.stats();
+    assert_eq!(stats.stage_recovered, 30, "{stats:?}");
+    assert_eq!(stats.stage_path, stage_path(&path));
+    assert_eq!(ours(dir.path()), Vec::<PathBuf>::new());
+    journal.close().await.unwrap();
+
+    // Killed with its ring beside the journal, reopened with the ring in a
+    // tmpfs directory: the ring beside the journal is committed and removed.
+    stage_in_a_killed_child_with_ring_in(&path, 20, None).await;
+    assert!(stage_path(&path).exists());
+    let stage_dir = memory_root();
+    let journal =
+        Journal::open(ring_in(&path, StageDir::Preferred(stage_dir.path().into()))).unwrap();
+    let stats = journal.stats();
+    assert_eq!(stats.stage_recovered, 20, "{stats:?}");
+    assert!(stats.stage_in_memory);
+    assert!(!stage_path(&path).exists());
+    assert_eq!(stored_seqs(&path), (1..=50).collect::<Vec<u64>>());
+    assert_eq!(journal.append(&share(50)).unwrap(), 51);
+    journal.close().await.unwrap();
+}
+
+/// The directory of the journal recorded in a ring's header (the path is
+/// written at byte 128 as a u32 length and the bytes).
+fn recorded_journal_dir(ring: &Path) -> Option<PathBuf> {
+    let file = std::fs::File::open(ring).ok()?;
+    let mut length = [0u8; 4];
+    file.read_exact_at(&mut length, 128).ok()?;
+    let mut bytes = vec![0u8; u32::from_le_bytes(length) as usize];
+    file.read_exact_at(&mut bytes, 132).ok()?;
+    let journal = PathBuf::from(String::from_utf8(bytes).ok()?);
+    journal.parent().map(Path::to_path_buf)
+}
+
+#[tokio::test]
+async fn a_preferred_ring_directory_that_cannot_hold_the_ring_falls_back_beside_the_journal() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let path = dir.path().join("journal.db");
+    // Missing.
+    let missing = dir.path().join("no-such-dir");
+    let journal = Journal::open(ring_in(&path, StageDir::Preferred(missing))).unwrap();
+    assert_eq!(journal.stats().stage_path, stage_path(&path));
+    journal.close().await.unwrap();
+    // The ring's name taken by something that is not a file.
+    let stage_dir = memory_root();
+    let preferred = StageDir::Preferred(stage_dir.path().into());
+    let journal = Journal::open(ring_in(&path, preferred.clone())).unwrap();
+    let ring = journal.stats().stage_path;
+    journal.close().await.unwrap();
+    std::fs::create_dir(&ring).unwrap();
+    let journal = Journal::open(ring_in(&path, preferred)).unwrap();
+    assert_eq!(journal.stats().stage_path, stage_path(&path));
+    let seq = journal.append(&share(0)).unwrap();
+    journal.wait_committed(seq).await.unwrap();
+    journal.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_required_ring_directory_that_is_missing_fails_the_open_naming_it() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let path = dir.path().join("journal.db");
+    let missing = dir.path().join("no-such-dir");
+    let error = Journal::open(ring_in(&path, StageDir::Required(missing.clone()))).unwrap_err();
+    assert!(matches!(error, JournalError::Stage { .. }), "{error}");
+    assert!(
+        error.to_string().contains(&*missing.to_string_lossy()),
+        "{error}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ring_of_a_journal_that_no_longer_exists_is_removed_and_a_live_ones_kept() {
+    let stage_dir = memory_root();
+    let gone = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let kept = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let gone_path = gone.path().join("journal.db");
+    let kept_path = kept.path().join("journal.db");
+    stage_in_a_killed_child_with_ring_in(&gone_path, 5, Some(stage_dir.path())).await;
+    stage_in_a_killed_child_with_ring_in(&kept_path, 5, Some(stage_dir.path())).await;
+    assert_eq!(rings_in(stage_dir.path()).len(), 2);
+    drop(gone); // the journal of the first ring is deleted
+
+    let other = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let journal = Journal::open(ring_in(
+        &other.path().join("journal.db"),
+        StageDir::Preferred(stage_dir.path().into()),
+    ))
+    .unwrap();
+    let own = journal.stats().stage_path;
+    let rings = rings_in(stage_dir.path());
+    assert_eq!(rings.len(), 2, "{rings:?}");
+    assert!(rings.contains(&own));
+    // The kept journal's ring still has its five events.
+    let kept_journal = Journal::open(ring_in(
+        &kept_path,
+        StageDir::Preferred(stage_dir.path().into()),
+    ))
+    .unwrap();
+    assert_eq!(kept_journal.stats().stage_recovered, 5);
+    kept_journal.close().await.unwrap();
+    journal.close().await.unwrap();
 }

@@ -488,6 +488,12 @@ fn encode_journal(
     )?;
     encode::gauge(
         enc,
+        "ckpool_journal_stage_in_memory",
+        "1 when the staging ring is in a tmpfs (memory; lost at a reboot), 0 on disk.",
+        if stats.stage_in_memory { 1.0 } else { 0.0 },
+    )?;
+    encode::gauge(
+        enc,
         "ckpool_journal_stage_used_bytes",
         "Staging ring bytes holding events not yet committed to SQLite.",
         stats.stage_used_bytes as f64,
