@@ -340,7 +340,7 @@ impl Default for JournalSection {
             durability: JournalDurability::ProcessCrash,
             retention_days: 7,
             retention_max_mb: 10 * 1024,
-            stage_mb: 64,
+            stage_mb: 16,
             stage_dir: None,
         }
     }

@@ -74,11 +74,12 @@ pub struct JournalConfig {
     /// The oldest rows are deleted while the database is larger than this.
     /// Same caveat as `retention_max_age`.
     pub retention_max_bytes: u64,
-    /// Size of the stage ring (`<path>.stage`, preallocated): how much can
-    /// wait for SQLite before `append` refuses events. At least
-    /// [`MIN_STAGE_BYTES`]. A share event takes ~450 bytes: 64 MiB is
-    /// ~15 s of 10,000 shares/s, ~2.5 min of 1,000/s. In-memory rows are
-    /// bounded by it too (about the same size again at most).
+    /// Size of the stage ring (preallocated; in a tmpfs it is memory, all of
+    /// it resident): how much can wait for SQLite before `append` refuses
+    /// events. At least [`MIN_STAGE_BYTES`]. A share event takes ~450
+    /// bytes: 16 MiB is ~3.7 s of 10,000 shares/s, ~37 s of 1,000/s, where
+    /// SQLite normally lags by one 20 ms commit. In-memory rows are bounded
+    /// by it too (about the same size again at most).
     pub stage_bytes: u64,
     /// Where the stage ring lives (see [`StageDir`]); beside the journal
     /// unless set.
@@ -99,12 +100,12 @@ pub const DEFAULT_RETENTION_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 360
 pub const DEFAULT_RETENTION_MAX_BYTES: u64 = 10 * 1024 * 1024 * 1024;
 /// How often the writer thread runs retention (also once at open).
 pub const RETENTION_INTERVAL: Duration = Duration::from_secs(60);
-/// Default stage ring size (64 MiB).
-pub const DEFAULT_STAGE_BYTES: u64 = 64 * 1024 * 1024;
+/// Default stage ring size (16 MiB).
+pub const DEFAULT_STAGE_BYTES: u64 = 16 * 1024 * 1024;
 
 impl JournalConfig {
     /// A config with the default durability (process crash), batch cap,
-    /// retention (7 days / 10 GiB) and stage ring (64 MiB).
+    /// retention (7 days / 10 GiB) and stage ring (16 MiB).
     pub fn new(path: impl Into<PathBuf>) -> JournalConfig {
         JournalConfig {
             path: path.into(),
