@@ -114,8 +114,12 @@ pub(crate) fn open_locked(path: &Path) -> Result<File, LockFailure> {
             .create(true)
             .truncate(false)
             .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(path)
             .map_err(|error| LockFailure::Other(format!("cannot open: {error}")))?;
+        if let Some(problem) = foreign_file(&file) {
+            return Err(LockFailure::Other(problem));
+        }
         match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
             // The holder removes an in-memory ring when it stops cleanly:
             // a lock on that unlinked file guards nothing, open again.
@@ -155,9 +159,44 @@ impl std::fmt::Display for LockFailure {
 /// Opens an existing ring and locks it without waiting: `None` when it does
 /// not exist (any more) or another process holds it.
 pub(crate) fn try_lock_existing(path: &Path) -> Option<File> {
-    let file = OpenOptions::new().read(true).write(true).open(path).ok()?;
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .ok()?;
     rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive).ok()?;
     still_at(&file, path).then_some(file)
+}
+
+/// Why a ring file must not be used: the ring may sit in a directory every
+/// user can write to (`/dev/shm`), where another user could have put a file
+/// under the ring's predictable name to read events or plant records that
+/// the next start would recover. The ring must be ours, a regular file
+/// that not every user may write (and is opened without following a
+/// symlink).
+fn foreign_file(file: &File) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = match file.metadata() {
+        Ok(meta) => meta,
+        Err(error) => return Some(format!("cannot stat: {error}")),
+    };
+    let ours = rustix::process::geteuid().as_raw();
+    if meta.uid() != ours {
+        Some(format!(
+            "owned by uid {}, not this process's uid {ours}: refusing a ring another user controls",
+            meta.uid()
+        ))
+    } else if meta.mode() & 0o002 != 0 {
+        Some(format!(
+            "mode {:o} lets every user write it: refusing it (chmod o-w, or remove it)",
+            meta.mode() & 0o7777
+        ))
+    } else if !meta.is_file() {
+        Some("not a regular file".into())
+    } else {
+        None
+    }
 }
 
 /// The open file is still the one `path` names (not removed or replaced).

@@ -969,8 +969,18 @@ fn open_stage(
     let mut others = Vec::new();
     for path in candidates.iter().filter(|path| **path != target) {
         if path.is_file() {
-            let file = stage::open_locked(path).map_err(|failure| lock_error(path, failure))?;
-            others.push((path.clone(), file));
+            match stage::open_locked(path) {
+                Ok(file) => others.push((path.clone(), file)),
+                Err(stage::LockFailure::InUse) => {
+                    return Err(lock_error(path, stage::LockFailure::InUse))
+                }
+                // Not a ring this process may trust or use: nothing of ours
+                // can be in it.
+                Err(stage::LockFailure::Other(detail)) => {
+                    tracing::warn!(path = %path.display(), %detail,
+                        "ignoring a file where an earlier stage ring may have been");
+                }
+            }
         }
     }
     let (mut db, mut tip) = WriterDb::open_or_replace(config, stats)?;

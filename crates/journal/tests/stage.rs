@@ -675,3 +675,31 @@ async fn the_ring_of_a_journal_that_no_longer_exists_is_removed_and_a_live_ones_
     kept_journal.close().await.unwrap();
     journal.close().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_ring_file_other_users_can_write_is_refused_and_a_preferred_directory_falls_back() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let path = dir.path().join("journal.db");
+    let stage_dir = memory_root();
+    let preferred = StageDir::Preferred(stage_dir.path().into());
+    let journal = Journal::open(ring_in(&path, preferred.clone())).unwrap();
+    let ring = journal.stats().stage_path;
+    journal.close().await.unwrap();
+    // Someone else's file under the ring's (predictable) name in a shared
+    // directory: records planted there must never be recovered.
+    std::fs::write(&ring, b"planted").unwrap();
+    std::fs::set_permissions(&ring, std::fs::Permissions::from_mode(0o666)).unwrap();
+
+    let error =
+        Journal::open(ring_in(&path, StageDir::Required(stage_dir.path().into()))).unwrap_err();
+    assert!(matches!(error, JournalError::Stage { .. }), "{error}");
+    assert!(error.to_string().contains("every user"), "{error}");
+
+    let journal = Journal::open(ring_in(&path, preferred)).unwrap();
+    assert_eq!(journal.stats().stage_path, stage_path(&path));
+    assert_eq!(std::fs::read(&ring).unwrap(), b"planted", "left alone");
+    let seq = journal.append(&share(0)).unwrap();
+    journal.wait_committed(seq).await.unwrap();
+    journal.close().await.unwrap();
+}
