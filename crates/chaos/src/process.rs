@@ -283,6 +283,18 @@ impl ManagedProcess {
 impl Drop for ManagedProcess {
     fn drop(&mut self) {
         self.kill9();
+        // libfaketime (the clock-skew scenario preloads it) keeps its state
+        // in shared memory named after the process, removed only by a clean
+        // exit: a killed process leaves it in /dev/shm. The names carry our
+        // children's pids, so nothing else's is touched.
+        for pid in &self.pids {
+            for name in [
+                format!("faketime_shm_{pid}"),
+                format!("sem.faketime_sem_{pid}"),
+            ] {
+                let _ = std::fs::remove_file(std::path::Path::new("/dev/shm").join(name));
+            }
+        }
     }
 }
 
