@@ -137,23 +137,14 @@ pub(crate) fn open_locked(path: &Path) -> Result<File, LockFailure> {
 }
 
 /// Why [`open_locked`] failed.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub(crate) enum LockFailure {
     /// Another writer holds the lock: the journal is in use.
+    #[error("in use: another journal writer (process or open handle) has this journal open")]
     InUse,
     /// The file cannot be opened or locked.
+    #[error("{0}")]
     Other(String),
-}
-
-impl std::fmt::Display for LockFailure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            LockFailure::InUse => f.write_str(
-                "in use: another journal writer (process or open handle) has this journal open",
-            ),
-            LockFailure::Other(detail) => f.write_str(detail),
-        }
-    }
 }
 
 /// Opens an existing ring and locks it without waiting: `None` when it does

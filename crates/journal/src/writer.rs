@@ -934,10 +934,8 @@ fn open_stage(
     let lock_error =
         |path: &Path, failure: stage::LockFailure| stage_error(path, failure.to_string());
     let memory_dir = Path::new(location::DEFAULT_MEMORY_STAGE_DIR);
-    for dir in [config.stage_dir.dir(), Some(memory_dir)]
-        .into_iter()
-        .flatten()
-    {
+    let configured_dir = config.stage_dir.dir().filter(|dir| *dir != memory_dir);
+    for dir in [configured_dir, Some(memory_dir)].into_iter().flatten() {
         for removed in location::remove_orphans(dir) {
             tracing::info!(path = %removed.display(),
                 "removed the stage ring of a journal that no longer exists");
@@ -945,15 +943,12 @@ fn open_stage(
     }
     let candidates = location::candidates(&config.path, &config.stage_dir);
     let beside = location::beside_journal(&config.path);
-    let target = match &config.stage_dir {
-        StageDir::Preferred(dir) if !dir.is_dir() => {
-            tracing::warn!(dir = %dir.display(),
-                "stage ring directory missing; the ring goes beside the journal");
-            beside.clone()
-        }
-        _ => candidates[0].clone(),
-    };
-    // Locked first: nothing of the journal is touched by a second writer.
+    // Locked first: nothing of the journal is touched by a second writer. A
+    // preferred directory that is missing or unwritable fails here.
+    let target = candidates
+        .first()
+        .cloned()
+        .unwrap_or_else(|| beside.clone());
     let (target, target_file) = match (stage::open_locked(&target), &config.stage_dir) {
         (Ok(file), _) => (target, file),
         // "in use" is the same journal's lock wherever the ring is.
