@@ -342,6 +342,7 @@ fn open_journal(config: &Config) -> Result<Option<tbg_journal::Journal>> {
         None => tbg_journal::StageDir::Preferred(default_stage_dir()),
         Some(dir) => tbg_journal::StageDir::Required(dir.clone()),
     };
+    journal_config.writer_cpus = section.writer_cpus.clone();
     let journal = tbg_journal::Journal::open(journal_config)
         .with_context(|| format!("journal {}", section.path.display()))?;
     tracing::info!(path = %section.path.display(), "event journal open");

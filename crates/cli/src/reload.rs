@@ -53,6 +53,7 @@ const NOT_USED_BY_COLLECTOR: &[&str] = &[
     "journal.retention_days",
     "journal.retention_max_mb",
     "journal.stage_mb",
+    "journal.writer_cpus",
     "journal.enabled",
     "logdir",
 ];

@@ -330,6 +330,10 @@ pub struct JournalSection {
     /// (`<path>.stage`). Set: that directory or the pool does not start.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stage_dir: Option<PathBuf>,
+    /// CPUs the journal's SQLite threads run on (e.g. `[0]`); unset: the
+    /// pool's. Keeps SQLite's commit bursts off cores that serve miners.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub writer_cpus: Option<Vec<usize>>,
 }
 
 impl Default for JournalSection {
@@ -342,6 +346,7 @@ impl Default for JournalSection {
             retention_max_mb: 10 * 1024,
             stage_mb: 16,
             stage_dir: None,
+            writer_cpus: None,
         }
     }
 }

@@ -98,6 +98,15 @@ impl Config {
                 "must name a directory (leave it unset for the default)",
             ));
         }
+        if let Some(cpus) = &journal.writer_cpus {
+            if cpus.is_empty() || cpus.iter().any(|&cpu| cpu >= 1024) {
+                return Err(ConfigError::new(
+                    "journal.writer_cpus",
+                    format!("{cpus:?}"),
+                    "must list CPU numbers below 1024 (leave it unset for the pool's CPUs)",
+                ));
+            }
+        }
         let collector = &self.collector;
         if collector.batch_max == 0 || collector.batch_max > 100_000 {
             return Err(ConfigError::new(

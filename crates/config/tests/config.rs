@@ -152,6 +152,14 @@ fn bad_values_name_their_key() {
             "nodes[0].zmq_hashblock",
             Box::new(|c| c.nodes[0].zmq_hashblock = Some("ipc://x".into())),
         ),
+        (
+            "journal.writer_cpus",
+            Box::new(|c| c.journal.writer_cpus = Some(Vec::new())),
+        ),
+        (
+            "journal.writer_cpus",
+            Box::new(|c| c.journal.writer_cpus = Some(vec![0, 4096])),
+        ),
     ];
     for (key, spoil) in cases {
         let mut config = valid();

@@ -62,6 +62,12 @@ pub enum JournalError {
     Retention { path: PathBuf, detail: String },
     #[error("cannot start journal writer thread: {0}")]
     Spawn(#[source] std::io::Error),
+    #[error("journal writer cannot run on CPUs {cpus:?}: {source}")]
+    WriterCpus {
+        cpus: Vec<usize>,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("journal {path} closed with {unwritten} events not written: {detail}")]
     Unflushed {
         path: PathBuf,

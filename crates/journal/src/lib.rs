@@ -89,6 +89,11 @@ pub struct JournalConfig {
     /// [`JournalStats::writer_idle_priority`]); [`Durability::ProcessCrash`]
     /// only, since with `PowerLoss` shares wait for the writer.
     pub idle_writer: bool,
+    /// CPUs the SQLite writer and checkpointer threads run on; `None`: the
+    /// process's. A machine whose pool serves miners on pinned cores keeps
+    /// SQLite's bursts off them this way (docs/benchmarks.md, "The SQLite
+    /// writer off the serving core").
+    pub writer_cpus: Option<Vec<usize>>,
 }
 
 /// Default transaction cap: large enough that a burst commits in a few
@@ -116,6 +121,7 @@ impl JournalConfig {
             stage_bytes: DEFAULT_STAGE_BYTES,
             stage_dir: StageDir::default(),
             idle_writer: true,
+            writer_cpus: None,
         }
     }
 }

@@ -64,3 +64,38 @@ pub(crate) fn idle_is_reversible() -> bool {
         .and_then(|probe| probe.join().ok())
         .unwrap_or(false)
 }
+
+/// Restricts the calling thread to `cpus`. Fails for an empty list, a CPU
+/// number past what the kernel can address, or CPUs this process may not
+/// use (offline, or outside its cgroup's cpuset).
+pub(crate) fn pin_current_thread(cpus: &[usize]) -> io::Result<()> {
+    let mut set = rustix::thread::CpuSet::new();
+    for &cpu in cpus {
+        if cpu >= rustix::thread::CpuSet::MAX_CPU {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("CPU {cpu} is past the largest CPU number the kernel takes"),
+            ));
+        }
+        set.set(cpu);
+    }
+    if cpus.is_empty() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "an empty CPU list",
+        ));
+    }
+    rustix::thread::sched_setaffinity(None, &set).map_err(io::Error::from)
+}
+
+/// Whether threads may be pinned to `cpus`: tried on a throwaway thread,
+/// so that a bad list fails the journal's open with a clear error rather
+/// than the writer thread later.
+pub(crate) fn check_pinnable(cpus: &[usize]) -> io::Result<()> {
+    let cpus = cpus.to_vec();
+    std::thread::Builder::new()
+        .name("tbg-journal-probe".into())
+        .spawn(move || pin_current_thread(&cpus))?
+        .join()
+        .unwrap_or_else(|_| Err(io::Error::other("the CPU probe thread panicked")))
+}

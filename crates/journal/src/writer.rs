@@ -261,6 +261,12 @@ impl Journal {
     /// commit are committed first; if that fails the open fails and the
     /// stage file is left as it is, so nothing is lost.
     pub fn open(config: JournalConfig) -> Result<Journal, JournalError> {
+        if let Some(cpus) = &config.writer_cpus {
+            sched::check_pinnable(cpus).map_err(|source| JournalError::WriterCpus {
+                cpus: cpus.clone(),
+                source,
+            })?;
+        }
         let mut stats = JournalStats::default();
         let (stage, stage_path) = open_stage(&config, &mut stats)?;
         let (db, tip) = (stage.db, stage.tip);
@@ -296,7 +302,11 @@ impl Journal {
                 && config.durability == Durability::ProcessCrash
                 && sched::idle_is_reversible(),
         });
-        let checkpointer = spawn_checkpointer(&config.path, Arc::clone(&shared));
+        let checkpointer = spawn_checkpointer(
+            &config.path,
+            config.writer_cpus.clone(),
+            Arc::clone(&shared),
+        );
         let writer = Writer {
             checkpointer,
             db,
@@ -799,6 +809,16 @@ impl WriterDb {
     }
 }
 
+/// Pins the calling journal thread to `cpus` (checked at open, so a
+/// failure here is unexpected: logged, and the thread runs unpinned).
+fn pin_to(cpus: Option<&[usize]>, thread: &str) {
+    if let Some(cpus) = cpus {
+        if let Err(error) = sched::pin_current_thread(cpus) {
+            tracing::warn!(%error, ?cpus, thread, "journal thread runs unpinned");
+        }
+    }
+}
+
 /// How often the checkpointer folds the WAL into the main file.
 const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(250);
 
@@ -806,11 +826,16 @@ const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(250);
 /// pays for the main file's fsync; a PASSIVE checkpoint never blocks the
 /// writer or readers. Stops with the writer. Failing to start it only means
 /// the WAL grows until the writer's periodic TRUNCATE checkpoint.
-fn spawn_checkpointer(path: &Path, shared: Arc<Shared>) -> Option<std::thread::JoinHandle<()>> {
+fn spawn_checkpointer(
+    path: &Path,
+    cpus: Option<Vec<usize>>,
+    shared: Arc<Shared>,
+) -> Option<std::thread::JoinHandle<()>> {
     let path = path.to_path_buf();
     let started = std::thread::Builder::new()
         .name("tbg-journal-ckpt".into())
         .spawn(move || {
+            pin_to(cpus.as_deref(), "checkpointer");
             // Lowest priority: a checkpoint copies up to 250 ms of WAL in one
             // call (megabytes under a flood), which the pool's sessions must
             // not wait behind. Starved, it only lets the WAL grow until the
@@ -1068,6 +1093,7 @@ struct Writer {
 
 impl Writer {
     fn run(mut self) {
+        pin_to(self.config.writer_cpus.as_deref(), "writer");
         self.shared
             .writer_tid
             .store(sched::current_tid(), Ordering::Release);

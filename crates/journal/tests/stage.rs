@@ -703,3 +703,60 @@ async fn a_ring_file_other_users_can_write_is_refused_and_a_preferred_directory_
     journal.wait_committed(seq).await.unwrap();
     journal.close().await.unwrap();
 }
+
+/// The CPUs a thread may run on (`Cpus_allowed_list` of its /proc status).
+fn allowed_cpus(status_path: &str) -> String {
+    let status = std::fs::read_to_string(status_path).unwrap();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("Cpus_allowed_list:"))
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+/// `writer_cpus` keeps SQLite's threads on the CPUs given (off the cores
+/// serving miners); the thread that opened the journal is left as it was;
+/// a CPU the process cannot use fails the open with an error naming it,
+/// before any file is made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writer_cpus_pin_the_sqlite_threads_and_a_cpu_out_of_reach_fails_the_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("journal.db");
+    let opener_before = allowed_cpus("/proc/thread-self/status");
+    let mut config = small_ring(&path);
+    config.writer_cpus = Some(vec![0]);
+    let journal = Journal::open(config).unwrap();
+    assert_eq!(allowed_cpus("/proc/thread-self/status"), opener_before);
+    let seq = journal.append(&share(0)).unwrap();
+    journal.wait_committed(seq).await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while journal.stats().checkpointer_thread_id == 0 {
+        assert!(std::time::Instant::now() < deadline, "no checkpointer");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let stats = journal.stats();
+    for (thread, tid) in [
+        ("writer", stats.writer_thread_id),
+        ("checkpointer", stats.checkpointer_thread_id),
+    ] {
+        assert_eq!(
+            allowed_cpus(&format!("/proc/self/task/{tid}/status")),
+            "0",
+            "{thread}"
+        );
+    }
+    journal.close().await.unwrap();
+
+    let elsewhere = dir.path().join("elsewhere.db");
+    let mut config = small_ring(&elsewhere);
+    config.writer_cpus = Some(vec![1023]);
+    match Journal::open(config) {
+        Err(error @ JournalError::WriterCpus { .. }) => {
+            assert!(error.to_string().contains("[1023]"), "{error}");
+        }
+        Err(other) => panic!("wrong error: {other}"),
+        Ok(_) => panic!("a journal writer pinned to CPU 1023 of a small machine"),
+    }
+    assert!(!elsewhere.exists());
+}

@@ -203,6 +203,9 @@ pub struct LoadReport {
     pub accepted: u64,
     pub rejected: BTreeMap<String, u64>,
     pub errors: BTreeMap<String, u64>,
+    /// Miners the pool told to reconnect (`client.reconnect`, e.g. at its
+    /// graceful stop); each then closed its connection, as miners do.
+    pub reconnect_requests: u64,
     /// For each new block seen: time from the first miner's `mining.notify`
     /// (clean_jobs) to the last one's.
     pub new_block_notify_spread: Latency,
@@ -249,6 +252,12 @@ impl LoadReport {
         for (kind, count) in &self.errors {
             text.push_str(&format!("  error {kind}: {count}\n"));
         }
+        if self.reconnect_requests > 0 {
+            text.push_str(&format!(
+                "told to reconnect {} (connections closed)\n",
+                self.reconnect_requests
+            ));
+        }
         text.push_str(&format!(
             "new block -> last notify {}\n",
             lat(&self.new_block_notify_spread)
@@ -277,6 +286,7 @@ struct Shared {
     peak: AtomicU64,
     rejected: Mutex<BTreeMap<String, u64>>,
     errors: Mutex<BTreeMap<String, u64>>,
+    reconnect_requests: AtomicU64,
     /// prevhash -> (first notify, last notify)
     notifies: Mutex<BTreeMap<String, (Instant, Instant)>>,
 }
@@ -351,6 +361,7 @@ pub async fn run(config: LoadConfig, mut progress: impl FnMut(&LoadReport)) -> L
         peak: AtomicU64::new(0),
         rejected: Mutex::default(),
         errors: Mutex::default(),
+        reconnect_requests: AtomicU64::new(0),
         notifies: Mutex::default(),
     });
     let started = Instant::now();
@@ -454,6 +465,7 @@ fn snapshot(shared: &Shared, config: &LoadConfig, started: Instant) -> LoadRepor
         accepted: shared.accepted.load(Ordering::Relaxed),
         rejected: shared.rejected.lock().clone(),
         errors: shared.errors.lock().clone(),
+        reconnect_requests: shared.reconnect_requests.load(Ordering::Relaxed),
         new_block_notify_spread: latency(&spreads),
         pacing_lateness: histogram_latency(&shared.pacing_late.lock()),
     }
@@ -796,6 +808,7 @@ async fn session(
     let mut filled = 0usize;
     let mut out: Vec<u8> = Vec::with_capacity(256 * window.min(64));
     let mut coinbase = Vec::with_capacity(256);
+    let mut told_to_reconnect = false;
 
     let result = loop {
         let now = Instant::now();
@@ -953,6 +966,7 @@ async fn session(
                                 .and_then(Value::as_f64)
                                 .unwrap_or(difficulty);
                         }
+                        Some("client.reconnect") => told_to_reconnect = true,
                         Some(_) => {}
                         None => {
                             let id = message.get("id").and_then(Value::as_u64).unwrap_or(0);
@@ -1012,6 +1026,11 @@ async fn session(
             filled -= consumed;
         }
         stats.maybe_flush(shared, received);
+        if told_to_reconnect {
+            // What a miner does; this tool reports it rather than reconnecting.
+            shared.reconnect_requests.fetch_add(1, Ordering::Relaxed);
+            break Ok(());
+        }
     };
     stats.flush(shared, Instant::now());
     result

@@ -101,8 +101,9 @@ pub(crate) fn submit(shared: &Arc<PoolShared>, nodes: Arc<NodeSet>, block: Found
         status: BlockStatus::Submitting,
         answers: Vec::new(),
     });
+    let tracker = shared.block_submissions.clone();
     let shared = shared.clone();
-    tokio::spawn(async move {
+    tracker.spawn(async move {
         let outcome = nodes
             .submit_block(&block.block_hex, block.height, block.hash)
             .await;

@@ -32,6 +32,10 @@ use tbg_journal::Journal;
 use tbg_node::{FetchedTemplate, NodeHealth, NodeSet, RefreshTrigger};
 use tokio::sync::{mpsc, watch};
 
+/// How long a graceful stop waits for blocks still being submitted: the
+/// default node RPC timeout, so a node that is down cannot hold it longer.
+pub const BLOCK_SUBMIT_GRACE: Duration = Duration::from_secs(10);
+
 pub use blocks::{BlockRecord, BlockStatus, FoundBlock};
 pub use counters::PoolCounters;
 pub use service::{NodeSettings, PoolService, ServiceError};
@@ -73,6 +77,8 @@ pub(crate) struct PoolShared {
     nodes: Arc<NodeSet>,
     node_health: watch::Receiver<NodeHealth>,
     pub(crate) refresh: Option<RefreshTrigger>,
+    /// Blocks being submitted to the nodes: a graceful stop waits for them.
+    pub(crate) block_submissions: tokio_util::task::TaskTracker,
     epoch: Instant,
 }
 
@@ -255,6 +261,7 @@ pub async fn start(settings: PoolSettings, deps: PoolDeps) -> Result<PoolHandle,
         nodes: deps.nodes,
         node_health: deps.node_health,
         refresh: deps.refresh,
+        block_submissions: tokio_util::task::TaskTracker::new(),
         epoch: Instant::now(),
     });
     let user_sig_task = shared
@@ -382,11 +389,32 @@ impl PoolHandle {
         self.view().status()
     }
 
-    /// Graceful stop: stop accepting, tell every miner to reconnect, wait
-    /// (at most `grace`) for the connections to close.
+    /// Graceful stop: stop accepting, answer what miners already sent, tell
+    /// every miner to reconnect, wait (at most `grace`) for the connections
+    /// to close, then for blocks still being submitted (at most
+    /// [`BLOCK_SUBMIT_GRACE`]), then commit the journal.
     pub async fn shutdown(self, grace: Duration) {
         let _ = self.shutdown_tx.send(true);
         let _ = tokio::time::timeout(grace, self.server).await;
+        // A block found in the last moments is worth a longer stop: its
+        // submission and its `block_submitted` event are not cut short.
+        let submissions = &self.shared.block_submissions;
+        submissions.close();
+        if !submissions.is_empty() {
+            tracing::info!(
+                blocks = submissions.len(),
+                "stopping: waiting for block submissions"
+            );
+            if tokio::time::timeout(BLOCK_SUBMIT_GRACE, submissions.wait())
+                .await
+                .is_err()
+            {
+                tracing::error!(
+                    blocks = submissions.len(),
+                    "stopping with block submissions unanswered by the nodes"
+                );
+            }
+        }
         for task in self.background {
             task.abort();
         }

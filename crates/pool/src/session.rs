@@ -31,6 +31,10 @@ use crate::PoolShared;
 pub const MAX_WORKERS_PER_CONNECTION: usize = 64;
 /// Jobs a session remembers; older ones answer "Invalid JobID".
 const JOBS_KEPT: usize = 16;
+/// How long a session still answers a miner after telling it to reconnect
+/// at a graceful stop: shares already on the wire arrive within a round
+/// trip; a miner that honours `client.reconnect` closes sooner.
+pub const STOP_LINGER: Duration = Duration::from_millis(500);
 /// Shares remembered per job for duplicate detection; past this, the oldest
 /// job's set stops growing (the miner should have had new work long before).
 const MAX_SHARES_REMEMBERED_PER_JOB: usize = 200_000;
@@ -203,7 +207,9 @@ impl Session {
                 biased;
                 _ = shutdown.changed() => {
                     out.push_str(&tbg_stratum::client_reconnect(None, None, None));
-                    let _ = self.flush(&mut stream, &mut out).await;
+                    if self.flush(&mut stream, &mut out).await.is_ok() {
+                        self.answer_until_closed(&mut stream, &mut line, &mut out, &work_rx).await;
+                    }
                     break CloseReason::Shutdown;
                 }
                 read = read_line_limited(&mut stream, &mut line, max_line) => {
@@ -258,6 +264,30 @@ impl Session {
         };
         self.finish(reason);
         reason
+    }
+
+    /// After `client.reconnect` at a graceful stop: answers what the miner
+    /// had already sent (its shares crossed the reconnect on the wire; one
+    /// may be a block) until it closes the connection, at most
+    /// [`STOP_LINGER`]. No new work is sent.
+    async fn answer_until_closed<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        stream: &mut BufReader<S>,
+        line: &mut Vec<u8>,
+        out: &mut String,
+        work_rx: &watch::Receiver<Option<Arc<CurrentWork>>>,
+    ) {
+        let until = Instant::now() + STOP_LINGER;
+        let max_line = self.shared.settings.max_line_bytes;
+        while let Ok(Ok(LineRead::Line)) =
+            tokio::time::timeout_at(until.into(), read_line_limited(stream, line, max_line)).await
+        {
+            let keep = self.handle_line(line, out, work_rx);
+            line.clear();
+            if self.flush(stream, out).await.is_err() || keep.is_err() {
+                return;
+            }
+        }
     }
 
     /// When the connection is closed for silence: the authorize timeout

@@ -5,8 +5,9 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use bitcoin::BlockHash;
+use serde_json::json;
 use tbg_pool::BlockStatus;
-use tbg_testkit::{mine_shares, regtest_address, AddressKind, MinerConfig, TestEnv};
+use tbg_testkit::{mine_shares, regtest_address, AddressKind, ManualMiner, MinerConfig, TestEnv};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_address_type_gets_paid_for_its_block() {
@@ -63,4 +64,65 @@ async fn each_address_type_gets_paid_for_its_block() {
         .iter()
         .all(|e| matches!(&e.data, tbg_events::EventData::BlockSubmitted { accepted: true, answers, .. } if answers.len() == 1)));
     env.shutdown().await;
+}
+
+/// A graceful stop does not drop a block: a share that crosses the pool's
+/// `client.reconnect` on the wire is still answered and submitted, and the
+/// stop returns only after the node took the block and its
+/// `block_submitted` event was recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_block_crossing_the_graceful_stop_is_answered_and_submitted() {
+    let env = TestEnv::start().await;
+    let start_height = env.node.block_count();
+    let (address, _) = regtest_address(AddressKind::P2wpkh);
+    let mut miner = ManualMiner::connect(env.stratum_addr(), &format!("{address}.late")).await;
+    // Ground before the stop; on regtest a share at the test difficulty
+    // is also a block.
+    let extranonce2 = miner.extranonce2(1);
+    let nonce = miner.grind(&extranonce2, miner.job.version);
+    let params = json!([
+        miner.username,
+        miner.job.job_id,
+        hex::encode(&extranonce2),
+        format!("{:08x}", miner.job.ntime),
+        format!("{nonce:08x}"),
+    ]);
+
+    let TestEnv {
+        node,
+        service,
+        events,
+    } = env;
+    let stopping = tokio::spawn(service.shutdown(Duration::from_secs(2)));
+    miner
+        .client
+        .wait_push("client.reconnect")
+        .await
+        .expect("the stop tells the miner to reconnect");
+    // Sent only now: the share reaches the pool after its reconnect.
+    let id = miner.client.send("mining.submit", params).await.unwrap();
+    let reply = miner
+        .client
+        .wait_reply(id)
+        .await
+        .expect("the share is answered");
+    assert_eq!(reply.result, json!(true), "{:?}", reply.error);
+    stopping.await.expect("the stop completes");
+
+    // No waiting from here: the stop itself waited for the node.
+    assert_eq!(
+        node.block_count(),
+        start_height + 1,
+        "the node has the block"
+    );
+    let submitted: Vec<_> = events
+        .events()
+        .into_iter()
+        .filter(|e| e.event_type() == "block_submitted")
+        .collect();
+    assert!(
+        matches!(submitted.as_slice(), [e] if matches!(&e.data, tbg_events::EventData::BlockSubmitted { accepted: true, .. })),
+        "one accepted block_submitted event: {submitted:?}"
+    );
+    node.shutdown().await;
 }
