@@ -12,14 +12,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "bench-fanout.sh needs root (network namespace, RPS)" >&2; exit 1; }
-scripts/setup.sh
-if [ -z "${TBG:-}" ]; then
-  cargo build --release --locked -p tbg >/dev/null
-  TBG=target/release/tbg
-fi
+. scripts/bench-common.sh
 miners=${MINERS:-10000}
 blocks=${BLOCKS:-5}
-work=$(mktemp -d)
 ns="tbg-miners-$$"
 pool_if="tbgp$$"
 miner_if="tbgm$$"
@@ -31,7 +26,6 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
-ulimit -n 65536 2>/dev/null || true
 
 ip netns add "$ns"
 ip link add "$pool_if" type veth peer name "$miner_if"
@@ -61,10 +55,7 @@ collector_bind = "127.0.0.1:0"
 TOML
 RUST_LOG=warn taskset -c 1 "$TBG" devnet --config "$work/tbg.toml" --stratum "0.0.0.0:$port" \
   --rpc "127.0.0.1:$rpc_port" --data-dir "$work/devnet" 2>"$work/pool.log" &
-for _ in $(seq 1 600); do
-  (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break
-  sleep 0.1
-done
+wait_for_port "$port"
 address=bcrt1qw508d6qejxtdg4y5r3zarvary0c5xw7kygt080
 echo "machine: $(nproc) cores, $(lscpu | sed -n 's/Model name: *//p'), $(date -u +%Y-%m-%dT%H:%MZ), $miners miners, $blocks blocks per path"
 

@@ -14,14 +14,8 @@
 # TBG=PATH runs an already built binary.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh
-if [ -z "${TBG:-}" ]; then
-  cargo build --release --locked -p tbg >/dev/null
-  TBG=target/release/tbg
-fi
-work=$(mktemp -d)
+. scripts/bench-common.sh
 trap 'kill $(jobs -p) 2>/dev/null; wait 2>/dev/null; [ -n "${KEEP_LOG:-}" ] && cp "$work/pool.log" "$KEEP_LOG"; rm -rf "$work"' EXIT
-ulimit -n 65536 2>/dev/null || true
 base=$((20000 + RANDOM % 20000))
 cat > "$work/dev.toml" <<TOML
 [journal]
@@ -34,10 +28,7 @@ collector_bind = "127.0.0.1:0"
 TOML
 RUST_LOG=warn taskset -c 0 "$TBG" devnet --config "$work/dev.toml" --stratum "127.0.0.1:$base" \
   --rpc "127.0.0.1:$((base + 1))" --data-dir "$work/devnet" 2>"$work/devnet.log" &
-for _ in $(seq 1 600); do
-  [ -s "$work/devnet/chain/.cookie" ] && (exec 3<>/dev/tcp/127.0.0.1/$((base + 1))) 2>/dev/null && break
-  sleep 0.1
-done
+wait_for_port $((base + 1))   # the RPC port; the cookie is written before it opens
 cat > "$work/pool.toml" <<TOML
 network = "regtest"
 [pool]

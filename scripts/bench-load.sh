@@ -9,13 +9,8 @@
 # (e.g. LOAD_WRAP="/usr/bin/time -v" for its own CPU and memory).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh
 # TBG=PATH runs an already built binary (e.g. a copy kept for an hour-long soak).
-if [ -z "${TBG:-}" ]; then
-  cargo build --release --locked -p tbg >/dev/null
-  TBG=target/release/tbg
-fi
-work=$(mktemp -d)
+. scripts/bench-common.sh
 trap 'kill $(jobs -p) 2>/dev/null; wait 2>/dev/null; rm -rf "$work"' EXIT
 port=$((20000 + RANDOM % 20000))
 cat > "$work/tbg.toml" <<TOML
@@ -31,7 +26,6 @@ bind = "127.0.0.1:$((port + 2))"
 collector_bind = "127.0.0.1:0"
 $(printf '%b' "${POOL_CONFIG_EXTRA:-}")
 TOML
-ulimit -n 65536 2>/dev/null || true
 rpc_port=$((port + 1))
 # The pool starts on core 1 (POOL_CPUS) so that its runtime sizes itself
 # for the one core it gets (one tokio worker), as under a systemd
@@ -39,10 +33,7 @@ rpc_port=$((port + 1))
 # two workers taking turns on one core.
 RUST_LOG=warn taskset -c "${POOL_CPUS:-1}" $TBG devnet --config "$work/tbg.toml" --stratum "127.0.0.1:$port" --rpc "127.0.0.1:$rpc_port" --data-dir "$work/devnet" 2>"$work/pool.log" &
 pool_pid=$!
-for _ in $(seq 1 600); do
-  (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break
-  sleep 0.1
-done
+wait_for_port "$port"
 address=$(python3 - <<'PY'
 # A fixed regtest P2WPKH address (the key is irrelevant for random shares).
 print("bcrt1qw508d6qejxtdg4y5r3zarvary0c5xw7kygt080")
