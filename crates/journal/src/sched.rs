@@ -69,6 +69,12 @@ pub(crate) fn idle_is_reversible() -> bool {
 /// number past what the kernel can address, or CPUs this process may not
 /// use (offline, or outside its cgroup's cpuset).
 pub(crate) fn pin_current_thread(cpus: &[usize]) -> io::Result<()> {
+    if cpus.is_empty() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "an empty CPU list",
+        ));
+    }
     let mut set = rustix::thread::CpuSet::new();
     for &cpu in cpus {
         if cpu >= rustix::thread::CpuSet::MAX_CPU {
@@ -78,12 +84,6 @@ pub(crate) fn pin_current_thread(cpus: &[usize]) -> io::Result<()> {
             ));
         }
         set.set(cpu);
-    }
-    if cpus.is_empty() {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "an empty CPU list",
-        ));
     }
     rustix::thread::sched_setaffinity(None, &set).map_err(io::Error::from)
 }

@@ -389,10 +389,10 @@ impl PoolHandle {
         self.view().status()
     }
 
-    /// Graceful stop: stop accepting, answer what miners already sent, tell
-    /// every miner to reconnect, wait (at most `grace`) for the connections
-    /// to close, then for blocks still being submitted (at most
-    /// [`BLOCK_SUBMIT_GRACE`]), then commit the journal.
+    /// Graceful stop: stop accepting, tell every miner to reconnect while
+    /// still answering what it had already sent, wait (at most `grace`) for
+    /// the connections to close, then for blocks still being submitted (at
+    /// most [`BLOCK_SUBMIT_GRACE`]), then commit the journal.
     pub async fn shutdown(self, grace: Duration) {
         let _ = self.shutdown_tx.send(true);
         let _ = tokio::time::timeout(grace, self.server).await;
