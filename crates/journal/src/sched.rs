@@ -54,15 +54,23 @@ fn set_policy(tid: Tid, policy: libc::c_int) -> io::Result<()> {
 /// normal: tried on a throwaway thread, so no thread that matters can be
 /// left stuck at idle.
 pub(crate) fn idle_is_reversible() -> bool {
+    on_probe_thread(|| {
+        let tid = current_tid();
+        set_idle(tid).is_ok() && set_normal(tid).is_ok()
+    })
+    .unwrap_or(false)
+}
+
+/// Runs `probe` on a throwaway thread, so that what it does to its own
+/// thread (policy, affinity) touches no thread that matters; `None` if the
+/// thread could not start or panicked.
+fn on_probe_thread<T: Send + 'static>(probe: impl FnOnce() -> T + Send + 'static) -> Option<T> {
     std::thread::Builder::new()
         .name("tbg-journal-probe".into())
-        .spawn(|| {
-            let tid = current_tid();
-            set_idle(tid).is_ok() && set_normal(tid).is_ok()
-        })
+        .spawn(probe)
+        .ok()?
+        .join()
         .ok()
-        .and_then(|probe| probe.join().ok())
-        .unwrap_or(false)
 }
 
 /// Restricts the calling thread to `cpus`. Fails for an empty list, a CPU
@@ -93,9 +101,6 @@ pub(crate) fn pin_current_thread(cpus: &[usize]) -> io::Result<()> {
 /// than the writer thread later.
 pub(crate) fn check_pinnable(cpus: &[usize]) -> io::Result<()> {
     let cpus = cpus.to_vec();
-    std::thread::Builder::new()
-        .name("tbg-journal-probe".into())
-        .spawn(move || pin_current_thread(&cpus))?
-        .join()
-        .unwrap_or_else(|_| Err(io::Error::other("the CPU probe thread panicked")))
+    on_probe_thread(move || pin_current_thread(&cpus))
+        .unwrap_or_else(|| Err(io::Error::other("the CPU probe thread did not run")))
 }
