@@ -45,6 +45,8 @@ pub struct Stack {
     pub redis: RedisServer,
     pub pool_addr: SocketAddr,
     pub journal_path: PathBuf,
+    /// The pool's block store.
+    pub block_dir: PathBuf,
     pub config_path: PathBuf,
     pub socket_path: PathBuf,
     pub tbg: PathBuf,
@@ -84,6 +86,7 @@ impl Stack {
             .unwrap_or_else(|| dir.path().to_path_buf());
         let journal_path = journal_dir.join("journal.db");
         let socket_path = dir.path().join("events.sock");
+        let block_dir = dir.path().join("blocks");
         let config_path = dir.path().join("tbg.toml");
         let config = format!(
             r#"network = "regtest"
@@ -107,6 +110,11 @@ region = "chaos"
 [journal]
 path = "{journal}"
 {journal_extra}
+[blocks]
+dir = "{blocks}"
+# Pending blocks retried within a second: scenarios time their recovery.
+retry_max_ms = 1000
+follow_interval_s = 1
 [metrics]
 bind = "127.0.0.1:0"
 collector_bind = "127.0.0.1:0"
@@ -122,6 +130,7 @@ batch_wait_ms = {batch_wait_ms}
             batch_wait_ms = options.collector_batch_wait_ms.unwrap_or(100),
             socket = socket_path.display(),
             journal = journal_path.display(),
+            blocks = block_dir.display(),
             pg = pg.conninfo(),
             redis = redis.url(),
         );
@@ -153,6 +162,7 @@ batch_wait_ms = {batch_wait_ms}
             redis,
             pool_addr: SocketAddr::from(([127, 0, 0, 1], pool_port)),
             journal_path,
+            block_dir,
             config_path,
             socket_path,
             tbg: options.tbg,

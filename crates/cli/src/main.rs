@@ -439,6 +439,8 @@ async fn run_devnet(
         .unwrap_or_default();
     let journal_path = base.join("journal.db");
     config.journal.path = journal_path.clone();
+    let block_dir = base.join("blocks");
+    config.blocks.dir = block_dir.clone();
     tracing::info!("starting the embedded regtest node (Bitcoin Core's validation engine)");
     let node = DevNode::start(DevNodeOptions {
         data_dir: Some(base.join("chain")),
@@ -464,6 +466,7 @@ async fn run_devnet(
         config.network = tbg_config::NetworkName::Regtest;
         config.pool.bind = stratum_bind.clone();
         config.journal.path = journal_path.clone();
+        config.blocks.dir = block_dir.clone();
         config.nodes = embedded_node.clone();
         // CPU miners need tiny difficulties on regtest; ASICs ramp up by vardiff.
         if config.pool.mindiff >= 1.0 {

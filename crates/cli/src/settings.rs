@@ -6,6 +6,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use tbg_config::Config;
 use tbg_node::{NodeAuth, NodeEndpoint, WatcherConfig};
+use tbg_pool::limits::{Cidr, LimitSettings};
 use tbg_pool::{NodeSettings, PoolSettings};
 
 /// Stratum settings from a validated config.
@@ -19,6 +20,8 @@ pub fn pool_settings(config: &Config) -> Result<PoolSettings> {
     settings.extranonce2_len = usize::from(pool.nonce2length);
     settings.min_difficulty = pool.mindiff;
     settings.start_difficulty = pool.startdiff.max(pool.mindiff);
+    // 0: no explicit limit; the pool still caps at the network difficulty
+    // and the hard ceiling.
     settings.max_difficulty = (pool.maxdiff > 0.0).then_some(pool.maxdiff);
     settings.share_interval = Duration::from_secs_f64(pool.share_interval_s);
     settings.version_mask = u32::from_str_radix(&pool.version_mask, 16)
@@ -26,9 +29,43 @@ pub fn pool_settings(config: &Config) -> Result<PoolSettings> {
     settings.max_clients = pool.maxclients as usize;
     settings.max_line_bytes = pool.max_line_bytes;
     settings.max_invalid_shares_per_minute = pool.max_invalid_shares_per_minute;
-    settings.max_connections_per_ip = pool.max_connections_per_ip as usize;
+    settings.limits = limit_settings(pool)?;
+    settings.authorize_timeout = Duration::from_secs(pool.authorize_timeout_s);
+    settings.idle_timeout = Duration::from_secs(pool.idle_timeout_s);
     settings.redis_url = config.redis.url.clone();
+    let blocks = &config.blocks;
+    settings.block_dir = Some(blocks.dir.clone());
+    settings.block_retry_max = Duration::from_millis(blocks.retry_max_ms);
+    settings.block_follow_interval = Duration::from_secs(blocks.follow_interval_s);
+    settings.block_maturity = blocks.maturity_confirmations;
     Ok(settings)
+}
+
+/// The abuse limits of `[pool]`.
+fn limit_settings(pool: &tbg_config::PoolSection) -> Result<LimitSettings> {
+    let allow_list = pool
+        .allow_list
+        .iter()
+        .enumerate()
+        .map(|(index, entry)| {
+            entry
+                .parse::<Cidr>()
+                .with_context(|| format!("pool.allow_list[{index}] = {entry:?}"))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(LimitSettings {
+        connects_per_minute_per_ip: pool.max_connects_per_minute_per_ip,
+        max_connections_per_ip: pool.max_connections_per_ip,
+        ban_after_refusals_per_minute: pool.ban_after_refusals_per_minute,
+        ban_duration: Duration::from_secs(pool.ban_duration_s),
+        allow_list,
+        ip_table_size: pool.ip_table_size as usize,
+        subscribes_per_minute: pool.max_subscribes_per_minute,
+        authorizes_per_minute: pool.max_authorizes_per_minute,
+        submits_per_minute: pool.max_submits_per_minute,
+        other_requests_per_minute: pool.max_other_requests_per_minute,
+        protocol_errors_per_minute: pool.max_protocol_errors_per_minute,
+    })
 }
 
 /// Node endpoints and polling from a validated config.
@@ -66,4 +103,20 @@ pub fn node_settings(config: &Config) -> NodeSettings {
 fn resolve_bind(text: &str) -> Result<SocketAddr> {
     use std::net::ToSocketAddrs;
     text.to_socket_addrs()?.next().context("no address")
+}
+
+#[cfg(test)]
+mod difficulty_tests {
+    /// The config's check and the pool's clamp name the same ceiling, and
+    /// the two crates the same default maximum.
+    #[test]
+    fn the_difficulty_ceiling_and_default_agree() {
+        assert_eq!(tbg_config::MAX_DIFFICULTY, tbg_work::MAX_DIFFICULTY);
+        assert_eq!(
+            tbg_pool::PoolSettings::new(bitcoin::Network::Bitcoin).max_difficulty,
+            Some(tbg_config::DEFAULT_MAXDIFF)
+        );
+        let settings = super::pool_settings(&tbg_config::Config::default()).unwrap();
+        assert_eq!(settings.max_difficulty, Some(1_000_000.0));
+    }
 }

@@ -38,6 +38,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "003_lighter_event_index_block_submission.sql",
         sql: include_str!("../migrations/003_lighter_event_index_block_submission.sql"),
     },
+    Migration {
+        version: 4,
+        name: "004_block_lifecycle.sql",
+        sql: include_str!("../migrations/004_block_lifecycle.sql"),
+    },
 ];
 
 /// Arbitrary constant: serializes concurrent collectors migrating one database.

@@ -224,6 +224,25 @@ fn strip_nul(event: &mut Event) {
             clean(hash);
             answers.iter_mut().for_each(clean);
         }
+        BlockConfirmed {
+            user, worker, hash, ..
+        } => {
+            clean(user);
+            clean(worker);
+            clean(hash);
+        }
+        BlockOrphaned {
+            user,
+            worker,
+            hash,
+            replaced_by,
+            ..
+        } => {
+            clean(user);
+            clean(worker);
+            clean(hash);
+            clean(replaced_by);
+        }
         NewBlockNetwork { .. } => {}
     }
 }
@@ -264,6 +283,21 @@ mod tests {
                 hash: "00ab".into(),
                 accepted: true,
                 answers: vec!["http://node: null".into(), "http://other: duplicate".into()],
+                status: "accepted".into(),
+            },
+            EventData::BlockConfirmed {
+                user: user(),
+                worker: worker(),
+                height: 840_000,
+                hash: "00ab".into(),
+                confirmations: 100,
+            },
+            EventData::BlockOrphaned {
+                user: user(),
+                worker: worker(),
+                height: 840_000,
+                hash: "00ab".into(),
+                replaced_by: "00cd".into(),
             },
             EventData::MinerConnected {
                 user: user(),

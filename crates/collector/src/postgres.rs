@@ -653,30 +653,67 @@ async fn insert_blocks(
     Ok(())
 }
 
-/// Stores the nodes' answer (`block_submitted`) on the block's row:
-/// `confirmed` = a node took it. The latest answer by event time wins, so
-/// replaying an older answer changes nothing.
+/// A found block's changes of status on its row: the nodes' answer
+/// (`block_submitted`), then `block_confirmed` or `block_orphaned`. Each
+/// update is idempotent and an older event never overwrites a newer
+/// status, so replays and repeats change nothing.
 async fn record_block_submissions(
     transaction: &Transaction<'_>,
     records: &[ParsedRecord],
 ) -> Result<(), CollectorError> {
     for record in records {
-        if let EventData::BlockSubmitted {
-            hash,
-            accepted,
-            answers,
-            ..
-        } = &record.event.data
-        {
-            transaction
-                .execute(
-                    "UPDATE blocks SET confirmed = $2, submitted_at = $3, node_answers = $4
-                     WHERE block_hash = $1 AND (submitted_at IS NULL OR submitted_at <= $3)",
-                    &[hash, accepted, &record.time, answers],
-                )
-                .await
-                .map_err(CollectorError::pg("recording a block submission"))?;
-        }
+        let result = match &record.event.data {
+            EventData::BlockSubmitted {
+                hash,
+                accepted,
+                answers,
+                status,
+                ..
+            } => {
+                // Events journaled before `status` existed: accepted or not.
+                let status = match status.as_str() {
+                    "" if *accepted => "accepted",
+                    "" => "rejected",
+                    other => other,
+                };
+                transaction
+                    .execute(
+                        "UPDATE blocks SET status = $2, submitted_at = $3, node_answers = $4
+                         WHERE block_hash = $1 AND (submitted_at IS NULL OR submitted_at <= $3)
+                           AND status NOT IN ('confirmed', 'orphaned')",
+                        &[hash, &status, &record.time, answers],
+                    )
+                    .await
+            }
+            EventData::BlockConfirmed {
+                hash,
+                confirmations,
+                ..
+            } => {
+                transaction
+                    .execute(
+                        "UPDATE blocks SET status = 'confirmed', confirmed = true,
+                                confirmations = $2, settled_at = $3
+                         WHERE block_hash = $1",
+                        &[hash, &seq_to_i64(*confirmations), &record.time],
+                    )
+                    .await
+            }
+            EventData::BlockOrphaned {
+                hash, replaced_by, ..
+            } => {
+                transaction
+                    .execute(
+                        "UPDATE blocks SET status = 'orphaned', confirmed = false,
+                                replaced_by = $2, settled_at = $3
+                         WHERE block_hash = $1",
+                        &[hash, replaced_by, &record.time],
+                    )
+                    .await
+            }
+            _ => continue,
+        };
+        result.map_err(CollectorError::pg("recording a block's status"))?;
     }
     Ok(())
 }
@@ -794,7 +831,10 @@ async fn upsert_aggregates(
             | EventData::ShareBestDiff { user, worker, .. }
             | EventData::AsicboostDetected { user, worker, .. }
             | EventData::BlockSubmitted { user, worker, .. } => (user, worker),
-            EventData::NewBlockNetwork { .. } => continue,
+            // Settled long after the find: says nothing of the worker now.
+            EventData::NewBlockNetwork { .. }
+            | EventData::BlockConfirmed { .. }
+            | EventData::BlockOrphaned { .. } => continue,
         };
         let entry = workers.entry((user, worker)).or_insert(WorkerDelta {
             first_seen: time,

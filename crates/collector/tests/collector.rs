@@ -727,29 +727,31 @@ fn block_submitted(
             hash: hash.into(),
             accepted,
             answers: vec![format!("http://127.0.0.1:18443: {answer}")],
+            status: if accepted { "accepted" } else { "rejected" }.into(),
         },
         ts,
     )
 }
 
-/// (confirmed, answers, answered) of the block with `hash`.
+/// (status, confirmed, answers, answered) of the block with `hash`.
 async fn block_state(
     client: &tokio_postgres::Client,
     hash: &str,
-) -> (bool, Option<Vec<String>>, bool) {
+) -> (String, bool, Option<Vec<String>>, bool) {
     let row = client
         .query_one(
-            "SELECT confirmed, node_answers, submitted_at IS NOT NULL FROM blocks
+            "SELECT status, confirmed, node_answers, submitted_at IS NOT NULL FROM blocks
              WHERE block_hash = $1",
             &[&hash],
         )
         .await
         .expect("the block's row");
-    (row.get(0), row.get(1), row.get(2))
+    (row.get(0), row.get(1), row.get(2), row.get(3))
 }
 
 #[tokio::test]
-async fn block_submitted_marks_the_block_row_and_a_replayed_older_answer_changes_nothing() {
+async fn a_block_row_follows_the_block_from_found_to_confirmed_or_orphaned_and_replays_change_nothing(
+) {
     let pg = PgServer::start();
     let source = Arc::new(MemorySource::new());
     let mut maker = RecordMaker::new();
@@ -762,7 +764,10 @@ async fn block_submitted_marks_the_block_row_and_a_replayed_older_answer_changes
     let collector = Collector::start(config(Some(&pg), None), source.clone());
     wait_for_cursor(&collector, SinkKind::Postgres, 2).await;
     let client = pg_client(&pg).await;
-    assert_eq!(block_state(&client, "00aa").await, (false, None, false));
+    assert_eq!(
+        block_state(&client, "00aa").await,
+        ("pending".into(), false, None, false)
+    );
 
     let answers = [
         block_submitted(&mut maker, 100, "00aa", true, "null", start + 2.0),
@@ -770,10 +775,12 @@ async fn block_submitted_marks_the_block_row_and_a_replayed_older_answer_changes
     ];
     source.push(answers.clone());
     wait_for_cursor(&collector, SinkKind::Postgres, 4).await;
+    // Accepted by a node is not yet `confirmed`: that takes 100 blocks.
     assert_eq!(
         block_state(&client, "00aa").await,
         (
-            true,
+            "accepted".into(),
+            false,
             Some(vec!["http://127.0.0.1:18443: null".into()]),
             true
         )
@@ -781,6 +788,7 @@ async fn block_submitted_marks_the_block_row_and_a_replayed_older_answer_changes
     assert_eq!(
         block_state(&client, "00bb").await,
         (
+            "rejected".into(),
             false,
             Some(vec!["http://127.0.0.1:18443: rejected".into()]),
             true
@@ -791,21 +799,63 @@ async fn block_submitted_marks_the_block_row_and_a_replayed_older_answer_changes
     source.push([resubmitted]);
     wait_for_cursor(&collector, SinkKind::Postgres, 5).await;
     let accepted_bb = (
-        true,
+        "accepted".to_string(),
+        false,
         Some(vec!["http://127.0.0.1:18443: duplicate".into()]),
         true,
     );
     assert_eq!(block_state(&client, "00bb").await, accepted_bb);
-    collector.shutdown().await;
 
-    // Replaying the older, rejected answer alone (a journal holding seqs
-    // 1-4) leaves the later answer in place; the rows are not duplicated.
-    let older_journal = Arc::new(MemorySource::new());
-    older_journal.push(found.into_iter().chain(answers));
-    let collector = Collector::start(config(Some(&pg), None), older_journal);
-    collector.replay_from(3);
-    wait_for_cursor(&collector, SinkKind::Postgres, 4).await;
+    // 100 blocks later: 00aa confirmed, 00bb orphaned by a reorg.
+    let settled = [
+        maker.record(
+            EventData::BlockConfirmed {
+                user: "bc1qalice".into(),
+                worker: "rig1".into(),
+                height: 100,
+                hash: "00aa".into(),
+                confirmations: 100,
+            },
+            start + 5.0,
+        ),
+        maker.record(
+            EventData::BlockOrphaned {
+                user: "bc1qalice".into(),
+                worker: "rig1".into(),
+                height: 101,
+                hash: "00bb".into(),
+                replaced_by: "00cc".into(),
+            },
+            start + 6.0,
+        ),
+    ];
+    source.push(settled.clone());
+    wait_for_cursor(&collector, SinkKind::Postgres, 7).await;
     collector.shutdown().await;
-    assert_eq!(block_state(&client, "00bb").await, accepted_bb);
+    let (status, confirmed, _, _) = block_state(&client, "00aa").await;
+    assert_eq!((status.as_str(), confirmed), ("confirmed", true));
+    let orphaned = client
+        .query_one(
+            "SELECT status, confirmed, replaced_by FROM blocks WHERE block_hash = '00bb'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(orphaned.get::<_, String>(0), "orphaned");
+    assert!(!orphaned.get::<_, bool>(1));
+    assert_eq!(orphaned.get::<_, String>(2), "00cc");
+
+    // Replaying every event again (a journal replay after a restore)
+    // leaves the settled statuses in place; the rows are not duplicated.
+    let replayed = Arc::new(MemorySource::new());
+    replayed.push(found.into_iter().chain(answers).chain(settled));
+    let collector = Collector::start(config(Some(&pg), None), replayed);
+    collector.replay_from(1);
+    wait_for_cursor(&collector, SinkKind::Postgres, 7).await;
+    collector.shutdown().await;
+    let (status, confirmed, _, _) = block_state(&client, "00aa").await;
+    assert_eq!((status.as_str(), confirmed), ("confirmed", true));
+    let (status, _, _, _) = block_state(&client, "00bb").await;
+    assert_eq!(status, "orphaned");
     assert_eq!(count(&client, "SELECT COUNT(*) FROM blocks").await, 2);
 }

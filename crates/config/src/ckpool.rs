@@ -110,6 +110,9 @@ fn import_key(
         }
         "mindiff" => pool.mindiff = number(key, value)?,
         "startdiff" => pool.startdiff = number(key, value)?,
+        // 0 keeps ckpool's meaning, no explicit limit (the pool still caps
+        // at the network difficulty and MAX_DIFFICULTY); without the key
+        // the default (DEFAULT_MAXDIFF) applies.
         "maxdiff" => pool.maxdiff = number(key, value)?,
         "update_interval" => pool.update_interval_s = integer(key, value)?,
         "version_mask" => pool.version_mask = string(key, value)?,

@@ -10,18 +10,20 @@
 //! ```
 #![forbid(unsafe_code)]
 
+mod blocks;
 mod ckpool;
 mod error;
 mod model;
 mod validate;
 
+pub use blocks::BlocksSection;
 pub use ckpool::CKPOOL_KEYS;
 pub use error::ConfigError;
 pub use model::{
     CollectorSection, Config, EventsSection, JournalDurability, JournalSection, MetricsSection,
-    NetworkName, NodeConfig, PoolSection, RedisSection,
+    NetworkName, NodeConfig, PoolSection, RedisSection, DEFAULT_MAXDIFF,
 };
-pub use validate::{MAX_POOL_TAG_LEN, VERSION_MASK_ALLOWED};
+pub use validate::{MAX_DIFFICULTY, MAX_POOL_TAG_LEN, VERSION_MASK_ALLOWED};
 
 use std::path::Path;
 

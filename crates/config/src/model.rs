@@ -77,6 +77,8 @@ pub struct Config {
     pub journal: JournalSection,
     /// `tbg collector`: journal -> Redis Streams + PostgreSQL.
     pub collector: CollectorSection,
+    /// Found blocks: the durable store and how they are followed.
+    pub blocks: crate::BlocksSection,
 }
 
 impl Default for Config {
@@ -91,6 +93,7 @@ impl Default for Config {
             metrics: MetricsSection::default(),
             journal: JournalSection::default(),
             collector: CollectorSection::default(),
+            blocks: crate::BlocksSection::default(),
         }
     }
 }
@@ -144,6 +147,12 @@ impl fmt::Debug for NodeConfig {
     }
 }
 
+/// Default `pool.maxdiff`: one share per 10 s for a ~430 TH/s miner (the
+/// largest single machine today). A bigger connection, a farm behind one
+/// proxy, just submits more often: up to ~70 PH/s it stays under the submit
+/// rate limit (1000 a minute).
+pub const DEFAULT_MAXDIFF: f64 = 1_000_000.0;
+
 /// Stratum pool settings (ckpool key names as aliases).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -169,7 +178,9 @@ pub struct PoolSection {
     pub mindiff: f64,
     /// Difficulty given to a new miner.
     pub startdiff: f64,
-    /// Highest share difficulty; 0 = no limit.
+    /// Highest share difficulty (default 1,000,000); 0 = no explicit limit
+    /// (ckpool's meaning). Never above the network difficulty of the
+    /// current work nor [`crate::MAX_DIFFICULTY`], whatever is set here.
     pub maxdiff: f64,
     /// BIP310 version-rolling mask, hex.
     pub version_mask: String,
@@ -187,8 +198,41 @@ pub struct PoolSection {
     pub donation: f64,
     /// More invalid shares than this in one minute closes a connection.
     pub max_invalid_shares_per_minute: u32,
-    /// Simultaneous connections from one IP address; 0 = unlimited.
+    // The abuse limits (docs/disaster-recovery.md, "Limits"). A source is
+    // an IPv4 address or an IPv6 /64; 0 = no limit for every count.
+    /// Simultaneous connections from one source.
     pub max_connections_per_ip: u32,
+    /// New connections per minute from one source (a burst of as many).
+    pub max_connects_per_minute_per_ip: u32,
+    /// A source refused more often than this in a minute (connections over
+    /// its limits, or closed for protocol errors or invalid shares) is
+    /// banned for `ban_duration_s`.
+    pub ban_after_refusals_per_minute: u32,
+    /// Length of a soft ban in seconds; 0 = no bans.
+    pub ban_duration_s: u64,
+    /// Sources exempt from the per-source limits (CIDRs or addresses): a
+    /// farm behind one NAT, a stratum proxy.
+    pub allow_list: Vec<String>,
+    /// Sources remembered at most; when full, the least recently seen one
+    /// without an open connection is forgotten. Needs a restart.
+    pub ip_table_size: u32,
+    /// Per connection and minute: mining.subscribe requests.
+    pub max_subscribes_per_minute: u32,
+    /// Per connection and minute: mining.authorize requests.
+    pub max_authorizes_per_minute: u32,
+    /// Per connection and minute: mining.submit requests.
+    pub max_submits_per_minute: u32,
+    /// Per connection and minute: mining.configure, suggest_difficulty and
+    /// extranonce.subscribe together.
+    pub max_other_requests_per_minute: u32,
+    /// Per connection and minute: unparsable lines, unknown methods,
+    /// malformed and rate-limited requests; past it the connection closes.
+    pub max_protocol_errors_per_minute: u32,
+    /// A connection that has not authorized within this many seconds is closed.
+    pub authorize_timeout_s: u64,
+    /// An authorized connection with no well-formed subscribe, authorize
+    /// or submit for this many seconds is closed.
+    pub idle_timeout_s: u64,
 }
 
 impl Default for PoolSection {
@@ -201,7 +245,7 @@ impl Default for PoolSection {
             update_interval_s: 30,
             mindiff: 1.0,
             startdiff: 42.0,
-            maxdiff: 0.0,
+            maxdiff: DEFAULT_MAXDIFF,
             version_mask: "1fffe000".to_owned(),
             nonce1length: 4,
             nonce2length: 8,
@@ -210,7 +254,19 @@ impl Default for PoolSection {
             max_line_bytes: 16384,
             donation: 0.0,
             max_invalid_shares_per_minute: 100,
-            max_connections_per_ip: 0,
+            max_connections_per_ip: 50,
+            max_connects_per_minute_per_ip: 10,
+            ban_after_refusals_per_minute: 10,
+            ban_duration_s: 300,
+            allow_list: Vec::new(),
+            ip_table_size: 65_536,
+            max_subscribes_per_minute: 3,
+            max_authorizes_per_minute: 5,
+            max_submits_per_minute: 1000,
+            max_other_requests_per_minute: 30,
+            max_protocol_errors_per_minute: 20,
+            authorize_timeout_s: 60,
+            idle_timeout_s: 900,
         }
     }
 }

@@ -14,12 +14,20 @@ pub const MAX_POOL_TAG_LEN: usize = 40;
 /// Version bits a miner may roll (BIP320).
 pub const VERSION_MASK_ALLOWED: u32 = 0x1fff_e000;
 
+/// The hard ceiling of any difficulty (the same as `tbg_work::MAX_DIFFICULTY`,
+/// which the pool applies): ~430 EH/s at one share per 10 s.
+pub const MAX_DIFFICULTY: f64 = 1e12;
+
 const NONCE_LENGTHS: std::ops::RangeInclusive<u8> = 2..=8;
 const MAX_BLOCKPOLL_MS: u64 = 60_000;
 const MAX_UPDATE_INTERVAL_S: u64 = 3_600;
 const MIN_LINE_BYTES: usize = 1024;
 const MAX_LINE_BYTES: usize = 1024 * 1024;
 const MAX_TAG_LEN: usize = 64;
+const MIN_IP_TABLE: u32 = 16;
+const MAX_IP_TABLE: u32 = 10_000_000;
+/// A week: bans and timeouts longer than that are a typo.
+const MAX_LIMIT_SECONDS: u64 = 7 * 24 * 3600;
 
 impl Config {
     /// Checks every value; at least one node is required.
@@ -48,6 +56,7 @@ impl Config {
             return Err(ConfigError::new("logdir", "\"\"", "must not be empty"));
         }
         self.check_pool()?;
+        self.blocks.check()?;
         let events = &self.events;
         if events.socket_path.as_os_str().is_empty() {
             return Err(ConfigError::new(
@@ -188,24 +197,37 @@ impl Config {
                 "must be a finite number above 0",
             ));
         }
-        if !(pool.maxdiff.is_finite() && (pool.maxdiff == 0.0 || pool.maxdiff >= pool.mindiff)) {
+        if !(pool.mindiff <= MAX_DIFFICULTY) {
+            return Err(ConfigError::new(
+                "pool.mindiff",
+                pool.mindiff,
+                format!("must be at most {MAX_DIFFICULTY:e}"),
+            ));
+        }
+        let maxdiff_in_range = pool.maxdiff == 0.0
+            || (pool.maxdiff >= pool.mindiff && pool.maxdiff <= MAX_DIFFICULTY);
+        if !(pool.maxdiff.is_finite() && maxdiff_in_range) {
             return Err(ConfigError::new(
                 "pool.maxdiff",
                 pool.maxdiff,
                 format!(
-                    "must be 0 (no limit) or at least mindiff ({})",
+                    "must be 0 (no explicit limit) or between mindiff ({}) and {MAX_DIFFICULTY:e}",
                     pool.mindiff
                 ),
             ));
         }
-        let startdiff_in_range = pool.startdiff.is_finite()
-            && pool.startdiff >= pool.mindiff
-            && (pool.maxdiff == 0.0 || pool.startdiff <= pool.maxdiff);
+        let upper = if pool.maxdiff == 0.0 {
+            MAX_DIFFICULTY
+        } else {
+            pool.maxdiff
+        };
+        let startdiff_in_range =
+            pool.startdiff.is_finite() && pool.startdiff >= pool.mindiff && pool.startdiff <= upper;
         if !startdiff_in_range {
             return Err(ConfigError::new(
                 "pool.startdiff",
                 pool.startdiff,
-                "must be between mindiff and maxdiff",
+                format!("must be between mindiff and maxdiff ({upper})"),
             ));
         }
         check_version_mask(&pool.version_mask)?;
@@ -246,8 +268,68 @@ impl Config {
                 "must be a percentage between 0 and 99.9",
             ));
         }
+        self.check_limits()
+    }
+
+    fn check_limits(&self) -> Result<(), ConfigError> {
+        let pool = &self.pool;
+        for (index, entry) in pool.allow_list.iter().enumerate() {
+            check_cidr(&format!("pool.allow_list[{index}]"), entry)?;
+        }
+        if !(MIN_IP_TABLE..=MAX_IP_TABLE).contains(&pool.ip_table_size) {
+            return Err(ConfigError::new(
+                "pool.ip_table_size",
+                pool.ip_table_size,
+                format!("must be between {MIN_IP_TABLE} and {MAX_IP_TABLE}"),
+            ));
+        }
+        for (key, value, min) in [
+            ("pool.ban_duration_s", pool.ban_duration_s, 0),
+            ("pool.authorize_timeout_s", pool.authorize_timeout_s, 1),
+            ("pool.idle_timeout_s", pool.idle_timeout_s, 1),
+        ] {
+            if !(min..=MAX_LIMIT_SECONDS).contains(&value) {
+                return Err(ConfigError::new(
+                    key,
+                    value,
+                    format!("must be between {min} and {MAX_LIMIT_SECONDS} seconds"),
+                ));
+            }
+        }
         Ok(())
     }
+}
+
+/// An address, or address/prefix with no host bits set.
+fn check_cidr(key: &str, text: &str) -> Result<(), ConfigError> {
+    let bad = |reason: &str| ConfigError::new(key, format!("{text:?}"), reason);
+    let (address, prefix) = match text.split_once('/') {
+        Some((address, prefix)) => (address, Some(prefix)),
+        None => (text, None),
+    };
+    let address = std::net::IpAddr::from_str(address)
+        .map_err(|_| bad("must be an IP address or address/prefix, e.g. 10.0.0.0/8"))?;
+    let (bits, max) = match address {
+        std::net::IpAddr::V4(v4) => (u128::from(u32::from(v4)), 32u32),
+        std::net::IpAddr::V6(v6) => (u128::from(v6), 128u32),
+    };
+    let length = match prefix {
+        None => max,
+        Some(p) => p
+            .parse::<u32>()
+            .ok()
+            .filter(|length| *length <= max)
+            .ok_or_else(|| bad(&format!("the prefix must be 0 to {max}")))?,
+    };
+    let host_bits = if length == 0 {
+        bits
+    } else {
+        bits & ((1u128 << (max - length)) - 1)
+    };
+    if host_bits != 0 {
+        return Err(bad("has host bits set: give the network address"));
+    }
+    Ok(())
 }
 
 fn check_node(index: usize, node: &NodeConfig) -> Result<(), ConfigError> {

@@ -62,7 +62,9 @@ fn defaults_match_the_brief() {
     assert_eq!(config.pool.update_interval_s, 30);
     assert_eq!(config.pool.mindiff, 1.0);
     assert_eq!(config.pool.startdiff, 42.0);
-    assert_eq!(config.pool.maxdiff, 0.0);
+    // A limit by default (issue 16): see config.example.toml for why 1e6.
+    assert_eq!(config.pool.maxdiff, 1_000_000.0);
+    assert_eq!(config.pool.maxdiff, tbg_config::DEFAULT_MAXDIFF);
     assert_eq!(config.pool.version_mask, "1fffe000");
     assert_eq!((config.pool.nonce1length, config.pool.nonce2length), (4, 8));
     assert_eq!(config.pool.max_line_bytes, 16384);
@@ -93,6 +95,16 @@ fn bad_values_name_their_key() {
         ("pool.mindiff", Box::new(|c| c.pool.mindiff = 0.0)),
         ("pool.mindiff", Box::new(|c| c.pool.mindiff = f64::NAN)),
         ("pool.maxdiff", Box::new(|c| c.pool.maxdiff = 0.5)),
+        ("pool.maxdiff", Box::new(|c| c.pool.maxdiff = 2e12)),
+        ("pool.maxdiff", Box::new(|c| c.pool.maxdiff = f64::INFINITY)),
+        (
+            "pool.startdiff",
+            Box::new(|c| {
+                c.pool.maxdiff = 0.0;
+                c.pool.startdiff = 1e13;
+            }),
+        ),
+        ("pool.startdiff", Box::new(|c| c.pool.startdiff = 2e6)),
         ("pool.startdiff", Box::new(|c| c.pool.startdiff = 0.5)),
         (
             "pool.version_mask",
@@ -338,6 +350,7 @@ fn ckpool_json_import() {
     assert_eq!(pool.startdiff, 42.0);
     assert_eq!(pool.update_interval_s, 20);
     assert_eq!(pool.maxclients, 5000);
+    assert_eq!(pool.maxdiff, 0.0, "ckpool's 0: no explicit limit, kept");
     assert_eq!(config.logdir.to_str(), Some("/var/log/ckpool"));
     assert_eq!(
         config.events.socket_path.to_str(),
@@ -357,6 +370,15 @@ fn ckpool_json_import() {
     assert!(joined.contains("serverurl"), "{joined}");
     assert!(joined.contains("regtest"), "{joined}");
     assert_eq!(warnings.len(), 4, "{joined}");
+}
+
+#[test]
+fn ckpool_without_maxdiff_gets_the_default_limit() {
+    let (config, _) = Config::from_ckpool_json(r#"{"mindiff": 1, "startdiff": 42}"#).unwrap();
+    assert_eq!(config.pool.maxdiff, tbg_config::DEFAULT_MAXDIFF);
+    let (config, _) = Config::from_ckpool_json(r#"{"maxdiff": 0}"#).unwrap();
+    assert_eq!(config.pool.maxdiff, 0.0);
+    assert!(tbg_config::MAX_DIFFICULTY >= tbg_config::DEFAULT_MAXDIFF);
 }
 
 #[test]
@@ -391,4 +413,66 @@ fn load_reads_toml_and_ckpool_files() {
 
     let error = tbg_config::load(Some(&dir.path().join("missing.toml")), &|_| None).unwrap_err();
     assert_eq!(error.key, "config file");
+}
+
+/// The abuse limits are on by default with the plan's figures, an
+/// allow-list parses, and a bad limit names its key.
+#[test]
+fn limits_default_to_the_plan_and_bad_ones_name_their_key() {
+    let pool = valid().pool;
+    assert_eq!(pool.max_connects_per_minute_per_ip, 10);
+    assert_eq!(pool.max_connections_per_ip, 50);
+    assert_eq!(pool.max_subscribes_per_minute, 3);
+    assert_eq!(pool.max_authorizes_per_minute, 5);
+    assert_eq!(pool.max_submits_per_minute, 1000);
+    assert_eq!(pool.max_invalid_shares_per_minute, 100);
+    assert_eq!(pool.ban_duration_s, 300);
+    assert!(pool.allow_list.is_empty());
+
+    let farm = Config::from_toml_str(
+        "network = \"regtest\"\n[[nodes]]\nurl = \"127.0.0.1:18443\"\nuser = \"u\"\npass = \"p\"\n\
+         [pool]\nallow_list = [\"203.0.113.7\", \"10.20.0.0/16\", \"2001:db8:aa::/48\"]\n",
+    )
+    .unwrap();
+    farm.validate().unwrap();
+    assert_eq!(farm.pool.allow_list.len(), 3);
+
+    let cases: Vec<(&str, Spoil)> = vec![
+        (
+            "pool.allow_list[1]",
+            Box::new(|c| c.pool.allow_list = vec!["10.0.0.0/8".into(), "farm".into()]),
+        ),
+        (
+            "pool.allow_list[0]",
+            Box::new(|c| c.pool.allow_list = vec!["10.1.2.3/16".into()]),
+        ),
+        (
+            "pool.allow_list[0]",
+            Box::new(|c| c.pool.allow_list = vec!["2001:db8::/129".into()]),
+        ),
+        ("pool.ip_table_size", Box::new(|c| c.pool.ip_table_size = 0)),
+        (
+            "pool.idle_timeout_s",
+            Box::new(|c| c.pool.idle_timeout_s = 0),
+        ),
+        (
+            "pool.authorize_timeout_s",
+            Box::new(|c| c.pool.authorize_timeout_s = 0),
+        ),
+        (
+            "pool.ban_duration_s",
+            Box::new(|c| c.pool.ban_duration_s = 365 * 86_400),
+        ),
+    ];
+    for (key, spoil) in cases {
+        let mut config = valid();
+        spoil(&mut config);
+        let error = config.validate().unwrap_err();
+        assert_eq!(error.key, key, "{error}");
+    }
+    // 0 turns a count off; that is valid.
+    let mut off = valid();
+    off.pool.max_connects_per_minute_per_ip = 0;
+    off.pool.ban_duration_s = 0;
+    off.validate().unwrap();
 }

@@ -5,10 +5,12 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 /// Every event type name, in the order of [`EventData`].
-pub const EVENT_TYPES: [&str; 10] = [
+pub const EVENT_TYPES: [&str; 12] = [
     "share_submitted",
     "block_found",
     "block_submitted",
+    "block_confirmed",
+    "block_orphaned",
     "miner_connected",
     "miner_disconnected",
     "diff_updated",
@@ -81,6 +83,31 @@ pub enum EventData {
         accepted: bool,
         /// Each node's answer, as `url: answer`.
         answers: Vec<String>,
+        /// `accepted`, `stale` (the chain passed it: lost the race or no
+        /// node could be reached) or `rejected` (a node refused the block
+        /// itself). Empty in events journaled before it existed.
+        #[serde(default)]
+        status: String,
+    },
+    /// A found block reached the maturity depth on the best chain (an
+    /// addition to the plan's types: the reward can be spent).
+    BlockConfirmed {
+        user: String,
+        worker: String,
+        height: u64,
+        hash: String,
+        confirmations: u64,
+    },
+    /// A found block that a node had accepted is no longer on the best
+    /// chain: another block at its height won (an addition to the plan's
+    /// types; the plan's "orphaned block" alert follows it).
+    BlockOrphaned {
+        user: String,
+        worker: String,
+        height: u64,
+        hash: String,
+        /// The block at that height on the best chain.
+        replaced_by: String,
     },
     MinerConnected {
         user: String,
@@ -168,6 +195,8 @@ impl EventData {
             EventData::ShareBestDiff { .. } => "share_best_diff",
             EventData::AsicboostDetected { .. } => "asicboost_detected",
             EventData::BlockSubmitted { .. } => "block_submitted",
+            EventData::BlockConfirmed { .. } => "block_confirmed",
+            EventData::BlockOrphaned { .. } => "block_orphaned",
         }
     }
 }

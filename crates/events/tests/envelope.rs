@@ -40,6 +40,21 @@ fn all_events() -> Vec<EventData> {
             hash: "00ab".into(),
             accepted: true,
             answers: vec!["http://127.0.0.1:8332: accepted".into()],
+            status: "accepted".into(),
+        },
+        EventData::BlockConfirmed {
+            user: user(),
+            worker: worker(),
+            height: 102,
+            hash: "00ab".into(),
+            confirmations: 100,
+        },
+        EventData::BlockOrphaned {
+            user: user(),
+            worker: worker(),
+            height: 102,
+            hash: "00ab".into(),
+            replaced_by: "00cd".into(),
         },
         EventData::MinerConnected {
             user: user(),
@@ -145,7 +160,10 @@ fn expected_fields(event_type: &str) -> &'static [&'static str] {
         "share_best_diff" => &["user", "worker", "new_best", "prev_best", "timeframe"],
         "asicboost_detected" => &["user", "worker", "pool_mask", "miner_mask"],
         // Our addition: the nodes' verdict on a found block.
-        "block_submitted" => &["user", "worker", "height", "hash", "accepted", "answers"],
+        "block_submitted" => &["user", "worker", "height", "hash", "accepted", "answers", "status"],
+        // Our additions: a found block's life on the best chain.
+        "block_confirmed" => &["user", "worker", "height", "hash", "confirmations"],
+        "block_orphaned" => &["user", "worker", "height", "hash", "replaced_by"],
         other => panic!("unexpected event type {other}"),
     }
 }

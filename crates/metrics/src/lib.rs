@@ -10,6 +10,7 @@
 
 pub mod collector;
 mod encode;
+mod limits;
 pub mod pool;
 pub mod process;
 

@@ -234,6 +234,7 @@ fn encode_pool(sources: &PoolSources, enc: &mut DescriptorEncoder) -> Result<(),
         "Stratum lines that could not be parsed.",
         get(&c.protocol_errors),
     )?;
+    crate::limits::encode_limits(c, enc)?;
     encode::counter_u64(
         enc,
         "ckpool_asicboost_miners",
@@ -256,20 +257,44 @@ fn encode_pool(sources: &PoolSources, enc: &mut DescriptorEncoder) -> Result<(),
     encode::counter_u64(
         enc,
         "ckpool_blocks_submitted",
-        "Found blocks whose submission to the nodes completed.",
-        get(&c.blocks_accepted) + get(&c.blocks_rejected),
+        "Found blocks whose submission settled: accepted by a node, or passed by the chain (stale, rejected).",
+        get(&c.blocks_accepted) + get(&c.blocks_rejected) + get(&c.blocks_stale),
     )?;
     encode::counter_u64(
         enc,
         "ckpool_blocks_accepted",
-        "Found blocks a node accepted.",
+        "Found blocks a node accepted onto its best chain.",
         get(&c.blocks_accepted),
     )?;
     encode::counter_u64(
         enc,
         "ckpool_blocks_rejected",
-        "Found blocks every node rejected.",
+        "Found blocks never accepted that a node refused as invalid (a pool fault), once the chain passed them.",
         get(&c.blocks_rejected),
+    )?;
+    encode::counter_u64(
+        enc,
+        "ckpool_blocks_stale",
+        "Found blocks never accepted: the chain has another block at their height with more work on top.",
+        get(&c.blocks_stale),
+    )?;
+    encode::counter_u64(
+        enc,
+        "ckpool_blocks_confirmed",
+        "Found blocks that reached the maturity depth (100 confirmations by default).",
+        get(&c.blocks_confirmed),
+    )?;
+    encode::counter_u64(
+        enc,
+        "ckpool_blocks_orphaned",
+        "Found blocks accepted, then reorganised away by another block at their height.",
+        get(&c.blocks_orphaned),
+    )?;
+    encode::gauge(
+        enc,
+        "ckpool_blocks_pending",
+        "Found blocks no node has taken yet (kept on disk, submitted again with backoff).",
+        sources.pool.blocks_pending() as f64,
     )?;
 
     let template_height = get(&c.template_height);

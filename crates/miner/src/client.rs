@@ -2,13 +2,13 @@
 //! and keeps the server's pushes (notify, set_difficulty, ...) in order.
 
 use std::collections::VecDeque;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 
 use crate::MinerError;
 
@@ -37,6 +37,30 @@ impl Reply {
     }
 }
 
+/// A TCP connection to `addr` with no Nagle delay, from `local` if given.
+pub(crate) async fn connect_tcp(
+    addr: SocketAddr,
+    local: Option<IpAddr>,
+) -> Result<TcpStream, MinerError> {
+    let stream = match local {
+        None => TcpStream::connect(addr).await.map_err(MinerError::Io)?,
+        Some(ip) => {
+            let socket = if ip.is_ipv4() {
+                TcpSocket::new_v4()
+            } else {
+                TcpSocket::new_v6()
+            }
+            .map_err(MinerError::Io)?;
+            socket
+                .bind(SocketAddr::new(ip, 0))
+                .map_err(MinerError::Io)?;
+            socket.connect(addr).await.map_err(MinerError::Io)?
+        }
+    };
+    stream.set_nodelay(true).map_err(MinerError::Io)?;
+    Ok(stream)
+}
+
 pub struct StratumClient {
     reader: BufReader<OwnedReadHalf>,
     writer: OwnedWriteHalf,
@@ -48,8 +72,16 @@ pub struct StratumClient {
 
 impl StratumClient {
     pub async fn connect(addr: SocketAddr) -> Result<StratumClient, MinerError> {
-        let stream = TcpStream::connect(addr).await.map_err(MinerError::Io)?;
-        stream.set_nodelay(true).map_err(MinerError::Io)?;
+        StratumClient::connect_from(addr, None).await
+    }
+
+    /// As `connect`, from the local address `local` (which must be one of
+    /// this host's): tests of per-source limits use 127.0.0.2 and the like.
+    pub async fn connect_from(
+        addr: SocketAddr,
+        local: Option<IpAddr>,
+    ) -> Result<StratumClient, MinerError> {
+        let stream = connect_tcp(addr, local).await?;
         let (read, write) = stream.into_split();
         Ok(StratumClient {
             reader: BufReader::new(read),

@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 
 use crate::job::{hash_difficulty, sha256d, MinerJob};
@@ -30,6 +29,9 @@ pub struct MinerConfig {
     pub max_blocks: Option<u64>,
     /// Nonces hashed between two looks at the pool's messages.
     pub chunk: u32,
+    /// Local address to connect from (tests of per-source limits); `None`:
+    /// the system's choice.
+    pub local_ip: Option<std::net::IpAddr>,
 }
 
 impl MinerConfig {
@@ -43,6 +45,7 @@ impl MinerConfig {
             max_accepted: None,
             max_blocks: None,
             chunk: 50_000,
+            local_ip: None,
         }
     }
 }
@@ -146,10 +149,7 @@ pub async fn run_miner(
     mut shutdown: watch::Receiver<bool>,
     events: Option<mpsc::Sender<MinerEvent>>,
 ) -> Result<MinerSummary, MinerError> {
-    let stream = TcpStream::connect(config.pool)
-        .await
-        .map_err(MinerError::Io)?;
-    stream.set_nodelay(true).map_err(MinerError::Io)?;
+    let stream = crate::client::connect_tcp(config.pool, config.local_ip).await?;
     let (read_half, mut write_half) = stream.into_split();
 
     // The reader task forwards each line; when the channel is full it stops

@@ -11,13 +11,14 @@
 mod endpoint;
 mod nodeset;
 mod rpc;
+mod submit;
 mod watcher;
 
 pub use endpoint::{NodeAuth, NodeEndpoint};
 pub use nodeset::{
-    ChainInfo, NodeError, NodeSet, NodeStatus, NodeSubmitAnswer, SubmitAnswer, SubmitOutcome,
-    DEFAULT_DOWN_RETRY,
+    ChainInfo, NodeError, NodeSet, NodeStatus, DEFAULT_DOWN_RETRY,
 };
+pub use submit::{ChainPosition, NodeSubmitAnswer, SubmitAnswer};
 pub use rpc::{RpcClient, RpcError, RpcObserver};
 pub use watcher::{
     FetchedTemplate, IntervalControl, NodeHealth, RefreshTrigger, RunningWatcher, TemplateWatcher,

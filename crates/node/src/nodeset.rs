@@ -57,43 +57,6 @@ pub struct NodeStatus {
     pub rpc_latency: Option<Duration>,
 }
 
-/// One node's answer to `submitblock`.
-#[derive(Debug)]
-pub enum SubmitAnswer {
-    /// `null`: the block was accepted.
-    Accepted,
-    /// `"duplicate"`: the node already has it (counts as accepted).
-    Duplicate,
-    /// Any other string, such as `"high-hash"` or `"inconclusive"`.
-    Rejected(String),
-    /// The call itself failed (transport, auth, RPC error such as -22).
-    Failed(RpcError),
-}
-
-impl SubmitAnswer {
-    pub fn is_accepted(&self) -> bool {
-        matches!(self, SubmitAnswer::Accepted | SubmitAnswer::Duplicate)
-    }
-}
-
-#[derive(Debug)]
-pub struct NodeSubmitAnswer {
-    pub url: String,
-    pub answer: SubmitAnswer,
-}
-
-/// Result of [`NodeSet::submit_block`].
-#[derive(Debug)]
-pub struct SubmitOutcome {
-    /// Some node accepted the block, or a node's chain has it at `height`.
-    pub accepted: bool,
-    /// True when no node accepted it outright but `getblockhash(height)`
-    /// returned the block's hash.
-    pub confirmed_by_hash: bool,
-    /// Every node's answer, in priority order.
-    pub answers: Vec<NodeSubmitAnswer>,
-}
-
 /// A node's view of the chain and of its peers (getblockchaininfo and
 /// getnetworkinfo), for the "node is behind" and "few peers" alerts.
 #[derive(Clone, Debug, PartialEq)]
@@ -137,8 +100,8 @@ struct NodeState {
     rpc_latency: Option<Duration>,
 }
 
-struct Node {
-    client: RpcClient,
+pub(crate) struct Node {
+    pub(crate) client: RpcClient,
     state: Mutex<NodeState>,
 }
 
@@ -209,6 +172,10 @@ impl NodeSet {
     pub fn with_down_retry(mut self, down_retry: Duration) -> NodeSet {
         self.down_retry = down_retry;
         self
+    }
+
+    pub(crate) fn nodes(&self) -> &[Node] {
+        &self.nodes
     }
 
     pub fn len(&self) -> usize {
@@ -286,53 +253,6 @@ impl NodeSet {
             connections,
             fetched_at: Instant::now(),
         })
-    }
-
-    /// Sends the block to every node at once. `null` or `"duplicate"` from
-    /// any node means accepted; otherwise the block counts as accepted only
-    /// if some node's `getblockhash(height)` equals `expected_hash`.
-    pub async fn submit_block(
-        &self,
-        block_hex: &str,
-        height: u32,
-        expected_hash: BlockHash,
-    ) -> SubmitOutcome {
-        let calls = self.nodes.iter().map(|node| async move {
-            let result = node
-                .client
-                .call::<Option<String>>("submitblock", json!([block_hex]))
-                .await;
-            let answer = match result {
-                Ok(None) => SubmitAnswer::Accepted,
-                Ok(Some(text)) if text == "duplicate" => SubmitAnswer::Duplicate,
-                Ok(Some(text)) => SubmitAnswer::Rejected(text),
-                Err(e) => SubmitAnswer::Failed(e),
-            };
-            NodeSubmitAnswer {
-                url: node.client.endpoint().url.clone(),
-                answer,
-            }
-        });
-        let answers = futures::future::join_all(calls).await;
-        if answers.iter().any(|a| a.answer.is_accepted()) {
-            return SubmitOutcome {
-                accepted: true,
-                confirmed_by_hash: false,
-                answers,
-            };
-        }
-        let confirmed = match self.block_hash_at(height).await {
-            Ok(hash) => hash == expected_hash,
-            Err(e) => {
-                tracing::debug!(error = %e, height, "cannot confirm submitted block");
-                false
-            }
-        };
-        SubmitOutcome {
-            accepted: confirmed,
-            confirmed_by_hash: confirmed,
-            answers,
-        }
     }
 
     /// Health of every node, in priority order.

@@ -395,7 +395,7 @@ fn debug_output_redacts_password() {
 }
 
 #[tokio::test]
-async fn submit_block_outcomes() {
+async fn submit_block_answers_are_core_s_recorded_ones() {
     let server = ReplayServer::start("user", "pass").await;
     let nodes = NodeSet::new(
         vec![server.endpoint("user", "pass")],
@@ -403,41 +403,27 @@ async fn submit_block_outcomes() {
         Network::Regtest,
     )
     .unwrap();
-    let unrelated = hash(RECORDED_TIP);
-    let block_102 = hash(RECORDED_BLOCK_102);
 
-    let duplicate = nodes.submit_block(BLOCK_DUPLICATE, 102, unrelated).await;
-    assert!(duplicate.accepted);
-    assert!(!duplicate.confirmed_by_hash);
-    assert!(matches!(
-        duplicate.answers[0].answer,
-        SubmitAnswer::Duplicate
-    ));
+    let duplicate = nodes.submit_block_to_all(BLOCK_DUPLICATE).await;
+    assert!(matches!(duplicate[0].answer, SubmitAnswer::Duplicate));
+    assert!(duplicate[0].answer.is_accepted());
 
-    let rejected = nodes.submit_block(BLOCK_HIGH_HASH, 102, unrelated).await;
-    assert!(!rejected.accepted, "{rejected:?}");
+    let rejected = nodes.submit_block_to_all(BLOCK_HIGH_HASH).await;
     assert!(
-        matches!(&rejected.answers[0].answer, SubmitAnswer::Rejected(r) if r == "high-hash"),
+        matches!(&rejected[0].answer, SubmitAnswer::Rejected(r) if r == "high-hash"),
         "{rejected:?}"
     );
+    assert!(rejected[0].answer.is_rejection());
 
-    // Rejected, but the chain has our hash at that height: accepted.
-    let confirmed = nodes.submit_block(BLOCK_HIGH_HASH, 102, block_102).await;
-    assert!(
-        confirmed.accepted && confirmed.confirmed_by_hash,
-        "{confirmed:?}"
-    );
-
-    let undecodable = nodes.submit_block(BLOCK_UNDECODABLE, 102, unrelated).await;
-    assert!(!undecodable.accepted);
-    match &undecodable.answers[0].answer {
+    let undecodable = nodes.submit_block_to_all(BLOCK_UNDECODABLE).await;
+    match &undecodable[0].answer {
         SubmitAnswer::Failed(error) => assert_eq!(error.rpc_code(), Some(-22)),
         other => panic!("expected -22, got {other:?}"),
     }
 }
 
 #[tokio::test]
-async fn submit_block_goes_to_every_node() {
+async fn submit_block_goes_to_every_node_and_a_stopped_one_is_unreachable() {
     let first = ReplayServer::start("user", "pass").await;
     let mut second = ReplayServer::start("user", "pass").await;
     second.stop().await;
@@ -450,17 +436,19 @@ async fn submit_block_goes_to_every_node() {
         Network::Regtest,
     )
     .unwrap();
-    let outcome = nodes
-        .submit_block(BLOCK_DUPLICATE, 102, hash(RECORDED_TIP))
-        .await;
-    assert!(outcome.accepted);
-    assert_eq!(outcome.answers.len(), 2);
-    assert_eq!(outcome.answers[0].url, first.url());
-    assert!(matches!(outcome.answers[0].answer, SubmitAnswer::Duplicate));
-    assert!(matches!(
-        outcome.answers[1].answer,
-        SubmitAnswer::Failed(RpcError::Transport { .. })
-    ));
+    let answers = nodes.submit_block_to_all(BLOCK_DUPLICATE).await;
+    assert_eq!(answers.len(), 2);
+    assert_eq!(answers[0].url, first.url());
+    assert!(matches!(answers[0].answer, SubmitAnswer::Duplicate));
+    // A node that cannot be reached said nothing about the block.
+    assert!(
+        matches!(
+            answers[1].answer,
+            SubmitAnswer::Unreachable(RpcError::Transport { .. })
+        ),
+        "{answers:?}"
+    );
+    assert!(!answers[1].answer.is_rejection());
     assert_eq!(first.state.call_count("submitblock"), 1);
 }
 

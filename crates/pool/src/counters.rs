@@ -8,6 +8,8 @@ use parking_lot::Mutex;
 
 use tbg_stratum::RejectReason;
 
+use crate::limits::LimitKind;
+
 /// f64 stored in an AtomicU64 (bits), for gauges and difficulty sums.
 #[derive(Debug, Default)]
 pub struct AtomicF64(AtomicU64);
@@ -47,7 +49,14 @@ pub struct PoolCounters {
     pub protocol_errors: AtomicU64,
     pub blocks_found: AtomicU64,
     pub blocks_accepted: AtomicU64,
+    /// Never accepted; a node refused the block itself, then the chain passed it.
     pub blocks_rejected: AtomicU64,
+    /// Never accepted; the chain passed it (race lost, or unreachable nodes).
+    pub blocks_stale: AtomicU64,
+    /// Reached the maturity depth.
+    pub blocks_confirmed: AtomicU64,
+    /// Accepted, then reorganised away.
+    pub blocks_orphaned: AtomicU64,
     pub asicboost_miners: AtomicU64,
     pub notifies_sent: AtomicU64,
     pub template_height: AtomicU64,
@@ -63,6 +72,12 @@ pub struct PoolCounters {
     pub notify_delay_histogram: LatencyHistogram,
     /// Events produced by the pool (journaled and/or sent to the sinks).
     pub events_emitted: AtomicU64,
+    /// Refusals by the abuse limits, by [`LimitKind::index`].
+    pub limit_refusals: [AtomicU64; LimitKind::ALL.len()],
+    /// Soft bans started.
+    pub ip_bans: AtomicU64,
+    /// Sources in the per-source limit table (a gauge).
+    pub ip_sources: AtomicU64,
 }
 
 /// Number of distinct reject reasons tracked.
@@ -119,6 +134,16 @@ impl PoolCounters {
         let delay = u64::try_from(template_received.elapsed().as_nanos()).unwrap_or(u64::MAX);
         self.last_notify_delay_ns.store(delay, Ordering::Relaxed);
         self.notify_delay_histogram.observe_nanos(delay);
+    }
+    pub fn limit_refused(&self, kind: LimitKind) {
+        if let Some(slot) = self.limit_refusals.get(kind.index()) {
+            slot.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    pub fn limit_refusals(&self, kind: LimitKind) -> u64 {
+        self.limit_refusals
+            .get(kind.index())
+            .map_or(0, |slot| slot.load(Ordering::Relaxed))
     }
     pub fn event_emitted(&self) {
         self.events_emitted.fetch_add(1, Ordering::Relaxed);

@@ -4,11 +4,16 @@
 //! parameter of `mining.subscribe`) gets the same extranonce1, as ckpool does,
 //! so that work it was hashing stays valid. Records of closed sessions are
 //! kept for `resume_window`, then forgotten, so memory stays bounded.
+//!
+//! A closed session's accepted shares are parked with its record and handed
+//! to the connection that resumes it: the same extranonce1 hashes the same
+//! headers, so a share accepted before the reconnect stays a duplicate.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
+use tbg_work::SeenShares;
 
 /// What a subscribe gets.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,6 +28,9 @@ struct Record {
     extranonce1: Vec<u8>,
     /// `None` while a connection holds it.
     released_at: Option<Instant>,
+    /// The shares the closed session had accepted (boxed: most records
+    /// have none, and every record pays for the field).
+    shares: Option<Box<SeenShares>>,
 }
 
 #[derive(Debug)]
@@ -110,6 +118,7 @@ impl ExtranonceAllocator {
                 Record {
                     extranonce1: extranonce1.clone(),
                     released_at: None,
+                    shares: None,
                 },
             );
             return Some(Allocation {
@@ -126,6 +135,22 @@ impl ExtranonceAllocator {
         if let Some(record) = self.state.lock().by_session.get_mut(session_id) {
             record.released_at = Some(now);
         }
+    }
+
+    /// As [`ExtranonceAllocator::release`], parking the session's accepted
+    /// shares for the connection that resumes it.
+    pub fn release_with_shares(&self, session_id: &str, now: Instant, shares: SeenShares) {
+        if let Some(record) = self.state.lock().by_session.get_mut(session_id) {
+            record.released_at = Some(now);
+            record.shares = (!shares.is_empty()).then(|| Box::new(shares));
+        }
+    }
+
+    /// The shares parked by the session a resumed `session_id` continues.
+    pub fn take_shares(&self, session_id: &str) -> Option<SeenShares> {
+        let mut state = self.state.lock();
+        let record = state.by_session.get_mut(session_id)?;
+        record.shares.take().map(|shares| *shares)
     }
 
     /// Sessions recorded (live and resumable).

@@ -10,6 +10,8 @@
 pub mod blocks;
 pub mod counters;
 pub mod extranonce;
+mod guard;
+pub mod limits;
 pub mod memory;
 mod notify;
 mod server;
@@ -36,7 +38,7 @@ use tokio::sync::{mpsc, watch};
 /// default node RPC timeout, so a node that is down cannot hold it longer.
 pub const BLOCK_SUBMIT_GRACE: Duration = Duration::from_secs(10);
 
-pub use blocks::{BlockRecord, BlockStatus, FoundBlock};
+pub use blocks::{BlockRecord, BlockStatus, BlockStore, BlockStoreError, FoundBlock, StoredBlock};
 pub use counters::PoolCounters;
 pub use service::{NodeSettings, PoolService, ServiceError};
 pub use settings::PoolSettings;
@@ -52,6 +54,10 @@ pub enum PoolError {
         #[source]
         source: std::io::Error,
     },
+    /// Found blocks could not be kept: the pool does not start without
+    /// the store it was configured with.
+    #[error(transparent)]
+    BlockStore(#[from] BlockStoreError),
 }
 
 /// State every session shares.
@@ -61,6 +67,11 @@ pub(crate) struct PoolShared {
     pub(crate) settings: PoolSettings,
     /// The current settings, swapped by `PoolHandle::reload` (SIGHUP).
     live: parking_lot::RwLock<Arc<PoolSettings>>,
+    /// Bumped after each swap of `live`: sessions re-read their cached copy
+    /// only when it moved (one atomic load per line, not a lock).
+    pub(crate) live_generation: AtomicU64,
+    /// The abuse limits' per-source table and log budget.
+    pub(crate) guard: guard::Guard,
     pub(crate) extranonces: extranonce::ExtranonceAllocator,
     pub(crate) stats: StatsRegistry,
     pub(crate) user_sigs: Arc<usersig::UserSigCache>,
@@ -69,6 +80,15 @@ pub(crate) struct PoolShared {
     pub(crate) difficulty_memory: memory::DifficultyMemory,
     pub(crate) counters: Arc<PoolCounters>,
     pub(crate) blocks: blocks::BlockLog,
+    /// Hashes of the blocks already handed to `block_found`: one solution
+    /// is submitted once, however often and on whatever connection it
+    /// arrives (sessions claim it in their share verdict).
+    pub(crate) found_blocks: parking_lot::Mutex<tbg_work::FoundBlocks>,
+    /// Found blocks on disk (`None`: in memory only).
+    pub(crate) block_store: Option<BlockStore>,
+    /// Cancelled when the pool stops: ends the block keepers' retries
+    /// (the store has what they had not finished).
+    pub(crate) stopping: tokio_util::sync::CancellationToken,
     events: Arc<dyn EventSink>,
     pub(crate) journal: Option<Journal>,
     event_factory: EventFactory,
@@ -161,7 +181,7 @@ impl PoolShared {
     }
 
     pub(crate) fn block_found(self: &Arc<Self>, block: FoundBlock) {
-        blocks::submit(self, self.nodes.clone(), block);
+        blocks::keeper::found(self, block);
     }
 }
 
@@ -210,7 +230,17 @@ pub struct PoolStatus {
     pub accepted_difficulty: f64,
     pub blocks_found: u64,
     pub blocks_accepted: u64,
+    /// Never accepted; a node refused the block itself.
     pub blocks_rejected: u64,
+    /// Never accepted; the chain passed it.
+    pub blocks_stale: u64,
+    /// Reached the maturity depth (100 confirmations by default).
+    pub blocks_confirmed: u64,
+    /// Accepted, then another block at its height won.
+    pub blocks_orphaned: u64,
+    /// Found blocks no node has taken yet (being submitted again): anything
+    /// but 0 for more than a few seconds pages the on-call.
+    pub blocks_pending: u64,
     /// Height of the block being mined.
     pub template_height: u64,
     pub network_difficulty: f64,
@@ -225,6 +255,30 @@ pub struct PoolStatus {
 
 /// Starts the pool: binds the stratum port, then serves until shutdown.
 pub async fn start(settings: PoolSettings, deps: PoolDeps) -> Result<PoolHandle, PoolError> {
+    // Before the port opens: a pool that cannot keep its blocks does not
+    // mine, and blocks of an earlier run are resumed from the start.
+    let (block_store, stored_blocks) = match settings.block_dir.clone() {
+        Some(dir) => {
+            let opened = tokio::task::spawn_blocking(move || {
+                let store = BlockStore::open(dir)?;
+                let loaded = store.load()?;
+                Ok::<_, BlockStoreError>((store, loaded))
+            })
+            .await
+            .map_err(|e| {
+                BlockStoreError::Io {
+                    dir: settings.block_dir.clone().unwrap_or_default(),
+                    action: "opening",
+                    source: std::io::Error::other(e),
+                }
+            })??;
+            (Some(opened.0), Some(opened.1))
+        }
+        None => {
+            tracing::warn!("no block store: a found block no node took yet is lost if the pool stops");
+            (None, None)
+        }
+    };
     let listener = tokio::net::TcpListener::bind(settings.stratum_bind)
         .await
         .map_err(|source| PoolError::Bind {
@@ -247,12 +301,17 @@ pub async fn start(settings: PoolSettings, deps: PoolDeps) -> Result<PoolHandle,
         ),
         difficulty_memory: memory::DifficultyMemory::new(settings.difficulty_memory),
         live: parking_lot::RwLock::new(Arc::new(settings.clone())),
+        live_generation: AtomicU64::new(0),
+        guard: guard::Guard::new(&settings.limits, Instant::now()),
         settings,
         stats,
         user_sigs,
         user_sig_requests: parking_lot::RwLock::new(None),
         counters: Arc::new(PoolCounters::default()),
         blocks: blocks::BlockLog::default(),
+        found_blocks: parking_lot::Mutex::default(),
+        block_store,
+        stopping: tokio_util::sync::CancellationToken::new(),
         events: deps.events,
         journal: deps.journal,
         event_factory: deps.event_factory,
@@ -264,6 +323,9 @@ pub async fn start(settings: PoolSettings, deps: PoolDeps) -> Result<PoolHandle,
         block_submissions: tokio_util::task::TaskTracker::new(),
         epoch: Instant::now(),
     });
+    if let Some(loaded) = stored_blocks {
+        blocks::keeper::resume(&shared, loaded);
+    }
     let user_sig_task = shared
         .settings
         .redis_url
@@ -411,10 +473,12 @@ impl PoolHandle {
             {
                 tracing::error!(
                     blocks = submissions.len(),
-                    "stopping with block submissions unanswered by the nodes"
+                    durable = self.shared.block_store.is_some(),
+                    "stopping with block submissions unanswered by the nodes; the block store has them for the next start"
                 );
             }
         }
+        self.shared.stopping.cancel();
         for task in self.background {
             task.abort();
         }
@@ -441,6 +505,7 @@ impl PoolHandle {
         }
         let redis_changed = next.redis_url != current.redis_url;
         *self.shared.live.write() = Arc::new(next.clone());
+        self.shared.live_generation.fetch_add(1, Ordering::Release);
         if redis_changed {
             let mut task = self.user_sig_task.lock();
             if let Some(old) = task.take() {

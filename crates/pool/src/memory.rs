@@ -1,6 +1,12 @@
 //! Each worker's difficulty, remembered across reconnects, so that a miner
 //! that reconnects does not restart at the start difficulty (and cannot
 //! reset its difficulty by reconnecting).
+//!
+//! Only a difficulty the worker's own accepted shares earned (a vardiff
+//! retarget from the measured share rate) is stored, never a suggestion, a
+//! `mining.configure` minimum or an idle drop: Stratum V1 has no password, so
+//! anyone can authorize as any address and worker, and what such a
+//! connection merely asks for must not follow the real miner.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};

@@ -5,7 +5,6 @@
 //! when the template changes. Nothing a miner sends can panic it or reach
 //! another connection; the worst a miner can do is get itself disconnected.
 
-use std::collections::{HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -17,27 +16,26 @@ use tbg_events::EventData;
 use tbg_stratum::{
     ClientMessage, ConfigureRequest, ConfigureResponse, RejectReason, Request, Submit,
 };
-use tbg_work::{Job, Vardiff};
+use tbg_work::{Job, KeptJob, ShareValidator, Vardiff};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::sync::watch;
 
 use crate::extranonce::Allocation;
+use crate::limits::{ConnectionLimiter, LimitKind, RequestKind, Verdict};
 use crate::notify::JobInputs;
+use crate::settings::PoolSettings;
 use crate::stats::{StatsRegistry, WorkerHandle};
 use crate::work_source::CurrentWork;
 use crate::PoolShared;
 
+mod shares;
+
 /// Worker names one connection may authorize.
 pub const MAX_WORKERS_PER_CONNECTION: usize = 64;
-/// Jobs a session remembers; older ones answer "Invalid JobID".
-const JOBS_KEPT: usize = 16;
 /// How long a session still answers a miner after telling it to reconnect
 /// at a graceful stop: shares already on the wire arrive within a round
 /// trip; a miner that honours `client.reconnect` closes sooner.
 pub const STOP_LINGER: Duration = Duration::from_millis(500);
-/// Shares remembered per job for duplicate detection; past this, the oldest
-/// job's set stops growing (the miner should have had new work long before).
-const MAX_SHARES_REMEMBERED_PER_JOB: usize = 200_000;
 
 /// Why a connection ended, for logs and the disconnect event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,20 +49,9 @@ pub enum CloseReason {
     Shutdown,
     IoError,
     ServerFull,
-}
-
-struct SessionJob {
-    /// Shared with the user's other sessions (same template, same job).
-    id: Arc<str>,
-    job: Job,
-    prev_hash: bitcoin::BlockHash,
-    difficulty: f64,
-    ntime: u32,
-    reward_sats: u64,
-    seen: HashSet<(u64, u32, u32, u32)>,
-    /// Merkle root of the last extranonce2 seen on this job: miners send
-    /// many shares per extranonce2, and the root is most of the hashing.
-    last_root: Option<(u64, [u8; 32])>,
+    /// Past `protocol_errors_per_minute` (garbage, unknown methods,
+    /// malformed requests, requests over their rate limit).
+    TooManyErrors,
 }
 
 struct Authorized {
@@ -84,11 +71,15 @@ pub(crate) struct Session {
     allocation: Option<Allocation>,
     extranonce_subscribed: bool,
     authorized: Option<Authorized>,
-    version_mask: Option<u32>,
+    /// The mask the miner asked to roll, once version rolling was granted
+    /// (the granted mask is the validator's): for `asicboost_detected`.
+    asicboost_mask: Option<u32>,
     suggested_difficulty: Option<f64>,
     difficulty: f64,
     vardiff: Option<Vardiff>,
-    jobs: VecDeque<SessionJob>,
+    /// The jobs sent, the version mask, the shares accepted: what the share
+    /// rules (`tbg_work::validate`) judge a submit by.
+    shares: ShareValidator,
     work_generation_sent: u64,
     shares_session: u64,
     best_session: f64,
@@ -98,6 +89,12 @@ pub(crate) struct Session {
     /// Highest journal seq of this connection's events: answers wait until
     /// it is durable.
     pending_seq: AtomicU64,
+    /// The connection's request rates (`limits.rs`).
+    limiter: ConnectionLimiter,
+    /// The live settings as of `live_generation`; re-read when a reload
+    /// bumps the pool's generation.
+    live: Arc<PoolSettings>,
+    live_generation: u64,
 }
 
 enum LineRead {
@@ -139,7 +136,9 @@ async fn read_line_limited<R: AsyncRead + Unpin>(
 impl Session {
     pub(crate) fn new(shared: Arc<PoolShared>, client_id: u64, peer: SocketAddr) -> Session {
         let now = Instant::now();
-        let difficulty = shared.live().start_difficulty;
+        let live_generation = shared.live_generation.load(Ordering::Acquire);
+        let live = shared.live();
+        let difficulty = live.start_difficulty;
         Session {
             shared,
             client_id,
@@ -149,11 +148,11 @@ impl Session {
             allocation: None,
             extranonce_subscribed: false,
             authorized: None,
-            version_mask: None,
+            asicboost_mask: None,
             suggested_difficulty: None,
             difficulty,
             vardiff: None,
-            jobs: VecDeque::with_capacity(JOBS_KEPT),
+            shares: ShareValidator::new(),
             work_generation_sent: 0,
             shares_session: 0,
             best_session: 0.0,
@@ -161,6 +160,9 @@ impl Session {
             last_activity: now,
             last_hashrate_event: now,
             pending_seq: AtomicU64::new(0),
+            limiter: ConnectionLimiter::new(now),
+            live,
+            live_generation,
         }
     }
 
@@ -198,6 +200,7 @@ impl Session {
         let timeout = tokio::time::sleep_until(armed.into());
         tokio::pin!(timeout);
         let reason = loop {
+            self.refresh_live();
             let deadline = self.timeout_deadline();
             if deadline < armed {
                 armed = deadline;
@@ -215,7 +218,8 @@ impl Session {
                 read = read_line_limited(&mut stream, &mut line, max_line) => {
                     match read {
                         Ok(LineRead::Line) => {
-                            self.last_activity = Instant::now();
+                            // Activity (the idle timer) is set in
+                            // `handle_line`, by work-related requests only.
                             let keep = self.handle_line(&line, &mut out, &work_rx);
                             line.clear();
                             if let Err(reason) = keep {
@@ -294,9 +298,82 @@ impl Session {
     /// until the miner authorizes, then the idle timeout.
     fn timeout_deadline(&self) -> Instant {
         if self.authorized.is_none() {
-            self.connected_at + self.shared.settings.authorize_timeout
+            self.connected_at + self.live.authorize_timeout
         } else {
-            self.last_activity + self.shared.settings.idle_timeout
+            self.last_activity + self.live.idle_timeout
+        }
+    }
+
+    /// Takes the settings of a reload, if there was one since the last look.
+    fn refresh_live(&mut self) {
+        let generation = self.shared.live_generation.load(Ordering::Acquire);
+        if generation != self.live_generation {
+            self.live_generation = generation;
+            self.live = self.shared.live();
+        }
+    }
+
+    /// A protocol error: answered with `reply` while the connection is
+    /// within its allowance, else closed.
+    fn protocol_error(
+        &mut self,
+        now: Instant,
+        id: &Value,
+        reply: String,
+        out: &mut String,
+    ) -> Result<(), CloseReason> {
+        match self.limiter.protocol_error(&self.live.limits, now) {
+            Verdict::Close(_) => self.close_for_errors(id, out),
+            Verdict::Allow | Verdict::Refuse(_) => {
+                out.push_str(&reply);
+                Ok(())
+            }
+        }
+    }
+
+    /// Counted and logged by the guard when the connection is released.
+    fn close_for_errors(&mut self, id: &Value, out: &mut String) -> Result<(), CloseReason> {
+        out.push_str(&tbg_stratum::response_error(
+            id,
+            20,
+            "Too many protocol errors; closing",
+        ));
+        Err(CloseReason::TooManyErrors)
+    }
+
+    /// The rate limits of `request`'s method; `Err` closes the connection,
+    /// `Ok(false)`: refused and answered, handle nothing.
+    fn within_limits(
+        &mut self,
+        request: &Request,
+        now: Instant,
+        out: &mut String,
+    ) -> Result<bool, CloseReason> {
+        let kind = RequestKind::of(&request.method);
+        match self.limiter.request(kind, &self.live.limits, now) {
+            Verdict::Allow => Ok(true),
+            Verdict::Close(_) => self.close_for_errors(&request.id, out).map(|()| false),
+            Verdict::Refuse(limit) => {
+                self.shared.guard.refused(
+                    &self.shared.counters,
+                    limit,
+                    self.peer,
+                    Some(self.client_id),
+                    now,
+                );
+                let what = match limit {
+                    LimitKind::RequestRate => {
+                        "mining.configure, suggest_difficulty and extranonce.subscribe"
+                    }
+                    _ => request.method.as_str(),
+                };
+                out.push_str(&tbg_stratum::response_error(
+                    &request.id,
+                    20,
+                    &format!("Rate limit: too many {what} per minute"),
+                ));
+                Ok(false)
+            }
         }
     }
 
@@ -350,6 +427,8 @@ impl Session {
         if trimmed.iter().all(u8::is_ascii_whitespace) {
             return Ok(());
         }
+        let now = Instant::now();
+        self.refresh_live();
         let request = match tbg_stratum::parse_request_with_limit(
             trimmed,
             self.shared.settings.max_line_bytes,
@@ -358,36 +437,45 @@ impl Session {
             Err(error) => {
                 self.shared.counters.protocol_error(error.label());
                 let id = error.request_id().cloned().unwrap_or(Value::Null);
-                out.push_str(&tbg_stratum::response_error(
-                    &id,
-                    error.code(),
-                    &error.to_string(),
-                ));
-                return Ok(());
+                let reply = tbg_stratum::response_error(&id, error.code(), &error.to_string());
+                return self.protocol_error(now, &id, reply, out);
             }
         };
+        // Before anything is looked at: a refused request costs no share
+        // check and writes no event.
+        if !self.within_limits(&request, now, out)? {
+            return Ok(());
+        }
         let message = match ClientMessage::from_request(&request) {
             Ok(message) => message,
             Err(reason) => {
                 if request.method == "mining.submit" {
                     self.reject_share(&request, None, reason, out)?;
                 } else {
-                    out.push_str(&tbg_stratum::response_reject(&request.id, reason));
+                    let reply = tbg_stratum::response_reject(&request.id, reason);
+                    return self.protocol_error(now, &request.id, reply, out);
                 }
                 return Ok(());
             }
         };
+        // Only well-formed work requests keep a connection alive (the idle
+        // timeout): garbage, unknown methods and refused requests do not.
         match message {
             ClientMessage::Subscribe {
                 user_agent,
                 session_id,
             } => {
+                self.last_activity = now;
                 self.subscribe(&request, user_agent, session_id, out)?;
             }
             ClientMessage::Authorize { username, .. } => {
+                self.last_activity = now;
                 self.authorize(&request, &username, out, work_rx)
             }
-            ClientMessage::Submit(submit) => self.submit(&request, &submit, out, work_rx)?,
+            ClientMessage::Submit(submit) => {
+                self.last_activity = now;
+                self.submit(&request, &submit, out, work_rx)?
+            }
             ClientMessage::Configure { extensions, params } => {
                 self.configure(&request, &extensions, &params, out);
             }
@@ -399,6 +487,7 @@ impl Session {
                 out.push_str(&tbg_stratum::response_ok(&request.id, Value::Bool(true)));
             }
             ClientMessage::Unknown(method) => {
+                // Counted against the protocol-error allowance in `within_limits`.
                 tracing::debug!(client = self.client_id, method = %method, "unknown method");
                 self.shared.counters.protocol_error("unknown_method");
                 out.push_str(&tbg_stratum::response_reject(
@@ -423,7 +512,18 @@ impl Session {
         if self.allocation.is_none() {
             let now = Instant::now();
             match self.shared.extranonces.allocate(session_id.as_deref(), now) {
-                Some(allocation) => self.allocation = Some(allocation),
+                Some(allocation) => {
+                    // Same extranonce1, same headers: what the previous
+                    // connection accepted stays a duplicate.
+                    if allocation.resumed {
+                        if let Some(seen) =
+                            self.shared.extranonces.take_shares(&allocation.session_id)
+                        {
+                            self.shares.resume(seen);
+                        }
+                    }
+                    self.allocation = Some(allocation);
+                }
                 None => {
                     out.push_str(&tbg_stratum::response_error(&request.id, 20, "server full"));
                     return Err(CloseReason::ServerFull);
@@ -506,20 +606,29 @@ impl Session {
         }
         out.push_str(&tbg_stratum::response_ok(&request.id, Value::Bool(true)));
         if !first_authorize {
+            self.announce_asicboost(&worker);
             return;
         }
         self.shared.counters.miner_connected();
-        // Difficulty: a remembered one (reconnect), else the start difficulty,
-        // raised to whatever the miner asked for.
+        // Difficulty: one this worker earned with its own shares on an
+        // earlier connection, else the start difficulty; raised to what
+        // this connection asked for (which stays with this connection);
+        // capped by the network difficulty of the work and the maximum.
         let remembered = self.shared.difficulty_memory.recall(address, &worker, now);
-        self.difficulty = remembered.unwrap_or(self.shared.live().start_difficulty);
-        let mut vardiff = Vardiff::new(
-            self.vardiff_config(self.difficulty),
-            self.shared.seconds(now),
-        );
-        if let Some(floor) = self.suggested_difficulty {
-            vardiff.suggest_difficulty(floor, self.shared.seconds(now));
+        let seconds = self.shared.seconds(now);
+        let config = self.vardiff_config(self.shared.live().start_difficulty);
+        let mut vardiff = match remembered {
+            Some(earned) => Vardiff::resume(config, earned, seconds),
+            None => Vardiff::new(config, seconds),
+        };
+        if let Some(network) = network_difficulty(work_rx) {
+            vardiff.set_network_difficulty(network, seconds);
         }
+        if let Some(floor) = self.suggested_difficulty {
+            vardiff.suggest_difficulty(floor, seconds);
+        }
+        // The difficulty below is announced as the first, not a change.
+        vardiff.settle();
         self.difficulty = vardiff.difficulty();
         self.vardiff = Some(vardiff);
         self.emit(EventData::MinerConnected {
@@ -530,6 +639,7 @@ impl Session {
             useragent: self.user_agent.clone(),
             initial_diff: self.difficulty,
         });
+        self.announce_asicboost(&worker);
         out.push_str(&tbg_stratum::set_difficulty(self.difficulty));
         let work = work_rx.borrow().clone();
         if let Some(work) = work {
@@ -543,8 +653,14 @@ impl Session {
             target_interval_secs: settings.share_interval.as_secs_f64(),
             retarget_window_secs: settings.share_interval.as_secs_f64() * 6.0,
             min_difficulty: settings.min_difficulty,
-            max_difficulty: settings.max_difficulty.unwrap_or(f64::MAX),
+            // No explicit maximum (ckpool's maxdiff 0): the hard ceiling.
+            max_difficulty: settings.max_difficulty.unwrap_or(tbg_work::MAX_DIFFICULTY),
             start_difficulty: start,
+            min_change_interval_secs: self
+                .shared
+                .settings
+                .difficulty_change_interval
+                .as_secs_f64(),
         }
     }
 
@@ -567,25 +683,30 @@ impl Session {
             response.version_rolling_requested = true;
             let mask = rolling.negotiate(self.shared.settings.version_mask);
             if mask.count_ones() >= rolling.min_bit_count && mask != 0 {
-                self.version_mask = Some(mask);
+                let first = self.asicboost_mask.is_none();
+                self.shares.set_version_mask(Some(mask));
+                self.asicboost_mask = Some(rolling.mask);
                 response.version_mask = Some(mask);
-                if let Some(user) = &self.authorized {
-                    self.emit(EventData::AsicboostDetected {
-                        user: user.address.clone(),
-                        worker: user
-                            .workers
-                            .first()
-                            .map(|(w, _)| w.clone())
-                            .unwrap_or_default(),
-                        pool_mask: format!("{:08x}", self.shared.settings.version_mask),
-                        miner_mask: format!("{:08x}", rolling.mask),
-                    });
+                // Once per connection: a configure sent again changes the
+                // mask, not the count. Workers already authorized hear of it
+                // now; those authorized later, at their authorize (miners
+                // usually configure first).
+                if first {
+                    self.shared.counters.asicboost_miner();
+                    let workers: Vec<String> = self
+                        .authorized
+                        .iter()
+                        .flat_map(|user| user.workers.iter().map(|(name, _)| name.clone()))
+                        .collect();
+                    for worker in workers {
+                        self.announce_asicboost(&worker);
+                    }
                 }
-                self.shared.counters.asicboost_miner();
             }
         }
         if let Some(minimum) = parsed.minimum_difficulty {
-            // A floor like suggest_difficulty; applied at authorize when it comes first.
+            // A floor like suggest_difficulty, for this connection only
+            // (never remembered); applied at authorize when it comes first.
             self.suggested_difficulty = Some(
                 self.suggested_difficulty
                     .map_or(minimum, |s| s.max(minimum)),
@@ -596,6 +717,19 @@ impl Session {
             &request.id,
             tbg_stratum::configure_result(&response),
         ));
+    }
+
+    /// `asicboost_detected` for `worker`, when this connection rolls versions.
+    fn announce_asicboost(&self, worker: &str) {
+        let (Some(user), Some(miner_mask)) = (&self.authorized, self.asicboost_mask) else {
+            return;
+        };
+        self.emit(EventData::AsicboostDetected {
+            user: user.address.clone(),
+            worker: worker.to_string(),
+            pool_mask: format!("{:08x}", self.shared.settings.version_mask),
+            miner_mask: format!("{miner_mask:08x}"),
+        });
     }
 
     fn suggest_difficulty(
@@ -609,6 +743,9 @@ impl Session {
         out.push_str(&tbg_stratum::response_ok(&request.id, Value::Bool(true)));
         let now = Instant::now();
         let seconds = self.shared.seconds(now);
+        // Vardiff applies at most one change per `difficulty_change_interval`;
+        // a suggestion within it waits (the latest wins) for a later share
+        // or vardiff tick.
         let changed = self
             .vardiff
             .as_mut()
@@ -622,11 +759,16 @@ impl Session {
         let old = self.difficulty;
         self.difficulty = new;
         out.push_str(&tbg_stratum::set_difficulty(new));
+        // Only a difficulty the share rate set outlives the connection:
+        // anyone can authorize as any worker and suggest anything.
+        let earned = self.vardiff.as_ref().and_then(Vardiff::earned_difficulty) == Some(new);
         if let Some(user) = &self.authorized {
             for (worker, _) in &user.workers {
-                self.shared
-                    .difficulty_memory
-                    .remember(&user.address, worker, new, now);
+                if earned {
+                    self.shared
+                        .difficulty_memory
+                        .remember(&user.address, worker, new, now);
+                }
                 self.emit(EventData::DiffUpdated {
                     user: user.address.clone(),
                     worker: worker.clone(),
@@ -678,24 +820,12 @@ impl Session {
         };
         self.work_generation_sent = work.generation;
         out.push_str(&user_job.line);
-        let id = user_job.id.clone();
         let job = Job {
             template: work.job_template.clone(),
             coinbase: user_job.coinbase.clone(),
         };
-        if self.jobs.len() == JOBS_KEPT {
-            self.jobs.pop_front();
-        }
-        self.jobs.push_back(SessionJob {
-            id,
-            ntime: work.job_template.cur_time,
-            prev_hash: work.template.previous_block_hash,
-            difficulty: self.difficulty,
-            reward_sats: work.template.coinbase_value,
-            job,
-            seen: HashSet::new(),
-            last_root: None,
-        });
+        self.shares
+            .push_job(KeptJob::new(user_job.id.clone(), job, self.difficulty));
         self.shared.counters.notify_sent(work.received_at);
     }
 
@@ -745,132 +875,12 @@ impl Session {
         Ok(())
     }
 
-    fn submit(
-        &mut self,
-        request: &Request,
-        submit: &Submit,
-        out: &mut String,
-        work_rx: &watch::Receiver<Option<Arc<CurrentWork>>>,
-    ) -> Result<(), CloseReason> {
-        let started = Instant::now();
-        let verdict = self.check_submit(submit, work_rx, started);
-        match verdict {
-            Err(reason) => self.reject_share(request, Some(submit), reason, out),
-            Ok(accepted) => {
-                let reply_at = out.len();
-                let journaled = self.account_accepted(accepted, started, out, work_rx);
-                // A share is confirmed only once its event is journaled; when
-                // the journal refuses it (full), the miner hears an error
-                // at once rather than waiting on a journal that may not
-                // recover soon. A block in it was still submitted.
-                let reply = if journaled {
-                    tbg_stratum::response_ok(&request.id, Value::Bool(true))
-                } else {
-                    tbg_stratum::response_reject(&request.id, RejectReason::JournalFull)
-                };
-                out.insert_str(reply_at, &reply);
-                if journaled {
-                    self.shared.counters.share_latency(started.elapsed());
-                }
-                Ok(())
-            }
-        }
-    }
-
-    fn check_submit(
-        &mut self,
-        submit: &Submit,
-        work_rx: &watch::Receiver<Option<Arc<CurrentWork>>>,
-        now: Instant,
-    ) -> Result<AcceptedShare, RejectReason> {
-        let Some(allocation) = &self.allocation else {
-            return Err(RejectReason::NotSubscribed);
-        };
-        let Some(user) = &self.authorized else {
-            return Err(RejectReason::Unauthorized);
-        };
-        let (address, worker) = split_address_worker(&submit.worker);
-        let worker = worker.unwrap_or("default");
-        if address != user.address {
-            return Err(RejectReason::WorkerMismatch);
-        }
-        let Some(worker_index) = user.workers.iter().position(|(name, _)| name == worker) else {
-            return Err(RejectReason::Unauthorized);
-        };
-        let Some(job_index) = self.jobs.iter().position(|job| *job.id == *submit.job_id) else {
-            return Err(RejectReason::InvalidJobId);
-        };
-        let current_prev = work_rx
-            .borrow()
-            .as_ref()
-            .map(|work| work.template.previous_block_hash);
-        let job = &self.jobs[job_index];
-        if current_prev.is_some_and(|prev| prev != job.prev_hash) {
-            return Err(RejectReason::Stale);
-        }
-        let extranonce2 = submit.extranonce2_bytes()?;
-        if extranonce2.len() != self.shared.settings.extranonce2_len {
-            return Err(RejectReason::InvalidNonce2Length);
-        }
-        let ntime = submit.ntime_u32()?;
-        let nonce = submit.nonce_u32()?;
-        let window =
-            u32::try_from(self.shared.settings.ntime_future_window.as_secs()).unwrap_or(u32::MAX);
-        if ntime < job.ntime || ntime > job.ntime.saturating_add(window) {
-            return Err(RejectReason::NtimeOutOfRange);
-        }
-        let base_version = job.job.template.version;
-        let version = match submit.version_bits_u32()? {
-            None => base_version,
-            Some(bits) => {
-                let mask = self.version_mask.unwrap_or(0);
-                if bits & !mask != 0 {
-                    return Err(RejectReason::InvalidVersionMask);
-                }
-                (base_version & !mask) | (bits & mask)
-            }
-        };
-        let mut en2_key = [0u8; 8];
-        let take = extranonce2.len().min(8);
-        en2_key[..take].copy_from_slice(&extranonce2[..take]);
-        let key = (u64::from_le_bytes(en2_key), ntime, nonce, version);
-        if self.jobs[job_index].seen.contains(&key) {
-            return Err(RejectReason::Duplicate);
-        }
-        let job = &mut self.jobs[job_index];
-        let root = match job.last_root {
-            Some((cached_en2, root)) if cached_en2 == key.0 && extranonce2.len() <= 8 => root,
-            _ => {
-                let root = job.job.merkle_root(&allocation.extranonce1, &extranonce2);
-                job.last_root = Some((key.0, root));
-                root
-            }
-        };
-        let check = job.job.check_share_with_root(&root, ntime, nonce, version);
-        if check.share_difficulty < job.difficulty && !check.meets_network {
-            return Err(RejectReason::AboveTarget);
-        }
-        if job.seen.len() < MAX_SHARES_REMEMBERED_PER_JOB {
-            job.seen.insert(key);
-        }
-        let _ = now;
-        Ok(AcceptedShare {
-            job_index,
-            worker_index,
-            extranonce2,
-            ntime,
-            nonce,
-            version,
-            hash: check.hash,
-            share_difficulty: check.share_difficulty,
-            target_difficulty: job.difficulty,
-            is_block: check.meets_network,
-        })
-    }
-
+    /// Credits an accepted share (events, stats, vardiff); false when the
+    /// journal refused its event. A block in it is submitted by the caller.
     fn account_accepted(
         &mut self,
-        share: AcceptedShare,
+        share: &tbg_work::AcceptedShare,
+        worker_index: usize,
         now: Instant,
         out: &mut String,
         work_rx: &watch::Receiver<Option<Arc<CurrentWork>>>,
@@ -878,11 +888,8 @@ impl Session {
         let Some(user) = &self.authorized else {
             return true;
         };
-        let Some(allocation) = &self.allocation else {
-            return true;
-        };
         // `worker_index` came from `position` over this very list.
-        let Some((worker, handle)) = user.workers.get(share.worker_index) else {
+        let Some((worker, handle)) = user.workers.get(worker_index) else {
             return true;
         };
         // The share's event first: only a share the journal took is
@@ -923,35 +930,6 @@ impl Session {
                 .counters
                 .share_rejected(RejectReason::JournalFull);
             handle.lock().record_rejected();
-        }
-        if share.is_block {
-            let job = &self.jobs[share.job_index];
-            let block_hex = job.job.block_hex(
-                &allocation.extranonce1,
-                &share.extranonce2,
-                share.ntime,
-                share.nonce,
-                share.version,
-            );
-            let template = &job.job.template;
-            tracing::info!(
-                height = template.height,
-                hash = %share.hash,
-                user = %user.address,
-                worker = %worker,
-                "BLOCK FOUND"
-            );
-            self.shared.block_found(crate::blocks::FoundBlock {
-                height: template.height,
-                hash: share.hash,
-                block_hex,
-                user: user.address.clone(),
-                worker: worker.clone(),
-                share_difficulty: share.share_difficulty,
-                network_difficulty: tbg_work::target_to_difficulty(&template.network_target),
-                reward_sats: job.reward_sats,
-                coinbase_sig: user.user_sig.clone().unwrap_or_default(),
-            });
         }
         if journaled
             && now.saturating_duration_since(self.last_hashrate_event)
@@ -1002,7 +980,9 @@ impl Session {
         }
     }
 
-    /// Periodic vardiff check, so a miner whose shares stopped gets an easier difficulty.
+    /// Periodic vardiff check: the network difficulty of the current work
+    /// as the cap, a change that waited for its interval, and an easier
+    /// difficulty for a miner whose shares stopped.
     fn poll_vardiff(
         &mut self,
         out: &mut String,
@@ -1010,11 +990,12 @@ impl Session {
     ) {
         let now = Instant::now();
         let seconds = self.shared.seconds(now);
-        if let Some(new) = self
-            .vardiff
-            .as_mut()
-            .and_then(|vardiff| vardiff.poll(seconds))
-        {
+        let network = network_difficulty(work_rx);
+        if let Some(new) = self.vardiff.as_mut().and_then(|vardiff| {
+            network
+                .and_then(|network| vardiff.set_network_difficulty(network, seconds))
+                .or_else(|| vardiff.poll(seconds))
+        }) {
             self.retarget(new, now, out, work_rx);
         }
     }
@@ -1023,14 +1004,22 @@ impl Session {
     fn finish(&mut self, reason: CloseReason) {
         let now = Instant::now();
         if let Some(allocation) = &self.allocation {
-            self.shared.extranonces.release(&allocation.session_id, now);
+            // Parked for a connection that resumes this session.
+            let shares = std::mem::take(&mut self.shares).into_seen();
+            self.shared
+                .extranonces
+                .release_with_shares(&allocation.session_id, now, shares);
         }
         if let Some(user) = self.authorized.take() {
             self.shared.counters.miner_disconnected();
+            // What this connection earned, not what it was set to.
+            let earned = self.vardiff.as_ref().and_then(Vardiff::earned_difficulty);
             for (worker, handle) in &user.workers {
-                self.shared
-                    .difficulty_memory
-                    .remember(&user.address, worker, self.difficulty, now);
+                if let Some(earned) = earned {
+                    self.shared
+                        .difficulty_memory
+                        .remember(&user.address, worker, earned, now);
+                }
                 StatsRegistry::detach(handle);
                 self.emit(EventData::MinerDisconnected {
                     user: user.address.clone(),
@@ -1048,17 +1037,13 @@ impl Session {
     }
 }
 
-struct AcceptedShare {
-    job_index: usize,
-    worker_index: usize,
-    extranonce2: Vec<u8>,
-    ntime: u32,
-    nonce: u32,
-    version: u32,
-    hash: bitcoin::BlockHash,
-    share_difficulty: f64,
-    target_difficulty: f64,
-    is_block: bool,
+/// The network difficulty of the current work, the cap of every share
+/// difficulty.
+fn network_difficulty(work_rx: &watch::Receiver<Option<Arc<CurrentWork>>>) -> Option<f64> {
+    work_rx
+        .borrow()
+        .as_ref()
+        .map(|work| work.network_difficulty)
 }
 
 /// `address.worker` or `address_worker` (ckpool accepts both; neither '.'

@@ -5,6 +5,14 @@ use std::time::Duration;
 
 use bitcoin::Network;
 
+use crate::limits::LimitSettings;
+
+/// The default `maxdiff`: one share per 10 s for a ~430 TH/s miner, the
+/// largest single machine today; a farm behind one proxy (up to ~70 PH/s)
+/// submits faster but stays under the submit rate limit. See
+/// config.example.toml.
+pub const DEFAULT_MAX_DIFFICULTY: f64 = 1_000_000.0;
+
 /// Everything the stratum server needs to know, in checked types.
 #[derive(Debug, Clone)]
 pub struct PoolSettings {
@@ -18,20 +26,31 @@ pub struct PoolSettings {
     pub extranonce2_len: usize,
     pub min_difficulty: f64,
     pub start_difficulty: f64,
-    /// `None` = no upper bound (ckpool's `maxdiff` 0).
+    /// `None` = no explicit bound (ckpool's `maxdiff` 0). Either way no
+    /// difficulty exceeds the network difficulty of the current work or
+    /// `tbg_work::MAX_DIFFICULTY`.
     pub max_difficulty: Option<f64>,
+    /// Fewest time between two difficulty changes of one connection
+    /// (suggestions, vardiff): a change asked for sooner waits and a later
+    /// one replaces it, so a flood of `mining.suggest_difficulty` costs one
+    /// `mining.set_difficulty` and one `diff_updated` per worker per
+    /// interval.
+    pub difficulty_change_interval: Duration,
     /// Vardiff aims at one share per this interval.
     pub share_interval: Duration,
     /// BIP310 mask the pool allows miners to roll.
     pub version_mask: u32,
     /// 0 = unlimited.
     pub max_clients: usize,
-    /// Connections from one IP at once; 0 = unlimited.
-    pub max_connections_per_ip: usize,
+    /// Per-source and per-connection abuse limits (live).
+    pub limits: LimitSettings,
     pub max_line_bytes: usize,
     /// A connection that has not authorized by then is closed (slowloris).
+    /// Live; nothing a miner sends extends it.
     pub authorize_timeout: Duration,
-    /// An authorized connection silent for this long is closed.
+    /// An authorized connection with no well-formed subscribe, authorize or
+    /// submit for this long is closed: garbage, unknown methods and refused
+    /// requests do not count as activity. Live.
     pub idle_timeout: Duration,
     /// A miner that cannot take our writes for this long is dropped.
     pub write_timeout: Duration,
@@ -47,6 +66,15 @@ pub struct PoolSettings {
     pub hashrate_event_interval: Duration,
     pub redis_url: Option<String>,
     pub user_sig_refresh: Duration,
+    /// Where found blocks are written before they are submitted; `None`
+    /// keeps them in memory only (a crash loses a block no node took yet).
+    pub block_dir: Option<std::path::PathBuf>,
+    /// Longest wait between two submissions of a block no node took yet.
+    pub block_retry_max: Duration,
+    /// How often an accepted block is looked up on the best chain.
+    pub block_follow_interval: Duration,
+    /// Confirmations after which a block is confirmed (coinbase maturity).
+    pub block_maturity: u32,
 }
 
 impl PoolSettings {
@@ -60,11 +88,12 @@ impl PoolSettings {
             extranonce2_len: 8,
             min_difficulty: 1.0,
             start_difficulty: 42.0,
-            max_difficulty: None,
+            max_difficulty: Some(DEFAULT_MAX_DIFFICULTY),
+            difficulty_change_interval: Duration::from_secs(5),
             share_interval: Duration::from_secs(10),
             version_mask: 0x1fff_e000,
             max_clients: 0,
-            max_connections_per_ip: 0,
+            limits: LimitSettings::default(),
             max_line_bytes: 16 * 1024,
             authorize_timeout: Duration::from_secs(60),
             idle_timeout: Duration::from_secs(900),
@@ -76,14 +105,18 @@ impl PoolSettings {
             hashrate_event_interval: Duration::from_secs(60),
             redis_url: None,
             user_sig_refresh: Duration::from_secs(60),
+            block_dir: None,
+            block_retry_max: Duration::from_secs(10),
+            block_follow_interval: Duration::from_secs(30),
+            block_maturity: 100,
         }
     }
 }
 
 /// The settings a running pool takes on a reload (SIGHUP), by field name.
 /// Everything else (network, stratum bind, extranonce sizes, version mask,
-/// timeouts) stays as the pool started: changing it under connected miners
-/// would break their sessions.
+/// write timeout, the size of the source table) stays as the pool started:
+/// changing it under connected miners would break their sessions.
 pub const LIVE_SETTINGS: &[&str] = &[
     "pool_tag",
     "min_difficulty",
@@ -91,7 +124,9 @@ pub const LIVE_SETTINGS: &[&str] = &[
     "max_difficulty",
     "share_interval",
     "max_clients",
-    "max_connections_per_ip",
+    "limits",
+    "authorize_timeout",
+    "idle_timeout",
     "max_invalid_shares_per_minute",
     "redis_url",
 ];
@@ -176,12 +211,31 @@ impl PoolSettings {
             &new.max_clients,
             usize::to_string,
         );
+        // The source table keeps its size (it is allocated at start).
+        let limits = LimitSettings {
+            ip_table_size: next.limits.ip_table_size,
+            ..new.limits.clone()
+        };
         take(
             &mut changes,
-            "max_connections_per_ip",
-            &mut next.max_connections_per_ip,
-            &new.max_connections_per_ip,
-            usize::to_string,
+            "limits",
+            &mut next.limits,
+            &limits,
+            LimitSettings::to_string,
+        );
+        take(
+            &mut changes,
+            "authorize_timeout",
+            &mut next.authorize_timeout,
+            &new.authorize_timeout,
+            |v| format!("{v:?}"),
+        );
+        take(
+            &mut changes,
+            "idle_timeout",
+            &mut next.idle_timeout,
+            &new.idle_timeout,
+            |v| format!("{v:?}"),
         );
         take(
             &mut changes,
@@ -237,5 +291,15 @@ mod tests {
         assert_eq!(names, ["pool_tag", "start_difficulty", "redis_url"]);
         assert_eq!(changes[2].new, "redis://:***@10.0.0.1/0");
         assert!(running.with_live_from(&running).1.is_empty());
+        // Limits and timeouts are live, the source table's size is not.
+        file.limits.submits_per_minute = 5;
+        file.limits.ip_table_size = 8;
+        file.idle_timeout = Duration::from_secs(30);
+        let (next, changes) = running.with_live_from(&file);
+        assert_eq!(next.limits.submits_per_minute, 5);
+        assert_eq!(next.limits.ip_table_size, running.limits.ip_table_size);
+        assert_eq!(next.idle_timeout, Duration::from_secs(30));
+        let limits = changes.iter().find(|c| c.name == "limits").unwrap();
+        assert!(limits.new.contains("submits/min 5"), "{limits}");
     }
 }

@@ -37,6 +37,11 @@ impl PoolView {
         self.shared.blocks.records()
     }
 
+    /// Found blocks no node has taken yet.
+    pub fn blocks_pending(&self) -> usize {
+        self.shared.blocks.pending()
+    }
+
     pub fn journal(&self) -> Option<&Journal> {
         self.shared.journal.as_ref()
     }
@@ -80,6 +85,10 @@ impl PoolView {
             blocks_found: PoolCounters::get(&c.blocks_found),
             blocks_accepted: PoolCounters::get(&c.blocks_accepted),
             blocks_rejected: PoolCounters::get(&c.blocks_rejected),
+            blocks_stale: PoolCounters::get(&c.blocks_stale),
+            blocks_confirmed: PoolCounters::get(&c.blocks_confirmed),
+            blocks_orphaned: PoolCounters::get(&c.blocks_orphaned),
+            blocks_pending: self.shared.blocks.pending() as u64,
             template_height: PoolCounters::get(&c.template_height),
             network_difficulty: c.network_difficulty.load(),
             template_age_seconds: self.template_age().map(|age| age.as_secs_f64()),

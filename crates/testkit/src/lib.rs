@@ -86,6 +86,22 @@ pub fn test_settings() -> PoolSettings {
     settings.start_difficulty = 0.0001;
     settings.share_interval = Duration::from_secs(1);
     settings.authorize_timeout = Duration::from_secs(20);
+    // A pending block is retried within half a second; accepted blocks
+    // are followed every 200 ms (tests mine their confirmations at once).
+    settings.block_retry_max = Duration::from_millis(500);
+    settings.block_follow_interval = Duration::from_millis(200);
+    // The tests open many connections from loopback: exempt from the
+    // per-source limits (per-connection limits stay at their defaults).
+    // Tests of the limits use `limit_test_settings` instead.
+    settings.limits.allow_list = vec!["127.0.0.0/8".parse().expect("a CIDR")];
+    settings
+}
+
+/// [`test_settings`] with the default limits for every source, loopback
+/// included.
+pub fn limit_test_settings() -> PoolSettings {
+    let mut settings = test_settings();
+    settings.limits = tbg_pool::limits::LimitSettings::default();
     settings
 }
 
@@ -103,6 +119,8 @@ pub struct TestEnv {
     pub node: DevNodeHandle,
     pub service: PoolService,
     pub events: Arc<MemorySink>,
+    /// The pool's block store, when the test did not give one.
+    pub block_dir: Option<tempfile::TempDir>,
 }
 
 impl TestEnv {
@@ -149,6 +167,19 @@ impl TestEnv {
         settings: PoolSettings,
         journal: Option<tbg_journal::Journal>,
     ) -> TestEnv {
+        let mut settings = settings;
+        // Every test pool keeps its found blocks on disk, as in production.
+        let block_dir = match settings.block_dir {
+            Some(_) => None,
+            None => {
+                let dir = tempfile::Builder::new()
+                    .prefix("tbg-blocks-")
+                    .tempdir()
+                    .expect("block store dir");
+                settings.block_dir = Some(dir.path().to_path_buf());
+                Some(dir)
+            }
+        };
         let events = Arc::new(MemorySink::new(200_000));
         let service = PoolService::start(
             settings,
@@ -172,6 +203,7 @@ impl TestEnv {
             node,
             service,
             events,
+            block_dir,
         }
     }
 

@@ -28,7 +28,7 @@ async fn mine_block(env: &TestEnv, miner: &mut ManualMiner, counter: u64) -> tbg
             .pool
             .blocks()
             .get(before)
-            .is_some_and(|b| b.status != BlockStatus::Submitting)
+            .is_some_and(|b| b.status != BlockStatus::Pending)
     })
     .await;
     env.service.pool.blocks()[before].clone()
@@ -44,8 +44,12 @@ async fn job_on(miner: &mut ManualMiner, expected_prev: BlockHash) {
     }
 }
 
+/// Plan scenario 2 with a block in it: the pool keeps serving the last
+/// work while every node is down, and a block found then is kept (on disk),
+/// shown pending, never called rejected, and accepted by the node as soon
+/// as it answers again, with no new share needed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn all_nodes_down_then_back() {
+async fn a_block_found_while_every_node_is_down_is_accepted_when_the_node_is_back() {
     let env = TestEnv::start().await;
     let (address, _) = regtest_address(AddressKind::P2wpkh);
     let mut miner = ManualMiner::connect(env.stratum_addr(), &address).await;
@@ -56,9 +60,33 @@ async fn all_nodes_down_then_back() {
         !env.service.pool.status().node_up
     })
     .await;
-    // Still mining on the last work: shares accepted, a new miner gets that work.
-    let block = mine_block(&env, &mut miner, 1).await;
-    assert_eq!(block.status, BlockStatus::Rejected, "no node could take it");
+    // Still mining on the last work: the share is accepted.
+    let reply = miner.submit_valid(1).await;
+    assert_eq!(reply.result, json!(true), "{:?}", reply.error);
+    env.wait_until("the block retried", Duration::from_secs(20), |env| {
+        env.service
+            .pool
+            .blocks()
+            .first()
+            .is_some_and(|b| b.attempts >= 2)
+    })
+    .await;
+    let block = env.service.pool.blocks()[0].clone();
+    assert_eq!(block.status, BlockStatus::Pending, "{block:?}");
+    assert!(block.durable, "written to the block store");
+    assert!(
+        block.answers.iter().all(|a| a.contains("unreachable")),
+        "an unreachable node is not a rejection: {:?}",
+        block.answers
+    );
+    let status = env.service.pool.status();
+    assert_eq!((status.blocks_pending, status.blocks_rejected), (1, 0));
+    let stored: Vec<_> = std::fs::read_dir(env.block_dir.as_ref().unwrap().path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().contains(&block.hash))
+        .collect();
+    assert_eq!(stored.len(), 1, "one file for the block");
     let late = ManualMiner::connect(env.stratum_addr(), &format!("{address}.late")).await;
     assert_eq!(
         late.job.prevhash_hex, miner.job.prevhash_hex,
@@ -68,13 +96,29 @@ async fn all_nodes_down_then_back() {
 
     let height = env.node.block_count();
     env.node.start_rpc().await.unwrap();
-    env.wait_until("pool sees the node back", Duration::from_secs(10), |env| {
-        env.service.pool.status().node_up
-    })
+    env.wait_until(
+        "the pending block accepted once the node answers",
+        Duration::from_secs(20),
+        |env| env.service.pool.blocks()[0].status == BlockStatus::Accepted,
+    )
     .await;
+    let hash = BlockHash::from_str(&block.hash).unwrap();
+    assert!(env.node.get_block(&hash).is_some(), "the node has the block");
+    assert_eq!(env.node.block_count(), height + 1);
+    assert_eq!(env.node.best_block_hash(), hash);
+    let status = env.service.pool.status();
+    assert_eq!((status.blocks_pending, status.blocks_accepted), (0, 1));
+    let submitted = env.events_of("block_submitted");
+    assert!(
+        matches!(submitted.as_slice(), [e] if matches!(&e.data,
+            tbg_events::EventData::BlockSubmitted { accepted: true, status, .. } if status == "accepted")),
+        "one block_submitted, once accepted: {submitted:?}"
+    );
+
+    // And mining goes on on top of it.
+    job_on(&mut miner, hash).await;
     let block = mine_block(&env, &mut miner, 2).await;
     assert_eq!(block.status, BlockStatus::Accepted);
-    assert_eq!(env.node.block_count(), height + 1);
     env.shutdown().await;
 }
 

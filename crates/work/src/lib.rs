@@ -1,6 +1,7 @@
 //! Mining-work core of a solo Stratum V1 pool: getblocktemplate answers become
 //! per-template job data, per-user coinbases, share checks and full blocks,
-//! plus difficulty math and vardiff. No I/O, no clocks.
+//! plus difficulty math, vardiff and the share verdict (`validate`). No I/O,
+//! no clocks.
 #![forbid(unsafe_code)]
 
 mod address;
@@ -9,6 +10,7 @@ mod difficulty;
 mod hashing;
 mod job;
 mod template;
+pub mod validate;
 mod vardiff;
 
 pub use address::{parse_payout_address, AddressError, MAX_ADDRESS_LEN};
@@ -20,4 +22,8 @@ pub use difficulty::{
 };
 pub use job::{Job, JobTemplate, NotifyParts, ShareCheck, WorkError};
 pub use template::{Template, TemplateError, TemplateTx};
-pub use vardiff::{Vardiff, VardiffConfig};
+pub use validate::{
+    AcceptedShare, FoundBlocks, KeptJob, SeenShares, ShareContext, ShareReject, ShareValidator,
+    Submission,
+};
+pub use vardiff::{Vardiff, VardiffConfig, MAX_DIFFICULTY};

@@ -235,3 +235,139 @@ fn steady_miner_at_the_right_difficulty_is_left_alone_in_the_band() {
         .unwrap();
     assert!((first - 150.0).abs() < 1e-6, "{first}");
 }
+
+fn limited(interval_secs: f64) -> VardiffConfig {
+    VardiffConfig {
+        min_change_interval_secs: interval_secs,
+        ..config()
+    }
+}
+
+#[test]
+fn a_flood_of_suggestions_changes_the_difficulty_once_per_interval() {
+    let mut vardiff = Vardiff::new(limited(5.0), 0.0);
+    let mut changes = Vec::new();
+    // 1000 suggestions a second for a minute, alternating far apart.
+    for i in 0..60_000u32 {
+        let now = f64::from(i) / 1000.0;
+        let suggestion = if i % 2 == 0 { 1e9 } else { 2.0 };
+        if let Some(new) = vardiff.suggest_difficulty(suggestion, now) {
+            changes.push((now, new));
+        }
+    }
+    assert!(
+        changes.len() <= 13,
+        "{} changes: {changes:?}",
+        changes.len()
+    );
+    assert!(
+        changes.windows(2).all(|w| w[1].0 - w[0].0 >= 5.0),
+        "{changes:?}"
+    );
+    // The last word waits for the interval, then the next poll applies it.
+    let _ = vardiff.poll(70.0);
+    assert_eq!(vardiff.pending_difficulty(), None);
+    assert_eq!(vardiff.difficulty(), 2.0);
+    assert_eq!(
+        vardiff.earned_difficulty(),
+        None,
+        "a suggestion is never earned"
+    );
+}
+
+#[test]
+fn only_a_difficulty_set_by_the_share_rate_is_earned() {
+    let mut vardiff = Vardiff::new(config(), 0.0);
+    assert_eq!(vardiff.earned_difficulty(), None, "the start is not earned");
+    // Idle: dropped, not earned (anyone can send no shares).
+    let dropped = vardiff.poll(120.0).expect("idle drop");
+    assert!(dropped < 1.0);
+    assert_eq!(vardiff.earned_difficulty(), None);
+    // A burst of shares raises it: earned.
+    let raised = (1..=16)
+        .find_map(|i| vardiff.on_share(120.0 + f64::from(i) * 0.01))
+        .expect("burst retarget");
+    assert_eq!(vardiff.earned_difficulty(), Some(raised));
+    // A suggestion changes the difficulty but not what was earned.
+    assert_eq!(vardiff.suggest_difficulty(1e6, 130.0), Some(1e6));
+    assert_eq!(vardiff.earned_difficulty(), Some(raised));
+    // Slow shares want it lower, the suggested floor holds it: not earned.
+    let mut now = 130.0;
+    for _ in 0..10 {
+        now += 30.0;
+        assert_eq!(vardiff.on_share(now), None);
+    }
+    assert_eq!(vardiff.difficulty(), 1e6);
+    assert_eq!(vardiff.earned_difficulty(), Some(raised));
+    // Resumed from memory: earned from the start.
+    let resumed = Vardiff::resume(config(), 64.0, 0.0);
+    assert_eq!(resumed.difficulty(), 64.0);
+    assert_eq!(resumed.earned_difficulty(), Some(64.0));
+}
+
+#[test]
+fn the_network_difficulty_caps_everything_and_lowering_to_it_is_immediate() {
+    let mut vardiff = Vardiff::new(limited(5.0), 0.0);
+    assert_eq!(
+        vardiff.suggest_difficulty(1e308, 0.0),
+        Some(1e9),
+        "pool max"
+    );
+    // Within the interval, yet a network cap applies at once.
+    assert_eq!(vardiff.set_network_difficulty(5e4, 1.0), Some(5e4));
+    assert_eq!(
+        vardiff.suggest_difficulty(1e7, 10.0),
+        None,
+        "already at the cap"
+    );
+    assert_eq!(vardiff.difficulty(), 5e4);
+    // Bursts cannot pass it either.
+    assert!((1..=64).all(|i| vardiff.on_share(20.0 + f64::from(i) * 1e-3).is_none()));
+    // The cap rises again: the suggested floor (1e7) comes back.
+    assert_eq!(vardiff.set_network_difficulty(1e8, 30.0), Some(1e7));
+    // A network difficulty under the pool minimum (regtest) caps nothing.
+    assert_eq!(vardiff.set_network_difficulty(4.66e-10, 40.0), None);
+    assert_eq!(vardiff.suggest_difficulty(1e308, 50.0), Some(1e9));
+    // The hard ceiling holds whatever the config says.
+    let unbounded = VardiffConfig {
+        max_difficulty: f64::MAX,
+        ..config()
+    };
+    let mut vardiff = Vardiff::new(unbounded, 0.0);
+    assert_eq!(
+        vardiff.suggest_difficulty(1e308, 0.0),
+        Some(tbg_work::MAX_DIFFICULTY)
+    );
+}
+
+#[test]
+fn a_rate_limited_ramp_does_not_overshoot() {
+    // 1e4 diff-1 shares per second (ideal difficulty 1e5) with one change
+    // per 5 s: bursts while a change waits must not compound it.
+    let run = simulate(1e4, 3, limited(5.0), 300.0);
+    let peak = run.changes.iter().map(|(_, d)| *d).fold(0.0, f64::max);
+    assert!(peak <= 1e5 * 4.0, "peak {peak}: {:?}", run.changes);
+    assert!(
+        run.changes
+            .windows(2)
+            .all(|w| w[1].0 - w[0].0 >= 5.0 - 1e-9),
+        "{:?}",
+        run.changes
+    );
+    let final_ratio = run.vardiff.difficulty() / 1e5;
+    assert!((0.3..=3.0).contains(&final_ratio), "{final_ratio}");
+}
+
+#[test]
+fn setup_changes_do_not_count_against_the_interval() {
+    let mut vardiff = Vardiff::new(limited(5.0), 0.0);
+    assert_eq!(vardiff.suggest_difficulty(100.0, 0.0), Some(100.0));
+    assert_eq!(vardiff.suggest_difficulty(200.0, 0.0), None, "waits");
+    vardiff.settle();
+    assert_eq!(vardiff.difficulty(), 200.0);
+    assert_eq!(
+        vardiff.suggest_difficulty(300.0, 0.1),
+        Some(300.0),
+        "first real change at once"
+    );
+}

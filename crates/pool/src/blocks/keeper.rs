@@ -1,0 +1,381 @@
+//! One task per found block: store it, submit it until a node takes it or
+//! the chain has passed it, then follow it to maturity or orphaning.
+//!
+//! Each change of status is journaled (`block_submitted`,
+//! `block_confirmed`, `block_orphaned`) and, once the event is durable,
+//! written to the store. A crash between the two repeats the event at the
+//! next start (the collector's update is the same either way); the reverse
+//! order could lose it.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tbg_events::EventData;
+use tbg_node::ChainPosition;
+
+use super::store::{Loaded, StoredBlock};
+use super::{BlockRecord, BlockStatus, FoundBlock};
+use crate::PoolShared;
+
+/// First wait before a block is submitted again; doubles up to the
+/// `block_retry_max` setting. Short: a block that waits loses races.
+const FIRST_RETRY: Duration = Duration::from_millis(250);
+/// While a block stays pending, one warning per this many rounds (the
+/// first failure is logged at error level).
+const WARN_EVERY_ROUNDS: u32 = 20;
+
+/// A share solved a block: announce it, store it, submit it. Returns at
+/// once; a block already known by hash is ignored (the same solution twice
+/// is one block, announced once).
+pub(crate) fn found(shared: &Arc<PoolShared>, block: FoundBlock) {
+    let stored = StoredBlock {
+        hash: block.hash.to_string(),
+        height: block.height,
+        block_hex: block.block_hex,
+        user: block.user,
+        worker: block.worker,
+        share_difficulty: block.share_difficulty,
+        network_difficulty: block.network_difficulty,
+        reward_sats: block.reward_sats,
+        coinbase_sig: block.coinbase_sig,
+        found_at: unix_now(),
+        status: BlockStatus::Pending,
+        answers: Vec::new(),
+        attempts: 0,
+        confirmations: 0,
+        replaced_by: None,
+    };
+    if !shared.blocks.insert(BlockRecord::of(&stored, false)) {
+        tracing::warn!(hash = %stored.hash, "the same block solution again; submitted once");
+        return;
+    }
+    shared.counters.blocks_found.fetch_add(1, Ordering::Relaxed);
+    shared.emit(EventData::BlockFound {
+        user: stored.user.clone(),
+        worker: stored.worker.clone(),
+        height: u64::from(stored.height),
+        hash: stored.hash.clone(),
+        diff: stored.share_difficulty,
+        network_diff: stored.network_difficulty,
+        reward_sats: stored.reward_sats,
+        coinbase_sig: stored.coinbase_sig.clone(),
+    });
+    let shared = shared.clone();
+    // A graceful stop waits for the store write and the first round of
+    // submissions (bounded); later rounds belong to the next start.
+    let tracker = shared.block_submissions.clone();
+    tracker.spawn(async move {
+        let mut keeper = Keeper {
+            durable: false,
+            shared,
+            hash: block.hash,
+            block: stored,
+            rounds_failed: 0,
+            last_rejection: None,
+        };
+        keeper.durable = keeper.save().await;
+        keeper.publish();
+        keeper.submit_round().await;
+        tokio::spawn(keeper.run());
+    });
+}
+
+/// At start: every unsettled block of the store is submitted again (or
+/// followed again); settled ones are listed for the status API.
+pub(crate) fn resume(shared: &Arc<PoolShared>, loaded: Loaded) {
+    for (path, reason) in &loaded.unreadable {
+        tracing::error!(path = %path.display(), %reason, "block store: unreadable file left in place; check it by hand");
+    }
+    let unsettled = loaded
+        .blocks
+        .iter()
+        .filter(|b| !b.status.is_settled())
+        .count();
+    if unsettled > 0 {
+        tracing::warn!(
+            blocks = unsettled,
+            "block store: resuming found blocks not yet settled"
+        );
+    }
+    for block in loaded.blocks {
+        let settled = block.status.is_settled();
+        shared.blocks.insert(BlockRecord::of(&block, true));
+        if settled {
+            continue;
+        }
+        let Ok(hash) = block.hash.parse::<bitcoin::BlockHash>() else {
+            tracing::error!(hash = %block.hash, "block store: a record with an invalid hash; check it by hand");
+            continue;
+        };
+        tracing::info!(height = block.height, %hash, status = ?block.status, "resuming found block");
+        let keeper = Keeper {
+            durable: true,
+            shared: shared.clone(),
+            hash,
+            block,
+            rounds_failed: 0,
+            last_rejection: None,
+        };
+        tokio::spawn(async move {
+            let mut keeper = keeper;
+            if keeper.block.status == BlockStatus::Pending {
+                keeper.submit_round().await;
+            }
+            keeper.run().await;
+        });
+    }
+}
+
+struct Keeper {
+    shared: Arc<PoolShared>,
+    hash: bitcoin::BlockHash,
+    block: StoredBlock,
+    durable: bool,
+    rounds_failed: u32,
+    /// A node's refusal of the block itself, if any round had one.
+    last_rejection: Option<String>,
+}
+
+impl Keeper {
+    /// Retries while pending, follows while accepted; returns when the
+    /// block is settled or the pool stops.
+    async fn run(mut self) {
+        let stopping = self.shared.stopping.clone();
+        loop {
+            let wait = match self.block.status {
+                BlockStatus::Pending => self.retry_delay(),
+                BlockStatus::Accepted => self.shared.settings.block_follow_interval,
+                _ => return,
+            };
+            tokio::select! {
+                () = stopping.cancelled() => return,
+                () = tokio::time::sleep(wait) => {}
+            }
+            match self.block.status {
+                BlockStatus::Pending => self.submit_round().await,
+                BlockStatus::Accepted => self.follow_round().await,
+                _ => return,
+            }
+        }
+    }
+
+    fn retry_delay(&self) -> Duration {
+        let max = self.shared.settings.block_retry_max.max(FIRST_RETRY);
+        let doublings = self.rounds_failed.saturating_sub(1).min(16);
+        FIRST_RETRY.saturating_mul(1 << doublings).min(max)
+    }
+
+    /// One submitblock to every node, then the verdict.
+    async fn submit_round(&mut self) {
+        let nodes = self.shared.nodes.clone();
+        let answers = nodes.submit_block_to_all(&self.block.block_hex).await;
+        self.block.attempts = self.block.attempts.saturating_add(1);
+        self.block.answers = answers
+            .iter()
+            .map(|a| format!("{}: {}", a.url, a.answer.describe()))
+            .collect();
+        if let Some(rejection) = answers.iter().find(|a| a.answer.is_rejection()) {
+            self.last_rejection = Some(rejection.answer.describe());
+        }
+        let position = if answers.iter().any(|a| a.answer.is_accepted()) {
+            ChainPosition::InBestChain { confirmations: 1 }
+        } else {
+            // Inconclusive, refused or unreachable everywhere: the chain
+            // says whether it made it after all, or was passed.
+            nodes.chain_position(self.hash, self.block.height).await
+        };
+        match position {
+            ChainPosition::InBestChain { confirmations } => {
+                self.block.confirmations = confirmations;
+                self.accepted().await;
+            }
+            ChainPosition::Replaced { by, .. } => {
+                self.block.replaced_by = Some(by.to_string());
+                self.passed().await;
+            }
+            ChainPosition::Undecided { .. } => {
+                self.rounds_failed += 1;
+                self.publish();
+                let unreachable = answers.iter().all(|a| a.answer.is_unreachable());
+                if self.rounds_failed == 1 {
+                    tracing::error!(height = self.block.height, hash = %self.block.hash, user = %self.block.user,
+                        answers = ?self.block.answers, durable = self.durable,
+                        "block NOT YET ACCEPTED by any node; submitting again until one takes it");
+                } else if self.rounds_failed % WARN_EVERY_ROUNDS == 0 {
+                    tracing::warn!(height = self.block.height, hash = %self.block.hash, rounds = self.rounds_failed,
+                        every_node_unreachable = unreachable, answers = ?self.block.answers,
+                        "block still pending");
+                }
+            }
+        }
+    }
+
+    /// On a best chain: tell the nodes' watcher, announce, store.
+    async fn accepted(&mut self) {
+        self.block.status = BlockStatus::Accepted;
+        self.shared
+            .counters
+            .blocks_accepted
+            .fetch_add(1, Ordering::Relaxed);
+        // Our block is the new tip: fetch work on top of it now.
+        if let Some(refresh) = &self.shared.refresh {
+            refresh.request();
+        }
+        tracing::info!(height = self.block.height, hash = %self.block.hash, user = %self.block.user,
+            attempts = self.block.attempts, answers = ?self.block.answers, "block accepted");
+        self.announce(self.submitted_event()).await;
+        self.settle().await;
+    }
+
+    /// Never accepted, and the chain has another block at its height with
+    /// more work on top.
+    async fn passed(&mut self) {
+        let (status, counter) = match &self.last_rejection {
+            Some(_) => (BlockStatus::Rejected, &self.shared.counters.blocks_rejected),
+            None => (BlockStatus::Stale, &self.shared.counters.blocks_stale),
+        };
+        self.block.status = status;
+        counter.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(height = self.block.height, hash = %self.block.hash, user = %self.block.user,
+            status = ?status, replaced_by = ?self.block.replaced_by, rejection = ?self.last_rejection,
+            answers = ?self.block.answers, "found block lost: the chain has another block at its height");
+        self.announce(self.submitted_event()).await;
+        self.settle().await;
+    }
+
+    /// Where the accepted block stands now.
+    async fn follow_round(&mut self) {
+        match self
+            .shared
+            .nodes
+            .chain_position(self.hash, self.block.height)
+            .await
+        {
+            ChainPosition::InBestChain { confirmations } => {
+                if confirmations == self.block.confirmations {
+                    return;
+                }
+                self.block.confirmations = confirmations;
+                if confirmations < u64::from(self.shared.settings.block_maturity) {
+                    self.publish();
+                    return;
+                }
+                self.block.status = BlockStatus::Confirmed;
+                self.shared
+                    .counters
+                    .blocks_confirmed
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::info!(height = self.block.height, hash = %self.block.hash, user = %self.block.user,
+                    confirmations, "block confirmed");
+                self.announce(EventData::BlockConfirmed {
+                    user: self.block.user.clone(),
+                    worker: self.block.worker.clone(),
+                    height: u64::from(self.block.height),
+                    hash: self.block.hash.clone(),
+                    confirmations,
+                })
+                .await;
+                self.settle().await;
+            }
+            ChainPosition::Replaced { by, .. } => {
+                self.block.status = BlockStatus::Orphaned;
+                self.block.replaced_by = Some(by.to_string());
+                self.shared
+                    .counters
+                    .blocks_orphaned
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::error!(height = self.block.height, hash = %self.block.hash, user = %self.block.user,
+                    replaced_by = %by, "block ORPHANED: another block at its height is on the best chain");
+                self.announce(EventData::BlockOrphaned {
+                    user: self.block.user.clone(),
+                    worker: self.block.worker.clone(),
+                    height: u64::from(self.block.height),
+                    hash: self.block.hash.clone(),
+                    replaced_by: by.to_string(),
+                })
+                .await;
+                self.settle().await;
+            }
+            ChainPosition::Undecided { .. } => {}
+        }
+    }
+
+    fn submitted_event(&self) -> EventData {
+        let status = match self.block.status {
+            BlockStatus::Stale => "stale",
+            BlockStatus::Rejected => "rejected",
+            _ => "accepted",
+        };
+        EventData::BlockSubmitted {
+            user: self.block.user.clone(),
+            worker: self.block.worker.clone(),
+            height: u64::from(self.block.height),
+            hash: self.block.hash.clone(),
+            accepted: status == "accepted",
+            answers: self.block.answers.clone(),
+            status: status.to_string(),
+        }
+    }
+
+    /// Journals a change of status and waits until it is durable, so the
+    /// store is never ahead of the journal.
+    async fn announce(&self, event: EventData) {
+        match self.shared.try_emit(event) {
+            Some(seq) => {
+                if let Some(journal) = &self.shared.journal {
+                    if let Err(error) = journal.wait_durable(seq).await {
+                        tracing::error!(%error, hash = %self.block.hash, "block event not confirmed durable");
+                    }
+                }
+            }
+            None => {
+                tracing::error!(hash = %self.block.hash, "block event refused by the journal (see the log line above)")
+            }
+        }
+    }
+
+    /// The new status into the store and the status API.
+    async fn settle(&mut self) {
+        self.durable = self.save().await;
+        self.publish();
+    }
+
+    fn publish(&self) {
+        self.shared
+            .blocks
+            .update(BlockRecord::of(&self.block, self.durable));
+    }
+
+    /// Writes the block to the store off the async threads; false when
+    /// there is no store or it failed (logged with the block's hex, the
+    /// one copy left outside this process).
+    async fn save(&self) -> bool {
+        let Some(store) = self.shared.block_store.clone() else {
+            return false;
+        };
+        let block = self.block.clone();
+        let result = tokio::task::spawn_blocking(move || store.save(&block)).await;
+        match result {
+            Ok(Ok(())) => true,
+            Ok(Err(error)) => {
+                tracing::error!(%error, height = self.block.height, hash = %self.block.hash,
+                    block_hex = %self.block.block_hex,
+                    "block NOT written to the block store; submitting it anyway");
+                false
+            }
+            Err(error) => {
+                tracing::error!(%error, hash = %self.block.hash, block_hex = %self.block.block_hex,
+                    "block store task failed");
+                false
+            }
+        }
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}

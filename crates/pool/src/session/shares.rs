@@ -1,0 +1,222 @@
+//! `mining.submit` on a connection: the fields decoded (no allocation), the
+//! verdict asked of the share validator (`tbg_work::validate`, where every
+//! share rule lives), the answer, and a block handed on to be submitted.
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::Value;
+use tbg_stratum::{RejectReason, Request, Submit, MAX_EXTRANONCE2_BYTES};
+use tbg_work::{AcceptedShare, KeptJob, ShareContext, ShareReject, Submission};
+use tokio::sync::watch;
+
+use super::{split_address_worker, CloseReason, Session};
+use crate::blocks::FoundBlock;
+use crate::work_source::CurrentWork;
+
+/// A submit's hex fields as numbers and bytes.
+struct Decoded {
+    extranonce2: [u8; MAX_EXTRANONCE2_BYTES],
+    extranonce2_len: usize,
+    ntime: u32,
+    nonce: u32,
+    version_bits: Option<u32>,
+}
+
+impl Decoded {
+    fn extranonce2(&self) -> &[u8] {
+        &self.extranonce2[..self.extranonce2_len]
+    }
+}
+
+fn decode(submit: &Submit) -> Result<Decoded, RejectReason> {
+    let hex = submit.extranonce2.as_bytes();
+    if !hex.len().is_multiple_of(2) {
+        return Err(RejectReason::InvalidNonce2Hex);
+    }
+    let extranonce2_len = hex.len() / 2;
+    if extranonce2_len > MAX_EXTRANONCE2_BYTES {
+        return Err(RejectReason::InvalidNonce2Length);
+    }
+    let mut extranonce2 = [0u8; MAX_EXTRANONCE2_BYTES];
+    hex::decode_to_slice(hex, &mut extranonce2[..extranonce2_len])
+        .map_err(|_| RejectReason::InvalidNonce2Hex)?;
+    Ok(Decoded {
+        extranonce2,
+        extranonce2_len,
+        ntime: submit.ntime_u32()?,
+        nonce: submit.nonce_u32()?,
+        version_bits: submit.version_bits_u32()?,
+    })
+}
+
+/// ckpool's wording for each verdict.
+fn reject_reason(reject: ShareReject) -> RejectReason {
+    match reject {
+        ShareReject::UnknownJob => RejectReason::InvalidJobId,
+        ShareReject::Nonce2Length => RejectReason::InvalidNonce2Length,
+        ShareReject::NtimeOutOfRange => RejectReason::NtimeOutOfRange,
+        ShareReject::VersionMask => RejectReason::InvalidVersionMask,
+        ShareReject::Duplicate => RejectReason::Duplicate,
+        ShareReject::Stale => RejectReason::Stale,
+        ShareReject::AboveTarget => RejectReason::AboveTarget,
+    }
+}
+
+fn unix_now() -> u32 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| {
+            u32::try_from(since.as_secs()).unwrap_or(u32::MAX)
+        })
+}
+
+impl Session {
+    pub(super) fn submit(
+        &mut self,
+        request: &Request,
+        submit: &Submit,
+        out: &mut String,
+        work_rx: &watch::Receiver<Option<Arc<CurrentWork>>>,
+    ) -> Result<(), CloseReason> {
+        let started = Instant::now();
+        let (share, worker_index, decoded) = match self.judge(submit, work_rx) {
+            Ok(judged) => judged,
+            Err(reason) => return self.reject_share(request, Some(submit), reason, out),
+        };
+        // Built before the accounting, which may retarget and so push a job
+        // (the share's job index is only valid until then).
+        let block = if share.is_block {
+            let block = self.found_block(&share, worker_index, decoded.extranonce2());
+            if block.is_none() {
+                // `judge` just found the job and the miner: unreachable, but never silent.
+                tracing::error!(hash = %share.hash, "BLOCK FOUND but its job or miner is gone; not submitted");
+            }
+            block
+        } else {
+            None
+        };
+        let reply_at = out.len();
+        let journaled = self.account_accepted(&share, worker_index, started, out, work_rx);
+        if let Some(block) = block {
+            self.shared.block_found(block);
+        }
+        // A share is confirmed only once its event is journaled; when the
+        // journal refuses it (full), the miner hears an error at once rather
+        // than waiting on a journal that may not recover soon. A block in it
+        // was still submitted. A block on a job whose previous block was
+        // replaced meanwhile is answered `true` like any block: it was
+        // submitted, it may still win the race, and the miner did its work
+        // on the job it was given (ckpool answers such a block the same).
+        let reply = if journaled {
+            tbg_stratum::response_ok(&request.id, Value::Bool(true))
+        } else {
+            tbg_stratum::response_reject(&request.id, RejectReason::JournalFull)
+        };
+        out.insert_str(reply_at, &reply);
+        if journaled {
+            self.shared.counters.share_latency(started.elapsed());
+        }
+        Ok(())
+    }
+
+    /// Who may submit (the connection's business), then the share rules
+    /// (the validator's). Returns the share, its worker's index and fields.
+    fn judge(
+        &mut self,
+        submit: &Submit,
+        work_rx: &watch::Receiver<Option<Arc<CurrentWork>>>,
+    ) -> Result<(AcceptedShare, usize, Decoded), RejectReason> {
+        let Some(allocation) = &self.allocation else {
+            return Err(RejectReason::NotSubscribed);
+        };
+        let Some(user) = &self.authorized else {
+            return Err(RejectReason::Unauthorized);
+        };
+        let (address, worker) = split_address_worker(&submit.worker);
+        let worker = worker.unwrap_or("default");
+        if address != user.address {
+            return Err(RejectReason::WorkerMismatch);
+        }
+        let Some(worker_index) = user.workers.iter().position(|(name, _)| name == worker) else {
+            return Err(RejectReason::Unauthorized);
+        };
+        let decoded = decode(submit)?;
+        let current_prev = work_rx
+            .borrow()
+            .as_ref()
+            .map(|work| work.template.previous_block_hash);
+        let settings = &self.shared.settings;
+        let context = ShareContext {
+            extranonce1: &allocation.extranonce1,
+            extranonce2_len: settings.extranonce2_len,
+            current_prev,
+            now: unix_now(),
+            ntime_window: u32::try_from(settings.ntime_future_window.as_secs()).unwrap_or(u32::MAX),
+        };
+        let submission = Submission {
+            job_id: &submit.job_id,
+            extranonce2: decoded.extranonce2(),
+            ntime: decoded.ntime,
+            nonce: decoded.nonce,
+            version_bits: decoded.version_bits,
+        };
+        let found_blocks = &self.shared.found_blocks;
+        let share = self
+            .shares
+            .validate(&submission, &context, |hash| {
+                found_blocks.lock().claim(hash)
+            })
+            .map_err(reject_reason)?;
+        Ok((share, worker_index, decoded))
+    }
+
+    /// The block of a share the validator found to be one (and claimed).
+    fn found_block(
+        &self,
+        share: &AcceptedShare,
+        worker_index: usize,
+        extranonce2: &[u8],
+    ) -> Option<FoundBlock> {
+        let user = self.authorized.as_ref()?;
+        let allocation = self.allocation.as_ref()?;
+        let (worker, _) = user.workers.get(worker_index)?;
+        let kept = self.shares.job(share.job)?;
+        let block_hex = kept.job.block_hex(
+            &allocation.extranonce1,
+            extranonce2,
+            share.ntime,
+            share.nonce,
+            share.version,
+        );
+        let template = &kept.job.template;
+        tracing::info!(
+            height = template.height,
+            hash = %share.hash,
+            user = %user.address,
+            worker = %worker,
+            stale = share.stale,
+            "BLOCK FOUND"
+        );
+        Some(FoundBlock {
+            height: template.height,
+            hash: share.hash,
+            block_hex,
+            user: user.address.clone(),
+            worker: worker.clone(),
+            share_difficulty: share.share_difficulty,
+            network_difficulty: tbg_work::target_to_difficulty(&template.network_target),
+            reward_sats: reward_sats(kept),
+            coinbase_sig: user.user_sig.clone().unwrap_or_default(),
+        })
+    }
+}
+
+/// What a block on this job pays: its template's coinbase value.
+fn reward_sats(kept: &KeptJob) -> u64 {
+    kept.job
+        .template
+        .template
+        .as_ref()
+        .map_or(0, |template| template.coinbase_value)
+}
