@@ -1,0 +1,176 @@
+//! "block-during-outage": the money path under the worst timing. The node
+//! is unreachable when a miner finds a block, and the pool is killed with
+//! SIGKILL before any node could take it; the restarted pool must still
+//! get that exact block into the node once the node answers again.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, ensure, Context, Result};
+use bitcoin::BlockHash;
+use serde_json::{json, Value};
+use tbg_chaos::process::RestartPolicy;
+use tbg_chaos::stack::{http_get, Stack};
+use tbg_chaos::wait_until;
+use tbg_testkit::{regtest_address, AddressKind, ManualMiner};
+
+use super::{describe, figure, options, record_recovery, secs, target, Run, Shared};
+
+/// The names of the block store's files.
+fn stored_files(stack: &Stack) -> Vec<String> {
+    std::fs::read_dir(&stack.block_dir)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().to_string())
+                .filter(|name| !name.starts_with('.') && name.ends_with(".json"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The block store's record of a block found after `before` was listed,
+/// once it is on disk.
+async fn new_stored_block(stack: &Stack, before: &[String]) -> Result<Value> {
+    let read = || -> Option<Value> {
+        let name = stored_files(stack)
+            .into_iter()
+            .find(|name| !before.contains(name))?;
+        serde_json::from_slice(&std::fs::read(stack.block_dir.join(name)).ok()?).ok()
+    };
+    wait_until(
+        "the found block in the block store",
+        Duration::from_secs(10),
+        || read().is_some(),
+    )
+    .await
+    .map_err(|e| anyhow!("{e}"))?;
+    read().context("the block store's file")
+}
+
+/// The status of block `hash` in the pool's /status (None while the pool
+/// does not answer or does not list it).
+async fn status_of(stack: &Stack, hash: &str) -> Option<String> {
+    let addr = stack.metrics_addr()?;
+    let (status, body) = http_get(addr, "/status", Duration::from_secs(3)).await.ok()?;
+    if status != 200 {
+        return None;
+    }
+    let value: Value = serde_json::from_str(&body).ok()?;
+    value["blocks"]
+        .as_array()?
+        .iter()
+        .find(|b| b["hash"] == hash)?["status"]
+        .as_str()
+        .map(str::to_string)
+}
+
+pub(super) async fn block_during_outage(report: Shared) -> Result<()> {
+    let unit = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/systemd/tbg-pool.service");
+    let policy = RestartPolicy::from_unit_file(&unit)?;
+    describe(
+        &report,
+        "the node's RPC closed; a miner finds a block (no node can take it); SIGKILL to the pool before any could; the pool restarted with the unit's policy; then the node's RPC back",
+        "RPC back -> the node has the block found during the outage",
+    );
+    let mut run = Run::start(&report, options()).await?;
+    let (address, payout) = regtest_address(AddressKind::P2tr);
+    let mut finder = ManualMiner::connect(run.stack.pool_addr, &format!("{address}.finder")).await;
+    let height = run.stack.node().block_count();
+    run.stack.node().stop_rpc().await;
+
+    let before = stored_files(&run.stack);
+    let reply = finder.submit_valid(1).await;
+    ensure!(
+        reply.result == json!(true),
+        "the block's share was not accepted: {:?}",
+        reply.error
+    );
+    let found = Instant::now();
+    let record = new_stored_block(&run.stack, &before).await?;
+    let on_disk = found.elapsed();
+    let hash = record["hash"]
+        .as_str()
+        .and_then(|h| BlockHash::from_str(h).ok())
+        .context("the stored block's hash")?;
+    ensure!(
+        record["status"] == "pending",
+        "stored as {:?}, expected pending",
+        record["status"]
+    );
+
+    run.stack.pool.signal("KILL")?;
+    drop(finder);
+    let new_pid = run
+        .stack
+        .pool
+        .restart_on_exit(&policy, Duration::from_secs(5))
+        .await?;
+    run.pool_pid = new_pid;
+    run.stack.wait_pool_up(Duration::from_secs(30)).await?;
+    // The restarted pool took the block up again from its store.
+    let stack = &run.stack;
+    let mut resumed = false;
+    let hash_text = hash.to_string();
+    for _ in 0..100 {
+        if status_of(stack, &hash_text).await.as_deref() == Some("pending") {
+            resumed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    ensure!(
+        resumed,
+        "the restarted pool does not show the block pending; pool log:\n{}",
+        run.stack.pool.log_tail(25)
+    );
+    ensure!(
+        run.stack.node().get_block(&hash).is_none(),
+        "the node had the block before it was reachable"
+    );
+
+    run.stack
+        .node()
+        .start_rpc()
+        .await
+        .map_err(|e| anyhow!("restarting the node's RPC: {e}"))?;
+    let back = Instant::now();
+    let node = run.stack.node();
+    wait_until(
+        "the node has the block found during the outage",
+        Duration::from_secs(30),
+        || node.get_block(&hash).is_some(),
+    )
+    .await
+    .map_err(|e| anyhow!("{e}; pool log:\n{}", run.stack.pool.log_tail(20)))?;
+    let recovery = back.elapsed();
+    record_recovery(&report, recovery);
+    let block = node.get_block(&hash).context("the block")?;
+    ensure!(
+        block.txdata[0].output[0].script_pubkey == payout,
+        "the block does not pay its finder"
+    );
+    figure(
+        &report,
+        "timeline",
+        format!(
+            "block at height {} on disk {:.0} ms after its share; pool killed and restarted (pid {new_pid}); the node has it {:.2} s after its RPC is back",
+            height + 1,
+            on_disk.as_secs_f64() * 1000.0,
+            secs(recovery)
+        ),
+    );
+    let pg = &run.stack.pg;
+    let status_sql = format!("SELECT status FROM blocks WHERE block_hash = '{hash}'");
+    wait_until(
+        "the block accepted in PostgreSQL",
+        Duration::from_secs(30),
+        || pg.psql(&status_sql) == "accepted",
+    )
+    .await
+    .map_err(|e| anyhow!("{e}: blocks row {:?}", pg.psql(&status_sql)))?;
+    figure(&report, "PostgreSQL blocks.status", pg.psql(&status_sql));
+    target(&report, "node back -> block accepted", recovery)?;
+    run.finish(1).await
+}
