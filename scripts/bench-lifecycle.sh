@@ -35,6 +35,8 @@ network = "regtest"
 bind = "127.0.0.1:$((base + 2))"
 mindiff = 0.0001
 startdiff = 0.0001
+# Many miners on one address: trusted.
+allow_list = ["127.0.0.1"]
 [[nodes]]
 url = "127.0.0.1:$((base + 1))"
 cookie_file = "$work/devnet/chain/.cookie"

@@ -553,6 +553,12 @@ fn runbook_diagnosis_commands_on_a_pool_without_its_node() {
     let health = sh(format!("curl -s -w ' HTTP %{{http_code}}' {base}/health"));
     assert!(health.ends_with("HTTP 503"), "{health}");
     assert!(health.contains("\"ready\":false"), "{health}");
+    // Not ready, but live: systemd (which restarts on liveness) leaves it up.
+    let live = sh(format!(
+        "curl -s -w ' HTTP %{{http_code}}' {base}/health/live"
+    ));
+    assert!(live.ends_with("HTTP 200"), "{live}");
+    assert!(live.contains("\"live\":true"), "{live}");
     let metrics = sh(format!(
         "curl -s {base}/metrics | grep -E '^ckpool_(bitcoin_connected|uptime_seconds|journal_healthy) '"
     ));
@@ -747,4 +753,68 @@ fn collector_replays_from_a_journal_seq() {
         .collect();
     assert_eq!(delivered, ids[2..].to_vec());
     kill_and_reap(&mut collector);
+}
+
+/// A connection from 127.0.0.1 that asked for a subscription: `Some` when
+/// the pool answered, `None` when it closed the connection unanswered.
+fn subscribed(port: u16) -> Option<std::net::TcpStream> {
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    stream
+        .write_all(b"{\"id\":1,\"method\":\"mining.subscribe\",\"params\":[]}\n")
+        .ok()?;
+    let mut line = String::new();
+    let read = BufReader::new(stream.try_clone().ok()?).read_line(&mut line);
+    matches!(read, Ok(n) if n > 0).then_some(stream)
+}
+
+/// SIGHUP applies new limits to the running process: with one connection
+/// per source, a second one is closed unanswered; a reload to two lets the
+/// second in (not a third); allow-listing the source lifts its limits.
+#[test]
+fn sighup_changes_the_limits_of_a_running_pool() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = dir.path().join("tbg.toml");
+    let write =
+        |keys: &str| std::fs::write(&config, reload_config(dir.path(), port, keys)).unwrap();
+    write("max_connections_per_ip = 1");
+    let mut child = spawn_with_config("pool", &config, Stdio::piped());
+    let mut log = LogLines::of(&mut child);
+    wait_listening(port, &mut child);
+    // wait_listening's probe may still hold the one slot for a moment.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let first = loop {
+        if let Some(stream) = subscribed(port) {
+            break stream;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the first connection is never served"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(subscribed(port).is_none(), "a second connection is refused");
+
+    write("max_connections_per_ip = 2");
+    signal(&child, "HUP");
+    let applied = log.wait_for("configuration reload: applied");
+    assert!(applied.contains("pool.max_connections_per_ip"), "{applied}");
+    log.wait_for("configuration reloaded");
+    let second = subscribed(port).expect("the second connection is served after the reload");
+    assert!(subscribed(port).is_none(), "a third is refused");
+
+    write("max_connections_per_ip = 2\nallow_list = [\"127.0.0.1\"]");
+    signal(&child, "HUP");
+    let applied = log.wait_for("configuration reload: applied");
+    assert!(applied.contains("pool.allow_list"), "{applied}");
+    log.wait_for("configuration reloaded");
+    let more: Vec<_> = (0..5)
+        .map(|n| subscribed(port).unwrap_or_else(|| panic!("allow-listed connection {n} refused")))
+        .collect();
+    assert!(child.try_wait().unwrap().is_none(), "same process");
+    drop((first, second, more));
+    stops_cleanly_on_sigterm(&mut child);
 }

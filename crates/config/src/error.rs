@@ -75,11 +75,28 @@ pub(crate) fn from_toml(
     } else {
         path
     };
+    // A node password is never quoted back, not even a mistyped one
+    // (`pass = 12345678`): the excerpt and serde's message would both show
+    // it. Found by the `ckpool_config` fuzz target.
+    if is_password_key(&key) {
+        return ConfigError {
+            key,
+            value: String::new(),
+            reason: format!("{position}must be a string (the value is not shown)"),
+        };
+    }
     ConfigError {
         key,
         value,
         reason: format!("{position}{}", inner.message().trim()),
     }
+}
+
+/// `nodes[N].pass`, the only secret a config file holds outside a URL.
+fn is_password_key(key: &str) -> bool {
+    key.strip_prefix("nodes[")
+        .and_then(|rest| rest.split_once("].pass"))
+        .is_some_and(|(index, after)| after.is_empty() && index.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// 1-based line and column (in characters) of byte `offset` in `text`.
@@ -94,4 +111,27 @@ fn line_column(text: &str, offset: usize) -> (usize, usize) {
         .count()
         + 1;
     (line, column)
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::model::Config;
+
+    /// Regression (fuzz target `ckpool_config`): a password written without
+    /// quotes was quoted back in the error, in `value` and in the reason.
+    #[test]
+    fn a_mistyped_node_password_is_not_quoted_back() {
+        for value in ["12345678", "1.5", "true", "[\"hunter2\"]"] {
+            let text = format!("[[nodes]]\nurl = \"http://127.0.0.1:8332\"\npass = {value}\n");
+            let error = Config::from_toml_str(&text).unwrap_err();
+            assert_eq!(error.key, "nodes[0].pass");
+            assert_eq!(error.value, "");
+            assert!(!error.to_string().contains("12345678"), "{error}");
+            assert!(!error.to_string().contains("hunter2"), "{error}");
+            assert_eq!(
+                error.to_string(),
+                "nodes[0].pass: line 3, column 8: must be a string (the value is not shown)"
+            );
+        }
+    }
 }

@@ -197,15 +197,15 @@ impl Config {
                 "must be a finite number above 0",
             ));
         }
-        if !(pool.mindiff <= MAX_DIFFICULTY) {
+        if pool.mindiff > MAX_DIFFICULTY {
             return Err(ConfigError::new(
                 "pool.mindiff",
                 pool.mindiff,
                 format!("must be at most {MAX_DIFFICULTY:e}"),
             ));
         }
-        let maxdiff_in_range = pool.maxdiff == 0.0
-            || (pool.maxdiff >= pool.mindiff && pool.maxdiff <= MAX_DIFFICULTY);
+        let maxdiff_in_range =
+            pool.maxdiff == 0.0 || (pool.maxdiff >= pool.mindiff && pool.maxdiff <= MAX_DIFFICULTY);
         if !(pool.maxdiff.is_finite() && maxdiff_in_range) {
             return Err(ConfigError::new(
                 "pool.maxdiff",

@@ -378,7 +378,7 @@ fn ckpool_without_maxdiff_gets_the_default_limit() {
     assert_eq!(config.pool.maxdiff, tbg_config::DEFAULT_MAXDIFF);
     let (config, _) = Config::from_ckpool_json(r#"{"maxdiff": 0}"#).unwrap();
     assert_eq!(config.pool.maxdiff, 0.0);
-    assert!(tbg_config::MAX_DIFFICULTY >= tbg_config::DEFAULT_MAXDIFF);
+    const { assert!(tbg_config::MAX_DIFFICULTY >= tbg_config::DEFAULT_MAXDIFF) };
 }
 
 #[test]

@@ -42,6 +42,9 @@ pub use error::JournalError;
 pub use location::{StageDir, DEFAULT_MEMORY_STAGE_DIR};
 pub use reader::{JournalReader, JournalRecord};
 pub use schema::SCHEMA_VERSION;
+/// Not an API: the stage ring's recovery on bytes, for the fuzz targets.
+#[doc(hidden)]
+pub use stage::fuzzing;
 pub use stage::MIN_STAGE_BYTES;
 pub use writer::{Journal, JournalStats};
 

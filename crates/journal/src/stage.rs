@@ -57,6 +57,9 @@ use std::path::{Path, PathBuf};
 
 use crate::writer::PendingRow;
 
+#[doc(hidden)]
+pub mod fuzzing;
+
 pub(crate) const HEADER_BYTES: u64 = 4096;
 pub(crate) const RECORD_HEADER_BYTES: u64 = 32;
 /// Smallest ring accepted; smaller configured values are raised to it.
@@ -524,16 +527,49 @@ pub(crate) struct Recovered {
     pub unusable_header: Option<String>,
 }
 
+/// What [`recover`] reads: the stage file, or its bytes in memory (the
+/// fuzz target's ring images, see the `fuzzing` module).
+pub(crate) trait RingSource {
+    /// Length in bytes (0 when it cannot be told).
+    fn source_len(&self) -> u64;
+    fn read_ring_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()>;
+}
+
+impl RingSource for File {
+    fn source_len(&self) -> u64 {
+        self.metadata().map(|meta| meta.len()).unwrap_or(0)
+    }
+
+    fn read_ring_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        FileExt::read_exact_at(self, buf, offset)
+    }
+}
+
+impl RingSource for [u8] {
+    fn source_len(&self) -> u64 {
+        self.len() as u64
+    }
+
+    fn read_ring_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        let bytes = usize::try_from(offset)
+            .ok()
+            .and_then(|start| self.get(start..start.checked_add(buf.len())?))
+            .ok_or(std::io::ErrorKind::UnexpectedEof)?;
+        buf.copy_from_slice(bytes);
+        Ok(())
+    }
+}
+
 /// Reads the records a previous process staged after its last reclaimed
 /// position, keeping those with seq > `committed_seq`. Never fails: anything
 /// unreadable ends the scan and is described in the result.
-pub(crate) fn recover(file: &File, committed_seq: u64) -> Recovered {
+pub(crate) fn recover(file: &(impl RingSource + ?Sized), committed_seq: u64) -> Recovered {
     let mut recovered = Recovered::default();
-    if file.metadata().map(|meta| meta.len()).unwrap_or(0) == 0 {
+    if file.source_len() == 0 {
         return recovered; // just created: nothing was ever staged
     }
     let mut header = [0u8; 76];
-    if let Err(error) = file.read_exact_at(&mut header, 0) {
+    if let Err(error) = file.read_ring_at(&mut header, 0) {
         recovered.unusable_header = Some(format!("no header: {error}"));
         return recovered;
     }
@@ -542,7 +578,7 @@ pub(crate) fn recover(file: &File, committed_seq: u64) -> Recovered {
     let header_crc = u32::from_le_bytes(header[32..36].try_into().unwrap_or_default());
     let tail = u64::from_le_bytes(header[64..72].try_into().unwrap_or_default());
     let tail_crc = u32::from_le_bytes(header[72..76].try_into().unwrap_or_default());
-    let file_len = file.metadata().map(|meta| meta.len()).unwrap_or(0);
+    let file_len = file.source_len();
     let problem = if &header[0..8] != FILE_MAGIC {
         Some("not a stage file (bad magic)".to_string())
     } else if u32::from_le_bytes(header[8..12].try_into().unwrap_or_default()) != FORMAT_VERSION {
@@ -582,7 +618,7 @@ pub(crate) fn recover(file: &File, committed_seq: u64) -> Recovered {
             file_offset,
             detail,
         };
-        if file.read_exact_at(&mut record_header, file_offset).is_err() {
+        if file.read_ring_at(&mut record_header, file_offset).is_err() {
             recovered.stop = Some(invalid("cannot read the record header".into()));
             break;
         }
@@ -622,7 +658,7 @@ pub(crate) fn recover(file: &File, committed_seq: u64) -> Recovered {
         }
         let mut payload = vec![0u8; payload_len as usize];
         if file
-            .read_exact_at(&mut payload, file_offset + RECORD_HEADER_BYTES)
+            .read_ring_at(&mut payload, file_offset + RECORD_HEADER_BYTES)
             .is_err()
         {
             recovered.stop = Some(invalid("cannot read the payload".into()));

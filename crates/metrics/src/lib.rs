@@ -1,5 +1,6 @@
 //! Observability of the pool and the collector over HTTP: Prometheus
-//! `/metrics`, `/health` (liveness and readiness) and, on the pool, the
+//! `/metrics`, `/health` (readiness), on the pool `/health/live`
+//! (liveness, see [`liveness`]) and the
 //! status API (`/status`, `/status/users/<address>`,
 //! `/status/workers/<address>.<worker>`).
 //!
@@ -11,6 +12,7 @@
 pub mod collector;
 mod encode;
 mod limits;
+pub mod liveness;
 pub mod pool;
 pub mod process;
 

@@ -37,6 +37,8 @@ pub struct PoolSources {
     pub datagram: Option<Arc<DatagramSink>>,
     /// `/health` is not ready when the template is older than this.
     pub max_template_age: Duration,
+    /// The pool's Stratum address, which `/health/live` probes.
+    pub stratum: std::net::SocketAddr,
 }
 
 impl PoolSources {
@@ -48,6 +50,7 @@ impl PoolSources {
             chain_info: service.chain_info.clone(),
             datagram,
             max_template_age: Duration::from_secs(180),
+            stratum: service.pool.local_addr(),
         }
     }
 
@@ -68,19 +71,24 @@ struct AppState {
     registry: Registry,
     /// Datagram drops seen at the previous `/health`, to report new drops.
     last_drops: Mutex<Option<(Instant, u64)>>,
+    liveness: crate::liveness::Liveness,
 }
 
 pub(crate) fn router(sources: PoolSources) -> Router {
     let mut registry = Registry::default();
     registry.register_collector(Box::new(PoolCollector(sources.clone())));
     let state = Arc::new(AppState {
+        liveness: crate::liveness::Liveness::new(sources.stratum),
         sources,
         registry,
         last_drops: Mutex::new(None),
     });
     Router::new()
         .route("/metrics", get(metrics))
+        // Readiness; `/health/ready` is the same, named next to liveness.
         .route("/health", get(health))
+        .route("/health/ready", get(health))
+        .route("/health/live", get(live))
         .route("/status", get(status))
         .route("/status/users/:address", get(user_status))
         .route("/status/workers/:worker", get(worker_status))
@@ -595,10 +603,12 @@ fn encode_chain_info(info: Option<&ChainInfo>, enc: &mut DescriptorEncoder) -> R
     Ok(())
 }
 
-/// The answer of `/health`.
+/// The answer of `/health` (readiness).
 #[derive(Debug, Clone, Serialize)]
 pub struct HealthReport {
-    /// The process answers (always true when there is an answer).
+    /// The HTTP server answers (always true when there is an answer); the
+    /// liveness check proper, which probes the Stratum port, is
+    /// `/health/live`.
     pub live: bool,
     /// Miners can be served fresh work and their shares are recorded.
     pub ready: bool,
@@ -710,6 +720,18 @@ fn journal_health(stats: &JournalStats, healthy: bool) -> (Option<String>, Optio
 async fn health(State(state): State<Arc<AppState>>) -> Response {
     let report = pool_health(&state);
     let code = if report.ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, Json(report)).into_response()
+}
+
+/// Liveness: 200 while the pool can serve miners, 503 when a restart is
+/// the cure (see `liveness.rs`). systemd restarts the pool on this alone.
+async fn live(State(state): State<Arc<AppState>>) -> Response {
+    let report = state.liveness.report().await;
+    let code = if report.live {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE

@@ -12,6 +12,7 @@ mod endpoint;
 mod nodeset;
 mod rpc;
 mod submit;
+mod tip;
 mod watcher;
 
 pub use endpoint::{NodeAuth, NodeEndpoint};
@@ -20,6 +21,7 @@ pub use nodeset::{
 };
 pub use submit::{ChainPosition, NodeSubmitAnswer, SubmitAnswer};
 pub use rpc::{RpcClient, RpcError, RpcObserver};
+pub use tip::{compare as compare_tips, TemplateSearch, Tip, TipOrder};
 pub use watcher::{
     FetchedTemplate, IntervalControl, NodeHealth, RefreshTrigger, RunningWatcher, TemplateWatcher,
     WatcherConfig, CHAIN_INFO_POLL,

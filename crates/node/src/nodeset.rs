@@ -294,9 +294,22 @@ impl NodeSet {
             }
     }
 
+    /// Indexes of the nodes worth trying now, in priority order: nodes down
+    /// for less than `down_retry` are left out, unless every node is: then
+    /// all are tried, so a recovered node is found at once.
+    pub(crate) fn try_order(&self) -> Vec<usize> {
+        let now = Instant::now();
+        let order: Vec<usize> = (0..self.nodes.len())
+            .filter(|&i| self.nodes.get(i).is_some_and(|n| self.worth_trying(n, now)))
+            .collect();
+        if order.is_empty() {
+            (0..self.nodes.len()).collect()
+        } else {
+            order
+        }
+    }
+
     /// Calls `method` on each node in priority order until one answers.
-    /// Nodes down for less than `down_retry` are skipped, unless every node
-    /// is: then all are tried, so a recovered node is found at once.
     async fn first_ok<T: DeserializeOwned>(
         &self,
         method: &str,
@@ -305,36 +318,15 @@ impl NodeSet {
         if self.nodes.is_empty() {
             return Err(NodeError::NoNodes);
         }
-        let now = Instant::now();
-        let mut order: Vec<usize> = (0..self.nodes.len())
-            .filter(|&i| self.nodes.get(i).is_some_and(|n| self.worth_trying(n, now)))
-            .collect();
-        if order.is_empty() {
-            order = (0..self.nodes.len()).collect();
-        }
         let mut errors = Vec::new();
-        for index in order {
+        for index in self.try_order() {
             let Some(node) = self.nodes.get(index) else {
                 continue;
             };
-            let started = Instant::now();
-            match node.client.call::<T>(method, params.clone()).await {
-                Ok(value) => {
-                    let mut state = node.state.lock();
-                    if !state.up {
-                        tracing::debug!(node = %node.client.endpoint().url, "node is back up");
-                    }
-                    state.up = true;
-                    state.last_ok = Some(Instant::now());
-                    state.rpc_latency = Some(started.elapsed());
-                    return Ok((index, value));
-                }
+            match node.call::<T>(method, params.clone()).await {
+                Ok(value) => return Ok((index, value)),
                 Err(error) => {
                     tracing::debug!(node = %node.client.endpoint().url, %error, "node failed, trying the next");
-                    let mut state = node.state.lock();
-                    state.up = false;
-                    state.last_error = Some(error.to_string());
-                    state.last_failure = Some(Instant::now());
                     errors.push(error);
                 }
             }
@@ -343,5 +335,34 @@ impl NodeSet {
             method: method.to_owned(),
             errors,
         })
+    }
+}
+
+impl Node {
+    /// One call, recorded in the node's health (up, last error, latency).
+    pub(crate) async fn call<T: DeserializeOwned>(
+        &self,
+        method: &str,
+        params: Value,
+    ) -> Result<T, RpcError> {
+        let started = Instant::now();
+        let result = self.client.call::<T>(method, params).await;
+        let mut state = self.state.lock();
+        match &result {
+            Ok(_) => {
+                if !state.up {
+                    tracing::debug!(node = %self.client.endpoint().url, "node is back up");
+                }
+                state.up = true;
+                state.last_ok = Some(Instant::now());
+                state.rpc_latency = Some(started.elapsed());
+            }
+            Err(error) => {
+                state.up = false;
+                state.last_error = Some(error.to_string());
+                state.last_failure = Some(Instant::now());
+            }
+        }
+        result
     }
 }

@@ -11,6 +11,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::nodeset::{ChainInfo, NodeSet};
+use crate::tip::{self, TipBook, TipOrder};
 
 /// First retry delay after every node failed; doubles up to [`MAX_BACKOFF`].
 const MIN_BACKOFF: Duration = Duration::from_millis(250);
@@ -231,33 +232,84 @@ async fn watch_loop(
     let mut backoff = MIN_BACKOFF;
     let mut retry_at = Instant::now();
     let mut config = *intervals.borrow_and_update();
-    // When the last template and the last best-block poll came: the next
-    // ones are due a period later (so a reloaded period counts from them).
+    // When the last template came: the next refresh is due a period later
+    // (so a reloaded period counts from it).
     let mut last_fetch = Instant::now();
-    let mut last_poll = Instant::now();
     let mut intervals_open = true;
     let mut current_prev: Option<BlockHash> = None;
     let mut zmq_open = true;
+    // Every node's best block, each in its own task at `block_poll`.
+    let (period_tx, period_rx) = watch::channel(config.block_poll);
+    let (survey_tx, mut survey_rx) = mpsc::channel(4 * nodes.len().max(1));
+    for index in 0..nodes.len() {
+        tokio::spawn(tip::survey_node(
+            nodes.clone(),
+            index,
+            period_rx.clone(),
+            survey_tx.clone(),
+            shutdown.clone(),
+        ));
+    }
+    drop(survey_tx);
+    let mut survey_open = !nodes.is_empty();
+    let mut book = TipBook::new(nodes.len());
+    // The pending fetch was asked for only by a survey that saw another
+    // tip: a template on the current tip is then not published again.
+    let mut new_tip_only = false;
 
     loop {
         if need_fetch && Instant::now() >= retry_at {
-            match nodes.get_block_template().await {
-                Ok((node_index, gbt)) => {
-                    let prev = previous_hash_of(&gbt);
-                    let new_block = current_prev.is_none() || prev != current_prev;
-                    current_prev = prev;
-                    let fetched_at = Instant::now();
-                    template_tx.send_replace(Some(Arc::new(FetchedTemplate {
-                        gbt,
-                        node_index,
-                        fetched_at,
-                        new_block,
-                    })));
-                    set_health(&health_tx, NodeHealth::Up { node_index });
-                    need_fetch = false;
-                    backoff = MIN_BACKOFF;
-                    last_fetch = fetched_at;
-                    last_poll = fetched_at;
+            match nodes.get_block_template_at_tip(book.best.as_ref()).await {
+                Ok(search) => {
+                    for (index, tip) in &search.behind {
+                        book.set_lagging(&nodes, *index, Some(tip));
+                    }
+                    match search.found {
+                        Some((node_index, gbt, tip)) => {
+                            book.set_lagging(&nodes, node_index, None);
+                            if let Some(tip) = &tip {
+                                book.learn(tip);
+                            }
+                            let prev = previous_hash_of(&gbt);
+                            let new_block = current_prev.is_none() || prev != current_prev;
+                            if new_block || !new_tip_only {
+                                current_prev = prev;
+                                let fetched_at = Instant::now();
+                                template_tx.send_replace(Some(Arc::new(FetchedTemplate {
+                                    gbt,
+                                    node_index,
+                                    fetched_at,
+                                    new_block,
+                                })));
+                                last_fetch = fetched_at;
+                            }
+                            set_health(&health_tx, NodeHealth::Up { node_index });
+                            need_fetch = false;
+                            backoff = MIN_BACKOFF;
+                        }
+                        None => {
+                            // Every node that answered is behind the best
+                            // tip: miners keep the work on it. A survey
+                            // that sees a node catch up asks again; after
+                            // a failure on the way, so does the backoff.
+                            if let Some((node_index, _)) = search.behind.first() {
+                                set_health(
+                                    &health_tx,
+                                    NodeHealth::Up {
+                                        node_index: *node_index,
+                                    },
+                                );
+                            }
+                            if search.failures > 0 {
+                                retry_at = Instant::now() + backoff;
+                                backoff = (backoff * 2).min(MAX_BACKOFF);
+                            } else {
+                                need_fetch = false;
+                                last_fetch = Instant::now();
+                            }
+                        }
+                    }
+                    new_tip_only = false;
                 }
                 Err(error) => {
                     tracing::debug!(%error, "cannot fetch a block template");
@@ -269,17 +321,13 @@ async fn watch_loop(
                     );
                     retry_at = Instant::now() + backoff;
                     backoff = (backoff * 2).min(MAX_BACKOFF);
+                    new_tip_only = false;
                 }
             }
         }
 
         let next_refresh = last_fetch + config.update_interval;
-        let next_poll = last_poll + config.block_poll;
-        let wake_at = if need_fetch {
-            retry_at
-        } else {
-            next_poll.min(next_refresh)
-        };
+        let wake_at = if need_fetch { retry_at } else { next_refresh };
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep_until(wake_at.into()) => {}
@@ -287,6 +335,7 @@ async fn watch_loop(
                 match message {
                     Some(()) => {
                         need_fetch = true;
+                        new_tip_only = false;
                         retry_at = Instant::now();
                     }
                     None => zmq_open = false,
@@ -299,39 +348,57 @@ async fn watch_loop(
                     continue;
                 }
                 config = *intervals.borrow_and_update();
+                period_tx.send_replace(config.block_poll);
+                continue;
+            }
+            report = survey_rx.recv(), if survey_open => {
+                let Some((index, answer)) = report else {
+                    survey_open = false;
+                    continue;
+                };
+                match answer {
+                    Ok(tip) => {
+                        book.answered(index, true);
+                        let was_down = matches!(*health_tx.borrow(), NodeHealth::AllDown { .. });
+                        if book.learn(&tip) == TipOrder::Behind {
+                            book.set_lagging(&nodes, index, Some(&tip));
+                        } else if was_down || Some(tip.hash) != current_prev {
+                            // Another tip, or a node answers again.
+                            if !need_fetch {
+                                need_fetch = true;
+                                new_tip_only = !was_down;
+                            }
+                            retry_at = Instant::now();
+                        }
+                    }
+                    Err(()) => {
+                        if book.answered(index, false) {
+                            tracing::debug!("no node answers getbestblockhash");
+                            set_health(
+                                &health_tx,
+                                NodeHealth::AllDown {
+                                    since: Instant::now(),
+                                },
+                            );
+                            if !need_fetch {
+                                need_fetch = true;
+                                new_tip_only = false;
+                                retry_at = Instant::now() + backoff;
+                                backoff = (backoff * 2).min(MAX_BACKOFF);
+                            }
+                        }
+                    }
+                }
                 continue;
             }
         }
 
-        let now = Instant::now();
         if need_fetch {
             continue;
         }
-        if now >= next_refresh {
+        if Instant::now() >= next_refresh {
             need_fetch = true;
-            continue;
-        }
-        if now >= next_poll {
-            last_poll = now;
-            match nodes.best_block_hash().await {
-                Ok(best) if Some(best) != current_prev => {
-                    need_fetch = true;
-                    retry_at = Instant::now();
-                }
-                Ok(_) => {}
-                Err(error) => {
-                    tracing::debug!(%error, "cannot poll the best block hash");
-                    set_health(
-                        &health_tx,
-                        NodeHealth::AllDown {
-                            since: Instant::now(),
-                        },
-                    );
-                    need_fetch = true;
-                    retry_at = Instant::now() + backoff;
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
-                }
-            }
+            new_tip_only = false;
         }
     }
 }

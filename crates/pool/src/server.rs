@@ -51,9 +51,7 @@ pub(crate) async fn serve(
                 shared
                     .guard
                     .refused(&shared.counters, kind, peer, None, now);
-                // Closed at once with a reset: no answer, no TIME_WAIT
-                // left on our side by a flood.
-                let _ = stream.set_zero_linger();
+                // Closed at once, before a session or a buffer exists.
                 drop(stream);
                 continue;
             }

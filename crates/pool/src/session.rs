@@ -4,6 +4,8 @@
 //! hard length limit, answers every request in order, and pushes new work
 //! when the template changes. Nothing a miner sends can panic it or reach
 //! another connection; the worst a miner can do is get itself disconnected.
+//! `mining.submit` is in `session/shares.rs`; the share rules themselves are
+//! `tbg_work::validate`, which this module only feeds.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,13 +23,14 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader
 use tokio::sync::watch;
 
 use crate::extranonce::Allocation;
-use crate::limits::{ConnectionLimiter, LimitKind, RequestKind, Verdict};
+use crate::limits::ConnectionLimiter;
 use crate::notify::JobInputs;
 use crate::settings::PoolSettings;
 use crate::stats::{StatsRegistry, WorkerHandle};
 use crate::work_source::CurrentWork;
 use crate::PoolShared;
 
+mod limits;
 mod shares;
 
 /// Worker names one connection may authorize.
@@ -301,79 +304,6 @@ impl Session {
             self.connected_at + self.live.authorize_timeout
         } else {
             self.last_activity + self.live.idle_timeout
-        }
-    }
-
-    /// Takes the settings of a reload, if there was one since the last look.
-    fn refresh_live(&mut self) {
-        let generation = self.shared.live_generation.load(Ordering::Acquire);
-        if generation != self.live_generation {
-            self.live_generation = generation;
-            self.live = self.shared.live();
-        }
-    }
-
-    /// A protocol error: answered with `reply` while the connection is
-    /// within its allowance, else closed.
-    fn protocol_error(
-        &mut self,
-        now: Instant,
-        id: &Value,
-        reply: String,
-        out: &mut String,
-    ) -> Result<(), CloseReason> {
-        match self.limiter.protocol_error(&self.live.limits, now) {
-            Verdict::Close(_) => self.close_for_errors(id, out),
-            Verdict::Allow | Verdict::Refuse(_) => {
-                out.push_str(&reply);
-                Ok(())
-            }
-        }
-    }
-
-    /// Counted and logged by the guard when the connection is released.
-    fn close_for_errors(&mut self, id: &Value, out: &mut String) -> Result<(), CloseReason> {
-        out.push_str(&tbg_stratum::response_error(
-            id,
-            20,
-            "Too many protocol errors; closing",
-        ));
-        Err(CloseReason::TooManyErrors)
-    }
-
-    /// The rate limits of `request`'s method; `Err` closes the connection,
-    /// `Ok(false)`: refused and answered, handle nothing.
-    fn within_limits(
-        &mut self,
-        request: &Request,
-        now: Instant,
-        out: &mut String,
-    ) -> Result<bool, CloseReason> {
-        let kind = RequestKind::of(&request.method);
-        match self.limiter.request(kind, &self.live.limits, now) {
-            Verdict::Allow => Ok(true),
-            Verdict::Close(_) => self.close_for_errors(&request.id, out).map(|()| false),
-            Verdict::Refuse(limit) => {
-                self.shared.guard.refused(
-                    &self.shared.counters,
-                    limit,
-                    self.peer,
-                    Some(self.client_id),
-                    now,
-                );
-                let what = match limit {
-                    LimitKind::RequestRate => {
-                        "mining.configure, suggest_difficulty and extranonce.subscribe"
-                    }
-                    _ => request.method.as_str(),
-                };
-                out.push_str(&tbg_stratum::response_error(
-                    &request.id,
-                    20,
-                    &format!("Rate limit: too many {what} per minute"),
-                ));
-                Ok(false)
-            }
         }
     }
 
@@ -873,92 +803,6 @@ impl Session {
             return Err(CloseReason::TooManyInvalidShares);
         }
         Ok(())
-    }
-
-    /// Credits an accepted share (events, stats, vardiff); false when the
-    /// journal refused its event. A block in it is submitted by the caller.
-    fn account_accepted(
-        &mut self,
-        share: &tbg_work::AcceptedShare,
-        worker_index: usize,
-        now: Instant,
-        out: &mut String,
-        work_rx: &watch::Receiver<Option<Arc<CurrentWork>>>,
-    ) -> bool {
-        let Some(user) = &self.authorized else {
-            return true;
-        };
-        // `worker_index` came from `position` over this very list.
-        let Some((worker, handle)) = user.workers.get(worker_index) else {
-            return true;
-        };
-        // The share's event first: only a share the journal took is
-        // credited. One it refused (full) is counted as rejected with its
-        // own reason, so no counter, status or best difficulty shows a share
-        // the miner was told was refused.
-        let journaled = self.emit(EventData::ShareSubmitted {
-            user: user.address.clone(),
-            worker: worker.clone(),
-            client_id: self.client_id,
-            diff: share.target_difficulty,
-            sdiff: share.share_difficulty,
-            accepted: true,
-            reject_reason: None,
-            ip: self.peer.ip().to_string(),
-        });
-        if journaled {
-            self.shares_session += 1;
-            self.shared.counters.share_accepted(share.target_difficulty);
-            let previous_best =
-                handle
-                    .lock()
-                    .record_accepted(share.target_difficulty, share.share_difficulty, now);
-            if let Some(prev_best) = previous_best {
-                self.emit(EventData::ShareBestDiff {
-                    user: user.address.clone(),
-                    worker: worker.clone(),
-                    new_best: share.share_difficulty,
-                    prev_best,
-                    timeframe: "alltime".to_string(),
-                });
-            }
-            self.best_session = self.best_session.max(share.share_difficulty);
-        } else {
-            // Not counted towards the invalid-shares limit: the pool is at
-            // fault, not the miner.
-            self.shared
-                .counters
-                .share_rejected(RejectReason::JournalFull);
-            handle.lock().record_rejected();
-        }
-        if journaled
-            && now.saturating_duration_since(self.last_hashrate_event)
-                >= self.shared.settings.hashrate_event_interval
-        {
-            self.last_hashrate_event = now;
-            let stats = handle.lock();
-            let [h1m, h5m, h1h, h1d] = stats.rates.hashrates(now);
-            drop(stats);
-            self.emit(EventData::HashrateUpdate {
-                user: user.address.clone(),
-                worker: worker.clone(),
-                hashrate_1m: h1m,
-                hashrate_5m: h5m,
-                hashrate_1h: h1h,
-                hashrate_1d: h1d,
-            });
-        }
-        // Vardiff still counts a refused share: it measures the miner's
-        // rate, which the journal does not change.
-        let seconds = self.shared.seconds(now);
-        let retarget = self
-            .vardiff
-            .as_mut()
-            .and_then(|vardiff| vardiff.on_share(seconds));
-        if let Some(new) = retarget {
-            self.retarget(new, now, out, work_rx);
-        }
-        journaled
     }
 
     /// A new difficulty from vardiff: tell the miner, then give it a job

@@ -92,6 +92,7 @@ async fn a_block_crossing_the_graceful_stop_is_answered_and_submitted() {
         node,
         service,
         events,
+        ..
     } = env;
     let stopping = tokio::spawn(service.shutdown(Duration::from_secs(2)));
     miner

@@ -232,7 +232,7 @@ async fn flood(addr: std::net::SocketAddr, username: String, length: Duration) -
         let mut batch = String::new();
         for _ in 0..10 {
             id += 1;
-            let difficulty = if id % 2 == 0 { 1e9 } else { 1e-4 };
+            let difficulty = if id.is_multiple_of(2) { 1e9 } else { 1e-4 };
             batch.push_str(&format!(
                 "{{\"id\":{id},\"method\":\"mining.suggest_difficulty\",\"params\":[{difficulty}]}}\n"
             ));

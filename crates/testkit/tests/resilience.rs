@@ -127,19 +127,24 @@ async fn fails_over_to_the_next_node_and_back() {
     tbg_testkit::init_tracing();
     let primary = DevNode::start(DevNodeOptions::default()).await.unwrap();
     let backup = DevNode::start(DevNodeOptions::default()).await.unwrap();
-    // Both nodes start from the same deterministic chain; one more block on
-    // the backup tells their work apart.
-    let (_, someone) = regtest_address(AddressKind::P2pkh);
-    backup.mine_blocks(1, &someone).await.unwrap();
-    let backup_handle_endpoint = node_endpoint(&backup);
-    let endpoints = vec![node_endpoint(&primary), backup_handle_endpoint];
+    // Both nodes start from the same deterministic chain, so the pool works
+    // from the primary, the first in the list.
+    assert_eq!(primary.best_block_hash(), backup.best_block_hash());
+    let endpoints = vec![node_endpoint(&primary), node_endpoint(&backup)];
     let env = TestEnv::start_pool(primary, endpoints, test_settings()).await;
     let (address, script) = regtest_address(AddressKind::P2sh);
     let mut miner = ManualMiner::connect(env.stratum_addr(), &address).await;
-    job_on(&mut miner, env.node.best_block_hash()).await;
+    let work = env.service.pool.current_work().unwrap();
+    assert_eq!(
+        work.template.previous_block_hash,
+        env.node.best_block_hash()
+    );
 
-    // Primary fails: work comes from the backup, blocks land there.
+    // Primary fails, the network moves on (a block on the backup): work
+    // comes from the backup, blocks land there.
     env.node.stop_rpc().await;
+    let (_, someone) = regtest_address(AddressKind::P2pkh);
+    backup.mine_blocks(1, &someone).await.unwrap();
     job_on(&mut miner, backup.best_block_hash()).await;
     let block = mine_block(&env, &mut miner, 1).await;
     assert_eq!(block.status, BlockStatus::Accepted);
@@ -150,8 +155,26 @@ async fn fails_over_to_the_next_node_and_back() {
     assert_eq!(on_backup.txdata[0].output[0].script_pubkey, script);
     assert!(env.events_of("new_block_network").len() >= 2);
 
-    // Primary back: preferred again.
+    // Primary back, but two blocks behind the backup: its older tip is not
+    // served (issue 16: it used to move miners back to it).
+    let backup_tip = backup.best_block_hash();
     env.node.start_rpc().await.unwrap();
+    env.wait_until(
+        "the pool polls the primary again",
+        Duration::from_secs(10),
+        |env| env.service.nodes.status()[0].up,
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let work = env.service.pool.current_work().unwrap();
+    assert_eq!(
+        work.template.previous_block_hash, backup_tip,
+        "the tip never moves back"
+    );
+
+    // The primary catches up and passes the backup (its own chain: a reorg
+    // to a higher tip): preferred again, blocks land there.
+    env.node.mine_blocks(3, &someone).await.unwrap();
     job_on(&mut miner, env.node.best_block_hash()).await;
     let block = mine_block(&env, &mut miner, 2).await;
     assert_eq!(block.status, BlockStatus::Accepted);

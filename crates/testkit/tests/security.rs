@@ -763,7 +763,12 @@ async fn an_authorized_miner_is_closed_one_idle_timeout_after_its_last_line() {
     // miner kept alive by its lines for several timeouts must still be
     // closed one timeout after it falls silent, not at the first deadline.
     let idle = Duration::from_secs(1);
-    let env = TestEnv::start_with(|settings| settings.idle_timeout = idle).await;
+    let env = TestEnv::start_with(|settings| {
+        settings.idle_timeout = idle;
+        // A subscribe every quarter second is past the default 3 a minute.
+        settings.limits.subscribes_per_minute = 0;
+    })
+    .await;
     let (address, _) = regtest_address(AddressKind::P2wpkh);
     let mut client = authorized_client(&env, &format!("{address}.chatty")).await;
     let started = Instant::now();
@@ -1084,7 +1089,8 @@ async fn a_miner_cannot_submit_or_authorize_as_another_users_address() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_addresses_are_refused_and_the_connection_stays_open() {
-    let env = TestEnv::start().await;
+    // More authorizes on one connection than the default 5 a minute.
+    let env = TestEnv::start_with(|settings| settings.limits.authorizes_per_minute = 0).await;
     let mut client = subscribed_client(&env).await;
     let invalid = [
         "bc1qar0srrr7xfkvy5l643lydnw9re59gtzzwf5mdq".to_string(), // mainnet
@@ -1197,7 +1203,9 @@ async fn graceful_shutdown_sends_client_reconnect_before_closing() {
 /// One connection cannot create unbounded per-worker state.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_connection_authorizes_at_most_64_workers() {
-    let env = TestEnv::start().await;
+    // 65 authorizes at once: past the default 5 a minute, which would
+    // otherwise refuse them before this cap does.
+    let env = TestEnv::start_with(|settings| settings.limits.authorizes_per_minute = 0).await;
     let (address, _) = regtest_address(AddressKind::P2wpkh);
     let mut client = StratumClient::connect(env.stratum_addr()).await.unwrap();
     client

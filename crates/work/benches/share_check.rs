@@ -95,6 +95,55 @@ fn share_check_cached_root(c: &mut Criterion) {
     });
 }
 
+/// The session's whole verdict (`ShareValidator::validate`: job lookup,
+/// ntime, version, cached root, hash, duplicate store, target) for the same
+/// shares as `share_check_4000tx_cached_root`: the difference is what the
+/// rules cost on top of the hashing. No share is a block (mainnet bits).
+fn share_validate(c: &mut Criterion) {
+    use tbg_work::{CompactTarget, KeptJob, ShareContext, ShareValidator, Submission, Target};
+    let mut template = Template::from_gbt(&gbt()).expect("template");
+    let tx = template.transactions[0].clone();
+    template.transactions = vec![tx; 4_000];
+    template.bits = CompactTarget::from_consensus(0x1d00_ffff);
+    template.target = Target::from_compact(template.bits);
+    let template = Arc::new(template);
+    let payout = parse_payout_address(
+        "bcrt1pmfr3p9j00pfxjh0zmgp99y8zftmd3s5pmedqhyptwy6lm87hf5ssm803es",
+        Network::Regtest,
+    )
+    .expect("address");
+    let coinbase = build_coinbase(&template, &payout, "tbg", Some("rig1"), 4, 8).expect("coinbase");
+    let job = Job {
+        template: Arc::new(JobTemplate::new(template.clone())),
+        coinbase: Arc::new(coinbase),
+    };
+    let mut validator = ShareValidator::new();
+    for n in 0..16 {
+        validator.push_job(KeptJob::new(format!("{n:016x}").into(), job.clone(), 1e-12));
+    }
+    let context = ShareContext {
+        extranonce1: &[1, 2, 3, 4],
+        extranonce2_len: 8,
+        current_prev: Some(template.previous_block_hash),
+        now: template.cur_time,
+        ntime_window: 7000,
+    };
+    let mut nonce = 0u32;
+    c.bench_function("share_validate_4000tx", |b| {
+        b.iter(|| {
+            nonce = nonce.wrapping_add(1);
+            let share = Submission {
+                job_id: "000000000000000f",
+                extranonce2: &[0; 8],
+                ntime: template.cur_time,
+                nonce,
+                version_bits: None,
+            };
+            black_box(validator.validate(&share, &context, |_| true))
+        })
+    });
+}
+
 /// sha2 (SHA-NI when present) against bitcoin_hashes for one merkle node.
 fn sha256d_64_bytes(c: &mut Criterion) {
     use bitcoin::hashes::{sha256d, Hash};
@@ -113,6 +162,7 @@ criterion_group!(
     share_check,
     share_check_deep_branch,
     share_check_cached_root,
+    share_validate,
     sha256d_64_bytes
 );
 criterion_main!(benches);

@@ -202,7 +202,7 @@ impl Keeper {
                     tracing::error!(height = self.block.height, hash = %self.block.hash, user = %self.block.user,
                         answers = ?self.block.answers, durable = self.durable,
                         "block NOT YET ACCEPTED by any node; submitting again until one takes it");
-                } else if self.rounds_failed % WARN_EVERY_ROUNDS == 0 {
+                } else if self.rounds_failed.is_multiple_of(WARN_EVERY_ROUNDS) {
                     tracing::warn!(height = self.block.height, hash = %self.block.hash, rounds = self.rounds_failed,
                         every_node_unreachable = unreachable, answers = ?self.block.answers,
                         "block still pending");

@@ -156,3 +156,49 @@ impl BlockLog {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(hash: &str, status: BlockStatus) -> BlockRecord {
+        BlockRecord {
+            height: 1,
+            hash: hash.to_string(),
+            user: String::new(),
+            worker: String::new(),
+            reward_sats: 0,
+            found_at: 0,
+            status,
+            answers: Vec::new(),
+            attempts: 0,
+            confirmations: 0,
+            replaced_by: None,
+            durable: true,
+        }
+    }
+
+    #[test]
+    fn the_same_block_twice_is_one_block() {
+        let log = BlockLog::default();
+        assert!(log.insert(record("aa", BlockStatus::Pending)));
+        assert!(!log.insert(record("aa", BlockStatus::Pending)));
+        assert_eq!(log.records().len(), 1);
+        assert_eq!(log.pending(), 1);
+    }
+
+    #[test]
+    fn a_full_log_drops_settled_blocks_first_and_keeps_every_unsettled_one() {
+        let log = BlockLog::default();
+        assert!(log.insert(record("pending", BlockStatus::Pending)));
+        for i in 1..BLOCKS_KEPT {
+            assert!(log.insert(record(&format!("old{i}"), BlockStatus::Confirmed)));
+        }
+        assert!(log.insert(record("new", BlockStatus::Accepted)));
+        let records = log.records();
+        assert_eq!(records.len(), BLOCKS_KEPT);
+        assert!(records.iter().any(|r| r.hash == "pending"));
+        assert!(!records.iter().any(|r| r.hash == "old1"), "oldest settled one dropped");
+        assert_eq!(records.last().unwrap().hash, "new");
+    }
+}

@@ -1,11 +1,13 @@
 //! `mining.submit` on a connection: the fields decoded (no allocation), the
 //! verdict asked of the share validator (`tbg_work::validate`, where every
-//! share rule lives), the answer, and a block handed on to be submitted.
+//! share rule lives), the answer, the accepted share's accounting (events,
+//! stats, vardiff), and a block handed on to be submitted.
 
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
+use tbg_events::EventData;
 use tbg_stratum::{RejectReason, Request, Submit, MAX_EXTRANONCE2_BYTES};
 use tbg_work::{AcceptedShare, KeptJob, ShareContext, ShareReject, Submission};
 use tokio::sync::watch;
@@ -169,6 +171,92 @@ impl Session {
             })
             .map_err(reject_reason)?;
         Ok((share, worker_index, decoded))
+    }
+
+    /// Credits an accepted share (events, stats, vardiff); false when the
+    /// journal refused its event. A block in it is submitted by the caller.
+    fn account_accepted(
+        &mut self,
+        share: &tbg_work::AcceptedShare,
+        worker_index: usize,
+        now: Instant,
+        out: &mut String,
+        work_rx: &watch::Receiver<Option<Arc<CurrentWork>>>,
+    ) -> bool {
+        let Some(user) = &self.authorized else {
+            return true;
+        };
+        // `worker_index` came from `position` over this very list.
+        let Some((worker, handle)) = user.workers.get(worker_index) else {
+            return true;
+        };
+        // The share's event first: only a share the journal took is
+        // credited. One it refused (full) is counted as rejected with its
+        // own reason, so no counter, status or best difficulty shows a share
+        // the miner was told was refused.
+        let journaled = self.emit(EventData::ShareSubmitted {
+            user: user.address.clone(),
+            worker: worker.clone(),
+            client_id: self.client_id,
+            diff: share.target_difficulty,
+            sdiff: share.share_difficulty,
+            accepted: true,
+            reject_reason: None,
+            ip: self.peer.ip().to_string(),
+        });
+        if journaled {
+            self.shares_session += 1;
+            self.shared.counters.share_accepted(share.target_difficulty);
+            let previous_best =
+                handle
+                    .lock()
+                    .record_accepted(share.target_difficulty, share.share_difficulty, now);
+            if let Some(prev_best) = previous_best {
+                self.emit(EventData::ShareBestDiff {
+                    user: user.address.clone(),
+                    worker: worker.clone(),
+                    new_best: share.share_difficulty,
+                    prev_best,
+                    timeframe: "alltime".to_string(),
+                });
+            }
+            self.best_session = self.best_session.max(share.share_difficulty);
+        } else {
+            // Not counted towards the invalid-shares limit: the pool is at
+            // fault, not the miner.
+            self.shared
+                .counters
+                .share_rejected(RejectReason::JournalFull);
+            handle.lock().record_rejected();
+        }
+        if journaled
+            && now.saturating_duration_since(self.last_hashrate_event)
+                >= self.shared.settings.hashrate_event_interval
+        {
+            self.last_hashrate_event = now;
+            let stats = handle.lock();
+            let [h1m, h5m, h1h, h1d] = stats.rates.hashrates(now);
+            drop(stats);
+            self.emit(EventData::HashrateUpdate {
+                user: user.address.clone(),
+                worker: worker.clone(),
+                hashrate_1m: h1m,
+                hashrate_5m: h5m,
+                hashrate_1h: h1h,
+                hashrate_1d: h1d,
+            });
+        }
+        // Vardiff still counts a refused share: it measures the miner's
+        // rate, which the journal does not change.
+        let seconds = self.shared.seconds(now);
+        let retarget = self
+            .vardiff
+            .as_mut()
+            .and_then(|vardiff| vardiff.on_share(seconds));
+        if let Some(new) = retarget {
+            self.retarget(new, now, out, work_rx);
+        }
+        journaled
     }
 
     /// The block of a share the validator found to be one (and claimed).

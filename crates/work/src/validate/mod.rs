@@ -18,7 +18,7 @@
 //!    resumed sessions, see [`SeenShares`]); a block's duplicate is decided
 //!    by the caller's pool-wide claim on the full hash, so a block is never
 //!    refused on a truncated key;
-//! 4. stale, then the share target.
+//! 4. stale, then the share target (a resend is called a duplicate first).
 
 mod script;
 mod seen;
@@ -206,11 +206,6 @@ impl ShareValidator {
         self.jobs.get(index)
     }
 
-    /// The newest job.
-    pub fn latest_job(&self) -> Option<&KeptJob> {
-        self.jobs.back()
-    }
-
     /// The duplicate store, to hand on to a resumed session.
     pub fn into_seen(self) -> SeenShares {
         self.seen
@@ -233,7 +228,8 @@ impl ShareValidator {
         let index = self
             .jobs
             .iter()
-            .position(|job| *job.id == *share.job_id)
+            // Newest first: most shares are on the latest job.
+            .rposition(|job| *job.id == *share.job_id)
             .ok_or(ShareReject::UnknownJob)?;
         if share.extranonce2.len() != context.extranonce2_len {
             return Err(ShareReject::Nonce2Length);
@@ -283,20 +279,24 @@ impl ShareValidator {
             if !claim_block(&check.hash) {
                 return Err(ShareReject::Duplicate);
             }
-            self.seen.remember(prev, &check.hash);
+            self.seen.insert(prev, &check.hash);
             return Ok(accepted);
         }
-        if self.seen.contains(prev, &check.hash) {
-            return Err(ShareReject::Duplicate);
+        // A resend is a duplicate before anything else; on the hot path (a
+        // new share meeting its target) the store is probed once.
+        let refused = if stale {
+            Some(ShareReject::Stale)
+        } else if check.share_difficulty < target_difficulty {
+            Some(ShareReject::AboveTarget)
+        } else {
+            None
+        };
+        match refused {
+            Some(_) if self.seen.contains(prev, &check.hash) => Err(ShareReject::Duplicate),
+            Some(reason) => Err(reason),
+            None if !self.seen.insert(prev, &check.hash) => Err(ShareReject::Duplicate),
+            None => Ok(accepted),
         }
-        if stale {
-            return Err(ShareReject::Stale);
-        }
-        if check.share_difficulty < target_difficulty {
-            return Err(ShareReject::AboveTarget);
-        }
-        self.seen.remember(prev, &check.hash);
-        Ok(accepted)
     }
 }
 

@@ -100,18 +100,23 @@ impl SeenShares {
             .is_some_and(|generation| generation.keys.contains(&key(hash)))
     }
 
-    /// Remembers an accepted header; a share on an older tip than the two
-    /// kept is not remembered (it can only be a block, claimed pool-wide).
-    pub(crate) fn remember(&mut self, prev: BlockHash, hash: &BlockHash) {
+    /// Remembers an accepted header; false when it was already there. A
+    /// share on an older tip than the two kept is not remembered (it can
+    /// only be a block, claimed pool-wide); past [`MAX_SEEN_SHARES`] the
+    /// store only answers.
+    pub(crate) fn insert(&mut self, prev: BlockHash, hash: &BlockHash) -> bool {
         let generation = if self.current.prev == Some(prev) {
             &mut self.current
         } else if self.previous.prev == Some(prev) {
             &mut self.previous
         } else {
-            return;
+            return true;
         };
+        let key = key(hash);
         if generation.keys.len() < MAX_SEEN_SHARES {
-            generation.keys.insert(key(hash));
+            generation.keys.insert(key)
+        } else {
+            !generation.keys.contains(&key)
         }
     }
 

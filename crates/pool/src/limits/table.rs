@@ -1,0 +1,261 @@
+//! The per-source table: fixed capacity, least recently seen idle source
+//! evicted first.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use super::{millis, Bucket, IpKey, LimitKind, LimitSettings};
+
+/// What the table said about a new connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Admission {
+    /// `Err` names the limit that refused it.
+    pub outcome: Result<(), LimitKind>,
+    /// This refusal started a ban.
+    pub banned: bool,
+}
+
+const NIL: u32 = u32::MAX;
+
+#[derive(Debug, Clone)]
+struct Slot {
+    key: IpKey,
+    connects: Bucket,
+    strikes: Bucket,
+    open: u32,
+    banned_since_ms: Option<u64>,
+    /// Links of the idle list (sources with no open connection), most
+    /// recently seen first; a source with open connections is not in it
+    /// and is never evicted.
+    newer: u32,
+    older: u32,
+}
+
+/// Per-source state in a fixed number of slots. A new source takes a free
+/// slot, else the slot of the least recently seen source that has no open
+/// connection (its rates and ban are forgotten); when every slot holds a
+/// source with open connections, the new one is refused (`IpTableFull`).
+/// Nothing here grows past the capacity, and nothing panics.
+#[derive(Debug)]
+pub struct IpTable {
+    epoch: Instant,
+    capacity: usize,
+    index: HashMap<IpKey, u32>,
+    slots: Vec<Slot>,
+    /// Most and least recently seen idle slots.
+    newest: u32,
+    oldest: u32,
+}
+
+impl IpTable {
+    pub fn new(capacity: usize, now: Instant) -> IpTable {
+        // Slot numbers are u32 with one value reserved.
+        let capacity = capacity.clamp(1, NIL as usize - 1);
+        IpTable {
+            epoch: now,
+            capacity,
+            index: HashMap::with_capacity(capacity.min(4096)),
+            slots: Vec::with_capacity(capacity.min(4096)),
+            newest: NIL,
+            oldest: NIL,
+        }
+    }
+
+    /// Sources remembered.
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    /// Entries in the index and slots allocated: what the table holds.
+    #[cfg(test)]
+    pub(super) fn allocated(&self) -> (usize, usize) {
+        (self.index.len(), self.slots.capacity())
+    }
+
+    /// A new connection from `key`. Checks, in order: ban, open
+    /// connections, connect rate; a refusal other than a ban is a strike
+    /// towards one. Admitted: the caller must [`IpTable::release`] it.
+    pub fn admit(&mut self, key: IpKey, limits: &LimitSettings, now: Instant) -> Admission {
+        let ms = millis(self.epoch, now);
+        let Some(slot) = self.slot_for(key) else {
+            return Admission {
+                outcome: Err(LimitKind::IpTableFull),
+                banned: false,
+            };
+        };
+        let index = slot as usize;
+        if self.slots[index].open == 0 {
+            // Seen now: the idle list's newest.
+            self.unlink(slot);
+            self.link_newest(slot);
+        }
+        let entry = &mut self.slots[index];
+        if let Some(since) = entry.banned_since_ms {
+            let until = since.saturating_add(millis_of(limits.ban_duration));
+            if ms < until && !limits.ban_duration.is_zero() {
+                return Admission {
+                    outcome: Err(LimitKind::Banned),
+                    banned: false,
+                };
+            }
+            // Served: a fresh start.
+            entry.banned_since_ms = None;
+            entry.strikes = Bucket::full();
+            entry.connects = Bucket::full();
+        }
+        let refused =
+            if limits.max_connections_per_ip != 0 && entry.open >= limits.max_connections_per_ip {
+                Some(LimitKind::IpConnections)
+            } else if !entry.connects.take(limits.connects_per_minute_per_ip, ms) {
+                Some(LimitKind::ConnectRate)
+            } else {
+                None
+            };
+        if let Some(kind) = refused {
+            let banned = strike(entry, limits, ms);
+            return Admission {
+                outcome: Err(kind),
+                banned,
+            };
+        }
+        entry.open += 1;
+        if entry.open == 1 {
+            self.unlink(slot);
+        }
+        Admission {
+            outcome: Ok(()),
+            banned: false,
+        }
+    }
+
+    /// An admitted connection from `key` closed; `abused`: it was closed by
+    /// a limit (a strike). True when that started a ban.
+    pub fn release(
+        &mut self,
+        key: IpKey,
+        abused: bool,
+        limits: &LimitSettings,
+        now: Instant,
+    ) -> bool {
+        let ms = millis(self.epoch, now);
+        let Some(&slot) = self.index.get(&key) else {
+            return false;
+        };
+        let entry = &mut self.slots[slot as usize];
+        let banned = abused && strike(entry, limits, ms);
+        entry.open = entry.open.saturating_sub(1);
+        if entry.open == 0 {
+            self.link_newest(slot);
+        }
+        banned
+    }
+
+    /// Whether `key` is banned at `now` (status and tests).
+    pub fn is_banned(&self, key: IpKey, limits: &LimitSettings, now: Instant) -> bool {
+        let ms = millis(self.epoch, now);
+        self.index
+            .get(&key)
+            .and_then(|&slot| self.slots[slot as usize].banned_since_ms)
+            .is_some_and(|since| {
+                !limits.ban_duration.is_zero()
+                    && ms < since.saturating_add(millis_of(limits.ban_duration))
+            })
+    }
+
+    /// Open connections of `key`.
+    pub fn open(&self, key: IpKey) -> u32 {
+        self.index
+            .get(&key)
+            .map_or(0, |&slot| self.slots[slot as usize].open)
+    }
+
+    /// The slot of `key`, taking a free or evicted one for a new source;
+    /// `None` when every slot has open connections.
+    fn slot_for(&mut self, key: IpKey) -> Option<u32> {
+        if let Some(&slot) = self.index.get(&key) {
+            return Some(slot);
+        }
+        let fresh = Slot {
+            key,
+            connects: Bucket::full(),
+            strikes: Bucket::full(),
+            open: 0,
+            banned_since_ms: None,
+            newer: NIL,
+            older: NIL,
+        };
+        let slot = if self.slots.len() < self.capacity {
+            self.slots.push(fresh);
+            (self.slots.len() - 1) as u32
+        } else {
+            let victim = self.oldest;
+            if victim == NIL {
+                return None;
+            }
+            self.unlink(victim);
+            let old = std::mem::replace(&mut self.slots[victim as usize], fresh);
+            self.index.remove(&old.key);
+            victim
+        };
+        self.index.insert(key, slot);
+        self.link_newest(slot);
+        Some(slot)
+    }
+
+    fn unlink(&mut self, slot: u32) {
+        let (newer, older) = {
+            let entry = &self.slots[slot as usize];
+            (entry.newer, entry.older)
+        };
+        let linked = newer != NIL || older != NIL || self.newest == slot;
+        if !linked {
+            return;
+        }
+        match newer {
+            NIL => self.newest = older,
+            n => self.slots[n as usize].older = older,
+        }
+        match older {
+            NIL => self.oldest = newer,
+            o => self.slots[o as usize].newer = newer,
+        }
+        let entry = &mut self.slots[slot as usize];
+        entry.newer = NIL;
+        entry.older = NIL;
+    }
+
+    fn link_newest(&mut self, slot: u32) {
+        let previous = self.newest;
+        {
+            let entry = &mut self.slots[slot as usize];
+            entry.newer = NIL;
+            entry.older = previous;
+        }
+        match previous {
+            NIL => self.oldest = slot,
+            p => self.slots[p as usize].newer = slot,
+        }
+        self.newest = slot;
+    }
+}
+
+fn millis_of(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// A strike against a source; true when it starts a ban.
+fn strike(entry: &mut Slot, limits: &LimitSettings, ms: u64) -> bool {
+    if limits.ban_after_refusals_per_minute == 0 || limits.ban_duration.is_zero() {
+        return false;
+    }
+    if entry.strikes.take(limits.ban_after_refusals_per_minute, ms) {
+        return false;
+    }
+    entry.banned_since_ms = Some(ms);
+    entry.strikes = Bucket::full();
+    true
+}
