@@ -123,3 +123,27 @@ write("journal_ring", "clean-three", ring(0x80, events))
 write("journal_ring", "clean-near-end", ring(0x80, events, tail_words=8150, laps=3))
 write("journal_ring", "committed-two", ring(0x80, events, committed_offset=129))
 write("journal_ring", "damaged", ring(0x00, events) + bytes([6, 40, 0, 0xff, 7, 1, 3, 0]))
+
+# share_validator: session scripts (see the target's decoder: op % 12), on
+# the recorded ckpool jobs with their real block solutions, and on
+# synthetic templates.
+def submit(flags=0, back=0, extranonce2=0, minutes=0, nonce=0, bits=None):
+    out = bytes([9, flags, back]) + struct.pack("<HbI", extranonce2, minutes, nonce)
+    return out + (struct.pack("<I", bits) if bits is not None else b"")
+
+
+write("share_validator", "recorded-blocks", bytes([
+    7, 0,  # the recorded job of case 102
+    8,     # its real solution: a block
+    4, 0,  # sent again: a duplicate
+    7, 1,  # case 103 (the next block)
+    8,     # its solution
+    5, 0,  # reconnect, resuming the session
+    8,     # the same solution again: a duplicate
+]))
+write("share_validator", "synthetic-session",
+      bytes([0, 5]) + submit(extranonce2=1, nonce=0x44332211) + bytes([4, 0])
+      + bytes([2, 1]) + submit(extranonce2=2, nonce=7) + bytes([3]) + struct.pack("<I", 0x1FFFE000)
+      + submit(flags=1, extranonce2=3, nonce=9, bits=0x2000) + bytes([0, 2])
+      + submit(back=1, extranonce2=4, nonce=11) + bytes([5, 1, 6]) + struct.pack("<H", 10000)
+      + submit(extranonce2=5, minutes=100, nonce=13) + bytes([1, 3]) + submit(extranonce2=6, nonce=15))

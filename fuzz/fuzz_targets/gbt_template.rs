@@ -31,7 +31,10 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     // A whole JSON-RPC answer is unwrapped the way the node client does.
-    let gbt = json.get("result").filter(|r| r.is_object()).unwrap_or(&json);
+    let gbt = json
+        .get("result")
+        .filter(|r| r.is_object())
+        .unwrap_or(&json);
     match Template::from_gbt(gbt) {
         Ok(template) => check_template(template),
         Err(TemplateError::NotAnObject) => assert!(!gbt.is_object()),
@@ -86,7 +89,11 @@ fn check_template(template: Template) {
     assert_eq!((header.time, header.nonce), (ntime, nonce));
     assert_eq!(header.version.to_consensus(), template.version);
     let share = job.check_share(&EXTRANONCE1, &EXTRANONCE2, ntime, nonce, version);
-    assert_eq!(share.hash, header.block_hash(), "share hash is the block hash");
+    assert_eq!(
+        share.hash,
+        header.block_hash(),
+        "share hash is the block hash"
+    );
     assert_eq!(
         share.meets_network,
         template.target.is_met_by(header.block_hash())

@@ -17,7 +17,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tbg_journal::fuzzing::{recover_image, record, wrap_marker, Row, Stop};
+use tbg_journal::fuzzing::{record, recover_image, wrap_marker, Row, Stop};
 
 const HEADER_BYTES: usize = 4096;
 const RECORD_HEADER_BYTES: usize = 32;
@@ -115,7 +115,9 @@ fuzz_target!(|data: &[u8]| {
     } else {
         u64::from(input.u32())
     };
-    let committed_seq = first_seq.saturating_add(u64::from(input.byte())).saturating_sub(128);
+    let committed_seq = first_seq
+        .saturating_add(u64::from(input.byte()))
+        .saturating_sub(128);
 
     let mut ring = Ring {
         bytes: vec![0u8; capacity as usize],
@@ -221,7 +223,11 @@ fuzz_target!(|data: &[u8]| {
 
     // The header page, per the layout; flags break one field each.
     let mut image = vec![0u8; HEADER_BYTES];
-    image[0..8].copy_from_slice(if flags & 0x01 != 0 { b"TBGSTAGF" } else { b"TBGSTAGE" });
+    image[0..8].copy_from_slice(if flags & 0x01 != 0 {
+        b"TBGSTAGF"
+    } else {
+        b"TBGSTAGE"
+    });
     put_u32(&mut image, 8, if flags & 0x02 != 0 { 2 } else { 1 });
     image[16..24].copy_from_slice(&generation.to_le_bytes());
     image[24..32].copy_from_slice(&capacity.to_le_bytes());
@@ -238,7 +244,8 @@ fuzz_target!(|data: &[u8]| {
 
     let recovery = recover_image(&image, committed_seq);
 
-    let header_broken = flags & 0x1f != 0 || image.len() < HEADER_BYTES + ring.bytes.len() || tail % 8 != 0;
+    let header_broken =
+        flags & 0x1f != 0 || image.len() < HEADER_BYTES + ring.bytes.len() || tail % 8 != 0;
     assert_eq!(
         recovery.unusable_header.is_some(),
         header_broken,
@@ -253,9 +260,16 @@ fuzz_target!(|data: &[u8]| {
 
     let mut previous: Option<&Row> = None;
     for row in &recovery.rows {
-        assert!(row.seq > committed_seq, "a committed record recovered again");
+        assert!(
+            row.seq > committed_seq,
+            "a committed record recovered again"
+        );
         if let Some(previous) = previous {
-            assert_eq!(Some(row.seq), previous.seq.checked_add(1), "seqs not consecutive");
+            assert_eq!(
+                Some(row.seq),
+                previous.seq.checked_add(1),
+                "seqs not consecutive"
+            );
             assert!(row.end > previous.end);
         }
         previous = Some(row);
@@ -284,7 +298,10 @@ fuzz_target!(|data: &[u8]| {
                 (got.seq, got.end, &got.event_id, got.ts.to_bits()),
                 (want.seq, want.end, &want.event_id, want.ts.to_bits())
             );
-            assert_eq!((&got.event_type, &got.region), (&want.event_type, &want.region));
+            assert_eq!(
+                (&got.event_type, &got.region),
+                (&want.event_type, &want.region)
+            );
             assert_eq!(got.payload, want.payload);
         }
     }
@@ -299,17 +316,29 @@ fn check_in_image(image: &[u8], generation: u64, capacity: u64, tail: u64, row: 
     }
     payload.extend_from_slice(row.payload.as_bytes());
     let record_bytes = (RECORD_HEADER_BYTES + payload.len()).div_ceil(8) as u64 * 8;
-    let start = row.end.checked_sub(record_bytes).expect("end before the record");
+    let start = row
+        .end
+        .checked_sub(record_bytes)
+        .expect("end before the record");
     assert!(start >= tail, "a record before the tail");
-    assert!(row.end - tail <= capacity, "a record past one lap from the tail");
+    assert!(
+        row.end - tail <= capacity,
+        "a record past one lap from the tail"
+    );
     let offset = (start % capacity) as usize;
-    assert!(offset as u64 + record_bytes <= capacity, "a record split at the ring's end");
+    assert!(
+        offset as u64 + record_bytes <= capacity,
+        "a record split at the ring's end"
+    );
     let at = HEADER_BYTES + offset;
     let header = &image[at..at + RECORD_HEADER_BYTES];
     let word = |i: usize| u32::from_le_bytes(header[i..i + 4].try_into().unwrap());
     assert_eq!(&header[0..4], b"TBGR", "not a record");
     assert_eq!(word(4) as usize, payload.len(), "payload length");
-    assert_eq!(u64::from_le_bytes(header[8..16].try_into().unwrap()), row.seq);
+    assert_eq!(
+        u64::from_le_bytes(header[8..16].try_into().unwrap()),
+        row.seq
+    );
     assert_eq!(word(16), generation as u32, "another generation's record");
     assert_eq!(word(24), crc(generation, &header[0..24]), "header checksum");
     let stored = &image[at + RECORD_HEADER_BYTES..at + RECORD_HEADER_BYTES + payload.len()];

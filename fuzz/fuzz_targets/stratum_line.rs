@@ -29,7 +29,9 @@ fuzz_target!(|data: &[u8]| {
 
 /// The line as the parser sees it: BOM stripped, then ASCII-trimmed.
 fn trimmed(line: &[u8]) -> &[u8] {
-    line.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(line).trim_ascii()
+    line.strip_prefix(b"\xEF\xBB\xBF")
+        .unwrap_or(line)
+        .trim_ascii()
 }
 
 fn check_line(data: &[u8]) {
@@ -62,7 +64,10 @@ fn check_line(data: &[u8]) {
 /// `line` is one JSON object, terminated by its only newline, whose `id` is `id`.
 fn echo(id: &Value, line: &str) {
     let body = line.strip_suffix('\n').expect("answer ends in a newline");
-    assert!(!body.contains('\n') && !body.contains('\r'), "answer spans lines");
+    assert!(
+        !body.contains('\n') && !body.contains('\r'),
+        "answer spans lines"
+    );
     let parsed: Value = serde_json::from_str(body).expect("answer is JSON");
     assert_eq!(parsed.get("id"), Some(id), "id not echoed unchanged");
 }
@@ -95,7 +100,9 @@ fn check_message(request: &tbg_stratum::Request) {
                 assert!(!agent.is_empty() && printable_within(agent, MAX_USER_AGENT_CHARS));
             }
             if let Some(id) = session_id {
-                assert!(id.len() <= 16 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')));
+                assert!(
+                    id.len() <= 16 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+                );
             }
         }
         ClientMessage::Authorize { username, password } => {
@@ -143,9 +150,14 @@ fn check_submit(submit: &Submit) {
     assert_eq!(submit.ntime_u32().ok(), reference_u32(&submit.ntime));
     assert!(submit.ntime_u32().is_ok() && submit.nonce_u32().is_ok());
     assert!(submit.version_bits_u32().is_ok());
-    let extranonce2 = submit.extranonce2_bytes().expect("checked extranonce2 decodes");
+    let extranonce2 = submit
+        .extranonce2_bytes()
+        .expect("checked extranonce2 decodes");
     assert!(!extranonce2.is_empty() && extranonce2.len() <= MAX_EXTRANONCE2_BYTES);
-    assert_eq!(hex::encode(&extranonce2), submit.extranonce2.to_ascii_lowercase());
+    assert_eq!(
+        hex::encode(&extranonce2),
+        submit.extranonce2.to_ascii_lowercase()
+    );
 }
 
 /// The decoders on arbitrary text, against reference implementations: the
@@ -165,7 +177,10 @@ fn check_decoders(data: &[u8]) {
     assert_eq!(submit.ntime_u32().ok(), reference_u32(&submit.ntime));
     assert_eq!(submit.nonce_u32().ok(), reference_u32(&submit.nonce));
     let bits = submit.version_bits.as_deref().unwrap_or_default();
-    assert_eq!(submit.version_bits_u32().ok(), reference_u32(bits).map(Some));
+    assert_eq!(
+        submit.version_bits_u32().ok(),
+        reference_u32(bits).map(Some)
+    );
     assert_eq!(
         submit.extranonce2_bytes().ok(),
         hex::decode(&submit.extranonce2).ok()

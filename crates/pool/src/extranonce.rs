@@ -9,7 +9,7 @@
 //! to the connection that resumes it: the same extranonce1 hashes the same
 //! headers, so a share accepted before the reconnect stays a duplicate.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -33,17 +33,66 @@ struct Record {
     shares: Option<Box<SeenShares>>,
 }
 
+/// Closed sessions kept resumable at most: beyond it the oldest is
+/// forgotten (its miner, if it comes back, gets a new extranonce1). An
+/// honest reconnect lasts seconds; this is for an hour of them.
+pub const MAX_RESUMABLE: usize = 65_536;
+
 #[derive(Debug)]
 pub struct ExtranonceAllocator {
     length: usize,
     resume_window: Duration,
+    /// Resumable records kept at most (smaller for small extranonce spaces,
+    /// so that closed sessions can never take the values live ones need).
+    max_resumable: usize,
     state: Mutex<AllocatorState>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct AllocatorState {
     next: u64,
     by_session: HashMap<String, Record>,
+    /// Released sessions, oldest first: expiry and the cap take from the
+    /// front. An entry whose record was resumed (or released again later)
+    /// since is skipped when it comes up.
+    released: VecDeque<(Instant, String)>,
+}
+
+impl AllocatorState {
+    /// Forgets released records older than `window`, and the oldest ones
+    /// beyond `max`.
+    fn expire(&mut self, now: Instant, window: Duration, max: usize) {
+        while let Some((at, _)) = self.released.front() {
+            let expired = now.saturating_duration_since(*at) >= window;
+            if !expired && self.released.len() <= max {
+                break;
+            }
+            if let Some((at, session)) = self.released.pop_front() {
+                self.forget_if_released_at(&session, at);
+            }
+        }
+    }
+
+    /// Drops the oldest released record, if any (the value space is full).
+    fn evict_oldest_released(&mut self) -> bool {
+        while let Some((at, session)) = self.released.pop_front() {
+            if self.forget_if_released_at(&session, at) {
+                return true;
+            }
+        }
+        false
+    }
+
+    fn forget_if_released_at(&mut self, session: &str, at: Instant) -> bool {
+        let current = self
+            .by_session
+            .get(session)
+            .is_some_and(|record| record.released_at == Some(at));
+        if current {
+            self.by_session.remove(session);
+        }
+        current
+    }
 }
 
 impl ExtranonceAllocator {
@@ -53,12 +102,15 @@ impl ExtranonceAllocator {
         // A random start keeps extranonces of a restarted pool apart from the
         // ones miners still hold from before.
         let start: u64 = rand::random();
+        let space = 1u128 << (8 * length);
+        let max_resumable = MAX_RESUMABLE.min(usize::try_from(space / 4).unwrap_or(usize::MAX));
         ExtranonceAllocator {
             length,
             resume_window,
+            max_resumable,
             state: Mutex::new(AllocatorState {
                 next: start,
-                by_session: HashMap::new(),
+                ..AllocatorState::default()
             }),
         }
     }
@@ -72,16 +124,12 @@ impl ExtranonceAllocator {
     }
 
     /// Allocates an extranonce1, resuming `requested_session` when it is
-    /// known, released and not expired. `None` when every value is taken
-    /// (only possible with tiny `nonce1length`s and a huge number of miners).
+    /// known, released and not expired. `None` only when every value is
+    /// held by a live connection (a tiny `nonce1length` and a huge number
+    /// of miners): closed sessions give their values up first.
     pub fn allocate(&self, requested_session: Option<&str>, now: Instant) -> Option<Allocation> {
         let mut state = self.state.lock();
-        let window = self.resume_window;
-        state.by_session.retain(|_, record| {
-            record
-                .released_at
-                .is_none_or(|at| now.saturating_duration_since(at) < window)
-        });
+        state.expire(now, self.resume_window, self.max_resumable);
         if let Some(session) = requested_session {
             if let Some(record) = state.by_session.get_mut(session) {
                 if record.released_at.is_some() {
@@ -101,49 +149,69 @@ impl ExtranonceAllocator {
         } else {
             1u64 << modulus_bits
         };
-        for _ in 0..attempts {
-            let value = if modulus_bits >= 64 {
-                state.next
-            } else {
-                state.next % (1u64 << modulus_bits)
-            };
-            state.next = state.next.wrapping_add(1);
-            let extranonce1 = self.encode(value);
-            let session_id = hex::encode(&extranonce1);
-            if state.by_session.contains_key(&session_id) {
-                continue;
+        loop {
+            for _ in 0..attempts {
+                let value = if modulus_bits >= 64 {
+                    state.next
+                } else {
+                    state.next % (1u64 << modulus_bits)
+                };
+                state.next = state.next.wrapping_add(1);
+                let extranonce1 = self.encode(value);
+                let session_id = hex::encode(&extranonce1);
+                if state.by_session.contains_key(&session_id) {
+                    continue;
+                }
+                state.by_session.insert(
+                    session_id.clone(),
+                    Record {
+                        extranonce1: extranonce1.clone(),
+                        released_at: None,
+                        shares: None,
+                    },
+                );
+                return Some(Allocation {
+                    session_id,
+                    extranonce1,
+                    resumed: false,
+                });
             }
-            state.by_session.insert(
-                session_id.clone(),
-                Record {
-                    extranonce1: extranonce1.clone(),
-                    released_at: None,
-                    shares: None,
-                },
-            );
-            return Some(Allocation {
-                session_id,
-                extranonce1,
-                resumed: false,
-            });
+            // Every value taken: a closed session's value goes to a live one.
+            if !state.evict_oldest_released() {
+                return None;
+            }
         }
-        None
     }
 
-    /// The connection holding `session_id` is gone; the id may be resumed.
-    pub fn release(&self, session_id: &str, now: Instant) {
-        if let Some(record) = self.state.lock().by_session.get_mut(session_id) {
-            record.released_at = Some(now);
-        }
+    /// The connection holding `session_id` is gone. `resumable`: whether
+    /// the session did work worth resuming (it authorized); one that never
+    /// did gives its extranonce1 back at once, so connecting and
+    /// disconnecting in a loop reserves nothing.
+    pub fn release(&self, session_id: &str, now: Instant, resumable: bool) {
+        self.release_with_shares(session_id, now, resumable, SeenShares::default());
     }
 
     /// As [`ExtranonceAllocator::release`], parking the session's accepted
     /// shares for the connection that resumes it.
-    pub fn release_with_shares(&self, session_id: &str, now: Instant, shares: SeenShares) {
-        if let Some(record) = self.state.lock().by_session.get_mut(session_id) {
-            record.released_at = Some(now);
-            record.shares = (!shares.is_empty()).then(|| Box::new(shares));
+    pub fn release_with_shares(
+        &self,
+        session_id: &str,
+        now: Instant,
+        resumable: bool,
+        shares: SeenShares,
+    ) {
+        let mut state = self.state.lock();
+        if !resumable {
+            state.by_session.remove(session_id);
+            return;
         }
+        let Some(record) = state.by_session.get_mut(session_id) else {
+            return;
+        };
+        record.released_at = Some(now);
+        record.shares = (!shares.is_empty()).then(|| Box::new(shares));
+        state.released.push_back((now, session_id.to_string()));
+        state.expire(now, self.resume_window, self.max_resumable);
     }
 
     /// The shares parked by the session a resumed `session_id` continues.
@@ -175,12 +243,12 @@ mod tests {
         let thief = allocator.allocate(Some(&first.session_id), now).unwrap();
         assert!(!thief.resumed);
         assert_ne!(thief.extranonce1, first.extranonce1);
-        allocator.release(&first.session_id, now);
+        allocator.release(&first.session_id, now, true);
         let resumed = allocator.allocate(Some(&first.session_id), now).unwrap();
         assert!(resumed.resumed);
         assert_eq!(resumed.extranonce1, first.extranonce1);
         // Expired records are forgotten.
-        allocator.release(&first.session_id, now);
+        allocator.release(&first.session_id, now, true);
         let late = allocator
             .allocate(Some(&first.session_id), now + Duration::from_secs(61))
             .unwrap();
@@ -195,5 +263,53 @@ mod tests {
         for _ in 0..1000 {
             assert!(seen.insert(allocator.allocate(None, now).unwrap().extranonce1));
         }
+    }
+
+    #[test]
+    fn a_session_that_never_authorized_reserves_nothing() {
+        let allocator = ExtranonceAllocator::new(4, Duration::from_secs(3600));
+        let now = Instant::now();
+        for _ in 0..10_000 {
+            let allocation = allocator.allocate(None, now).unwrap();
+            allocator.release(&allocation.session_id, now, false);
+        }
+        assert_eq!(allocator.recorded(), 0);
+    }
+
+    #[test]
+    fn connect_disconnect_cycles_cannot_exhaust_a_small_space() {
+        // 2 bytes: 65,536 values. Authorized sessions cycling for an hour
+        // must not starve a new miner.
+        let allocator = ExtranonceAllocator::new(2, Duration::from_secs(3600));
+        let now = Instant::now();
+        let honest: Vec<_> = (0..1000).map(|_| allocator.allocate(None, now).unwrap()).collect();
+        for _ in 0..200_000 {
+            let allocation = allocator.allocate(None, now).expect("a value for a new miner");
+            allocator.release(&allocation.session_id, now, true);
+        }
+        assert!(allocator.recorded() <= 1000 + 65_536 / 4, "{}", allocator.recorded());
+        let mut live: std::collections::HashSet<_> =
+            honest.iter().map(|a| a.extranonce1.clone()).collect();
+        assert_eq!(live.len(), 1000);
+        // A new connection never gets a live miner's extranonce1.
+        for _ in 0..10_000 {
+            let allocation = allocator.allocate(None, now).unwrap();
+            assert!(live.insert(allocation.extranonce1), "a live value handed out twice");
+        }
+    }
+
+    #[test]
+    fn the_oldest_closed_session_is_forgotten_beyond_the_cap() {
+        let allocator = ExtranonceAllocator::new(8, Duration::from_secs(3600));
+        let now = Instant::now();
+        let first = allocator.allocate(None, now).unwrap();
+        allocator.release(&first.session_id, now, true);
+        for _ in 0..MAX_RESUMABLE {
+            let allocation = allocator.allocate(None, now).unwrap();
+            allocator.release(&allocation.session_id, now, true);
+        }
+        assert_eq!(allocator.recorded(), MAX_RESUMABLE);
+        let again = allocator.allocate(Some(&first.session_id), now).unwrap();
+        assert!(!again.resumed, "the oldest was forgotten");
     }
 }

@@ -180,8 +180,13 @@ impl PoolShared {
         }
     }
 
-    pub(crate) fn block_found(self: &Arc<Self>, block: FoundBlock) {
-        blocks::keeper::found(self, block);
+    /// Stores and submits a found block; the receiver resolves once it is
+    /// in the block store (or the store failed).
+    pub(crate) fn block_found(
+        self: &Arc<Self>,
+        block: FoundBlock,
+    ) -> tokio::sync::oneshot::Receiver<()> {
+        blocks::keeper::found(self, block)
     }
 }
 

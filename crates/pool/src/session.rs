@@ -40,6 +40,10 @@ pub const MAX_WORKERS_PER_CONNECTION: usize = 64;
 /// trip; a miner that honours `client.reconnect` closes sooner.
 pub const STOP_LINGER: Duration = Duration::from_millis(500);
 
+/// Longest wait of a block's share answer for the block store: a disk
+/// that hangs must not hold the miner (the block is submitted regardless).
+const BLOCK_STORE_WAIT: Duration = Duration::from_secs(5);
+
 /// Why a connection ended, for logs and the disconnect event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CloseReason {
@@ -92,6 +96,8 @@ pub(crate) struct Session {
     /// Highest journal seq of this connection's events: answers wait until
     /// it is durable.
     pending_seq: AtomicU64,
+    /// Resolves when the block this connection just found is on disk.
+    block_stored: Option<tokio::sync::oneshot::Receiver<()>>,
     /// The connection's request rates (`limits.rs`).
     limiter: ConnectionLimiter,
     /// The live settings as of `live_generation`; re-read when a reload
@@ -163,6 +169,7 @@ impl Session {
             last_activity: now,
             last_hashrate_event: now,
             pending_seq: AtomicU64::new(0),
+            block_stored: None,
             limiter: ConnectionLimiter::new(now),
             live,
             live_generation,
@@ -319,12 +326,18 @@ impl Session {
     }
 
     async fn flush<W: AsyncWrite + Unpin>(
-        &self,
+        &mut self,
         writer: &mut W,
         out: &mut String,
     ) -> Result<(), CloseReason> {
         if out.is_empty() {
             return Ok(());
+        }
+        // A block's share is answered once the block is in the block store
+        // (or the store failed, logged with the hex): "accepted" for a
+        // block means it survives a crash of the pool.
+        if let Some(stored) = self.block_stored.take() {
+            let _ = tokio::time::timeout(BLOCK_STORE_WAIT, stored).await;
         }
         // Nothing is confirmed to the miner before its events are durable.
         if let Some(journal) = &self.shared.journal {
@@ -850,9 +863,14 @@ impl Session {
         if let Some(allocation) = &self.allocation {
             // Parked for a connection that resumes this session.
             let shares = std::mem::take(&mut self.shares).into_seen();
-            self.shared
-                .extranonces
-                .release_with_shares(&allocation.session_id, now, shares);
+            // Only a session that authorized keeps its extranonce1 for a
+            // resume: connect/subscribe/close loops reserve nothing.
+            self.shared.extranonces.release_with_shares(
+                &allocation.session_id,
+                now,
+                self.authorized.is_some(),
+                shares,
+            );
         }
         if let Some(user) = self.authorized.take() {
             self.shared.counters.miner_disconnected();

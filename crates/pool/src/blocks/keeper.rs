@@ -26,9 +26,14 @@ const FIRST_RETRY: Duration = Duration::from_millis(250);
 const WARN_EVERY_ROUNDS: u32 = 20;
 
 /// A share solved a block: announce it, store it, submit it. Returns at
-/// once; a block already known by hash is ignored (the same solution twice
-/// is one block, announced once).
-pub(crate) fn found(shared: &Arc<PoolShared>, block: FoundBlock) {
+/// once, with a receiver that resolves when the block is in the store (or
+/// the store failed); a block already known by hash is ignored (the same
+/// solution twice is one block, announced once).
+pub(crate) fn found(
+    shared: &Arc<PoolShared>,
+    block: FoundBlock,
+) -> tokio::sync::oneshot::Receiver<()> {
+    let (stored_tx, stored_rx) = tokio::sync::oneshot::channel();
     let stored = StoredBlock {
         hash: block.hash.to_string(),
         height: block.height,
@@ -48,7 +53,8 @@ pub(crate) fn found(shared: &Arc<PoolShared>, block: FoundBlock) {
     };
     if !shared.blocks.insert(BlockRecord::of(&stored, false)) {
         tracing::warn!(hash = %stored.hash, "the same block solution again; submitted once");
-        return;
+        let _ = stored_tx.send(());
+        return stored_rx;
     }
     shared.counters.blocks_found.fetch_add(1, Ordering::Relaxed);
     shared.emit(EventData::BlockFound {
@@ -75,10 +81,12 @@ pub(crate) fn found(shared: &Arc<PoolShared>, block: FoundBlock) {
             last_rejection: None,
         };
         keeper.durable = keeper.save().await;
+        let _ = stored_tx.send(());
         keeper.publish();
         keeper.submit_round().await;
         tokio::spawn(keeper.run());
     });
+    stored_rx
 }
 
 /// At start: every unsettled block of the store is submitted again (or

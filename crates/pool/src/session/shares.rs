@@ -101,7 +101,7 @@ impl Session {
         let reply_at = out.len();
         let journaled = self.account_accepted(&share, worker_index, started, out, work_rx);
         if let Some(block) = block {
-            self.shared.block_found(block);
+            self.block_stored = Some(self.shared.block_found(block));
         }
         // A share is confirmed only once its event is journaled; when the
         // journal refuses it (full), the miner hears an error at once rather
