@@ -42,11 +42,14 @@ run_target() {
     shift
     local corpus="$WORK/corpus/$name" artifacts="$WORK/artifacts/$name/" log="$WORK/logs/$name.log"
     mkdir -p "$corpus" "$artifacts" "$WORK/logs"
-    local started status=0
+    local started status=0 dict=()
     started=$(date +%s)
+    if [ -f "fuzz/dicts/$name.dict" ]; then
+        dict=(-dict="fuzz/dicts/$name.dict")
+    fi
     # New inputs go to the working corpus (first dir), never into fuzz/seeds.
     "$BIN_DIR/$name" -artifact_prefix="$artifacts" -timeout=10 -rss_limit_mb=2048 \
-        -print_final_stats=1 "$@" "$corpus" "fuzz/seeds/$name" >"$log" 2>&1 || status=$?
+        -print_final_stats=1 "${dict[@]}" "$@" "$corpus" "fuzz/seeds/$name" >"$log" 2>&1 || status=$?
     local runs rate seconds
     runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
     rate=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log" | tail -1)

@@ -593,6 +593,12 @@ pub(crate) fn recover(file: &(impl RingSource + ?Sized), committed_seq: u64) -> 
         ))
     } else if crc32c(generation, &[&header[64..72]]) != tail_crc || tail % 8 != 0 {
         Some("tail checksum mismatch".to_string())
+    } else if tail.checked_add(capacity.saturating_mul(2)).is_none() {
+        // The scan below moves less than two ring lengths past the tail; a
+        // tail this close to 2^64 was never written by a journal (a crafted
+        // or damaged file whose checksums pass). Found by the `journal_ring`
+        // fuzz target: it overflowed.
+        Some(format!("tail {tail} out of range"))
     } else {
         None
     };
@@ -735,6 +741,36 @@ mod tests {
         assert_eq!(crc32c::crc32c(b"123456789"), 0xE306_9283);
         assert_eq!(crc32c(7, &[b"123456789"]), 0x185C_3AA5);
         assert_eq!(crc32c(7, &[b"1234", b"", b"56789"]), 0x185C_3AA5);
+    }
+
+    /// Regression (fuzz target `journal_ring`): a header whose checksums
+    /// pass with a tail near 2^64 made recovery overflow (a panic with
+    /// overflow checks, wrapped positions without).
+    #[test]
+    fn a_tail_near_the_end_of_the_u64_range_is_refused_not_overflowed() {
+        let generation = 7;
+        let capacity = MIN_STAGE_BYTES;
+        // 2^64 - 8: 8 bytes before the ring's end, so the scan skips them.
+        let tail = u64::MAX - 7;
+        let mut image = vec![0u8; (HEADER_BYTES + capacity) as usize];
+        image[0..8].copy_from_slice(FILE_MAGIC);
+        image[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+        image[16..24].copy_from_slice(&generation.to_le_bytes());
+        image[24..32].copy_from_slice(&capacity.to_le_bytes());
+        let crc = crc32c(generation, &[&image[0..32]]);
+        image[32..36].copy_from_slice(&crc.to_le_bytes());
+        image[64..76].copy_from_slice(&tail_bytes(generation, tail));
+        let recovered = recover(&image[..], 0);
+        assert_eq!(
+            recovered.unusable_header.as_deref(),
+            Some("tail 18446744073709551608 out of range")
+        );
+        assert!(recovered.rows.is_empty());
+        // The same header with a tail a journal can reach is read as usual.
+        image[64..76].copy_from_slice(&tail_bytes(generation, capacity - 8));
+        let recovered = recover(&image[..], 0);
+        assert_eq!(recovered.unusable_header, None);
+        assert_eq!(recovered.stop, Some(RecoveryStop::End));
     }
 
     #[test]

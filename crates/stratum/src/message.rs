@@ -198,10 +198,34 @@ pub fn split_username(username: &str) -> (&str, Option<&str>) {
     }
 }
 
-/// Drops control characters (newlines, escapes, NUL...) and keeps at most `max_chars`.
+/// Characters no name may carry: control characters (newlines, escapes,
+/// NUL: forged log lines), the Unicode line and paragraph separators
+/// (U+2028, U+2029: line breaks to JavaScript and some log viewers), the
+/// bidirectional overrides, embeddings, isolates and marks (which make a
+/// name display as another, e.g. U+202E), and invisible ones (zero-width
+/// space, word joiner, BOM) that make two names look alike. Emoji joiners
+/// and variation selectors stay allowed.
+pub fn is_unsafe_in_names(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{2028}'
+                | '\u{2029}'
+                | '\u{061C}'
+                | '\u{200E}'
+                | '\u{200F}'
+                | '\u{202A}'..='\u{202E}'
+                | '\u{2066}'..='\u{2069}'
+                | '\u{200B}'
+                | '\u{2060}'
+                | '\u{FEFF}'
+        )
+}
+
+/// Drops the characters of [`is_unsafe_in_names`] and keeps at most `max_chars`.
 pub fn sanitize_printable(text: &str, max_chars: usize) -> String {
     text.chars()
-        .filter(|c| !c.is_control())
+        .filter(|c| !is_unsafe_in_names(*c))
         .take(max_chars)
         .collect()
 }
@@ -267,7 +291,7 @@ fn parse_authorize(params: &Value) -> Result<ClientMessage, RejectReason> {
     let items = required_array(params)?;
     let username = non_empty_str(items, 0, RejectReason::NoUsername)?;
     // Usernames are identities: refuse rather than silently rewrite them.
-    if username.chars().any(char::is_control) || username.chars().count() > MAX_USERNAME_CHARS {
+    if username.chars().any(is_unsafe_in_names) || username.chars().count() > MAX_USERNAME_CHARS {
         return Err(RejectReason::InvalidUsername);
     }
     let (address, worker) = split_username(username);

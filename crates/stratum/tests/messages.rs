@@ -141,6 +141,25 @@ fn authorize_paths() {
             json!([format!("{ADDR}.rig\n2026-01-01 INFO forged")]),
             RejectReason::InvalidUsername,
         ),
+        // Bidi override: "rig\u{202E}1gir" displays as another name.
+        (
+            json!([format!("{ADDR}.rig\u{202E}1gir")]),
+            RejectReason::InvalidUsername,
+        ),
+        (
+            json!([format!("{ADDR}.rig\u{2066}x\u{2069}")]),
+            RejectReason::InvalidUsername,
+        ),
+        // U+2028: a line break to JavaScript and some log viewers.
+        (
+            json!([format!("{ADDR}.rig\u{2028}2026-01-01 INFO forged")]),
+            RejectReason::InvalidUsername,
+        ),
+        // Invisible: "rig" and "r\u{200B}ig" must not be two look-alikes.
+        (
+            json!([format!("{ADDR}.r\u{200B}ig")]),
+            RejectReason::InvalidUsername,
+        ),
         (
             json!([format!("{ADDR}.{}", "w".repeat(MAX_WORKER_NAME_CHARS + 1))]),
             RejectReason::InvalidUsername,
@@ -214,6 +233,17 @@ fn subscribe_paths() {
     assert!(sanitized.starts_with("evil[31magent"));
     assert_eq!(sanitized.chars().count(), MAX_USER_AGENT_CHARS);
     assert!(!sanitized.chars().any(char::is_control));
+    let Ok(ClientMessage::Subscribe {
+        user_agent: Some(agent),
+        ..
+    }) = message(
+        "mining.subscribe",
+        json!(["cgminer\u{202E}/4.12\u{2028}\u{2029}\u{FEFF} ⛏️ 👨‍👩‍👧"]),
+    )
+    else {
+        panic!("subscribe expected")
+    };
+    assert_eq!(agent, "cgminer/4.12 ⛏️ 👨‍👩‍👧", "emoji joiners and variation selectors stay");
     assert_eq!(
         message("mining.subscribe", json!({"agent": 1})),
         Err(RejectReason::ParamsNotArray)

@@ -553,10 +553,15 @@ async fn hostile_worker_names_and_user_agents_are_recorded_verbatim_and_forge_no
     }
     // Control characters (forged log lines): the name is refused, never
     // rewritten; the user agent is kept without its control characters.
+    // Bidi overrides and invisible characters (a name shown as another),
+    // U+2028/U+2029 (line breaks to JavaScript and log viewers): the same.
     let forged_lines = [
         "\n2026-01-01 INFO block found",
         "rig\r\n2026-01-01 ERROR x",
         "rig\u{1b}[2J\u{0}",
+        "rig\u{202E}1gir",
+        "rig\u{2028}2026-01-01 INFO block found",
+        "r\u{200B}ig\u{2029}",
     ];
     for (index, text) in forged_lines.iter().enumerate() {
         let (address, _) = regtest_address(AddressKind::P2wpkh);
@@ -588,7 +593,10 @@ async fn hostile_worker_names_and_user_agents_are_recorded_verbatim_and_forge_no
             !connected_events(env, &address).is_empty()
         })
         .await;
-        let printable_only: String = text.chars().filter(|c| !c.is_control()).collect();
+        let printable_only: String = text
+            .chars()
+            .filter(|c| !tbg_stratum::is_unsafe_in_names(*c))
+            .collect();
         assert_eq!(
             connected_events(&env, &address),
             vec![("clean".to_string(), printable_only)],
