@@ -71,8 +71,38 @@ struct Recorded {
 struct Fixture {
     extranonce1: Vec<u8>,
     cases: Vec<Recorded>,
-    /// Transactions a synthetic template can carry.
-    transactions: Vec<TemplateTx>,
+    /// The synthetic templates' jobs and their transactions' txids, by
+    /// (tip, transaction count, revision).
+    templates: Vec<(Job, Vec<Txid>)>,
+}
+
+/// Template revisions per tip and transaction count.
+const REVISIONS: u32 = 8;
+
+/// The job of a synthetic template: tip `tip`, revision `revision`, the
+/// first `transactions` of `pool`.
+fn synthetic_job(tip: u8, revision: u32, pool: &[TemplateTx]) -> (Job, Vec<Txid>) {
+    let bits = CompactTarget::from_consensus(SCRIPT_BITS);
+    let txids = pool.iter().map(|tx| tx.txid).collect();
+    let template = Arc::new(Template {
+        height: 100 + u32::from(tip),
+        version: 0x2000_0000,
+        previous_block_hash: tip_hash(tip),
+        bits,
+        cur_time: START_TIME + revision,
+        min_time: START_TIME,
+        coinbase_value: 5_000_000_000 - u64::from(revision),
+        transactions: pool.to_vec(),
+        default_witness_commitment: None,
+        target: Target::from_compact(bits),
+    });
+    let coinbase = build_coinbase(&template, &p2wpkh(0x42), "/tbg/", None, 4, 8)
+        .expect("a fixed, valid coinbase");
+    let job = Job {
+        template: Arc::new(JobTemplate::new(template)),
+        coinbase: Arc::new(coinbase),
+    };
+    (job, txids)
 }
 
 fn fixture() -> &'static Fixture {
@@ -130,7 +160,7 @@ fn fixture() -> &'static Fixture {
                 }
             })
             .collect();
-        let transactions = (1..=3u8)
+        let transactions: Vec<TemplateTx> = (1..=3u8)
             .map(|i| {
                 let tx = Transaction {
                     version: transaction::Version::TWO,
@@ -154,10 +184,18 @@ fn fixture() -> &'static Fixture {
                 }
             })
             .collect();
+        let mut templates = Vec::new();
+        for tip in 0..TIPS {
+            for count in 0..4 {
+                for revision in 0..REVISIONS {
+                    templates.push(synthetic_job(tip, revision, &transactions[..count]));
+                }
+            }
+        }
         Fixture {
             extranonce1,
             cases,
-            transactions,
+            templates,
         }
     })
 }
@@ -203,31 +241,18 @@ impl Pool {
     }
 
     /// A new synthetic template on `tip` carrying `transactions` of the pool.
+    /// A new template on `tip` carrying `transactions` of the pool. Its
+    /// job is one of [`REVISIONS`] built in advance per tip and transaction
+    /// count (building jobs was most of the time per input): a revision
+    /// seen before comes back under a new job id, the same coinbase and
+    /// header space as a retarget.
     fn publish(&mut self, tip: u8, transactions: usize) {
         self.synthetic_tip = tip;
         self.tip = tip_hash(tip);
-        self.revision += 1;
-        let bits = CompactTarget::from_consensus(SCRIPT_BITS);
-        let txs: Vec<TemplateTx> = fixture().transactions[..transactions].to_vec();
-        let txids = txs.iter().map(|tx| tx.txid).collect();
-        let template = Arc::new(Template {
-            height: 100 + u32::from(tip),
-            version: 0x2000_0000,
-            previous_block_hash: self.tip,
-            bits,
-            cur_time: START_TIME.saturating_add(self.revision),
-            min_time: START_TIME,
-            coinbase_value: 5_000_000_000 - u64::from(self.revision),
-            transactions: txs,
-            default_witness_commitment: None,
-            target: Target::from_compact(bits),
-        });
-        let coinbase = build_coinbase(&template, &p2wpkh(0x42), "/tbg/", None, 4, 8)
-            .expect("a fixed, valid coinbase");
-        let job = Job {
-            template: Arc::new(JobTemplate::new(template)),
-            coinbase: Arc::new(coinbase),
-        };
+        self.revision = (self.revision + 1) % REVISIONS;
+        let (job, txids) = fixture().templates
+            [(usize::from(tip) * 4 + transactions) * REVISIONS as usize + self.revision as usize]
+            .clone();
         let id = self.fresh_id();
         self.current = SentJob {
             kept: KeptJob::new(id, job, LEVELS[self.level]),

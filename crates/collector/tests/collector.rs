@@ -108,7 +108,8 @@ async fn migrations_apply_on_an_empty_database_once() {
         [
             "001_core_tables.sql",
             "002_time_series.sql",
-            "003_lighter_event_index_block_submission.sql"
+            "003_lighter_event_index_block_submission.sql",
+            "004_block_lifecycle.sql"
         ]
     );
     assert!(migrations::pending_migrations(&client)
@@ -123,7 +124,7 @@ async fn migrations_apply_on_an_empty_database_once() {
         .is_empty());
     assert_eq!(
         count(&client, "SELECT COUNT(*) FROM schema_migrations").await,
-        3
+        4
     );
     // 003 swapped the (event_type, ts) btree for a BRIN index on ts.
     let event_indexes: Vec<String> = client

@@ -748,7 +748,7 @@ mod tests {
     /// overflow checks, wrapped positions without).
     #[test]
     fn a_tail_near_the_end_of_the_u64_range_is_refused_not_overflowed() {
-        let generation = 7;
+        let generation = 7u64;
         let capacity = MIN_STAGE_BYTES;
         // 2^64 - 8: 8 bytes before the ring's end, so the scan skips them.
         let tail = u64::MAX - 7;

@@ -395,6 +395,16 @@ impl ManualMiner {
         self.submit(&job_id, &extranonce2, ntime, nonce, None).await
     }
 
+    /// Reads jobs until one is built on `prev`; panics after 20 s.
+    pub async fn job_on(&mut self, prev: bitcoin::BlockHash) {
+        let expected = stratum_prevhash(&prev);
+        while self.job.prevhash_hex != expected {
+            tokio::time::timeout(Duration::from_secs(20), self.next_job())
+                .await
+                .expect("a job on the expected tip in time");
+        }
+    }
+
     /// Reads pushes until a new job arrives; updates difficulty on the way.
     pub async fn next_job(&mut self) -> &tbg_miner::MinerJob {
         loop {

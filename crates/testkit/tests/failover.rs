@@ -14,15 +14,6 @@ use tbg_testkit::{
     TestEnv,
 };
 
-/// Reads jobs until one is built on `prev`; panics after 20 s.
-async fn job_on(miner: &mut ManualMiner, prev: BlockHash) {
-    let expected = stratum_prevhash(&prev);
-    while miner.job.prevhash_hex != expected {
-        tokio::time::timeout(Duration::from_secs(20), miner.next_job())
-            .await
-            .expect("a job on the expected tip in time");
-    }
-}
 
 /// Every job `miner` receives during `length` builds on `prev`.
 async fn only_jobs_on(miner: &mut ManualMiner, prev: BlockHash, length: Duration) {
@@ -66,7 +57,7 @@ async fn a_pool_whose_primary_is_behind_keeps_the_backups_tip() {
     .await;
     let (address, _) = regtest_address(AddressKind::P2wpkh);
     let mut miner = ManualMiner::connect(env.stratum_addr(), &address).await;
-    job_on(&mut miner, backup_tip).await;
+    miner.job_on(backup_tip).await;
     assert_eq!(
         env.service.pool.current_work().unwrap().template.height,
         start_height + 4
@@ -93,7 +84,7 @@ async fn a_pool_whose_primary_is_behind_keeps_the_backups_tip() {
     );
     assert_eq!(backup.block_count(), start_height + 4);
     let backup_tip = backup.best_block_hash();
-    job_on(&mut miner, backup_tip).await;
+    miner.job_on(backup_tip).await;
 
     // The primary catches up to the same height on its own chain: equal
     // work, a genuine same-height reorg, and the primary is first in the
@@ -101,13 +92,13 @@ async fn a_pool_whose_primary_is_behind_keeps_the_backups_tip() {
     env.node.mine_blocks(3, &someone).await.unwrap();
     assert_eq!(env.node.block_count(), backup.block_count());
     let primary_tip = env.node.best_block_hash();
-    job_on(&mut miner, primary_tip).await;
+    miner.job_on(primary_tip).await;
     assert_eq!(current_prev(&env), primary_tip);
 
     // The backup falls behind in turn (the primary moves on): never served.
     env.node.mine_blocks(1, &someone).await.unwrap();
     let primary_tip = env.node.best_block_hash();
-    job_on(&mut miner, primary_tip).await;
+    miner.job_on(primary_tip).await;
     env.node.stop_rpc().await;
     // Only the lagging backup answers now: miners keep the primary's tip.
     only_jobs_on(&mut miner, primary_tip, Duration::from_secs(3)).await;

@@ -34,15 +34,6 @@ async fn mine_block(env: &TestEnv, miner: &mut ManualMiner, counter: u64) -> tbg
     env.service.pool.blocks()[before].clone()
 }
 
-/// Waits for a job built on `prev` (display hex) and returns it.
-async fn job_on(miner: &mut ManualMiner, expected_prev: BlockHash) {
-    let expected = tbg_testkit::stratum_prevhash(&expected_prev);
-    while miner.job.prevhash_hex != expected {
-        tokio::time::timeout(Duration::from_secs(20), miner.next_job())
-            .await
-            .expect("new work in time");
-    }
-}
 
 /// Plan scenario 2 with a block in it: the pool keeps serving the last
 /// work while every node is down, and a block found then is kept (on disk),
@@ -116,7 +107,7 @@ async fn a_block_found_while_every_node_is_down_is_accepted_when_the_node_is_bac
     );
 
     // And mining goes on on top of it.
-    job_on(&mut miner, hash).await;
+    miner.job_on(hash).await;
     let block = mine_block(&env, &mut miner, 2).await;
     assert_eq!(block.status, BlockStatus::Accepted);
     env.shutdown().await;
@@ -145,7 +136,7 @@ async fn fails_over_to_the_next_node_and_back() {
     env.node.stop_rpc().await;
     let (_, someone) = regtest_address(AddressKind::P2pkh);
     backup.mine_blocks(1, &someone).await.unwrap();
-    job_on(&mut miner, backup.best_block_hash()).await;
+    miner.job_on(backup.best_block_hash()).await;
     let block = mine_block(&env, &mut miner, 1).await;
     assert_eq!(block.status, BlockStatus::Accepted);
     let hash = BlockHash::from_str(&block.hash).unwrap();
@@ -175,7 +166,7 @@ async fn fails_over_to_the_next_node_and_back() {
     // The primary catches up and passes the backup (its own chain: a reorg
     // to a higher tip): preferred again, blocks land there.
     env.node.mine_blocks(3, &someone).await.unwrap();
-    job_on(&mut miner, env.node.best_block_hash()).await;
+    miner.job_on(env.node.best_block_hash()).await;
     let block = mine_block(&env, &mut miner, 2).await;
     assert_eq!(block.status, BlockStatus::Accepted);
     assert!(env
@@ -230,8 +221,8 @@ async fn user_coinbase_signature_from_redis_and_redis_outage() {
     .await;
     let (_, other) = regtest_address(AddressKind::P2pkh);
     env.node.mine_blocks(1, &other).await.unwrap();
-    job_on(&mut miner, env.node.best_block_hash()).await;
-    job_on(&mut bad, env.node.best_block_hash()).await;
+    miner.job_on(env.node.best_block_hash()).await;
+    bad.job_on(env.node.best_block_hash()).await;
     let block = mine_block(&env, &mut miner, 1).await;
     assert_eq!(block.status, BlockStatus::Accepted);
     let script_sig = coinbase_script_sig(&env, &block.hash);
@@ -245,7 +236,7 @@ async fn user_coinbase_signature_from_redis_and_redis_outage() {
         tbg_events::EventData::BlockFound { coinbase_sig, .. } if coinbase_sig == "Solo #1: hi/there!")));
 
     // A signature outside the allowed alphabet never reaches a block.
-    job_on(&mut bad, env.node.best_block_hash()).await;
+    bad.job_on(env.node.best_block_hash()).await;
     let block = mine_block(&env, &mut bad, 2).await;
     let script_sig = coinbase_script_sig(&env, &block.hash);
     assert!(
@@ -263,7 +254,7 @@ async fn user_coinbase_signature_from_redis_and_redis_outage() {
         |env| !env.service.pool.status().redis_up,
     )
     .await;
-    job_on(&mut miner, env.node.best_block_hash()).await;
+    miner.job_on(env.node.best_block_hash()).await;
     let block = mine_block(&env, &mut miner, 3).await;
     assert_eq!(block.status, BlockStatus::Accepted);
     env.shutdown().await;
@@ -332,7 +323,7 @@ async fn zmq_hashblock_brings_new_work_without_polling() {
     let (_, other) = regtest_address(AddressKind::P2pkh);
     let mined = node.mine_blocks(1, &other).await.unwrap();
     let started = std::time::Instant::now();
-    job_on(&mut miner, mined[0]).await;
+    miner.job_on(mined[0]).await;
     assert!(miner.job.clean_jobs);
     assert!(
         started.elapsed() < Duration::from_secs(5),
