@@ -96,6 +96,7 @@ pub fn node_settings(config: &Config) -> NodeSettings {
             block_poll: Duration::from_millis(config.pool.blockpoll_ms),
             update_interval: Duration::from_secs(config.pool.update_interval_s),
             zmq_hashblock: config.nodes.iter().find_map(|n| n.zmq_hashblock.clone()),
+            tip_memory: tbg_node::DEFAULT_TIP_MEMORY,
         },
     }
 }

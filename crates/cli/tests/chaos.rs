@@ -51,7 +51,7 @@ fn scenarios() -> Vec<Scenario> {
         },
         Scenario {
             name: "connection-flood",
-            about: "500 connections from one source in bursts of 50: limited, banned",
+            about: "500 connections from one source in bursts of 50: limited at its connect rate",
             timeout: secs(120),
             run: |r| Box::pin(connection_flood(r)),
         },
@@ -939,7 +939,8 @@ async fn connection_flood(report: Shared) -> Result<()> {
     );
     ensure!(during > 0, "no share accepted during the flood");
     // The default limits: a burst of 10 connections a minute from one
-    // source, then a soft ban once it keeps trying.
+    // source, the rest refused at once. Refusals are not strikes (a farm
+    // reconnecting at once is served over time), so no ban.
     ensure!(
         (1..=12).contains(&held.len()) && held.len() + refused == 500,
         "{} of 500 flood connections served, {refused} refused",
@@ -958,7 +959,7 @@ async fn connection_flood(report: Shared) -> Result<()> {
         .unwrap_or("none")
         .to_string();
     figure(&report, "bans (ckpool_ip_bans_total)", &bans);
-    ensure!(bans == "1", "ckpool_ip_bans_total {bans}, expected 1");
+    ensure!(bans == "0", "ckpool_ip_bans_total {bans}, expected 0");
     drop(held);
     run.alive()?;
     run.finish(0).await

@@ -290,7 +290,8 @@ fn pool_config(dir: &Path, port: u16) -> PathBuf {
     std::fs::write(
         &path,
         format!(
-            "network = \"regtest\"\n[[nodes]]\nurl = \"127.0.0.1:1\"\nuser = \"u\"\npass = \"p\"\n[pool]\nbind = \"127.0.0.1:{port}\"\n[events]\nsocket_path = {socket:?}\n[journal]\npath = {journal:?}\n[metrics]\nbind = \"127.0.0.1:0\"\ncollector_bind = \"127.0.0.1:0\"\n"
+            "network = \"regtest\"\n[[nodes]]\nurl = \"127.0.0.1:1\"\nuser = \"u\"\npass = \"p\"\n[pool]\nbind = \"127.0.0.1:{port}\"\n[events]\nsocket_path = {socket:?}\n[journal]\npath = {journal:?}\n[blocks]\ndir = {blocks:?}\n[metrics]\nbind = \"127.0.0.1:0\"\ncollector_bind = \"127.0.0.1:0\"\n",
+            blocks = dir.join(format!("blocks-{port}")),
         ),
     )
     .unwrap();
@@ -422,9 +423,10 @@ fn start_difficulty_of_a_new_miner(port: u16) -> f64 {
 
 fn reload_config(dir: &Path, port: u16, pool_keys: &str) -> String {
     format!(
-        "network = \"regtest\"\n[[nodes]]\nurl = \"127.0.0.1:1\"\nuser = \"u\"\npass = \"p\"\n[pool]\nbind = \"127.0.0.1:{port}\"\nmindiff = 0.001\n{pool_keys}\n[events]\nsocket_path = {:?}\n[journal]\npath = {:?}\n{METRICS_ON_FREE_PORTS}",
+        "network = \"regtest\"\n[[nodes]]\nurl = \"127.0.0.1:1\"\nuser = \"u\"\npass = \"p\"\n[pool]\nbind = \"127.0.0.1:{port}\"\nmindiff = 0.001\n{pool_keys}\n[events]\nsocket_path = {:?}\n[journal]\npath = {:?}\n[blocks]\ndir = {:?}\n{METRICS_ON_FREE_PORTS}",
         dir.join("events.sock"),
         dir.join("journal.db"),
+        dir.join("blocks"),
     )
 }
 
@@ -582,8 +584,9 @@ fn pool_and_collector_config(dir: &Path, port: u16, journal: &Path, redis_url: &
     std::fs::write(
         &path,
         format!(
-            "network = \"regtest\"\n[[nodes]]\nurl = \"127.0.0.1:1\"\nuser = \"u\"\npass = \"p\"\n[pool]\nbind = \"127.0.0.1:{port}\"\n[events]\nsocket_path = {socket:?}\n[journal]\npath = {journal:?}\n[collector]\nredis_url = {redis_url:?}\nbatch_wait_ms = 50\n{METRICS_ON_FREE_PORTS}",
+            "network = \"regtest\"\n[[nodes]]\nurl = \"127.0.0.1:1\"\nuser = \"u\"\npass = \"p\"\n[pool]\nbind = \"127.0.0.1:{port}\"\n[events]\nsocket_path = {socket:?}\n[journal]\npath = {journal:?}\n[blocks]\ndir = {blocks:?}\n[collector]\nredis_url = {redis_url:?}\nbatch_wait_ms = 50\n{METRICS_ON_FREE_PORTS}",
             socket = dir.join(format!("events-{port}.sock")),
+            blocks = dir.join(format!("blocks-{port}")),
         ),
     )
     .unwrap();

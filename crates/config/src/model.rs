@@ -204,9 +204,9 @@ pub struct PoolSection {
     pub max_connections_per_ip: u32,
     /// New connections per minute from one source (a burst of as many).
     pub max_connects_per_minute_per_ip: u32,
-    /// A source refused more often than this in a minute (connections over
-    /// its limits, or closed for protocol errors or invalid shares) is
-    /// banned for `ban_duration_s`.
+    /// A source with more connections closed for abuse (protocol errors,
+    /// invalid shares) than this in a minute is banned for
+    /// `ban_duration_s`. Connect-rate and concurrency refusals never count.
     pub ban_after_refusals_per_minute: u32,
     /// Length of a soft ban in seconds; 0 = no bans.
     pub ban_duration_s: u64,
@@ -220,13 +220,15 @@ pub struct PoolSection {
     pub max_subscribes_per_minute: u32,
     /// Per connection and minute: mining.authorize requests.
     pub max_authorizes_per_minute: u32,
-    /// Per connection and minute: mining.submit requests.
+    /// Per connection and minute: mining.submit requests credited; one
+    /// over it is still judged (a block is submitted) but not journaled.
     pub max_submits_per_minute: u32,
     /// Per connection and minute: mining.configure, suggest_difficulty and
     /// extranonce.subscribe together.
     pub max_other_requests_per_minute: u32,
     /// Per connection and minute: unparsable lines, unknown methods,
-    /// malformed and rate-limited requests; past it the connection closes.
+    /// malformed and rate-limited requests (not submits); past it the
+    /// connection closes.
     pub max_protocol_errors_per_minute: u32,
     /// A connection that has not authorized within this many seconds is closed.
     pub authorize_timeout_s: u64,

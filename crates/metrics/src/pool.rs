@@ -339,12 +339,23 @@ fn encode_pool(sources: &PoolSources, enc: &mut DescriptorEncoder) -> Result<(),
             age.as_secs_f64(),
         )?;
     }
-    let connected = matches!(pool.node_health(), NodeHealth::Up { .. });
+    let health = pool.node_health();
+    let connected = matches!(health, NodeHealth::Up { .. } | NodeHealth::Behind { .. });
     encode::gauge(
         enc,
         "ckpool_bitcoin_connected",
         "1 when the last call to a node succeeded.",
         if connected { 1.0 } else { 0.0 },
+    )?;
+    encode::gauge(
+        enc,
+        "ckpool_bitcoin_behind",
+        "1 while every answering node is behind the best known tip (miners keep work on it).",
+        if matches!(health, NodeHealth::Behind { .. }) {
+            1.0
+        } else {
+            0.0
+        },
     )?;
     encode_chain_info(sources.chain_info.borrow().as_ref(), enc)?;
     let nodes: Vec<(Labels, f64)> = sources
@@ -629,6 +640,12 @@ fn pool_health(state: &AppState) -> HealthReport {
     match pool.node_health() {
         NodeHealth::AllDown { since } => reasons.push(format!(
             "no node reachable for {:.0} s",
+            since.elapsed().as_secs_f64()
+        )),
+        // Answering nodes, but none on the best tip: the work handed out
+        // may be stale, so not ready (the pool does not pretend).
+        NodeHealth::Behind { since } => reasons.push(format!(
+            "every answering node is behind the best known tip for {:.0} s",
             since.elapsed().as_secs_f64()
         )),
         NodeHealth::Starting if pool.template_age().is_none() => {

@@ -19,10 +19,10 @@ pub use endpoint::{NodeAuth, NodeEndpoint};
 pub use nodeset::{
     ChainInfo, NodeError, NodeSet, NodeStatus, DEFAULT_DOWN_RETRY,
 };
-pub use submit::{ChainPosition, NodeSubmitAnswer, SubmitAnswer};
+pub use submit::{ChainPosition, ChainReport, NodeSubmitAnswer, SubmitAnswer};
 pub use rpc::{RpcClient, RpcError, RpcObserver};
 pub use tip::{compare as compare_tips, TemplateSearch, Tip, TipOrder};
 pub use watcher::{
     FetchedTemplate, IntervalControl, NodeHealth, RefreshTrigger, RunningWatcher, TemplateWatcher,
-    WatcherConfig, CHAIN_INFO_POLL,
+    WatcherConfig, CHAIN_INFO_POLL, DEFAULT_TIP_MEMORY,
 };

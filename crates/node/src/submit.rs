@@ -58,9 +58,11 @@ impl SubmitAnswer {
         }
     }
 
-    /// The node has the block on its chain or already had it.
+    /// The node connected the block to its best chain (`null`). Not
+    /// `duplicate`: Core answers that for a block it holds on a side branch
+    /// too, so where such a block stands is asked with getblockheader.
     pub fn is_accepted(&self) -> bool {
-        matches!(self, SubmitAnswer::Accepted | SubmitAnswer::Duplicate)
+        matches!(self, SubmitAnswer::Accepted)
     }
 
     pub fn is_unreachable(&self) -> bool {
@@ -108,7 +110,8 @@ pub struct NodeSubmitAnswer {
 /// Where a block stands, by the nodes that answered.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ChainPosition {
-    /// On a node's best chain, with this many confirmations (1 = the tip).
+    /// On a node's best chain, with this many confirmations (1 = the tip):
+    /// the most any node reports, so a lagging node does not hold it back.
     InBestChain { confirmations: u64 },
     /// Every node that answered has another block at the height with at
     /// least one block on top of it: more work than ours, which is stale
@@ -135,11 +138,27 @@ enum NodeView {
     NoAnswer,
 }
 
+/// [`NodeSet::chain_report`]: the verdict, and which nodes answered that
+/// they do not have the block at all.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainReport {
+    pub position: ChainPosition,
+    /// Priority indexes of the nodes that answered getblockheader with
+    /// "not found": worth a submitblock.
+    pub missing_on: Vec<usize>,
+}
+
 impl NodeSet {
     /// `submitblock` to every node at once; each node's answer in priority
     /// order. Never fails as a whole: an unreachable node is an answer.
     pub async fn submit_block_to_all(&self, block_hex: &str) -> Vec<NodeSubmitAnswer> {
-        let calls = self.nodes().iter().map(|node| async move {
+        let all: Vec<usize> = (0..self.nodes().len()).collect();
+        self.submit_block_to(block_hex, &all).await
+    }
+
+    /// `submitblock` to the nodes at `indexes` (priority order) at once.
+    pub async fn submit_block_to(&self, block_hex: &str, indexes: &[usize]) -> Vec<NodeSubmitAnswer> {
+        let calls = indexes.iter().filter_map(|&index| self.nodes().get(index)).map(|node| async move {
             let result = node
                 .client
                 .call::<Option<String>>("submitblock", json!([block_hex]))
@@ -156,19 +175,31 @@ impl NodeSet {
     /// replaced on every node that answered, or undecided. Asks every node
     /// at once.
     pub async fn chain_position(&self, hash: BlockHash, height: u32) -> ChainPosition {
+        self.chain_report(hash, height).await.position
+    }
+
+    /// As [`NodeSet::chain_position`], with the nodes that lack the block.
+    pub async fn chain_report(&self, hash: BlockHash, height: u32) -> ChainReport {
         let views = futures::future::join_all(
             self.nodes()
                 .iter()
                 .map(|node| node_view(&node.client, hash, height)),
         )
         .await;
+        let missing_on = views
+            .iter()
+            .enumerate()
+            .filter(|(_, (_, known))| !known)
+            .map(|(index, _)| index)
+            .collect();
         let mut replaced = None;
         let mut answered = 0;
         let mut open = false;
-        for view in views {
+        let mut best_confirmations = None;
+        for (view, _) in views {
             match view {
                 NodeView::InBestChain(confirmations) => {
-                    return ChainPosition::InBestChain { confirmations }
+                    best_confirmations = best_confirmations.max(Some(confirmations));
                 }
                 NodeView::Replaced(by, best_height) => {
                     answered += 1;
@@ -181,48 +212,61 @@ impl NodeSet {
                 NodeView::NoAnswer => {}
             }
         }
-        match replaced {
-            Some((by, best_height)) if !open => ChainPosition::Replaced { by, best_height },
+        let position = match (best_confirmations, replaced) {
+            (Some(confirmations), _) => ChainPosition::InBestChain { confirmations },
+            (None, Some((by, best_height))) if !open => ChainPosition::Replaced { by, best_height },
             _ => ChainPosition::Undecided {
                 nodes_answered: answered,
             },
+        };
+        ChainReport {
+            position,
+            missing_on,
         }
     }
 }
 
-async fn node_view(client: &crate::rpc::RpcClient, hash: BlockHash, height: u32) -> NodeView {
+/// One node's view, and whether it knows the block (false only when it
+/// answered "not found"; a node that did not answer is not asked again).
+async fn node_view(
+    client: &crate::rpc::RpcClient,
+    hash: BlockHash,
+    height: u32,
+) -> (NodeView, bool) {
+    let mut known = true;
     match client
         .call::<HeaderAnswer>("getblockheader", json!([hash.to_string(), true]))
         .await
     {
         Ok(header) if header.confirmations >= 1 => {
-            return NodeView::InBestChain(header.confirmations.unsigned_abs())
+            return (NodeView::InBestChain(header.confirmations.unsigned_abs()), true)
         }
         // Known but on a side branch (-1), or not known at all: what is at
         // the height on its best chain decides.
         Ok(_) => {}
-        Err(RpcError::Rpc { code, .. }) if code == RPC_INVALID_ADDRESS_OR_KEY => {}
+        Err(RpcError::Rpc { code, .. }) if code == RPC_INVALID_ADDRESS_OR_KEY => known = false,
         Err(error) => {
             tracing::debug!(%error, %hash, "no answer about a found block");
-            return NodeView::NoAnswer;
+            return (NodeView::NoAnswer, true);
         }
     }
     let best = match client.call::<u64>("getblockcount", json!([])).await {
         Ok(best) => best,
-        Err(_) => return NodeView::NoAnswer,
+        Err(_) => return (NodeView::NoAnswer, known),
     };
     if best <= u64::from(height) {
         // Nothing on top of the height yet: the block may still win.
-        return NodeView::Open;
+        return (NodeView::Open, known);
     }
-    match client.call::<String>("getblockhash", json!([height])).await {
+    let view = match client.call::<String>("getblockhash", json!([height])).await {
         Ok(text) => match BlockHash::from_str(&text) {
             Ok(at_height) if at_height == hash => NodeView::InBestChain(best - u64::from(height) + 1),
             Ok(at_height) => NodeView::Replaced(at_height, best),
             Err(_) => NodeView::NoAnswer,
         },
         Err(_) => NodeView::NoAnswer,
-    }
+    };
+    (view, known)
 }
 
 #[cfg(test)]
@@ -250,7 +294,10 @@ mod tests {
     #[test]
     fn answers_are_classified_as_core_means_them() {
         assert!(SubmitAnswer::from_result(Ok(None)).is_accepted());
-        assert!(SubmitAnswer::from_result(Ok(Some("duplicate".into()))).is_accepted());
+        // Core says "duplicate" for a block it holds off its best chain too.
+        let duplicate = SubmitAnswer::from_result(Ok(Some("duplicate".into())));
+        assert!(matches!(duplicate, SubmitAnswer::Duplicate));
+        assert!(!duplicate.is_accepted() && !duplicate.is_rejection());
         for text in ["inconclusive", "duplicate-inconclusive"] {
             let answer = SubmitAnswer::from_result(Ok(Some(text.into())));
             assert!(matches!(answer, SubmitAnswer::Inconclusive(_)), "{text}");

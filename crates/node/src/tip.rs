@@ -1,18 +1,31 @@
-//! The best chain tip known from any node, so that failover never moves
+//! The best chain tip the nodes report, so that failover never moves
 //! miners back to an older tip.
 //!
 //! Every node's best block is surveyed in its own task (a slow node delays
-//! only its own answer). A template is used only when the tip it builds on
-//! is not behind the best tip known: by chain work when both nodes report
-//! it (`getblockheader`), else by height. A node that is behind (a lagging
-//! backup, a node restarted with an empty chain) is skipped for the next one
-//! and used again once it has caught up. A tip with at least the best tip's
-//! work is followed, at the same height or even a lower one: that is a
-//! genuine reorg.
+//! only its own answer). A template is used only when it builds on the
+//! best tip or on one with strictly more work: by chain work when both
+//! are known (`getblockheader`), else by height. A node that is behind (a
+//! lagging backup) is skipped for the next one and used again once it has
+//! caught up. More work is followed even at a lower height (a genuine
+//! reorg); equal work is not: like Bitcoin Core, the pool keeps the tip it
+//! saw first, which may be its own miner's block that a returning node's
+//! competitor must not orphan.
+//!
+//! The best tip is what some node says *now* ([`TipBook`], `tip/book.rs`):
+//! a node's report is replaced by its next one and forgotten when it has
+//! not answered for a while, so a tip no node builds on any more (an
+//! operator's `invalidateblock`, a node on a split that went away) does not
+//! hold the pool on stale work for ever.
 
+mod book;
+
+pub(crate) use book::TipBook;
+pub use book::DEFAULT_TIP_MEMORY;
+
+use std::cmp::Ordering;
 use std::str::FromStr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bitcoin::BlockHash;
 use serde_json::{json, Value};
@@ -50,7 +63,7 @@ impl Tip {
         })
     }
 
-    fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         match self.height {
             Some(height) => format!("{} at height {height}", self.hash),
             None => self.hash.to_string(),
@@ -63,44 +76,56 @@ impl Tip {
 pub enum TipOrder {
     /// The best tip itself.
     Same,
-    /// Another tip with at least as much work (or height): follow it.
-    NotBehind,
+    /// Strictly more work (or height, when the work is unknown), or
+    /// nothing to compare with: follow it.
+    Ahead,
+    /// Another block with the same work (or height): a competitor. Not
+    /// followed: the first seen stays, as in Bitcoin Core, until one side
+    /// has more work.
+    Tie,
     /// Less work (or a lower height): a node that has not caught up.
     Behind,
 }
 
-/// Compares `candidate` with `best` (none known: never behind). What
-/// cannot be compared (no work, no height) is not behind: following it is
-/// what the pool did before it knew better.
+impl TipOrder {
+    /// A template on such a tip may be handed to miners.
+    pub fn is_followed(self) -> bool {
+        matches!(self, TipOrder::Same | TipOrder::Ahead)
+    }
+}
+
+/// Compares `candidate` with `best` (none known: ahead). What cannot be
+/// compared (no work, no height) is ahead: following it is what the pool
+/// did before it knew better.
 pub fn compare(best: Option<&Tip>, candidate: &Tip) -> TipOrder {
     let Some(best) = best else {
-        return TipOrder::NotBehind;
+        return TipOrder::Ahead;
     };
     if best.hash == candidate.hash {
         return TipOrder::Same;
     }
-    let behind = match (best.chainwork, candidate.chainwork) {
-        (Some(best), Some(candidate)) => candidate < best,
+    let order = match (best.chainwork, candidate.chainwork) {
+        (Some(best), Some(candidate)) => candidate.cmp(&best),
         _ => match (best.height, candidate.height) {
-            (Some(best), Some(candidate)) => candidate < best,
-            _ => false,
+            (Some(best), Some(candidate)) => candidate.cmp(&best),
+            _ => Ordering::Greater,
         },
     };
-    if behind {
-        TipOrder::Behind
-    } else {
-        TipOrder::NotBehind
+    match order {
+        Ordering::Greater => TipOrder::Ahead,
+        Ordering::Equal => TipOrder::Tie,
+        Ordering::Less => TipOrder::Behind,
     }
 }
 
-/// The first template, in priority order, that does not build on a tip
-/// behind the best known.
+/// The first template, in priority order, on the best tip or ahead of it.
 #[derive(Debug)]
 pub struct TemplateSearch {
     /// Node index, Core's answer and its tip (`None`: no usable tip in it;
     /// used as before, the pool's parser judges it).
     pub found: Option<(usize, Value, Option<Tip>)>,
-    /// Nodes that answered with a template behind the best tip.
+    /// Nodes that answered with a template that is not followed: behind
+    /// the best tip, or on a competitor of equal work.
     pub behind: Vec<(usize, Tip)>,
     /// Some node failed on the way (so trying again may find one).
     pub failures: usize,
@@ -108,8 +133,9 @@ pub struct TemplateSearch {
 
 impl NodeSet {
     /// getblocktemplate on each node in priority order until one answers
-    /// with a template not behind `best`. `Err` only when no node answered
-    /// at all; every node behind is `Ok` with `found: None`.
+    /// with a template on `best` or ahead of it. `Err` only when no node
+    /// answered at all; every node behind (or tied) is `Ok` with `found:
+    /// None`.
     pub async fn get_block_template_at_tip(
         &self,
         best: Option<&Tip>,
@@ -144,7 +170,7 @@ impl NodeSet {
             if best.is_none_or(|best| best.hash != tip.hash) {
                 tip.chainwork = self.chainwork_on(index, tip.hash).await;
             }
-            if compare(best, &tip) == TipOrder::Behind {
+            if !compare(best, &tip).is_followed() {
                 search.behind.push((index, tip));
                 continue;
             }
@@ -233,8 +259,10 @@ fn parse_work(hex_text: &str) -> Option<[u8; 32]> {
     Some(work)
 }
 
-/// One node's answer in the survey: its tip, or that it did not answer.
-pub(crate) type SurveyReport = (usize, Result<Tip, ()>);
+/// One node's answer in the survey: its tip, or that it did not answer,
+/// and when it was asked (an answer older than what the book already
+/// knows of that node is ignored).
+pub(crate) type SurveyReport = (usize, Result<Tip, ()>, Instant);
 
 /// Asks node `index` for its best block every `period` (as it is now) and
 /// reports when the answer changes (another tip, or up/down), until
@@ -248,6 +276,7 @@ pub(crate) async fn survey_node(
 ) {
     let mut last: Option<Result<BlockHash, ()>> = None;
     loop {
+        let asked = Instant::now();
         let answer = tokio::select! {
             _ = shutdown.cancelled() => return,
             answer = nodes.best_tip_on(index) => answer,
@@ -255,7 +284,11 @@ pub(crate) async fn survey_node(
         let seen = answer.as_ref().map(|tip| tip.hash).map_err(|_| ());
         if last.as_ref() != Some(&seen) {
             last = Some(seen);
-            if reports.send((index, answer.map_err(|_| ()))).await.is_err() {
+            if reports
+                .send((index, answer.map_err(|_| ()), asked))
+                .await
+                .is_err()
+            {
                 return;
             }
         }
@@ -265,76 +298,6 @@ pub(crate) async fn survey_node(
             _ = tokio::time::sleep(wait) => {}
             // A new period takes effect at once.
             changed = period.changed() => if changed.is_err() { return },
-        }
-    }
-}
-
-/// What the watcher knows of the nodes' tips.
-#[derive(Debug)]
-pub(crate) struct TipBook {
-    pub(crate) best: Option<Tip>,
-    /// Each node's last survey answer (`None`: not answering or unknown).
-    answering: Vec<Option<bool>>,
-    /// Nodes last seen behind the best tip (logged once per episode).
-    lagging: Vec<bool>,
-}
-
-impl TipBook {
-    pub(crate) fn new(nodes: usize) -> TipBook {
-        TipBook {
-            best: None,
-            answering: vec![None; nodes],
-            lagging: vec![false; nodes],
-        }
-    }
-
-    /// A tip some node builds on or reports; returns how it compares with
-    /// the best before, and makes it the best when it is not behind.
-    pub(crate) fn learn(&mut self, tip: &Tip) -> TipOrder {
-        let order = compare(self.best.as_ref(), tip);
-        match order {
-            TipOrder::Behind => {}
-            TipOrder::Same => {
-                // Same block: keep whichever description knows more.
-                if let Some(best) = self.best.as_mut() {
-                    best.height = best.height.or(tip.height);
-                    best.chainwork = best.chainwork.or(tip.chainwork);
-                }
-            }
-            TipOrder::NotBehind => self.best = Some(tip.clone()),
-        }
-        order
-    }
-
-    /// Records node `index`'s survey answer; returns whether every node
-    /// has now failed its last survey.
-    pub(crate) fn answered(&mut self, index: usize, ok: bool) -> bool {
-        if let Some(slot) = self.answering.get_mut(index) {
-            *slot = Some(ok);
-        }
-        self.answering.iter().all(|a| *a == Some(false))
-    }
-
-    /// Logs node `index` falling behind or catching up, once per change.
-    pub(crate) fn set_lagging(&mut self, nodes: &NodeSet, index: usize, tip: Option<&Tip>) {
-        let Some(slot) = self.lagging.get_mut(index) else {
-            return;
-        };
-        match tip {
-            Some(tip) if !*slot => {
-                *slot = true;
-                tracing::warn!(
-                    node = %nodes.url_of(index),
-                    node_tip = %tip.describe(),
-                    best_tip = %self.best.as_ref().map(Tip::describe).unwrap_or_default(),
-                    "node is behind the best known tip: its templates are not used until it catches up"
-                );
-            }
-            None if *slot => {
-                *slot = false;
-                tracing::info!(node = %nodes.url_of(index), "node caught up with the best known tip");
-            }
-            _ => {}
         }
     }
 }
@@ -356,28 +319,30 @@ mod tests {
     }
 
     #[test]
-    fn lower_work_is_behind_and_equal_or_more_work_is_followed() {
+    fn lower_work_is_behind_equal_work_a_tie_and_only_more_work_followed() {
         let best = tip(1, Some(100), Some(50));
-        assert_eq!(compare(None, &best), TipOrder::NotBehind);
+        assert_eq!(compare(None, &best), TipOrder::Ahead);
         assert_eq!(compare(Some(&best), &tip(1, None, None)), TipOrder::Same);
         // A lagging node (or one restarted with an empty chain).
         assert_eq!(
             compare(Some(&best), &tip(2, Some(3), Some(4))),
             TipOrder::Behind
         );
-        // A reorg to a same-height tip of equal work, or a higher one.
+        // A competitor of equal work at the same height: the first seen
+        // stays (it may be the pool's own block).
         assert_eq!(
             compare(Some(&best), &tip(3, Some(100), Some(50))),
-            TipOrder::NotBehind
+            TipOrder::Tie
         );
+        assert!(!TipOrder::Tie.is_followed() && !TipOrder::Behind.is_followed());
         assert_eq!(
             compare(Some(&best), &tip(4, Some(101), Some(51))),
-            TipOrder::NotBehind
+            TipOrder::Ahead
         );
         // More work at a lower height (testnet's minimum-difficulty blocks).
         assert_eq!(
             compare(Some(&best), &tip(5, Some(99), Some(60))),
-            TipOrder::NotBehind
+            TipOrder::Ahead
         );
         // Without work, by height; without either, followed.
         let by_height = tip(1, Some(100), None);
@@ -387,12 +352,17 @@ mod tests {
         );
         assert_eq!(
             compare(Some(&by_height), &tip(7, Some(100), None)),
-            TipOrder::NotBehind
+            TipOrder::Tie
         );
         assert_eq!(
-            compare(Some(&by_height), &tip(8, None, None)),
-            TipOrder::NotBehind
+            compare(Some(&by_height), &tip(8, Some(101), None)),
+            TipOrder::Ahead
         );
+        assert_eq!(
+            compare(Some(&by_height), &tip(9, None, None)),
+            TipOrder::Ahead
+        );
+        assert!(TipOrder::Same.is_followed() && TipOrder::Ahead.is_followed());
     }
 
     #[test]
@@ -406,16 +376,5 @@ mod tests {
             255
         );
         assert_eq!(parse_work("zz"), None);
-    }
-
-    #[test]
-    fn the_book_keeps_the_best_and_notices_when_all_nodes_fail() {
-        let mut book = TipBook::new(2);
-        assert_eq!(book.learn(&tip(1, Some(10), Some(10))), TipOrder::NotBehind);
-        assert_eq!(book.learn(&tip(2, Some(5), Some(5))), TipOrder::Behind);
-        assert_eq!(book.best.as_ref().map(|t| t.height), Some(Some(10)));
-        assert!(!book.answered(0, false));
-        assert!(book.answered(1, false));
-        assert!(!book.answered(1, true));
     }
 }

@@ -11,7 +11,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::nodeset::{ChainInfo, NodeSet};
-use crate::tip::{self, TipBook, TipOrder};
+pub use crate::tip::DEFAULT_TIP_MEMORY;
+use crate::tip::{self, TipBook};
 
 /// First retry delay after every node failed; doubles up to [`MAX_BACKOFF`].
 const MIN_BACKOFF: Duration = Duration::from_millis(250);
@@ -34,6 +35,12 @@ pub struct WatcherConfig {
     /// Core's `-zmqpubhashblock` address, e.g. `tcp://127.0.0.1:28332`:
     /// a new block triggers an immediate fetch. Polling continues anyway.
     pub zmq_hashblock: Option<String>,
+    /// How long the tip of a node that stopped answering still counts as
+    /// the best tip ([`DEFAULT_TIP_MEMORY`]): long enough that a restart
+    /// of the node with the best tip does not move miners back to a
+    /// lagging backup's, short enough that a tip no node reports any more
+    /// does not keep them on stale work.
+    pub tip_memory: Duration,
 }
 
 /// One getblocktemplate answer, as published by the watcher.
@@ -65,6 +72,12 @@ pub enum NodeHealth {
     Up { node_index: usize },
     /// Every node failed since `since`; the last template stays published.
     AllDown { since: Instant },
+    /// Since `since`, every node that answers is behind the best tip (or
+    /// on a competitor of equal work), so no template is used: miners keep
+    /// the last work, which may be going stale. Ends when a node is on the
+    /// best tip again, or when the best tip's node has been silent for
+    /// `tip_memory` and the pool follows what the others say.
+    Behind { since: Instant },
 }
 
 /// Spawns the template-watching task.
@@ -125,6 +138,7 @@ impl TemplateWatcher {
             template_tx,
             health_tx,
             wake_rx,
+            config.tip_memory,
         ));
         RunningWatcher {
             templates: template_rx,
@@ -203,14 +217,19 @@ fn set_health(health_tx: &watch::Sender<NodeHealth>, health: NodeHealth) {
             (_, NodeHealth::AllDown { .. }) => {
                 tracing::warn!("every Bitcoin Core node is unreachable: miners keep the last work until one is back");
             }
+            (NodeHealth::Behind { .. }, NodeHealth::Behind { .. }) => {}
+            (_, NodeHealth::Behind { .. }) => {
+                tracing::warn!("every answering Bitcoin Core node is behind the best known tip: miners keep the work on it");
+            }
             (NodeHealth::AllDown { since }, NodeHealth::Up { node_index }) => {
                 tracing::info!(node_index, down_for = ?since.elapsed(), "a Bitcoin Core node is reachable again");
             }
             _ => {}
         }
-        // Keep the first `since` while still down.
+        // Keep the first `since` while still down (or behind).
         let unchanged = match (&*current, &health) {
             (NodeHealth::AllDown { .. }, NodeHealth::AllDown { .. }) => true,
+            (NodeHealth::Behind { .. }, NodeHealth::Behind { .. }) => true,
             (a, b) => a == b,
         };
         if !unchanged {
@@ -227,6 +246,7 @@ async fn watch_loop(
     template_tx: watch::Sender<Option<Arc<FetchedTemplate>>>,
     health_tx: watch::Sender<NodeHealth>,
     mut zmq_rx: mpsc::Receiver<()>,
+    tip_memory: Duration,
 ) {
     let mut need_fetch = true;
     let mut backoff = MIN_BACKOFF;
@@ -252,23 +272,37 @@ async fn watch_loop(
     }
     drop(survey_tx);
     let mut survey_open = !nodes.is_empty();
-    let mut book = TipBook::new(nodes.len());
+    let mut book = TipBook::new(nodes.len(), tip_memory);
     // The pending fetch was asked for only by a survey that saw another
     // tip: a template on the current tip is then not published again.
     let mut new_tip_only = false;
 
     loop {
+        // A silent node's tip forgotten: the best tip may now be another.
+        if book.expire(Instant::now()) {
+            if !need_fetch {
+                need_fetch = true;
+                new_tip_only = true;
+            }
+            retry_at = Instant::now();
+        }
         if need_fetch && Instant::now() >= retry_at {
+            let asked = Instant::now();
+            let best_asked = book.best_hash();
             match nodes.get_block_template_at_tip(book.best.as_ref()).await {
                 Ok(search) => {
                     for (index, tip) in &search.behind {
                         book.set_lagging(&nodes, *index, Some(tip));
+                        book.report(*index, tip, asked);
                     }
+                    // A node that had the best tip builds on a lower one
+                    // now: the best tip moved, ask again at once.
+                    let best_moved = book.best_hash() != best_asked;
                     match search.found {
                         Some((node_index, gbt, tip)) => {
                             book.set_lagging(&nodes, node_index, None);
                             if let Some(tip) = &tip {
-                                book.learn(tip);
+                                book.report(node_index, tip, asked);
                             }
                             let prev = previous_hash_of(&gbt);
                             let new_block = current_prev.is_none() || prev != current_prev;
@@ -289,18 +323,20 @@ async fn watch_loop(
                         }
                         None => {
                             // Every node that answered is behind the best
-                            // tip: miners keep the work on it. A survey
-                            // that sees a node catch up asks again; after
-                            // a failure on the way, so does the backoff.
-                            if let Some((node_index, _)) = search.behind.first() {
-                                set_health(
-                                    &health_tx,
-                                    NodeHealth::Up {
-                                        node_index: *node_index,
-                                    },
-                                );
-                            }
-                            if search.failures > 0 {
+                            // tip: miners keep the work on it, and the pool
+                            // is not ready (that work may be going stale).
+                            // A survey that sees a node catch up asks again;
+                            // after a failure on the way, so does the
+                            // backoff; the best tip's word expiring, too.
+                            set_health(
+                                &health_tx,
+                                NodeHealth::Behind {
+                                    since: Instant::now(),
+                                },
+                            );
+                            if best_moved {
+                                retry_at = Instant::now();
+                            } else if search.failures > 0 {
                                 retry_at = Instant::now() + backoff;
                                 backoff = (backoff * 2).min(MAX_BACKOFF);
                             } else {
@@ -327,7 +363,10 @@ async fn watch_loop(
         }
 
         let next_refresh = last_fetch + config.update_interval;
-        let wake_at = if need_fetch { retry_at } else { next_refresh };
+        let mut wake_at = if need_fetch { retry_at } else { next_refresh };
+        if let Some(expiry) = book.next_expiry() {
+            wake_at = wake_at.min(expiry);
+        }
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep_until(wake_at.into()) => {}
@@ -352,18 +391,25 @@ async fn watch_loop(
                 continue;
             }
             report = survey_rx.recv(), if survey_open => {
-                let Some((index, answer)) = report else {
+                let Some((index, answer, asked)) = report else {
                     survey_open = false;
                     continue;
                 };
                 match answer {
                     Ok(tip) => {
-                        book.answered(index, true);
                         let was_down = matches!(*health_tx.borrow(), NodeHealth::AllDown { .. });
-                        if book.learn(&tip) == TipOrder::Behind {
+                        let best_before = book.best_hash();
+                        let order = book.report(index, &tip, asked);
+                        if !order.is_followed() {
                             book.set_lagging(&nodes, index, Some(&tip));
-                        } else if was_down || Some(tip.hash) != current_prev {
-                            // Another tip, or a node answers again.
+                        }
+                        // Another tip to follow, a node that answers again,
+                        // or a best tip that moved (its node reported
+                        // another one).
+                        let best_moved = book.best_hash() != best_before
+                            && book.best_hash() != current_prev;
+                        let follow = order.is_followed() && Some(tip.hash) != current_prev;
+                        if was_down || follow || best_moved {
                             if !need_fetch {
                                 need_fetch = true;
                                 new_tip_only = !was_down;
@@ -372,7 +418,15 @@ async fn watch_loop(
                         }
                     }
                     Err(()) => {
-                        if book.answered(index, false) {
+                        let all_failed = book.failed(index, asked);
+                        if !all_failed && !need_fetch {
+                            // Whether another node has the best tip, or
+                            // every answering one is behind (readiness).
+                            need_fetch = true;
+                            new_tip_only = true;
+                            retry_at = Instant::now();
+                        }
+                        if all_failed {
                             tracing::debug!("no node answers getbestblockhash");
                             set_health(
                                 &health_tx,

@@ -406,7 +406,7 @@ async fn submit_block_answers_are_core_s_recorded_ones() {
 
     let duplicate = nodes.submit_block_to_all(BLOCK_DUPLICATE).await;
     assert!(matches!(duplicate[0].answer, SubmitAnswer::Duplicate));
-    assert!(duplicate[0].answer.is_accepted());
+    assert!(!duplicate[0].answer.is_rejection(), "known, not refused");
 
     let rejected = nodes.submit_block_to_all(BLOCK_HIGH_HASH).await;
     assert!(
@@ -589,6 +589,7 @@ async fn watcher_follows_new_blocks_and_survives_outage() {
             block_poll: Duration::from_millis(20),
             update_interval: Duration::from_secs(3600),
             zmq_hashblock: None,
+            tip_memory: tbg_node::DEFAULT_TIP_MEMORY,
         },
         shutdown.clone(),
     );
@@ -714,6 +715,7 @@ fn hourly_watcher(server: &ReplayServer) -> (tbg_node::RunningWatcher, Cancellat
             block_poll: Duration::from_secs(3600),
             update_interval: Duration::from_secs(3600),
             zmq_hashblock: None,
+            tip_memory: tbg_node::DEFAULT_TIP_MEMORY,
         },
         shutdown.clone(),
     );
@@ -765,6 +767,7 @@ async fn watcher_refreshes_on_update_interval_without_new_block() {
             block_poll: Duration::from_secs(3600),
             update_interval: Duration::from_millis(50),
             zmq_hashblock: None,
+            tip_memory: tbg_node::DEFAULT_TIP_MEMORY,
         },
         shutdown.clone(),
     );
@@ -864,6 +867,7 @@ async fn watcher_fetches_at_once_on_zmq_hashblock() {
             block_poll: Duration::from_secs(3600),
             update_interval: Duration::from_secs(3600),
             zmq_hashblock: Some(zmq_endpoint),
+            tip_memory: tbg_node::DEFAULT_TIP_MEMORY,
         },
         shutdown.clone(),
     );

@@ -49,14 +49,12 @@ impl Guard {
         counters
             .ip_sources
             .store(sources as u64, std::sync::atomic::Ordering::Relaxed);
-        if admission.banned {
-            self.banned(counters, key, limits, now);
-        }
-        admission.outcome.map(|()| Ticket { key: Some(key) })
+        admission.map(|()| Ticket { key: Some(key) })
     }
 
-    /// A connection closed; one closed by a limit is a strike against its
-    /// source (and counted here, once per connection).
+    /// A connection closed; one closed for abuse (protocol errors, invalid
+    /// shares) is a strike against its source (and counted here, once per
+    /// connection). Refusals at admission never are (`IpTable::admit`).
     pub(crate) fn release(
         &self,
         ticket: Ticket,

@@ -25,6 +25,7 @@ use tokio::sync::watch;
 use crate::extranonce::Allocation;
 use crate::limits::ConnectionLimiter;
 use crate::notify::JobInputs;
+use crate::session::limits::Admit;
 use crate::settings::PoolSettings;
 use crate::stats::{StatsRegistry, WorkerHandle};
 use crate::work_source::CurrentWork;
@@ -57,7 +58,7 @@ pub enum CloseReason {
     IoError,
     ServerFull,
     /// Past `protocol_errors_per_minute` (garbage, unknown methods,
-    /// malformed requests, requests over their rate limit).
+    /// malformed requests, requests other than submits over their rate).
     TooManyErrors,
 }
 
@@ -97,7 +98,7 @@ pub(crate) struct Session {
     /// it is durable.
     pending_seq: AtomicU64,
     /// Resolves when the block this connection just found is on disk.
-    block_stored: Option<tokio::sync::oneshot::Receiver<()>>,
+    block_stored: Vec<tokio::sync::oneshot::Receiver<()>>,
     /// The connection's request rates (`limits.rs`).
     limiter: ConnectionLimiter,
     /// The live settings as of `live_generation`; re-read when a reload
@@ -169,7 +170,7 @@ impl Session {
             last_activity: now,
             last_hashrate_event: now,
             pending_seq: AtomicU64::new(0),
-            block_stored: None,
+            block_stored: Vec::new(),
             limiter: ConnectionLimiter::new(now),
             live,
             live_generation,
@@ -336,7 +337,8 @@ impl Session {
         // A block's share is answered once the block is in the block store
         // (or the store failed, logged with the hex): "accepted" for a
         // block means it survives a crash of the pool.
-        if let Some(stored) = self.block_stored.take() {
+        if !self.block_stored.is_empty() {
+            let stored = futures::future::join_all(self.block_stored.drain(..));
             let _ = tokio::time::timeout(BLOCK_STORE_WAIT, stored).await;
         }
         // Nothing is confirmed to the miner before its events are durable.
@@ -385,15 +387,18 @@ impl Session {
             }
         };
         // Before anything is looked at: a refused request costs no share
-        // check and writes no event.
-        if !self.within_limits(&request, now, out)? {
-            return Ok(());
-        }
+        // check and writes no event. A submit over its rate is still
+        // judged (it may be a block) but writes no share event.
+        let over_submit_rate = match self.within_limits(&request, now, out)? {
+            Admit::Handle => false,
+            Admit::OverSubmitRate => true,
+            Admit::Refused => return Ok(()),
+        };
         let message = match ClientMessage::from_request(&request) {
             Ok(message) => message,
             Err(reason) => {
                 if request.method == "mining.submit" {
-                    self.reject_share(&request, None, reason, out)?;
+                    self.reject_share(&request, None, reason, !over_submit_rate, out)?;
                 } else {
                     let reply = tbg_stratum::response_reject(&request.id, reason);
                     return self.protocol_error(now, &request.id, reply, out);
@@ -417,7 +422,7 @@ impl Session {
             }
             ClientMessage::Submit(submit) => {
                 self.last_activity = now;
-                self.submit(&request, &submit, out, work_rx)?
+                self.submit(&request, &submit, over_submit_rate, out, work_rx)?
             }
             ClientMessage::Configure { extensions, params } => {
                 self.configure(&request, &extensions, &params, out);
@@ -772,37 +777,44 @@ impl Session {
         self.shared.counters.notify_sent(work.received_at);
     }
 
-    /// Answers a refused share and accounts for it.
+    /// Answers a refused share and accounts for it; `journal`: with its
+    /// `share_submitted` event (not for a submit over its rate, whose
+    /// events the rate limit bounds). It counts towards the invalid-shares
+    /// limit either way: an invalid share is the miner's fault at any rate.
     fn reject_share(
         &mut self,
         request: &Request,
         submit: Option<&Submit>,
         reason: RejectReason,
+        journal: bool,
         out: &mut String,
     ) -> Result<(), CloseReason> {
         out.push_str(&tbg_stratum::response_reject(&request.id, reason));
         self.shared.counters.share_rejected(reason);
-        let worker = submit.map(|s| {
-            split_address_worker(&s.worker)
-                .1
-                .unwrap_or("default")
-                .to_string()
-        });
+        let worker_name = submit
+            .map(|s| {
+                split_address_worker(&s.worker)
+                    .1
+                    .unwrap_or("default")
+                    .to_string()
+            })
+            .unwrap_or_default();
         if let Some(user) = &self.authorized {
-            let worker_name = worker.unwrap_or_default();
             if let Some((_, handle)) = user.workers.iter().find(|(name, _)| *name == worker_name) {
                 handle.lock().record_rejected();
             }
-            self.emit(EventData::ShareSubmitted {
-                user: user.address.clone(),
-                worker: worker_name,
-                client_id: self.client_id,
-                diff: self.difficulty,
-                sdiff: 0.0,
-                accepted: false,
-                reject_reason: Some(reason.message().to_string()),
-                ip: self.peer.ip().to_string(),
-            });
+            if journal {
+                self.emit(EventData::ShareSubmitted {
+                    user: user.address.clone(),
+                    worker: worker_name,
+                    client_id: self.client_id,
+                    diff: self.difficulty,
+                    sdiff: 0.0,
+                    accepted: false,
+                    reject_reason: Some(reason.message().to_string()),
+                    ip: self.peer.ip().to_string(),
+                });
+            }
         }
         let now = Instant::now();
         let (window_start, count) = &mut self.invalid_window;

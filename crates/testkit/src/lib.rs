@@ -111,6 +111,7 @@ pub fn test_watcher() -> WatcherConfig {
         block_poll: Duration::from_millis(100),
         update_interval: Duration::from_secs(30),
         zmq_hashblock: None,
+        tip_memory: tbg_node::DEFAULT_TIP_MEMORY,
     }
 }
 
@@ -167,6 +168,18 @@ impl TestEnv {
         settings: PoolSettings,
         journal: Option<tbg_journal::Journal>,
     ) -> TestEnv {
+        TestEnv::start_pool_watching(node, endpoints, settings, journal, test_watcher()).await
+    }
+
+    /// The pool with the given endpoints, settings, journal and watcher
+    /// settings (a short `tip_memory`, say).
+    pub async fn start_pool_watching(
+        node: DevNodeHandle,
+        endpoints: Vec<NodeEndpoint>,
+        settings: PoolSettings,
+        journal: Option<tbg_journal::Journal>,
+        watcher: WatcherConfig,
+    ) -> TestEnv {
         let mut settings = settings;
         // Every test pool keeps its found blocks on disk, as in production.
         let block_dir = match settings.block_dir {
@@ -186,7 +199,7 @@ impl TestEnv {
             NodeSettings {
                 endpoints,
                 rpc_timeout: Duration::from_secs(5),
-                watcher: test_watcher(),
+                watcher,
             },
             events.clone(),
             journal,

@@ -1,19 +1,21 @@
 //! A tip never moves backwards (issue 16, item 7): two embedded kernel
 //! nodes at different heights as primary and backup. The pool works on the
 //! best tip any node knows, skips a node that is behind it, and uses that
-//! node again once it has caught up, following a same-height reorg.
+//! node again once it has more work; a competitor of equal work is not
+//! followed (first seen, as Bitcoin Core), so the pool does not move its
+//! miners off its own miner's block.
 
 use std::time::{Duration, Instant};
 
 use bitcoin::BlockHash;
 use serde_json::json;
 use tbg_devnode::{DevNode, DevNodeOptions};
+use tbg_node::NodeHealth;
 use tbg_pool::BlockStatus;
 use tbg_testkit::{
     node_endpoint, regtest_address, stratum_prevhash, test_settings, AddressKind, ManualMiner,
     TestEnv,
 };
-
 
 /// Every job `miner` receives during `length` builds on `prev`.
 async fn only_jobs_on(miner: &mut ManualMiner, prev: BlockHash, length: Duration) {
@@ -86,23 +88,47 @@ async fn a_pool_whose_primary_is_behind_keeps_the_backups_tip() {
     let backup_tip = backup.best_block_hash();
     miner.job_on(backup_tip).await;
 
-    // The primary catches up to the same height on its own chain: equal
-    // work, a genuine same-height reorg, and the primary is first in the
-    // list: followed.
+    // The primary catches up to the same height on its own chain: a
+    // competitor of equal work to the backup's tip, which is our miner's
+    // block. Not followed, although the primary is first in the list: the
+    // pool keeps the tip it saw first (as Bitcoin Core does) rather than
+    // help orphan its own miner's block.
+    let our_block = backup_tip;
     env.node.mine_blocks(3, &someone).await.unwrap();
     assert_eq!(env.node.block_count(), backup.block_count());
-    let primary_tip = env.node.best_block_hash();
-    miner.job_on(primary_tip).await;
-    assert_eq!(current_prev(&env), primary_tip);
+    only_jobs_on(&mut miner, our_block, Duration::from_secs(3)).await;
+    assert_eq!(current_prev(&env), our_block);
+    assert!(
+        matches!(
+            env.service.pool.view().node_health(),
+            NodeHealth::Up { node_index: 1 }
+        ),
+        "{:?}",
+        env.service.pool.view().node_health()
+    );
 
-    // The backup falls behind in turn (the primary moves on): never served.
+    // One more block on the primary: strictly more work, followed.
+
     env.node.mine_blocks(1, &someone).await.unwrap();
     let primary_tip = env.node.best_block_hash();
     miner.job_on(primary_tip).await;
+    assert_eq!(current_prev(&env), primary_tip);
+    // The backup has fallen behind in turn: never served. With the primary
+    // silent, only the lagging backup answers: miners keep the primary's
+    // tip (a restart must not move them back; the primary's tip counts
+    // for `tip_memory`, 180 s), and the pool says every answering node is
+    // behind (`/health` not ready, crates/metrics/tests/behind_tip.rs).
     env.node.stop_rpc().await;
-    // Only the lagging backup answers now: miners keep the primary's tip.
     only_jobs_on(&mut miner, primary_tip, Duration::from_secs(3)).await;
     assert_eq!(current_prev(&env), primary_tip);
+    assert!(
+        matches!(
+            env.service.pool.view().node_health(),
+            NodeHealth::Behind { .. }
+        ),
+        "{:?}",
+        env.service.pool.view().node_health()
+    );
     env.shutdown().await;
     backup.shutdown().await;
 }

@@ -195,3 +195,34 @@ async fn a_block_the_chain_passed_while_the_node_was_unreachable_is_stale_not_re
         [e] if matches!(&e.data, EventData::BlockSubmitted { accepted: false, status, .. } if status == "stale")));
     env.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_was_down_when_the_block_was_found_gets_it_when_it_is_back() {
+    tbg_testkit::init_tracing();
+    let primary = DevNode::start(DevNodeOptions::default()).await.unwrap();
+    let backup = DevNode::start(DevNodeOptions::default()).await.unwrap();
+    assert_eq!(primary.best_block_hash(), backup.best_block_hash());
+    let endpoints = vec![node_endpoint(&primary), node_endpoint(&backup)];
+    let env = TestEnv::start_pool(primary, endpoints, test_settings()).await;
+    let (address, _) = regtest_address(AddressKind::P2wpkh);
+    let mut miner = ManualMiner::connect(env.stratum_addr(), &address).await;
+    env.node.stop_rpc().await;
+    let hash = find_block(&env, &mut miner, 1).await;
+    block_when(&env, &hash, "accepted by the backup", |b| {
+        b.status == BlockStatus::Accepted
+    })
+    .await;
+    let block_hash = BlockHash::from_str(&hash).unwrap();
+    assert!(backup.get_block(&block_hash).is_some());
+    assert!(env.node.get_block(&block_hash).is_none());
+
+    // The primary answers again: the pool sends it the block it missed.
+    env.node.start_rpc().await.unwrap();
+    env.wait_until("the primary has the block", WAIT, |env| {
+        env.node.get_block(&block_hash).is_some()
+    })
+    .await;
+    assert_eq!(env.node.best_block_hash(), block_hash, "on the primary's best chain");
+    env.shutdown().await;
+    backup.shutdown().await;
+}

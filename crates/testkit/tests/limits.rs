@@ -192,13 +192,13 @@ async fn answers_until_closed(client: &mut StratumClient, limit: Duration) -> Ve
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_connect_flood_from_one_source_is_refused_and_banned_while_another_mines() {
+async fn a_connect_flood_from_one_source_is_refused_while_another_mines() {
     let env = start(|_| {}).await;
     let honest = Honest::start(&env, HONEST);
     let started = Instant::now();
     let (served, refused) = flood(env.stratum_addr(), &[ATTACKER], 2000, 100).await;
     let took = started.elapsed();
-    // A burst of 10, plus one per 6 s while the flood lasts; then banned.
+    // A burst of 10, plus one per 6 s while the flood lasts.
     let allowed = 10 + took.as_secs() as usize / 6 + 1;
     assert!(
         served.len() <= allowed,
@@ -206,20 +206,19 @@ async fn a_connect_flood_from_one_source_is_refused_and_banned_while_another_min
         served.len()
     );
     assert_eq!(served.len() + refused, 2000);
-    assert!(refusals(&env, LimitKind::ConnectRate) >= 10);
-    assert!(refusals(&env, LimitKind::Banned) >= 1900);
-    assert_eq!(bans(&env), 1, "one ban for one source");
-    // Still banned: a new connection from it is refused, one from the
-    // honest source is served.
-    assert!(matches!(
-        try_connect(env.stratum_addr(), ATTACKER).await,
-        Fate::Refused
-    ));
+    assert_eq!(refusals(&env, LimitKind::ConnectRate), refused as u64);
+    // Refused connections are not strikes (a farm reconnecting at once
+    // must not be banned, see honest_limits.rs): each costs the pool an
+    // accept and a close, so a pure flood needs no ban.
+    assert_eq!(bans(&env), 0);
+    // Still limited: a new burst from it gets at most what refilled.
+    let (more, _) = flood(env.stratum_addr(), &[ATTACKER], 20, 20).await;
+    assert!(more.len() <= 2, "{} of 20 more served", more.len());
     assert!(matches!(
         try_connect(env.stratum_addr(), HONEST).await,
         Fate::Served(_)
     ));
-    drop(served);
+    drop((served, more));
     honest.finish(&env, 3).await;
     env.shutdown().await;
 }
@@ -285,7 +284,11 @@ async fn a_sweep_of_addresses_of_one_ipv6_64_is_limited_as_one_source() {
     let (served, refused) = flood(env.stratum_addr(), &locals, 40, 40).await;
     assert!(served.len() <= 11, "{} of 40 served", served.len());
     assert_eq!(served.len() + refused, 40);
-    assert_eq!(bans(&env), 1, "the /64 is one source, banned once");
+    assert_eq!(
+        refusals(&env, LimitKind::ConnectRate),
+        refused as u64,
+        "the /64 is one source, at one connect rate"
+    );
     // The pool remembers two sources: the /64 and ::1.
     assert_eq!(
         tbg_pool::PoolCounters::get(&env.service.pool.counters().ip_sources),
@@ -347,9 +350,10 @@ async fn subscribe_authorize_and_submit_floods_are_refused_and_bound_the_journal
     assert_eq!(authorized, 5);
     assert_eq!(refusals(&env, LimitKind::AuthorizeRate), 5);
 
-    // 1,100 submits at once: 1,000 judged (rejected: no such job), then
-    // refused without an event, and closed once the connection is past
-    // its 20 protocol errors.
+    // 1,100 submits at once: every one judged (rejected: no such job),
+    // even past the 1,000 a minute, because one of them could be a block;
+    // the ones past the limit write no event and are no protocol error,
+    // so the connection stays open (honest_limits.rs has a fast miner).
     // In chunks, reading the answers of each: a miner that never reads is
     // dropped after the write timeout, which is another test.
     let mut answers = Vec::new();
@@ -363,36 +367,30 @@ async fn subscribe_authorize_and_submit_floods_are_refused_and_bound_the_journal
             );
             lines.push('\n');
         }
-        if client.send_raw(lines.as_bytes()).await.is_err() {
-            break;
-        }
+        client.send_raw(lines.as_bytes()).await.expect("open");
         let before = answers.len();
-        if !read_answers(&mut client, 100, &mut answers).await {
-            break;
-        }
+        assert!(
+            read_answers(&mut client, 100, &mut answers).await,
+            "closed after {} submits",
+            answers.len()
+        );
         assert_eq!(answers.len() - before, 100);
     }
-    answers.extend(answers_until_closed(&mut client, Duration::from_secs(10)).await);
-    let judged = answers
-        .iter()
-        .filter(|a| {
-            !error_text(a).contains("Rate limit") && !error_text(a).contains("protocol errors")
-        })
-        .count();
-    let limited = answers
-        .iter()
-        .filter(|a| error_text(a).contains("Rate limit"))
-        .count();
-    // The bucket refills by one per 60 ms while the lines are read.
     let mut texts: Vec<String> = answers.iter().map(error_text).collect();
     texts.dedup();
-    assert!(
-        (1000..=1010).contains(&judged),
-        "{judged} judged: {texts:?}"
-    );
-    // 20 protocol errors a minute, 5 of them spent on the refused authorizes.
-    assert_eq!(limited, 15);
-    assert!(error_text(answers.last().unwrap()).contains("protocol errors"));
+    assert_eq!(texts, ["Invalid JobID"]);
+    assert_eq!(refusals(&env, LimitKind::ProtocolErrors), 0);
+    // The bucket refills by one per 60 ms while the lines are read.
+    let journaled = || {
+        env.events_of("share_submitted")
+            .iter()
+            .filter(
+                |e| matches!(&e.data, EventData::ShareSubmitted { user, .. } if *user == address),
+            )
+            .count()
+    };
+    let judged = journaled();
+    assert!((1000..=1010).contains(&judged), "{judged} journaled");
     drop(client);
     env.wait_until("the attacker's disconnect events", Duration::from_secs(10), |env| {
         env.events_of("miner_disconnected")
@@ -403,8 +401,8 @@ async fn subscribe_authorize_and_submit_floods_are_refused_and_bound_the_journal
     })
     .await;
     // What the attacker's connections wrote to the journal: one share event
-    // per judged submit, one connect, one disconnect per worker; nothing
-    // for the refused requests.
+    // per submit within the rate, one connect, one disconnect per worker;
+    // nothing for the refused requests.
     let of_attacker = env
         .events
         .events()
@@ -421,7 +419,7 @@ async fn subscribe_authorize_and_submit_floods_are_refused_and_bound_the_journal
         "{:?}",
         &of_attacker[..10]
     );
-    assert_eq!(refusals(&env, LimitKind::ProtocolErrors), 1);
+    assert_eq!(refusals(&env, LimitKind::ProtocolErrors), 0);
     honest.finish(&env, 3).await;
     env.shutdown().await;
 }
@@ -578,32 +576,6 @@ async fn an_allow_listed_source_is_exempt_from_the_per_source_limits() {
     assert_eq!((served.len(), refused), (10, 5));
     assert_eq!(bans(&env), 0);
     drop((farm, served));
-    env.shutdown().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_soft_ban_expires() {
-    let ban = Duration::from_secs(3);
-    let env = start(|settings| settings.limits.ban_duration = ban).await;
-    let (served, _) = flood(env.stratum_addr(), &[ATTACKER], 30, 1).await;
-    assert_eq!(served.len(), 10);
-    assert_eq!(bans(&env), 1);
-    let banned_at = Instant::now();
-    drop(served);
-    assert!(matches!(
-        try_connect(env.stratum_addr(), ATTACKER).await,
-        Fate::Refused
-    ));
-    // Knock until let in.
-    let served = loop {
-        if let Fate::Served(client) = try_connect(env.stratum_addr(), ATTACKER).await {
-            break client;
-        }
-        assert!(banned_at.elapsed() < ban + SLACK, "still banned");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
-    assert!(banned_at.elapsed() >= ban - Duration::from_millis(500));
-    drop(served);
     env.shutdown().await;
 }
 

@@ -303,6 +303,7 @@ async fn zmq_hashblock_brings_new_work_without_polling() {
                 block_poll: Duration::from_secs(600),
                 update_interval: Duration::from_secs(600),
                 zmq_hashblock: Some(zmq),
+                tip_memory: tbg_node::DEFAULT_TIP_MEMORY,
             },
         },
         events,

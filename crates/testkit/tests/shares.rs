@@ -10,6 +10,7 @@ use bitcoin::hashes::Hash;
 use bitcoin::BlockHash;
 use serde_json::json;
 use tbg_events::EventData;
+use tbg_pool::BlockStatus;
 use tbg_testkit::{regtest_address, AddressKind, ManualMiner, TestEnv};
 
 /// Regtest's network difficulty is ~4.66e-10: below it, a share can be
@@ -199,12 +200,33 @@ async fn a_block_on_a_job_just_made_stale_is_submitted_once() {
         .await;
     assert_eq!(reject_message(&reply), "Duplicate");
     assert_eq!(blocks_found_with(&env, &hash), 1);
-    env.wait_until("the block's submission answered", Duration::from_secs(20), |env| {
-        env.events_of("block_submitted").iter().any(
-            |e| matches!(&e.data, EventData::BlockSubmitted { hash: h, .. } if *h == hash.to_string()),
-        )
+    // Beside the winner, not on the best chain: the node answers
+    // "inconclusive", then "duplicate", and neither is an acceptance.
+    let hash_text = hash.to_string();
+    let record = |env: &TestEnv| {
+        env.service
+            .pool
+            .blocks()
+            .into_iter()
+            .find(|b| b.hash == hash_text)
+            .expect("the pool's record of the block")
+    };
+    env.wait_until("several rounds of submission", Duration::from_secs(20), |env| {
+        record(env).attempts >= 3
     })
     .await;
+    let pending = record(&env);
+    assert_eq!(pending.status, BlockStatus::Pending, "{pending:?}");
+    assert_eq!(env.service.pool.status().blocks_accepted, 0);
+    // A block on top of the winner: ours lost the race.
+    env.node.mine_blocks(1, &other).await.unwrap();
+    env.wait_until("the block settled", Duration::from_secs(20), |env| {
+        record(env).status.is_settled()
+    })
+    .await;
+    assert_eq!(record(&env).status, BlockStatus::Stale);
+    assert!(env.events_of("block_submitted").iter().any(|e| matches!(&e.data,
+        EventData::BlockSubmitted { hash: h, accepted: false, status, .. } if *h == hash_text && status == "stale")));
     env.shutdown().await;
 }
 

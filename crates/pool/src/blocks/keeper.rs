@@ -24,6 +24,21 @@ const FIRST_RETRY: Duration = Duration::from_millis(250);
 /// While a block stays pending, one warning per this many rounds (the
 /// first failure is logged at error level).
 const WARN_EVERY_ROUNDS: u32 = 20;
+/// Longest wait for the block store before the first submission: a disk
+/// that hangs must not keep a block from the nodes (the write goes on and
+/// is checked at every later round).
+const SAVE_WAIT: Duration = Duration::from_secs(2);
+/// Longest wait for a status event to be durable in the journal before the
+/// store is written anyway (a failing journal must not freeze the block).
+const ANNOUNCE_WAIT: Duration = Duration::from_secs(10);
+/// Rounds in a row in which every answering node must see another block
+/// in its place before the block is called stale or orphaned: one node's
+/// passing view (a lagging backup, a reorg under way) settles nothing.
+const REPLACED_ROUNDS: u32 = 2;
+/// Below this depth an accepted block is sent again to any of our nodes
+/// that does not have it (one that was down when it was found, or lost it
+/// in a crash before it reached a peer).
+const RESUBMIT_BELOW_CONFIRMATIONS: u64 = 6;
 
 /// A share solved a block: announce it, store it, submit it. Returns at
 /// once, with a receiver that resolves when the block is in the store (or
@@ -74,13 +89,15 @@ pub(crate) fn found(
     tracker.spawn(async move {
         let mut keeper = Keeper {
             durable: false,
+            pending_save: None,
             shared,
             hash: block.hash,
             block: stored,
             rounds_failed: 0,
+            replaced_rounds: 0,
             last_rejection: None,
         };
-        keeper.durable = keeper.save().await;
+        keeper.save_bounded().await;
         let _ = stored_tx.send(());
         keeper.publish();
         keeper.submit_round().await;
@@ -119,10 +136,12 @@ pub(crate) fn resume(shared: &Arc<PoolShared>, loaded: Loaded) {
         tracing::info!(height = block.height, %hash, status = ?block.status, "resuming found block");
         let keeper = Keeper {
             durable: true,
+            pending_save: None,
             shared: shared.clone(),
             hash,
             block,
             rounds_failed: 0,
+            replaced_rounds: 0,
             last_rejection: None,
         };
         tokio::spawn(async move {
@@ -140,7 +159,12 @@ struct Keeper {
     hash: bitcoin::BlockHash,
     block: StoredBlock,
     durable: bool,
+    /// A store write that outlasted [`SAVE_WAIT`]; its result is taken at
+    /// a later round.
+    pending_save: Option<tokio::task::JoinHandle<bool>>,
     rounds_failed: u32,
+    /// Rounds in a row that saw the block replaced.
+    replaced_rounds: u32,
     /// A node's refusal of the block itself, if any round had one.
     last_rejection: Option<String>,
 }
@@ -176,6 +200,7 @@ impl Keeper {
 
     /// One submitblock to every node, then the verdict.
     async fn submit_round(&mut self) {
+        self.keep_trying_to_store().await;
         let nodes = self.shared.nodes.clone();
         let answers = nodes.submit_block_to_all(&self.block.block_hex).await;
         self.block.attempts = self.block.attempts.saturating_add(1);
@@ -189,10 +214,11 @@ impl Keeper {
         let position = if answers.iter().any(|a| a.answer.is_accepted()) {
             ChainPosition::InBestChain { confirmations: 1 }
         } else {
-            // Inconclusive, refused or unreachable everywhere: the chain
-            // says whether it made it after all, or was passed.
+            // Duplicate, inconclusive, refused or unreachable everywhere:
+            // the chain says whether it made it after all, or was passed.
             nodes.chain_position(self.hash, self.block.height).await
         };
+        let position = self.replaced_twice(position);
         match position {
             ChainPosition::InBestChain { confirmations } => {
                 self.block.confirmations = confirmations;
@@ -252,14 +278,26 @@ impl Keeper {
         self.settle().await;
     }
 
-    /// Where the accepted block stands now.
+    /// Where the accepted block stands now; sent again to our nodes that
+    /// lack it while it is shallow.
     async fn follow_round(&mut self) {
-        match self
-            .shared
-            .nodes
-            .chain_position(self.hash, self.block.height)
-            .await
-        {
+        self.keep_trying_to_store().await;
+        let nodes = self.shared.nodes.clone();
+        let report = nodes.chain_report(self.hash, self.block.height).await;
+        let shallow = self.block.confirmations < RESUBMIT_BELOW_CONFIRMATIONS;
+        if shallow && !report.missing_on.is_empty() {
+            let answers = nodes
+                .submit_block_to(&self.block.block_hex, &report.missing_on)
+                .await;
+            tracing::info!(hash = %self.block.hash, answers = ?answers.iter().map(|a| format!("{}: {}", a.url, a.answer.describe())).collect::<Vec<_>>(),
+                "accepted block sent again to nodes that did not have it");
+        } else if matches!(report.position, ChainPosition::Undecided { .. }) {
+            // On no node's best chain any more and not yet passed: it may
+            // be gone from the node that took it (a crash before it
+            // reached a peer). Sending it again costs one RPC per node.
+            nodes.submit_block_to_all(&self.block.block_hex).await;
+        }
+        match self.replaced_twice(report.position) {
             ChainPosition::InBestChain { confirmations } => {
                 if confirmations == self.block.confirmations {
                     return;
@@ -326,14 +364,34 @@ impl Keeper {
         }
     }
 
-    /// Journals a change of status and waits until it is durable, so the
-    /// store is never ahead of the journal.
+    /// A replaced verdict counts only once it held [`REPLACED_ROUNDS`]
+    /// rounds in a row; until then it is undecided.
+    fn replaced_twice(&mut self, position: ChainPosition) -> ChainPosition {
+        if !matches!(position, ChainPosition::Replaced { .. }) {
+            self.replaced_rounds = 0;
+            return position;
+        }
+        self.replaced_rounds += 1;
+        if self.replaced_rounds >= REPLACED_ROUNDS {
+            position
+        } else {
+            ChainPosition::Undecided { nodes_answered: 0 }
+        }
+    }
+
+    /// Journals a change of status and waits (bounded) until it is
+    /// durable, so the store is not ahead of the journal.
     async fn announce(&self, event: EventData) {
         match self.shared.try_emit(event) {
             Some(seq) => {
                 if let Some(journal) = &self.shared.journal {
-                    if let Err(error) = journal.wait_durable(seq).await {
-                        tracing::error!(%error, hash = %self.block.hash, "block event not confirmed durable");
+                    match tokio::time::timeout(ANNOUNCE_WAIT, journal.wait_durable(seq)).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(error)) => {
+                            tracing::error!(%error, hash = %self.block.hash, "block event not confirmed durable")
+                        }
+                        Err(_) => tracing::error!(hash = %self.block.hash,
+                            "block event not durable in time; the block store is written anyway"),
                     }
                 }
             }
@@ -343,9 +401,9 @@ impl Keeper {
         }
     }
 
-    /// The new status into the store and the status API.
+    /// The new status into the store (bounded wait) and the status API.
     async fn settle(&mut self) {
-        self.durable = self.save().await;
+        self.save_bounded().await;
         self.publish();
     }
 
@@ -355,29 +413,58 @@ impl Keeper {
             .update(BlockRecord::of(&self.block, self.durable));
     }
 
-    /// Writes the block to the store off the async threads; false when
-    /// there is no store or it failed (logged with the block's hex, the
-    /// one copy left outside this process).
-    async fn save(&self) -> bool {
-        let Some(store) = self.shared.block_store.clone() else {
-            return false;
+    /// Writes the block as it is now, waiting at most [`SAVE_WAIT`]: before
+    /// the first submission, the block then goes to the nodes whatever the
+    /// disk does.
+    async fn save_bounded(&mut self) {
+        let Some(mut write) = self.spawn_save() else {
+            return;
         };
+        match tokio::time::timeout(SAVE_WAIT, &mut write).await {
+            Ok(result) => {
+                self.durable = result.unwrap_or(false);
+                self.pending_save = None;
+            }
+            Err(_) => {
+                tracing::error!(hash = %self.block.hash, block_hex = %self.block.block_hex,
+                    "block store write still not done; submitting the block without waiting");
+                self.pending_save = Some(write);
+            }
+        }
+    }
+
+    /// Until the block is in the store: takes the result of a slow write,
+    /// or writes again after a failed one (a disk that was full).
+    async fn keep_trying_to_store(&mut self) {
+        if self.durable {
+            return;
+        }
+        match self.pending_save.take() {
+            Some(write) if write.is_finished() => self.durable = write.await.unwrap_or(false),
+            Some(write) => self.pending_save = Some(write),
+            None => {
+                if let Some(write) = self.spawn_save() {
+                    self.pending_save = Some(write);
+                }
+            }
+        }
+    }
+
+    /// Writes the block to the store off the async threads; the result is
+    /// false when it failed (logged with the block's hex, the one copy
+    /// left outside this process). `None` without a store.
+    fn spawn_save(&self) -> Option<tokio::task::JoinHandle<bool>> {
+        let store = self.shared.block_store.clone()?;
         let block = self.block.clone();
-        let result = tokio::task::spawn_blocking(move || store.save(&block)).await;
-        match result {
-            Ok(Ok(())) => true,
-            Ok(Err(error)) => {
-                tracing::error!(%error, height = self.block.height, hash = %self.block.hash,
-                    block_hex = %self.block.block_hex,
+        Some(tokio::task::spawn_blocking(move || match store.save(&block) {
+            Ok(()) => true,
+            Err(error) => {
+                tracing::error!(%error, height = block.height, hash = %block.hash,
+                    block_hex = %block.block_hex,
                     "block NOT written to the block store; submitting it anyway");
                 false
             }
-            Err(error) => {
-                tracing::error!(%error, hash = %self.block.hash, block_hex = %self.block.block_hex,
-                    "block store task failed");
-                false
-            }
-        }
+        }))
     }
 }
 

@@ -12,7 +12,7 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 pub use source::{Cidr, CidrError, IpKey};
-pub use table::{Admission, IpTable};
+pub use table::IpTable;
 
 /// Why a connection or a request was refused; the `kind` label of
 /// `ckpool_limit_refusals_total`.
@@ -85,8 +85,10 @@ pub struct LimitSettings {
     pub connects_per_minute_per_ip: u32,
     /// Open connections from one source.
     pub max_connections_per_ip: u32,
-    /// A source refused (or one of whose connections was closed for abuse)
-    /// more often than this within a minute is banned.
+    /// A source with more connections closed for abuse (protocol errors,
+    /// invalid shares) than this within a minute is banned. Connections
+    /// refused for the connect rate or the concurrency limit are not
+    /// counted: a farm reconnecting at once is served over time, not banned.
     pub ban_after_refusals_per_minute: u32,
     /// How long a ban lasts; zero turns bans off (and lifts current ones).
     pub ban_duration: Duration,
@@ -274,7 +276,12 @@ impl ConnectionLimiter {
 
     /// A request of `kind` at `now`. An unknown method is a protocol error;
     /// a request over its rate is refused and counts as one too, so a
-    /// connection that keeps going past a limit is closed.
+    /// connection that keeps going past a limit is closed. Except a submit:
+    /// over its rate it is `Refuse(SubmitRate)` and nothing else, because
+    /// a fast honest miner (an ASIC at a low start difficulty, until vardiff
+    /// has raised it) submits past the limit, and one of those shares may
+    /// be a block. The session still judges it (`session/shares.rs`); the
+    /// limit only bounds what it writes to the journal.
     pub fn request(&mut self, kind: RequestKind, limits: &LimitSettings, now: Instant) -> Verdict {
         let ms = millis(self.epoch, now);
         let (bucket, per_minute, limit) = match kind {
@@ -302,6 +309,9 @@ impl ConnectionLimiter {
         };
         if bucket.take(per_minute, ms) {
             return Verdict::Allow;
+        }
+        if kind == RequestKind::Submit {
+            return Verdict::Refuse(limit);
         }
         match self.protocol_error(limits, now) {
             Verdict::Allow => Verdict::Refuse(limit),

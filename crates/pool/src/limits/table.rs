@@ -6,22 +6,13 @@ use std::time::{Duration, Instant};
 
 use super::{millis, Bucket, IpKey, LimitKind, LimitSettings};
 
-/// What the table said about a new connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Admission {
-    /// `Err` names the limit that refused it.
-    pub outcome: Result<(), LimitKind>,
-    /// This refusal started a ban.
-    pub banned: bool,
-}
-
 const NIL: u32 = u32::MAX;
 
 #[derive(Debug, Clone)]
 struct Slot {
     key: IpKey,
     connects: Bucket,
-    strikes: Bucket,
+    strikes: Strikes,
     open: u32,
     banned_since_ms: Option<u64>,
     /// Links of the idle list (sources with no open connection), most
@@ -77,15 +68,24 @@ impl IpTable {
     }
 
     /// A new connection from `key`. Checks, in order: ban, open
-    /// connections, connect rate; a refusal other than a ban is a strike
-    /// towards one. Admitted: the caller must [`IpTable::release`] it.
-    pub fn admit(&mut self, key: IpKey, limits: &LimitSettings, now: Instant) -> Admission {
+    /// connections, connect rate. `Err` names the limit that refused it;
+    /// admitted, the caller must [`IpTable::release`] it.
+    ///
+    /// A refusal here is never a strike towards a ban: every miner of a
+    /// farm or a CGNAT reconnects at once after a pool restart (the pool
+    /// itself tells them to), and such a source is served over time at its
+    /// connect rate, not banned. A refused connection costs an accept and
+    /// a close, so a pure connect flood needs no ban either; only
+    /// connections closed for abuse ([`IpTable::release`]) are strikes.
+    pub fn admit(
+        &mut self,
+        key: IpKey,
+        limits: &LimitSettings,
+        now: Instant,
+    ) -> Result<(), LimitKind> {
         let ms = millis(self.epoch, now);
         let Some(slot) = self.slot_for(key) else {
-            return Admission {
-                outcome: Err(LimitKind::IpTableFull),
-                banned: false,
-            };
+            return Err(LimitKind::IpTableFull);
         };
         let index = slot as usize;
         if self.slots[index].open == 0 {
@@ -97,43 +97,29 @@ impl IpTable {
         if let Some(since) = entry.banned_since_ms {
             let until = since.saturating_add(millis_of(limits.ban_duration));
             if ms < until && !limits.ban_duration.is_zero() {
-                return Admission {
-                    outcome: Err(LimitKind::Banned),
-                    banned: false,
-                };
+                return Err(LimitKind::Banned);
             }
             // Served: a fresh start.
             entry.banned_since_ms = None;
-            entry.strikes = Bucket::full();
+            entry.strikes = Strikes::default();
             entry.connects = Bucket::full();
         }
-        let refused =
-            if limits.max_connections_per_ip != 0 && entry.open >= limits.max_connections_per_ip {
-                Some(LimitKind::IpConnections)
-            } else if !entry.connects.take(limits.connects_per_minute_per_ip, ms) {
-                Some(LimitKind::ConnectRate)
-            } else {
-                None
-            };
-        if let Some(kind) = refused {
-            let banned = strike(entry, limits, ms);
-            return Admission {
-                outcome: Err(kind),
-                banned,
-            };
+        if limits.max_connections_per_ip != 0 && entry.open >= limits.max_connections_per_ip {
+            return Err(LimitKind::IpConnections);
+        }
+        if !entry.connects.take(limits.connects_per_minute_per_ip, ms) {
+            return Err(LimitKind::ConnectRate);
         }
         entry.open += 1;
         if entry.open == 1 {
             self.unlink(slot);
         }
-        Admission {
-            outcome: Ok(()),
-            banned: false,
-        }
+        Ok(())
     }
 
-    /// An admitted connection from `key` closed; `abused`: it was closed by
-    /// a limit (a strike). True when that started a ban.
+    /// An admitted connection from `key` closed; `abused`: it was closed
+    /// for abuse (protocol errors, invalid shares), a strike. True when
+    /// that started a ban.
     pub fn release(
         &mut self,
         key: IpKey,
@@ -182,7 +168,7 @@ impl IpTable {
         let fresh = Slot {
             key,
             connects: Bucket::full(),
-            strikes: Bucket::full(),
+            strikes: Strikes::default(),
             open: 0,
             banned_since_ms: None,
             newer: NIL,
@@ -247,15 +233,37 @@ fn millis_of(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// A strike against a source; true when it starts a ban.
+/// A source's abuse closures in the current minute.
+///
+/// A count per fixed minute, not a token bucket refilled at the same rate:
+/// strikes come one per connection, and connections at most at the connect
+/// rate (10 a minute by default, like the ban threshold), so a bucket
+/// refilling as fast as a source can connect would never run dry and an
+/// abusive source would never be banned.
+#[derive(Debug, Clone, Copy, Default)]
+struct Strikes {
+    window_start_ms: u64,
+    count: u32,
+}
+
+/// A strike against a source; true when it starts a ban (more than
+/// `ban_after_refusals_per_minute` strikes within a minute).
 fn strike(entry: &mut Slot, limits: &LimitSettings, ms: u64) -> bool {
     if limits.ban_after_refusals_per_minute == 0 || limits.ban_duration.is_zero() {
         return false;
     }
-    if entry.strikes.take(limits.ban_after_refusals_per_minute, ms) {
+    let strikes = &mut entry.strikes;
+    if strikes.count == 0 || ms.saturating_sub(strikes.window_start_ms) >= 60_000 {
+        *strikes = Strikes {
+            window_start_ms: ms,
+            count: 0,
+        };
+    }
+    strikes.count += 1;
+    if strikes.count <= limits.ban_after_refusals_per_minute {
         return false;
     }
     entry.banned_since_ms = Some(ms);
-    entry.strikes = Bucket::full();
+    entry.strikes = Strikes::default();
     true
 }

@@ -130,10 +130,18 @@ fn submits_are_limited_per_minute_and_zero_means_unlimited() {
     let start = Instant::now();
     let mut limits = LimitSettings::default();
     let mut conn = ConnectionLimiter::new(start);
-    let allowed = (0..1500)
-        .filter(|_| conn.request(RequestKind::Submit, &limits, start) == Verdict::Allow)
-        .count();
-    assert_eq!(allowed, 1000);
+    let verdicts: Vec<Verdict> = (0..1500)
+        .map(|_| conn.request(RequestKind::Submit, &limits, start))
+        .collect();
+    assert!(verdicts[..1000].iter().all(|v| *v == Verdict::Allow));
+    // Past the rate: refused (the session still judges them, for a block),
+    // never a protocol error, so never a close.
+    assert!(verdicts[1000..]
+        .iter()
+        .all(|v| *v == Verdict::Refuse(LimitKind::SubmitRate)));
+    for _ in 0..limits.protocol_errors_per_minute {
+        assert_eq!(conn.protocol_error(&limits, start), Verdict::Allow);
+    }
     // 1000 a minute: one every 60 ms.
     assert_eq!(
         conn.request(RequestKind::Submit, &limits, at(start, 60)),
@@ -173,81 +181,112 @@ fn a_source_gets_its_connect_rate_and_concurrency() {
     let mut table = IpTable::new(16, start);
     let source = IpKey::of(ip("198.51.100.1"));
     for _ in 0..10 {
-        assert_eq!(table.admit(source, &limits, start).outcome, Ok(()));
+        assert_eq!(table.admit(source, &limits, start), Ok(()));
     }
     assert_eq!(
-        table.admit(source, &limits, start).outcome,
+        table.admit(source, &limits, start),
         Err(LimitKind::ConnectRate)
     );
     // Another source is not affected.
     let other = IpKey::of(ip("198.51.100.2"));
-    assert_eq!(table.admit(other, &limits, start).outcome, Ok(()));
+    assert_eq!(table.admit(other, &limits, start), Ok(()));
     // 10 a minute: one more after 6 s, two more after 12 s: 12 open.
-    assert_eq!(
-        table.admit(source, &limits, at(start, 6_000)).outcome,
-        Ok(())
-    );
-    assert_eq!(
-        table.admit(source, &limits, at(start, 12_000)).outcome,
-        Ok(())
-    );
+    assert_eq!(table.admit(source, &limits, at(start, 6_000)), Ok(()));
+    assert_eq!(table.admit(source, &limits, at(start, 12_000)), Ok(()));
     assert_eq!(table.open(source), 12);
     assert_eq!(
-        table.admit(source, &limits, at(start, 60_000)).outcome,
+        table.admit(source, &limits, at(start, 60_000)),
         Err(LimitKind::IpConnections)
     );
     assert!(!table.release(source, false, &limits, at(start, 60_000)));
-    assert_eq!(
-        table.admit(source, &limits, at(start, 60_000)).outcome,
-        Ok(())
-    );
+    assert_eq!(table.admit(source, &limits, at(start, 60_000)), Ok(()));
 }
 
 #[test]
-fn a_source_that_keeps_breaking_limits_is_banned_until_the_ban_expires() {
+fn refusals_at_admission_never_ban_a_source() {
+    // A farm of 60 miners behind one address, all reconnecting at once
+    // after a pool restart, again and again: refused past the connect rate
+    // and the concurrency limit, never banned, and served over time.
+    let start = Instant::now();
+    let limits = LimitSettings {
+        max_connections_per_ip: 50,
+        ..LimitSettings::default()
+    };
+    let mut table = IpTable::new(16, start);
+    let farm = IpKey::of(ip("203.0.113.5"));
+    let mut admitted = 0;
+    let mut refusals = 0;
+    // Every miner not yet served retries every second for 10 minutes.
+    for second in 0..600u64 {
+        let now = at(start, second * 1000);
+        let waiting = 60 - admitted;
+        for _ in 0..waiting {
+            match table.admit(farm, &limits, now) {
+                Ok(()) => admitted += 1,
+                Err(kind) => {
+                    assert!(
+                        matches!(kind, LimitKind::ConnectRate | LimitKind::IpConnections),
+                        "{kind:?} at {second} s"
+                    );
+                    refusals += 1;
+                }
+            }
+        }
+        assert!(!table.is_banned(farm, &limits, now), "banned at {second} s");
+    }
+    // 10, then one every 6 s, up to the 50 the source may hold.
+    assert_eq!(admitted, 50);
+    assert!(refusals > 10_000, "{refusals}");
+}
+
+#[test]
+fn a_source_whose_connections_keep_being_closed_for_abuse_is_banned_until_it_expires() {
     let start = Instant::now();
     let limits = LimitSettings::default();
     let mut table = IpTable::new(16, start);
     let source = IpKey::of(ip("203.0.113.5"));
+    // The connect rate lets 10 in at once and one every 6 s after: each
+    // closed for abuse. The 11th closure within the minute starts the ban.
     let mut banned_at = None;
-    for n in 0..100 {
-        let admission = table.admit(source, &limits, start);
-        if n < 10 {
-            assert_eq!(admission.outcome, Ok(()));
-        }
-        if admission.banned {
+    for n in 0..20u64 {
+        let now = at(start, n.saturating_sub(9) * 6_000);
+        assert_eq!(table.admit(source, &limits, now), Ok(()), "connection {n}");
+        if table.release(source, true, &limits, now) {
             banned_at = Some(n);
             break;
         }
     }
-    // 10 admitted, then 10 refusals within the minute are tolerated: the
-    // 11th starts the ban.
-    assert_eq!(banned_at, Some(20));
-    assert!(table.is_banned(source, &limits, start));
-    let almost = at(start, 299_999);
-    assert_eq!(
-        table.admit(source, &limits, almost).outcome,
-        Err(LimitKind::Banned)
-    );
-    assert!(
-        !table.admit(source, &limits, almost).banned,
-        "a ban is not restarted"
-    );
-    // Served: a fresh start, even with the 10 connections still open.
-    let served = at(start, 300_000);
+    assert_eq!(banned_at, Some(10));
+    let banned = at(start, 6_000);
+    assert!(table.is_banned(source, &limits, banned));
+    let almost = at(start, 6_000 + 299_999);
+    assert_eq!(table.admit(source, &limits, almost), Err(LimitKind::Banned));
+    // Served: a fresh start.
+    let served = at(start, 6_000 + 300_000);
     assert!(!table.is_banned(source, &limits, served));
-    assert_eq!(table.admit(source, &limits, served).outcome, Ok(()));
-    // Turning bans off (ban_duration 0) lifts a ban at once.
+    assert_eq!(table.admit(source, &limits, served), Ok(()));
+    // Strikes in different minutes do not add up.
     let other = IpKey::of(ip("203.0.113.6"));
-    for _ in 0..25 {
-        table.admit(other, &limits, start);
+    for minute in 0..5u64 {
+        for n in 0..10u64 {
+            let now = at(start, minute * 61_000 + n);
+            assert_eq!(table.admit(other, &limits, now), Ok(()));
+            assert!(!table.release(other, true, &limits, now));
+        }
     }
-    assert!(table.is_banned(other, &limits, start));
+    // Turning bans off (ban_duration 0) lifts a ban at once.
+    for n in 0..11u64 {
+        let now = at(start, 400_000 + n.saturating_sub(9) * 6_000);
+        assert_eq!(table.admit(other, &limits, now), Ok(()));
+        table.release(other, true, &limits, now);
+    }
+    let banned = at(start, 406_000);
+    assert!(table.is_banned(other, &limits, banned));
     let off = LimitSettings {
         ban_duration: Duration::ZERO,
         ..limits.clone()
     };
-    assert!(!table.is_banned(other, &off, start));
+    assert!(!table.is_banned(other, &off, banned));
 }
 
 #[test]
@@ -261,7 +300,7 @@ fn connections_closed_for_abuse_count_towards_a_ban() {
     let source = IpKey::of(ip("2001:db8:5::1"));
     let results: Vec<bool> = (0..3)
         .map(|_| {
-            assert_eq!(table.admit(source, &limits, start).outcome, Ok(()));
+            assert_eq!(table.admit(source, &limits, start), Ok(()));
             table.release(source, true, &limits, start)
         })
         .collect();
@@ -269,7 +308,7 @@ fn connections_closed_for_abuse_count_towards_a_ban() {
     // Any address of that /64 is banned with it.
     let neighbour = IpKey::of(ip("2001:db8:5:0:dead:beef::9"));
     assert_eq!(
-        table.admit(neighbour, &limits, start).outcome,
+        table.admit(neighbour, &limits, start),
         Err(LimitKind::Banned)
     );
 }
@@ -286,35 +325,35 @@ fn a_full_table_evicts_the_least_recently_seen_idle_source_and_never_grows() {
     let key = |n: u8| IpKey::of(IpAddr::from([192, 0, 2, n]));
     // 1 stays connected; 2 and 3 connect and leave, 2 is seen again later.
     for n in 1..=3 {
-        assert_eq!(table.admit(key(n), &limits, start).outcome, Ok(()));
+        assert_eq!(table.admit(key(n), &limits, start), Ok(()));
     }
     table.release(key(2), false, &limits, start);
     table.release(key(3), false, &limits, start);
     assert_eq!(
-        table.admit(key(2), &limits, at(start, 1)).outcome,
+        table.admit(key(2), &limits, at(start, 1)),
         Err(LimitKind::ConnectRate)
     );
     // 4 takes 3's slot (least recently seen idle), not 1's (connected).
-    assert_eq!(table.admit(key(4), &limits, at(start, 2)).outcome, Ok(()));
+    assert_eq!(table.admit(key(4), &limits, at(start, 2)), Ok(()));
     assert_eq!(table.len(), 3);
     assert_eq!(table.open(key(1)), 1);
     // 2 is still remembered (its rate still applies); 3 was forgotten.
     assert_eq!(
-        table.admit(key(2), &limits, at(start, 3)).outcome,
+        table.admit(key(2), &limits, at(start, 3)),
         Err(LimitKind::ConnectRate)
     );
     // 3 comes back as a newcomer and takes 2's slot, the only idle one.
-    assert_eq!(table.admit(key(3), &limits, at(start, 4)).outcome, Ok(()));
+    assert_eq!(table.admit(key(3), &limits, at(start, 4)), Ok(()));
     assert_eq!(table.len(), 3);
     // Every slot is now held by a connected source (1, 3, 4): 5 is refused.
     assert_eq!(
-        table.admit(key(5), &limits, at(start, 5)).outcome,
+        table.admit(key(5), &limits, at(start, 5)),
         Err(LimitKind::IpTableFull)
     );
     assert_eq!(table.len(), 3);
     // A source leaving frees its slot for the next newcomer.
     table.release(key(1), false, &limits, at(start, 7));
-    assert_eq!(table.admit(key(5), &limits, at(start, 8)).outcome, Ok(()));
+    assert_eq!(table.admit(key(5), &limits, at(start, 8)), Ok(()));
     assert_eq!(table.open(key(1)), 0);
 }
 
@@ -325,8 +364,7 @@ fn a_flood_of_distinct_sources_stays_within_the_capacity() {
     let mut table = IpTable::new(1000, start);
     for n in 0u32..50_000 {
         let key = IpKey::of(IpAddr::from(n.to_be_bytes()));
-        let admission = table.admit(key, &limits, start);
-        assert_eq!(admission.outcome, Ok(()));
+        assert_eq!(table.admit(key, &limits, start), Ok(()));
         table.release(key, false, &limits, start);
     }
     assert_eq!(table.len(), 1000);

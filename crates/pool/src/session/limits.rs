@@ -52,18 +52,21 @@ impl Session {
         Err(CloseReason::TooManyErrors)
     }
 
-    /// The rate limits of `request`'s method; `Err` closes the connection,
-    /// `Ok(false)`: refused and answered, handle nothing.
+    /// The rate limits of `request`'s method; `Err` closes the connection.
     pub(super) fn within_limits(
         &mut self,
         request: &Request,
         now: Instant,
         out: &mut String,
-    ) -> Result<bool, CloseReason> {
+    ) -> Result<Admit, CloseReason> {
         let kind = RequestKind::of(&request.method);
         match self.limiter.request(kind, &self.live.limits, now) {
-            Verdict::Allow => Ok(true),
-            Verdict::Close(_) => self.close_for_errors(&request.id, out).map(|()| false),
+            Verdict::Allow => Ok(Admit::Handle),
+            Verdict::Close(_) => self
+                .close_for_errors(&request.id, out)
+                .map(|()| Admit::Refused),
+            // Judged all the same, and answered there (`shares.rs`).
+            Verdict::Refuse(LimitKind::SubmitRate) => Ok(Admit::OverSubmitRate),
             Verdict::Refuse(limit) => {
                 self.shared.guard.refused(
                     &self.shared.counters,
@@ -78,13 +81,25 @@ impl Session {
                     }
                     _ => request.method.as_str(),
                 };
-                out.push_str(&tbg_stratum::response_error(
-                    &request.id,
-                    20,
-                    &format!("Rate limit: too many {what} per minute"),
-                ));
-                Ok(false)
+                out.push_str(&rate_limit_error(&request.id, what));
+                Ok(Admit::Refused)
             }
         }
     }
+}
+
+/// What the rate limits say about one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Admit {
+    Handle,
+    /// A submit past `max_submits_per_minute`: judged anyway (it may be a
+    /// block), then credited only if it is one.
+    OverSubmitRate,
+    /// Refused and answered: handle nothing.
+    Refused,
+}
+
+/// The answer to a request over its rate.
+pub(super) fn rate_limit_error(id: &Value, what: &str) -> String {
+    tbg_stratum::response_error(id, 20, &format!("Rate limit: too many {what} per minute"))
 }

@@ -12,8 +12,10 @@ use tbg_stratum::{RejectReason, Request, Submit, MAX_EXTRANONCE2_BYTES};
 use tbg_work::{AcceptedShare, KeptJob, ShareContext, ShareReject, Submission};
 use tokio::sync::watch;
 
+use super::limits::rate_limit_error;
 use super::{split_address_worker, CloseReason, Session};
 use crate::blocks::FoundBlock;
+use crate::limits::LimitKind;
 use crate::work_source::CurrentWork;
 
 /// A submit's hex fields as numbers and bytes.
@@ -74,18 +76,31 @@ fn unix_now() -> u32 {
 }
 
 impl Session {
+    /// `over_rate`: the submit is past `max_submits_per_minute`. It is
+    /// judged all the same (hashing is ~200 ns; the limit bounds journal
+    /// writes and events, not work): a block in it is credited and
+    /// submitted like any block, an invalid share is answered with its
+    /// reason, and a valid one is answered with the rate-limit error. None
+    /// of them writes a `share_submitted` event, none is a protocol error.
     pub(super) fn submit(
         &mut self,
         request: &Request,
         submit: &Submit,
+        over_rate: bool,
         out: &mut String,
         work_rx: &watch::Receiver<Option<Arc<CurrentWork>>>,
     ) -> Result<(), CloseReason> {
         let started = Instant::now();
         let (share, worker_index, decoded) = match self.judge(submit, work_rx) {
             Ok(judged) => judged,
-            Err(reason) => return self.reject_share(request, Some(submit), reason, out),
+            Err(reason) => {
+                return self.reject_share(request, Some(submit), reason, !over_rate, out)
+            }
         };
+        if over_rate && !share.is_block {
+            self.refuse_over_rate(request, started, out, work_rx);
+            return Ok(());
+        }
         // Built before the accounting, which may retarget and so push a job
         // (the share's job index is only valid until then).
         let block = if share.is_block {
@@ -101,7 +116,8 @@ impl Session {
         let reply_at = out.len();
         let journaled = self.account_accepted(&share, worker_index, started, out, work_rx);
         if let Some(block) = block {
-            self.block_stored = Some(self.shared.block_found(block));
+            let stored = self.shared.block_found(block);
+            self.block_stored.push(stored);
         }
         // A share is confirmed only once its event is journaled; when the
         // journal refuses it (full), the miner hears an error at once rather
@@ -248,6 +264,40 @@ impl Session {
         }
         // Vardiff still counts a refused share: it measures the miner's
         // rate, which the journal does not change.
+        self.vardiff_share(now, out, work_rx);
+        journaled
+    }
+
+    /// A valid share (not a block) past the submit rate: answered with the
+    /// rate-limit error, neither credited nor journaled, and yet counted by
+    /// vardiff, whose retarget is what brings a fast miner (an ASIC at a
+    /// low start difficulty) back under the limit.
+    fn refuse_over_rate(
+        &mut self,
+        request: &Request,
+        now: Instant,
+        out: &mut String,
+        work_rx: &watch::Receiver<Option<Arc<CurrentWork>>>,
+    ) {
+        self.shared.guard.refused(
+            &self.shared.counters,
+            LimitKind::SubmitRate,
+            self.peer,
+            Some(self.client_id),
+            now,
+        );
+        out.push_str(&rate_limit_error(&request.id, &request.method));
+        self.vardiff_share(now, out, work_rx);
+    }
+
+    /// One more valid share for vardiff's rate measurement; retargets when
+    /// it says so.
+    fn vardiff_share(
+        &mut self,
+        now: Instant,
+        out: &mut String,
+        work_rx: &watch::Receiver<Option<Arc<CurrentWork>>>,
+    ) {
         let seconds = self.shared.seconds(now);
         let retarget = self
             .vardiff
@@ -256,7 +306,6 @@ impl Session {
         if let Some(new) = retarget {
             self.retarget(new, now, out, work_rx);
         }
-        journaled
     }
 
     /// The block of a share the validator found to be one (and claimed).
