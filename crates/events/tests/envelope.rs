@@ -160,7 +160,9 @@ fn expected_fields(event_type: &str) -> &'static [&'static str] {
         "share_best_diff" => &["user", "worker", "new_best", "prev_best", "timeframe"],
         "asicboost_detected" => &["user", "worker", "pool_mask", "miner_mask"],
         // Our addition: the nodes' verdict on a found block.
-        "block_submitted" => &["user", "worker", "height", "hash", "accepted", "answers", "status"],
+        "block_submitted" => &[
+            "user", "worker", "height", "hash", "accepted", "answers", "status",
+        ],
         // Our additions: a found block's life on the best chain.
         "block_confirmed" => &["user", "worker", "height", "hash", "confirmations"],
         "block_orphaned" => &["user", "worker", "height", "hash", "replaced_by"],

@@ -16,11 +16,9 @@ mod tip;
 mod watcher;
 
 pub use endpoint::{NodeAuth, NodeEndpoint};
-pub use nodeset::{
-    ChainInfo, NodeError, NodeSet, NodeStatus, DEFAULT_DOWN_RETRY,
-};
-pub use submit::{ChainPosition, ChainReport, NodeSubmitAnswer, SubmitAnswer};
+pub use nodeset::{ChainInfo, NodeError, NodeSet, NodeStatus, DEFAULT_DOWN_RETRY};
 pub use rpc::{RpcClient, RpcError, RpcObserver};
+pub use submit::{ChainPosition, ChainReport, NodeSubmitAnswer, SubmitAnswer};
 pub use tip::{compare as compare_tips, TemplateSearch, Tip, TipOrder};
 pub use watcher::{
     FetchedTemplate, IntervalControl, NodeHealth, RefreshTrigger, RunningWatcher, TemplateWatcher,

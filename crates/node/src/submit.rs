@@ -116,10 +116,7 @@ pub enum ChainPosition {
     /// Every node that answered has another block at the height with at
     /// least one block on top of it: more work than ours, which is stale
     /// (never accepted) or orphaned (accepted, then reorganised away).
-    Replaced {
-        by: BlockHash,
-        best_height: u64,
-    },
+    Replaced { by: BlockHash, best_height: u64 },
     /// Not on a best chain, but not yet passed either (the race may still
     /// go our way), or no node could be asked.
     Undecided { nodes_answered: usize },
@@ -157,17 +154,24 @@ impl NodeSet {
     }
 
     /// `submitblock` to the nodes at `indexes` (priority order) at once.
-    pub async fn submit_block_to(&self, block_hex: &str, indexes: &[usize]) -> Vec<NodeSubmitAnswer> {
-        let calls = indexes.iter().filter_map(|&index| self.nodes().get(index)).map(|node| async move {
-            let result = node
-                .client
-                .call::<Option<String>>("submitblock", json!([block_hex]))
-                .await;
-            NodeSubmitAnswer {
-                url: node.client.endpoint().url.clone(),
-                answer: SubmitAnswer::from_result(result),
-            }
-        });
+    pub async fn submit_block_to(
+        &self,
+        block_hex: &str,
+        indexes: &[usize],
+    ) -> Vec<NodeSubmitAnswer> {
+        let calls = indexes
+            .iter()
+            .filter_map(|&index| self.nodes().get(index))
+            .map(|node| async move {
+                let result = node
+                    .client
+                    .call::<Option<String>>("submitblock", json!([block_hex]))
+                    .await;
+                NodeSubmitAnswer {
+                    url: node.client.endpoint().url.clone(),
+                    answer: SubmitAnswer::from_result(result),
+                }
+            });
         futures::future::join_all(calls).await
     }
 
@@ -239,7 +243,10 @@ async fn node_view(
         .await
     {
         Ok(header) if header.confirmations >= 1 => {
-            return (NodeView::InBestChain(header.confirmations.unsigned_abs()), true)
+            return (
+                NodeView::InBestChain(header.confirmations.unsigned_abs()),
+                true,
+            )
         }
         // Known but on a side branch (-1), or not known at all: what is at
         // the height on its best chain decides.
@@ -260,7 +267,9 @@ async fn node_view(
     }
     let view = match client.call::<String>("getblockhash", json!([height])).await {
         Ok(text) => match BlockHash::from_str(&text) {
-            Ok(at_height) if at_height == hash => NodeView::InBestChain(best - u64::from(height) + 1),
+            Ok(at_height) if at_height == hash => {
+                NodeView::InBestChain(best - u64::from(height) + 1)
+            }
             Ok(at_height) => NodeView::Replaced(at_height, best),
             Err(_) => NodeView::NoAnswer,
         },

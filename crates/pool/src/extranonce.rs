@@ -282,19 +282,30 @@ mod tests {
         // must not starve a new miner.
         let allocator = ExtranonceAllocator::new(2, Duration::from_secs(3600));
         let now = Instant::now();
-        let honest: Vec<_> = (0..1000).map(|_| allocator.allocate(None, now).unwrap()).collect();
+        let honest: Vec<_> = (0..1000)
+            .map(|_| allocator.allocate(None, now).unwrap())
+            .collect();
         for _ in 0..200_000 {
-            let allocation = allocator.allocate(None, now).expect("a value for a new miner");
+            let allocation = allocator
+                .allocate(None, now)
+                .expect("a value for a new miner");
             allocator.release(&allocation.session_id, now, true);
         }
-        assert!(allocator.recorded() <= 1000 + 65_536 / 4, "{}", allocator.recorded());
+        assert!(
+            allocator.recorded() <= 1000 + 65_536 / 4,
+            "{}",
+            allocator.recorded()
+        );
         let mut live: std::collections::HashSet<_> =
             honest.iter().map(|a| a.extranonce1.clone()).collect();
         assert_eq!(live.len(), 1000);
         // A new connection never gets a live miner's extranonce1.
         for _ in 0..10_000 {
             let allocation = allocator.allocate(None, now).unwrap();
-            assert!(live.insert(allocation.extranonce1), "a live value handed out twice");
+            assert!(
+                live.insert(allocation.extranonce1),
+                "a live value handed out twice"
+            );
         }
     }
 

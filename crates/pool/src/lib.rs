@@ -270,17 +270,17 @@ pub async fn start(settings: PoolSettings, deps: PoolDeps) -> Result<PoolHandle,
                 Ok::<_, BlockStoreError>((store, loaded))
             })
             .await
-            .map_err(|e| {
-                BlockStoreError::Io {
-                    dir: settings.block_dir.clone().unwrap_or_default(),
-                    action: "opening",
-                    source: std::io::Error::other(e),
-                }
+            .map_err(|e| BlockStoreError::Io {
+                dir: settings.block_dir.clone().unwrap_or_default(),
+                action: "opening",
+                source: std::io::Error::other(e),
             })??;
             (Some(opened.0), Some(opened.1))
         }
         None => {
-            tracing::warn!("no block store: a found block no node took yet is lost if the pool stops");
+            tracing::warn!(
+                "no block store: a found block no node took yet is lost if the pool stops"
+            );
             (None, None)
         }
     };

@@ -18,8 +18,8 @@ pub use builders::{
     NotifyParams,
 };
 pub use message::{
-    is_unsafe_in_names, sanitize_printable, split_username, ClientMessage, ConfigureRequest, Submit,
-    VersionRollingRequest, MAX_ADDRESS_CHARS, MAX_EXTENSIONS, MAX_EXTRANONCE2_BYTES,
+    is_unsafe_in_names, sanitize_printable, split_username, ClientMessage, ConfigureRequest,
+    Submit, VersionRollingRequest, MAX_ADDRESS_CHARS, MAX_EXTENSIONS, MAX_EXTRANONCE2_BYTES,
     MAX_JOB_ID_CHARS, MAX_PASSWORD_CHARS, MAX_USERNAME_CHARS, MAX_USER_AGENT_CHARS,
     MAX_WORKER_NAME_CHARS,
 };

@@ -243,7 +243,10 @@ fn subscribe_paths() {
     else {
         panic!("subscribe expected")
     };
-    assert_eq!(agent, "cgminer/4.12 ⛏️ 👨‍👩‍👧", "emoji joiners and variation selectors stay");
+    assert_eq!(
+        agent, "cgminer/4.12 ⛏️ 👨‍👩‍👧",
+        "emoji joiners and variation selectors stay"
+    );
     assert_eq!(
         message("mining.subscribe", json!({"agent": 1})),
         Err(RejectReason::ParamsNotArray)

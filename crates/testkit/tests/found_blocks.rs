@@ -11,7 +11,9 @@ use serde_json::json;
 use tbg_devnode::{DevNode, DevNodeOptions};
 use tbg_events::EventData;
 use tbg_pool::{BlockRecord, BlockStatus};
-use tbg_testkit::{node_endpoint, regtest_address, test_settings, AddressKind, ManualMiner, TestEnv};
+use tbg_testkit::{
+    node_endpoint, regtest_address, test_settings, AddressKind, ManualMiner, TestEnv,
+};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -88,7 +90,10 @@ async fn a_block_no_node_took_survives_a_pool_restart_and_is_accepted_after_it()
         .node
         .get_block(&BlockHash::from_str(&hash).unwrap())
         .expect("the node has the block found before the restart");
-    assert_eq!(block.txdata[0].output[0].script_pubkey, script, "pays the finder");
+    assert_eq!(
+        block.txdata[0].output[0].script_pubkey, script,
+        "pays the finder"
+    );
     assert_eq!(env.node.block_count(), height + 1);
     // The new run journals the outcome; the find itself was journaled by
     // the first run and is not announced twice.
@@ -105,7 +110,10 @@ async fn an_accepted_block_is_followed_to_100_confirmations() {
     let (address, _) = regtest_address(AddressKind::P2wsh);
     let mut miner = ManualMiner::connect(env.stratum_addr(), &address).await;
     let hash = find_block(&env, &mut miner, 1).await;
-    block_when(&env, &hash, "accepted", |b| b.status == BlockStatus::Accepted).await;
+    block_when(&env, &hash, "accepted", |b| {
+        b.status == BlockStatus::Accepted
+    })
+    .await;
     let (_, others) = regtest_address(AddressKind::P2pkh);
     env.node.mine_blocks(50, &others).await.unwrap();
     let halfway = block_when(&env, &hash, "51 confirmations seen", |b| {
@@ -140,7 +148,10 @@ async fn a_block_reorganised_away_is_reported_orphaned() {
     let (address, _) = regtest_address(AddressKind::P2sh);
     let mut miner = ManualMiner::connect(env.stratum_addr(), &address).await;
     let hash = find_block(&env, &mut miner, 1).await;
-    let ours = block_when(&env, &hash, "accepted", |b| b.status == BlockStatus::Accepted).await;
+    let ours = block_when(&env, &hash, "accepted", |b| {
+        b.status == BlockStatus::Accepted
+    })
+    .await;
 
     let (_, rival_payout) = regtest_address(AddressKind::P2pkh);
     let rival_blocks = rival.mine_blocks(2, &rival_payout).await.unwrap();
@@ -150,7 +161,11 @@ async fn a_block_reorganised_away_is_reported_orphaned() {
         let hex = bitcoin::consensus::encode::serialize_hex(&block);
         let _: Option<String> = client.call("submitblock", json!([hex])).await.unwrap();
     }
-    assert_eq!(env.node.best_block_hash(), rival_blocks[1], "the node reorganised");
+    assert_eq!(
+        env.node.best_block_hash(),
+        rival_blocks[1],
+        "the node reorganised"
+    );
 
     let orphaned = block_when(&env, &hash, "orphaned", |b| {
         b.status == BlockStatus::Orphaned
@@ -188,7 +203,11 @@ async fn a_block_the_chain_passed_while_the_node_was_unreachable_is_stale_not_re
     assert_eq!(stale.replaced_by.as_deref(), Some(by.as_str()));
     let status = env.service.pool.status();
     assert_eq!(
-        (status.blocks_stale, status.blocks_rejected, status.blocks_pending),
+        (
+            status.blocks_stale,
+            status.blocks_rejected,
+            status.blocks_pending
+        ),
         (1, 0, 0)
     );
     assert!(matches!(env.events_of("block_submitted").as_slice(),
@@ -222,7 +241,11 @@ async fn a_node_that_was_down_when_the_block_was_found_gets_it_when_it_is_back()
         env.node.get_block(&block_hash).is_some()
     })
     .await;
-    assert_eq!(env.node.best_block_hash(), block_hash, "on the primary's best chain");
+    assert_eq!(
+        env.node.best_block_hash(),
+        block_hash,
+        "on the primary's best chain"
+    );
     env.shutdown().await;
     backup.shutdown().await;
 }

@@ -34,7 +34,6 @@ async fn mine_block(env: &TestEnv, miner: &mut ManualMiner, counter: u64) -> tbg
     env.service.pool.blocks()[before].clone()
 }
 
-
 /// Plan scenario 2 with a block in it: the pool keeps serving the last
 /// work while every node is down, and a block found then is kept (on disk),
 /// shown pending, never called rejected, and accepted by the node as soon
@@ -94,7 +93,10 @@ async fn a_block_found_while_every_node_is_down_is_accepted_when_the_node_is_bac
     )
     .await;
     let hash = BlockHash::from_str(&block.hash).unwrap();
-    assert!(env.node.get_block(&hash).is_some(), "the node has the block");
+    assert!(
+        env.node.get_block(&hash).is_some(),
+        "the node has the block"
+    );
     assert_eq!(env.node.block_count(), height + 1);
     assert_eq!(env.node.best_block_hash(), hash);
     let status = env.service.pool.status();

@@ -211,9 +211,11 @@ async fn a_block_on_a_job_just_made_stale_is_submitted_once() {
             .find(|b| b.hash == hash_text)
             .expect("the pool's record of the block")
     };
-    env.wait_until("several rounds of submission", Duration::from_secs(20), |env| {
-        record(env).attempts >= 3
-    })
+    env.wait_until(
+        "several rounds of submission",
+        Duration::from_secs(20),
+        |env| record(env).attempts >= 3,
+    )
     .await;
     let pending = record(&env);
     assert_eq!(pending.status, BlockStatus::Pending, "{pending:?}");

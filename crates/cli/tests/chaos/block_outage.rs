@@ -53,7 +53,9 @@ async fn new_stored_block(stack: &Stack, before: &[String]) -> Result<Value> {
 /// does not answer or does not list it).
 async fn status_of(stack: &Stack, hash: &str) -> Option<String> {
     let addr = stack.metrics_addr()?;
-    let (status, body) = http_get(addr, "/status", Duration::from_secs(3)).await.ok()?;
+    let (status, body) = http_get(addr, "/status", Duration::from_secs(3))
+        .await
+        .ok()?;
     if status != 200 {
         return None;
     }

@@ -456,13 +456,15 @@ impl Keeper {
     fn spawn_save(&self) -> Option<tokio::task::JoinHandle<bool>> {
         let store = self.shared.block_store.clone()?;
         let block = self.block.clone();
-        Some(tokio::task::spawn_blocking(move || match store.save(&block) {
-            Ok(()) => true,
-            Err(error) => {
-                tracing::error!(%error, height = block.height, hash = %block.hash,
+        Some(tokio::task::spawn_blocking(move || {
+            match store.save(&block) {
+                Ok(()) => true,
+                Err(error) => {
+                    tracing::error!(%error, height = block.height, hash = %block.hash,
                     block_hex = %block.block_hex,
                     "block NOT written to the block store; submitting it anyway");
-                false
+                    false
+                }
             }
         }))
     }

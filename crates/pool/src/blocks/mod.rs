@@ -58,7 +58,10 @@ impl BlockStatus {
     pub fn is_settled(self) -> bool {
         matches!(
             self,
-            BlockStatus::Confirmed | BlockStatus::Orphaned | BlockStatus::Stale | BlockStatus::Rejected
+            BlockStatus::Confirmed
+                | BlockStatus::Orphaned
+                | BlockStatus::Stale
+                | BlockStatus::Rejected
         )
     }
 }
@@ -198,7 +201,10 @@ mod tests {
         let records = log.records();
         assert_eq!(records.len(), BLOCKS_KEPT);
         assert!(records.iter().any(|r| r.hash == "pending"));
-        assert!(!records.iter().any(|r| r.hash == "old1"), "oldest settled one dropped");
+        assert!(
+            !records.iter().any(|r| r.hash == "old1"),
+            "oldest settled one dropped"
+        );
         assert_eq!(records.last().unwrap().hash, "new");
     }
 }

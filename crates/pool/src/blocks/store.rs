@@ -227,6 +227,9 @@ mod tests {
         let file = dir.path().join("not-a-dir");
         fs::write(&file, b"x").unwrap();
         let error = BlockStore::open(file.join("blocks")).unwrap_err();
-        assert!(error.to_string().contains("creating the directory"), "{error}");
+        assert!(
+            error.to_string().contains("creating the directory"),
+            "{error}"
+        );
     }
 }
