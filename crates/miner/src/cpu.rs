@@ -81,6 +81,9 @@ pub struct MinerSummary {
     pub accepted: u64,
     pub rejected: u64,
     pub block_candidates: u64,
+    /// Shares sent whose answer had not arrived when the miner stopped
+    /// (the pool may still have credited them).
+    pub unanswered: u64,
 }
 
 struct Found {
@@ -340,6 +343,7 @@ pub async fn run_miner(
     };
     cancel.store(true, Ordering::Relaxed);
     reader.abort();
+    summary.unanswered = in_flight.len() as u64;
     tracing::debug!(elapsed = ?started.elapsed(), ?summary, "miner stopped");
     outcome.map(|()| summary)
 }

@@ -71,14 +71,24 @@ impl Honest {
             .await
             .expect("miner task")
             .expect("the honest miner ran without an error");
-        // The stop may race one last answer; give the pool a moment.
-        env.wait_until("stats settled", Duration::from_secs(5), |env| {
-            user(env).is_some_and(|u| u.shares_accepted == summary.accepted)
-        })
-        .await;
+        // The miner stops without waiting for the answers to the shares it
+        // had in flight: the pool may have judged those too, and nothing
+        // else may be counted.
+        let settled = |env: &TestEnv| {
+            user(env).is_some_and(|u| {
+                u.shares_accepted + u.shares_rejected >= summary.accepted + summary.rejected
+            })
+        };
+        env.wait_until("stats settled", Duration::from_secs(5), settled)
+            .await;
         let snapshot = user(env).expect("honest user known");
-        assert_eq!(snapshot.shares_accepted, summary.accepted, "{snapshot:?}");
-        assert_eq!(snapshot.shares_rejected, summary.rejected, "{snapshot:?}");
+        assert!(
+            snapshot.shares_accepted >= summary.accepted
+                && snapshot.shares_rejected >= summary.rejected
+                && snapshot.shares_accepted + snapshot.shares_rejected
+                    <= summary.accepted + summary.rejected + summary.unanswered,
+            "the pool counted only the honest miner's own shares: {snapshot:?} {summary:?}"
+        );
         assert_eq!(
             snapshot.workers.len(),
             1,
@@ -91,7 +101,10 @@ impl Honest {
                 matches!(&e.data, EventData::ShareSubmitted { user, accepted: false, .. } if *user == self.address)
             })
             .count() as u64;
-        assert_eq!(rejected_events, summary.rejected);
+        assert!(
+            (summary.rejected..=summary.rejected + summary.unanswered).contains(&rejected_events),
+            "{rejected_events} rejected share events, {summary:?}"
+        );
         summary
     }
 }

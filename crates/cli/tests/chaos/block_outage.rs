@@ -163,16 +163,37 @@ pub(super) async fn block_during_outage(report: Shared) -> Result<()> {
             secs(recovery)
         ),
     );
+    // The paced miners of the stack mine on the same last work during the
+    // outage: their blocks at that height are resubmitted too, and one of
+    // the pool's blocks wins. Ours is then accepted, or stale behind
+    // another block this pool found, never lost.
     let pg = &run.stack.pg;
     let status_sql = format!("SELECT status FROM blocks WHERE block_hash = '{hash}'");
     wait_until(
-        "the block accepted in PostgreSQL",
+        "the block settled in PostgreSQL",
         Duration::from_secs(30),
-        || pg.psql(&status_sql) == "accepted",
+        || matches!(pg.psql(&status_sql).as_str(), "accepted" | "stale"),
     )
     .await
     .map_err(|e| anyhow!("{e}: blocks row {:?}", pg.psql(&status_sql)))?;
-    figure(&report, "PostgreSQL blocks.status", pg.psql(&status_sql));
+    let status = pg.psql(&status_sql);
+    let winner = pg.psql(&format!(
+        "SELECT block_hash FROM blocks WHERE block_height = {} AND status = 'accepted'",
+        height + 1
+    ));
+    let on_chain = node
+        .get_block(&BlockHash::from_str(&winner).context("the accepted block at that height")?)
+        .is_some();
+    ensure!(
+        on_chain && (status == "accepted") == (winner == hash.to_string()),
+        "at height {}: ours {status}, the pool's accepted block {winner:?} (on the node: {on_chain})",
+        height + 1
+    );
+    figure(
+        &report,
+        "PostgreSQL blocks.status",
+        format!("{status} (the pool's block accepted at that height: {winner})"),
+    );
     target(&report, "node back -> block accepted", recovery)?;
     run.finish(1).await
 }

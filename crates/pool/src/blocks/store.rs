@@ -131,7 +131,8 @@ impl BlockStore {
             .map_err(|e| self.error("syncing the directory", e))
     }
 
-    /// Every block file in the directory, oldest height first.
+    /// Every block file in the directory, oldest height first, then the
+    /// earliest found (resubmitted first: it is the one its miner saw first).
     pub fn load(&self) -> Result<Loaded, BlockStoreError> {
         let mut loaded = Loaded::default();
         let entries = fs::read_dir(&self.dir).map_err(|e| self.error("listing", e))?;
@@ -150,7 +151,7 @@ impl BlockStore {
         }
         loaded
             .blocks
-            .sort_by(|a, b| (a.height, &a.hash).cmp(&(b.height, &b.hash)));
+            .sort_by(|a, b| (a.height, a.found_at, &a.hash).cmp(&(b.height, b.found_at, &b.hash)));
         Ok(loaded)
     }
 }
