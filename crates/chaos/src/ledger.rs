@@ -120,6 +120,9 @@ pub struct Ledger {
     pub dup_redis: usize,
     /// Ids in a sink that the journal does not have (should be 0 too).
     pub unknown: usize,
+    /// Journaled after what both sinks' cursors had reached when the
+    /// ledger was taken: on their way, neither lost nor counted.
+    pub in_flight: usize,
     /// A few missing ids, for the report.
     pub examples: Vec<String>,
 }
@@ -146,6 +149,7 @@ impl Ledger {
             dup_postgres: dups(postgres),
             dup_redis: dups(redis),
             unknown,
+            in_flight: 0,
             examples: missing_pg
                 .iter()
                 .map(|id| format!("{id} (not in PostgreSQL)"))
@@ -157,6 +161,48 @@ impl Ledger {
                 .take(5)
                 .collect(),
         }
+    }
+
+    /// As [`Ledger::compare`], for the events both sinks' cursors have
+    /// passed (`settled`, the smaller cursor, read before the journal and
+    /// the sinks): an event journaled after that and already in a sink is
+    /// neither lost nor unknown, only in flight. Examples name each missing
+    /// event's sequence number and type.
+    pub fn compare_settled(
+        journal: &[JournaledEvent],
+        settled: u64,
+        postgres: &[String],
+        redis: &[String],
+    ) -> Ledger {
+        let in_flight: BTreeSet<&str> = journal
+            .iter()
+            .filter(|e| e.seq > settled)
+            .map(|e| e.id.as_str())
+            .collect();
+        let settled_ids: Vec<String> = journal
+            .iter()
+            .filter(|e| e.seq <= settled)
+            .map(|e| e.id.clone())
+            .collect();
+        let landed = |ids: &[String]| -> Vec<String> {
+            ids.iter()
+                .filter(|id| !in_flight.contains(id.as_str()))
+                .cloned()
+                .collect()
+        };
+        let mut ledger = Ledger::compare(&settled_ids, &landed(postgres), &landed(redis));
+        ledger.in_flight = in_flight.len();
+        ledger.journaled = journal.len();
+        for example in &mut ledger.examples {
+            let id = example.split(' ').next().unwrap_or_default();
+            if let Some(event) = journal.iter().find(|e| e.id == id) {
+                *example = format!(
+                    "{example}: seq {} of {settled} settled, {}",
+                    event.seq, event.event_type
+                );
+            }
+        }
+        ledger
     }
 
     /// Journaled events missing from at least one store.
@@ -191,5 +237,32 @@ mod tests {
         assert_eq!(ledger.lost(), 1);
         assert_eq!(ledger.duplicates(), 1);
         assert!(ledger.examples[0].starts_with("c "));
+    }
+
+    fn event(seq: u64, id: &str) -> JournaledEvent {
+        JournaledEvent {
+            seq,
+            id: id.to_string(),
+            event_type: "share_submitted".to_string(),
+            ts: 0.0,
+            payload: Value::Null,
+        }
+    }
+
+    #[test]
+    fn events_past_the_cursors_are_in_flight_not_lost() {
+        let journal = [event(1, "a"), event(2, "b"), event(3, "c"), event(4, "d")];
+        // Cursors at 3: d is on its way (already in PostgreSQL, not yet in
+        // Redis); b is lost from PostgreSQL.
+        let ledger =
+            Ledger::compare_settled(&journal, 3, &ids(&["a", "c", "d"]), &ids(&["a", "b", "c"]));
+        assert_eq!(ledger.in_flight, 1);
+        assert_eq!(ledger.journaled, 4);
+        assert_eq!((ledger.lost_postgres, ledger.lost_redis), (1, 0));
+        assert_eq!(ledger.unknown, 0);
+        assert_eq!(
+            ledger.examples,
+            ["b (not in PostgreSQL): seq 2 of 3 settled, share_submitted"]
+        );
     }
 }

@@ -258,12 +258,14 @@ batch_wait_ms = {batch_wait_ms}
         .await
     }
 
-    /// Journal vs PostgreSQL vs Redis, now.
+    /// Journal vs PostgreSQL vs Redis, now: every event both sinks'
+    /// cursors have passed must be in both; later ones are in flight
+    /// ([`Ledger::compare_settled`]), since the pool may journal an event
+    /// at any moment (a timer, a late disconnect).
     pub fn ledger(&self) -> Result<Ledger, ChaosError> {
-        let journal: Vec<String> = ledger::journal_events(&self.journal_path)?
-            .into_iter()
-            .map(|e| e.id)
-            .collect();
+        // The cursors first: whatever they cover was already in the journal.
+        let settled = self.postgres_cursor().min(self.redis_cursor());
+        let journal = ledger::journal_events(&self.journal_path)?;
         let postgres: Vec<String> = self
             .pg
             .psql("SELECT event_id FROM mining_events")
@@ -271,7 +273,26 @@ batch_wait_ms = {batch_wait_ms}
             .map(str::to_string)
             .collect();
         let redis = ledger::redis_stream_ids(&self.redis.url())?;
-        Ok(Ledger::compare(&journal, &postgres, &redis))
+        Ok(Ledger::compare_settled(
+            &journal, settled, &postgres, &redis,
+        ))
+    }
+
+    /// Waits until both sinks caught up with the journal, then takes the
+    /// ledger; again while events journaled meanwhile are in flight.
+    pub async fn settled_ledger(
+        &self,
+        timeout: Duration,
+    ) -> Result<(Duration, Ledger), ChaosError> {
+        let start = std::time::Instant::now();
+        loop {
+            self.wait_caught_up(timeout.saturating_sub(start.elapsed()))
+                .await?;
+            let ledger = self.ledger()?;
+            if ledger.in_flight == 0 || start.elapsed() >= timeout {
+                return Ok((start.elapsed(), ledger));
+            }
+        }
     }
 
     /// Runs `tbg` with these arguments (backup, restore, ...), returning

@@ -650,9 +650,9 @@ impl Run {
                 stable_since = Instant::now();
             }
         }
-        let catch_up = self
+        let (catch_up, ledger) = self
             .stack
-            .wait_caught_up(Duration::from_secs(60))
+            .settled_ledger(Duration::from_secs(60))
             .await
             .map_err(|e| anyhow!("{e}; collector log:\n{}", self.stack.collector.log_tail(15)))?;
         figure(
@@ -660,13 +660,12 @@ impl Run {
             "sinks caught up after the load stopped",
             format!("{:.2} s", secs(catch_up)),
         );
-        let ledger = self.stack.ledger()?;
         record_ledger(&report, &ledger);
         figure(
             &report,
             "stores",
             format!(
-                "journal {}, PostgreSQL {}, Redis streams {} (lost pg {} / redis {}, dup journal {} / pg {} / redis {}, unknown {})",
+                "journal {}, PostgreSQL {}, Redis streams {} (lost pg {} / redis {}, dup journal {} / pg {} / redis {}, unknown {}, in flight {})",
                 ledger.journaled,
                 ledger.in_postgres,
                 ledger.in_redis,
@@ -675,7 +674,8 @@ impl Run {
                 ledger.dup_journal,
                 ledger.dup_postgres,
                 ledger.dup_redis,
-                ledger.unknown
+                ledger.unknown,
+                ledger.in_flight
             ),
         );
         let events = journal_events(&self.stack.journal_path)?;

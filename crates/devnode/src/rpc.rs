@@ -12,13 +12,16 @@ use axum::response::{IntoResponse, Response};
 use axum::Router;
 use base64::Engine;
 use bitcoin::pow::Target;
-use bitcoin::{Address, Amount, Block, BlockHash, Network, Script, Transaction};
+use bitcoin::{Address, Amount, Block, BlockHash, Network};
 use serde_json::{json, Map, Value};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::node::{NodeCore, StoredBlock, SubmitOutcome, REGTEST_BITS};
 use crate::DevNodeError;
+
+mod decode;
+use decode::decode_transaction;
 
 // Bitcoin Core's RPC error codes (src/rpc/protocol.h).
 const RPC_MISC_ERROR: i64 = -1;
@@ -315,6 +318,11 @@ fn dispatch(node: &NodeCore, method: &str, params: &[Value]) -> Result<Value, Rp
         "getblockchaininfo" => get_blockchain_info(node),
         "getmininginfo" => get_mining_info(node),
         "getnetworkinfo" => Ok(get_network_info()),
+        "validateaddress" => decode::validate_address(params),
+        "decoderawtransaction" => decode::decode_raw_transaction(params),
+        // A hint to prefer a block among equal-work tips; the devnode has
+        // one chain and no peers, so there is nothing to prefer.
+        "preciousblock" => hash_param(params, 0, "blockhash").map(|_| Value::Null),
         "generatetoaddress" => generate_to_address(node, params),
         _ => Err(RpcError::new(RPC_METHOD_NOT_FOUND, "Method not found")),
     }
@@ -632,94 +640,6 @@ fn get_block(node: &NodeCore, params: &[Value]) -> Result<Value, RpcError> {
     };
     fields.insert("tx".into(), Value::Array(transactions));
     Ok(Value::Object(fields))
-}
-
-fn script_type(script: &Script) -> &'static str {
-    if script.is_p2pkh() {
-        "pubkeyhash"
-    } else if script.is_p2sh() {
-        "scripthash"
-    } else if script.is_p2wpkh() {
-        "witness_v0_keyhash"
-    } else if script.is_p2wsh() {
-        "witness_v0_scripthash"
-    } else if script.is_p2tr() {
-        "witness_v1_taproot"
-    } else if script.is_op_return() {
-        "nulldata"
-    } else if script.is_p2pk() {
-        "pubkey"
-    } else if script.is_multisig() {
-        "multisig"
-    } else if script.is_witness_program() {
-        "witness_unknown"
-    } else {
-        "nonstandard"
-    }
-}
-
-fn decode_transaction(tx: &Transaction) -> Value {
-    let inputs: Vec<Value> = tx
-        .input
-        .iter()
-        .map(|input| {
-            let mut fields = Map::new();
-            if tx.is_coinbase() {
-                fields.insert(
-                    "coinbase".into(),
-                    json!(hex::encode(input.script_sig.as_bytes())),
-                );
-            } else {
-                fields.insert("txid".into(), json!(input.previous_output.txid.to_string()));
-                fields.insert("vout".into(), json!(input.previous_output.vout));
-                fields.insert(
-                    "scriptSig".into(),
-                    json!({
-                        "asm": input.script_sig.to_asm_string(),
-                        "hex": hex::encode(input.script_sig.as_bytes()),
-                    }),
-                );
-            }
-            if !input.witness.is_empty() {
-                fields.insert(
-                    "txinwitness".into(),
-                    json!(input.witness.iter().map(hex::encode).collect::<Vec<_>>()),
-                );
-            }
-            fields.insert("sequence".into(), json!(input.sequence.to_consensus_u32()));
-            Value::Object(fields)
-        })
-        .collect();
-    let outputs: Vec<Value> = tx
-        .output
-        .iter()
-        .enumerate()
-        .map(|(index, output)| {
-            let mut script = Map::new();
-            script.insert("asm".into(), json!(output.script_pubkey.to_asm_string()));
-            script.insert(
-                "hex".into(),
-                json!(hex::encode(output.script_pubkey.as_bytes())),
-            );
-            if let Ok(address) = Address::from_script(&output.script_pubkey, Network::Regtest) {
-                script.insert("address".into(), json!(address.to_string()));
-            }
-            script.insert("type".into(), json!(script_type(&output.script_pubkey)));
-            json!({"value": btc(output.value), "n": index, "scriptPubKey": script})
-        })
-        .collect();
-    json!({
-        "txid": tx.compute_txid().to_string(),
-        "hash": tx.compute_wtxid().to_string(),
-        "version": tx.version.0,
-        "size": tx.total_size(),
-        "vsize": tx.vsize(),
-        "weight": tx.weight().to_wu(),
-        "locktime": tx.lock_time.to_consensus_u32(),
-        "vin": inputs,
-        "vout": outputs,
-        "hex": bitcoin::consensus::encode::serialize_hex(tx),
-    })
 }
 
 fn get_blockchain_info(node: &NodeCore) -> Result<Value, RpcError> {

@@ -354,6 +354,69 @@ async fn chain_queries_match_bitcoin_core_shapes() {
     node.shutdown().await;
 }
 
+/// What ckpool asks of a node before it mines (`validateaddress` for the
+/// pool's and each miner's address, `decoderawtransaction` of its first
+/// coinbase, `preciousblock` after a block), in Core's shapes.
+#[tokio::test]
+async fn the_rpcs_ckpool_calls_answer_in_bitcoin_cores_shapes() {
+    let node = start(1).await;
+    let rpc = Rpc::new(&node);
+    let (legacy, segwit) = node.wallet_addresses().expect("addresses");
+
+    let valid = rpc
+        .call("validateaddress", json!([segwit.to_string()]))
+        .await;
+    assert_eq!(valid["isvalid"], true);
+    assert_eq!(valid["address"], segwit.to_string());
+    assert_eq!(valid["isscript"], false);
+    assert_eq!(valid["iswitness"], true);
+    assert_eq!(valid["witness_version"], 0);
+    let script = hex::encode(segwit.script_pubkey().as_bytes());
+    assert_eq!(valid["scriptPubKey"], script);
+    assert_eq!(valid["witness_program"], script[4..]);
+    let p2pkh = rpc
+        .call("validateaddress", json!([legacy.to_string()]))
+        .await;
+    assert_eq!(
+        (&p2pkh["isvalid"], &p2pkh["isscript"], &p2pkh["iswitness"]),
+        (&json!(true), &json!(false), &json!(false))
+    );
+    let p2wsh = bitcoin::Address::p2wsh(&ScriptBuf::new(), bitcoin::Network::Regtest);
+    let valid = rpc
+        .call("validateaddress", json!([p2wsh.to_string()]))
+        .await;
+    assert_eq!(
+        (&valid["isscript"], &valid["iswitness"]),
+        (&json!(true), &json!(true))
+    );
+    // A mainnet address on regtest, and garbage: answers, not errors.
+    for wrong in [
+        "bc1qw508d6qejxtdg4y5r3zarvary0c5xw7kqj3l0d",
+        "not an address",
+    ] {
+        let invalid = rpc.call("validateaddress", json!([wrong])).await;
+        assert_eq!(invalid["isvalid"], false, "{wrong}");
+        assert!(invalid["error"].as_str().is_some_and(|e| !e.is_empty()));
+    }
+    let (code, _) = rpc.call_err("validateaddress", json!([])).await;
+    assert_eq!(code, -1);
+
+    let hash = rpc.call("getblockhash", json!([1])).await;
+    let block = rpc.call("getblock", json!([hash, 2])).await;
+    let coinbase = &block["tx"][0];
+    let decoded = rpc
+        .call("decoderawtransaction", json!([coinbase["hex"]]))
+        .await;
+    assert_eq!(decoded["txid"], coinbase["txid"]);
+    assert_eq!(decoded["vout"], coinbase["vout"]);
+    assert!(decoded["vin"][0]["coinbase"].is_string());
+    let (code, message) = rpc.call_err("decoderawtransaction", json!(["00ff"])).await;
+    assert_eq!((code, message.as_str()), (-22, "TX decode failed"));
+
+    assert_eq!(rpc.call("preciousblock", json!([hash])).await, Value::Null);
+    node.shutdown().await;
+}
+
 #[tokio::test]
 async fn authentication_by_password_and_cookie() {
     let node = start(0).await;

@@ -8,8 +8,13 @@
 //! A closed session's accepted shares are parked with its record and handed
 //! to the connection that resumes it: the same extranonce1 hashes the same
 //! headers, so a share accepted before the reconnect stays a duplicate.
+//!
+//! The session id is a random 64-bit token, not the extranonce1 (ckpool
+//! uses the extranonce1, which every miner sees and which is handed out in
+//! sequence): a stranger who could name a neighbour's session would take
+//! its extranonce1 the moment that miner's connection dropped.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -25,6 +30,8 @@ pub struct Allocation {
 
 #[derive(Debug)]
 struct Record {
+    /// The extranonce1 as a number (its key in `taken`).
+    value: u64,
     extranonce1: Vec<u8>,
     /// `None` while a connection holds it.
     released_at: Option<Instant>,
@@ -52,6 +59,8 @@ pub struct ExtranonceAllocator {
 struct AllocatorState {
     next: u64,
     by_session: HashMap<String, Record>,
+    /// The extranonce1 values of the records in `by_session`.
+    taken: HashSet<u64>,
     /// Released sessions, oldest first: expiry and the cap take from the
     /// front. An entry whose record was resumed (or released again later)
     /// since is skipped when it comes up.
@@ -89,9 +98,25 @@ impl AllocatorState {
             .get(session)
             .is_some_and(|record| record.released_at == Some(at));
         if current {
-            self.by_session.remove(session);
+            self.forget(session);
         }
         current
+    }
+
+    fn forget(&mut self, session: &str) {
+        if let Some(record) = self.by_session.remove(session) {
+            self.taken.remove(&record.value);
+        }
+    }
+
+    /// A fresh session id, unguessable and unused.
+    fn new_session_id(&self) -> String {
+        loop {
+            let id = format!("{:016x}", rand::random::<u64>());
+            if !self.by_session.contains_key(&id) {
+                return id;
+            }
+        }
     }
 }
 
@@ -157,14 +182,15 @@ impl ExtranonceAllocator {
                     state.next % (1u64 << modulus_bits)
                 };
                 state.next = state.next.wrapping_add(1);
-                let extranonce1 = self.encode(value);
-                let session_id = hex::encode(&extranonce1);
-                if state.by_session.contains_key(&session_id) {
+                if !state.taken.insert(value) {
                     continue;
                 }
+                let extranonce1 = self.encode(value);
+                let session_id = state.new_session_id();
                 state.by_session.insert(
                     session_id.clone(),
                     Record {
+                        value,
                         extranonce1: extranonce1.clone(),
                         released_at: None,
                         shares: None,
@@ -202,7 +228,7 @@ impl ExtranonceAllocator {
     ) {
         let mut state = self.state.lock();
         if !resumable {
-            state.by_session.remove(session_id);
+            state.forget(session_id);
             return;
         }
         let Some(record) = state.by_session.get_mut(session_id) else {
@@ -253,6 +279,28 @@ mod tests {
             .allocate(Some(&first.session_id), now + Duration::from_secs(61))
             .unwrap();
         assert!(!late.resumed);
+    }
+
+    #[test]
+    fn session_ids_cannot_be_guessed_from_extranonces() {
+        let allocator = ExtranonceAllocator::new(4, Duration::from_secs(60));
+        let now = Instant::now();
+        let first = allocator.allocate(None, now).unwrap();
+        let second = allocator.allocate(None, now).unwrap();
+        // A neighbour's extranonce1 (which every miner can work out from
+        // its own) does not name its session.
+        allocator.release(&first.session_id, now, true);
+        let guess = allocator
+            .allocate(Some(&hex::encode(&first.extranonce1)), now)
+            .unwrap();
+        assert!(!guess.resumed);
+        assert_ne!(guess.extranonce1, first.extranonce1);
+        assert_eq!(first.session_id.len(), 16);
+        assert_ne!(first.session_id, second.session_id);
+        // Its own session id still resumes it.
+        let resumed = allocator.allocate(Some(&first.session_id), now).unwrap();
+        assert!(resumed.resumed);
+        assert_eq!(resumed.extranonce1, first.extranonce1);
     }
 
     #[test]

@@ -11,21 +11,39 @@ use crate::counters::PoolCounters;
 use crate::limits::{IpKey, IpTable, LimitKind, LimitSettings, LogBudget};
 use crate::session::CloseReason;
 
+/// An IPv6 site (/48) may use this many sources' (/64s') worth of the
+/// per-source limits: a home or an office with a few /64s is served as a
+/// few sources, and a stranger holding a whole /48 (65,536 /64s) gets no
+/// more than that, and is banned as one site when it keeps abusing.
+pub(crate) const SITE_SCALE: u32 = 4;
+
 pub(crate) struct Guard {
-    table: Mutex<IpTable>,
+    tables: Mutex<Tables>,
     log: Mutex<LogBudget>,
+}
+
+struct Tables {
+    /// IPv4 addresses and IPv6 /64s.
+    sources: IpTable,
+    /// IPv6 /48s, each allowed [`SITE_SCALE`] sources' worth.
+    sites: IpTable,
 }
 
 /// An admitted connection; hand it back to [`Guard::release`] when it closes.
 pub(crate) struct Ticket {
     /// `None`: an allow-listed source, not tracked.
     key: Option<IpKey>,
+    /// The IPv6 site of `key`.
+    site: Option<IpKey>,
 }
 
 impl Guard {
     pub(crate) fn new(limits: &LimitSettings, now: Instant) -> Guard {
         Guard {
-            table: Mutex::new(IpTable::new(limits.ip_table_size, now)),
+            tables: Mutex::new(Tables {
+                sources: IpTable::new(limits.ip_table_size, now),
+                sites: IpTable::scaled(limits.ip_table_size, SITE_SCALE, now),
+            }),
             log: Mutex::new(LogBudget::new(now)),
         }
     }
@@ -39,17 +57,34 @@ impl Guard {
         now: Instant,
     ) -> Result<Ticket, LimitKind> {
         if limits.allows(peer.ip()) {
-            return Ok(Ticket { key: None });
+            return Ok(Ticket {
+                key: None,
+                site: None,
+            });
         }
         let key = IpKey::of(peer.ip());
+        let site = IpKey::site(peer.ip());
         let (admission, sources) = {
-            let mut table = self.table.lock();
-            (table.admit(key, limits, now), table.len())
+            let mut tables = self.tables.lock();
+            // The source's own limits first, so that one /64 at its limit
+            // does not spend what its site's other /64s may use.
+            let admission = tables.sources.admit(key, limits, now).and_then(|()| {
+                let Some(site) = site else {
+                    return Ok(());
+                };
+                tables.sites.admit(site, limits, now).inspect_err(|_| {
+                    tables.sources.release(key, false, limits, now);
+                })
+            });
+            (admission, tables.sources.len())
         };
         counters
             .ip_sources
             .store(sources as u64, std::sync::atomic::Ordering::Relaxed);
-        admission.map(|()| Ticket { key: Some(key) })
+        admission.map(|()| Ticket {
+            key: Some(key),
+            site,
+        })
     }
 
     /// A connection closed; one closed for abuse (protocol errors, invalid
@@ -75,9 +110,19 @@ impl Guard {
         let Some(key) = ticket.key else {
             return;
         };
-        let banned = self.table.lock().release(key, abuse.is_some(), limits, now);
+        let (banned, site_banned) = {
+            let mut tables = self.tables.lock();
+            let banned = tables.sources.release(key, abuse.is_some(), limits, now);
+            let site_banned = ticket
+                .site
+                .filter(|&site| tables.sites.release(site, abuse.is_some(), limits, now));
+            (banned, site_banned)
+        };
         if banned {
             self.banned(counters, key, limits, now);
+        }
+        if let Some(site) = site_banned {
+            self.banned(counters, site, limits, now);
         }
     }
 

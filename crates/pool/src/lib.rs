@@ -89,6 +89,11 @@ pub(crate) struct PoolShared {
     /// Cancelled when the pool stops: ends the block keepers' retries
     /// (the store has what they had not finished).
     pub(crate) stopping: tokio_util::sync::CancellationToken,
+    /// Cancelled when a graceful stop's time for the connections is up:
+    /// each session still open ends at its next wait (a read, a write, the
+    /// journal), so that no share is judged after the stop stopped waiting
+    /// for the blocks being stored and submitted.
+    pub(crate) sessions_stop: tokio_util::sync::CancellationToken,
     events: Arc<dyn EventSink>,
     pub(crate) journal: Option<Journal>,
     event_factory: EventFactory,
@@ -317,6 +322,7 @@ pub async fn start(settings: PoolSettings, deps: PoolDeps) -> Result<PoolHandle,
         found_blocks: parking_lot::Mutex::default(),
         block_store,
         stopping: tokio_util::sync::CancellationToken::new(),
+        sessions_stop: tokio_util::sync::CancellationToken::new(),
         events: deps.events,
         journal: deps.journal,
         event_factory: deps.event_factory,
@@ -462,7 +468,20 @@ impl PoolHandle {
     /// most [`BLOCK_SUBMIT_GRACE`]), then commit the journal.
     pub async fn shutdown(self, grace: Duration) {
         let _ = self.shutdown_tx.send(true);
-        let _ = tokio::time::timeout(grace, self.server).await;
+        let mut server = self.server;
+        if tokio::time::timeout(grace, &mut server).await.is_err() {
+            // Connections still open (a miner that does not read, a write
+            // waiting for its timeout): they end now, at their next wait.
+            // A share judged before that has its block, if it was one, in
+            // `block_submissions` already; none is judged after.
+            self.shared.sessions_stop.cancel();
+            if tokio::time::timeout(session::SESSION_STOP_WAIT, &mut server)
+                .await
+                .is_err()
+            {
+                tracing::error!("stopping: connections still open after they were told to end");
+            }
+        }
         // A block found in the last moments is worth a longer stop: its
         // submission and its `block_submitted` event are not cut short.
         let submissions = &self.shared.block_submissions;

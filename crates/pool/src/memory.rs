@@ -13,23 +13,46 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
+/// Workers remembered at most; past it the oldest entries go first. Only
+/// accepted shares create entries, but names cost nothing, so a miner with
+/// real hashrate cycling worker names must not grow this without end.
+pub const MAX_REMEMBERED: usize = 100_000;
+
 #[derive(Debug)]
 pub struct DifficultyMemory {
     keep_for: Duration,
+    capacity: usize,
     entries: Mutex<HashMap<(String, String), (f64, Instant)>>,
 }
 
 impl DifficultyMemory {
     pub fn new(keep_for: Duration) -> DifficultyMemory {
+        DifficultyMemory::with_capacity(keep_for, MAX_REMEMBERED)
+    }
+
+    pub fn with_capacity(keep_for: Duration, capacity: usize) -> DifficultyMemory {
         DifficultyMemory {
             keep_for,
+            capacity: capacity.max(1),
             entries: Mutex::new(HashMap::new()),
         }
     }
 
     pub fn remember(&self, user: &str, worker: &str, difficulty: f64, now: Instant) {
         let mut entries = self.entries.lock();
-        entries.insert((user.to_string(), worker.to_string()), (difficulty, now));
+        let key = (user.to_string(), worker.to_string());
+        if entries.len() >= self.capacity && !entries.contains_key(&key) {
+            let keep_for = self.keep_for;
+            entries.retain(|_, (_, at)| now.saturating_duration_since(*at) < keep_for);
+            if entries.len() >= self.capacity {
+                // The oldest tenth goes, so that one sweep serves many new names.
+                let mut ages: Vec<Instant> = entries.values().map(|(_, at)| *at).collect();
+                let cut = (self.capacity / 10).min(ages.len() - 1);
+                let (_, &mut threshold, _) = ages.select_nth_unstable(cut);
+                entries.retain(|_, (_, at)| *at > threshold);
+            }
+        }
+        entries.insert(key, (difficulty, now));
     }
 
     pub fn recall(&self, user: &str, worker: &str, now: Instant) -> Option<f64> {
@@ -76,5 +99,20 @@ mod tests {
         );
         memory.prune(now + Duration::from_secs(25 * 3600));
         assert!(memory.is_empty());
+    }
+
+    #[test]
+    fn bounded_however_many_workers_earn_a_difficulty() {
+        let memory = DifficultyMemory::with_capacity(Duration::from_secs(24 * 3600), 1000);
+        let start = Instant::now();
+        for i in 0..20_000u64 {
+            let now = start + Duration::from_millis(i);
+            memory.remember("addr", &format!("w{i}"), 64.0, now);
+            assert!(memory.len() <= 1000, "{}", memory.len());
+        }
+        let end = start + Duration::from_secs(20);
+        // The most recent entries are the ones kept.
+        assert_eq!(memory.recall("addr", "w19999", end), Some(64.0));
+        assert_eq!(memory.recall("addr", "w0", end), None);
     }
 }

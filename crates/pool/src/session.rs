@@ -48,6 +48,12 @@ pub const STOP_LINGER: Duration = Duration::from_millis(500);
 /// that hangs must not hold the miner (the block is submitted regardless).
 const BLOCK_STORE_WAIT: Duration = Duration::from_secs(5);
 
+/// How long a graceful stop waits for the connections once they are told
+/// to end at their next wait (`PoolShared::sessions_stop`): a block share's
+/// answer may be waiting for the block store.
+pub(crate) const SESSION_STOP_WAIT: Duration =
+    BLOCK_STORE_WAIT.saturating_add(Duration::from_secs(1));
+
 /// Why a connection ended, for logs and the disconnect event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CloseReason {
@@ -213,6 +219,7 @@ impl Session {
         let mut armed = self.timeout_deadline();
         let timeout = tokio::time::sleep_until(armed.into());
         tokio::pin!(timeout);
+        let stop = self.shared.sessions_stop.clone();
         let reason = loop {
             self.refresh_live();
             let deadline = self.timeout_deadline();
@@ -222,6 +229,7 @@ impl Session {
             }
             tokio::select! {
                 biased;
+                () = stop.cancelled() => break CloseReason::Shutdown,
                 _ = shutdown.changed() => {
                     out.push_str(&tbg_stratum::client_reconnect(None, None, None));
                     if self.flush(&mut stream, &mut out).await.is_ok() {
@@ -297,9 +305,21 @@ impl Session {
     ) {
         let until = Instant::now() + STOP_LINGER;
         let max_line = self.shared.settings.max_line_bytes;
-        while let Ok(Ok(LineRead::Line)) =
-            tokio::time::timeout_at(until.into(), read_line_limited(stream, line, max_line)).await
-        {
+        let stop = self.shared.sessions_stop.clone();
+        loop {
+            // A line already buffered is still taken past `until`
+            // (`timeout_at` polls the read first): it may be a block. Once
+            // the stop has told sessions to end, none is.
+            if stop.is_cancelled() {
+                return;
+            }
+            let read = tokio::select! {
+                read = tokio::time::timeout_at(until.into(), read_line_limited(stream, line, max_line)) => read,
+                () = stop.cancelled() => return,
+            };
+            if !matches!(read, Ok(Ok(LineRead::Line))) {
+                return;
+            }
             let keep = self.handle_line(line, out, work_rx);
             line.clear();
             if self.flush(stream, out).await.is_err() || keep.is_err() {
@@ -345,20 +365,30 @@ impl Session {
             let _ = tokio::time::timeout(BLOCK_STORE_WAIT, stored).await;
         }
         // Nothing is confirmed to the miner before its events are durable.
+        let stop = self.shared.sessions_stop.clone();
         if let Some(journal) = &self.shared.journal {
             let seq = self.pending_seq.load(Ordering::Relaxed);
-            if seq > journal.durable_seq() && journal.wait_durable(seq).await.is_err() {
-                return Err(CloseReason::Shutdown);
+            if seq > journal.durable_seq() {
+                let durable = tokio::select! {
+                    durable = journal.wait_durable(seq) => durable.is_ok(),
+                    () = stop.cancelled() => false,
+                };
+                if !durable {
+                    return Err(CloseReason::Shutdown);
+                }
             }
         }
         let write = tokio::time::timeout(
             self.shared.settings.write_timeout,
             writer.write_all(out.as_bytes()),
         );
-        let result = match write.await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(_)) => Err(CloseReason::IoError),
-            Err(_) => Err(CloseReason::WriteTimeout),
+        let result = tokio::select! {
+            written = write => match written {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(_)) => Err(CloseReason::IoError),
+                Err(_) => Err(CloseReason::WriteTimeout),
+            },
+            () = stop.cancelled() => Err(CloseReason::Shutdown),
         };
         out.clear();
         result

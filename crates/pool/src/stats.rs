@@ -114,10 +114,36 @@ impl WorkerStats {
 /// A worker's stats, shared between its sessions and the status API.
 pub type WorkerHandle = Arc<Mutex<WorkerStats>>;
 
-/// Every worker seen, by address and worker name.
-#[derive(Debug, Default)]
+/// Workers kept at most (beyond the ones with a live connection, which are
+/// never forgotten). Stratum V1 has no password: anyone can authorize as
+/// any address and worker name, so without a cap a stranger cycling names
+/// would grow this without end.
+pub const MAX_TRACKED_WORKERS: usize = 100_000;
+
+/// Every worker seen, by address and worker name, at most `capacity` of
+/// them: past it, workers without a connection are forgotten, those that
+/// never had a share accepted first (what a stranger's made-up names look
+/// like), then the longest idle.
+#[derive(Debug)]
 pub struct StatsRegistry {
-    users: Mutex<HashMap<String, HashMap<String, WorkerHandle>>>,
+    capacity: usize,
+    inner: Mutex<Registry>,
+}
+
+#[derive(Debug, Default)]
+struct Registry {
+    users: HashMap<String, HashMap<String, WorkerHandle>>,
+    workers: usize,
+    /// No sweep before this many workers: when connected workers alone
+    /// fill the registry, a sweep frees nothing, and each new name must
+    /// not pay for another one.
+    sweep_at: usize,
+}
+
+impl Default for StatsRegistry {
+    fn default() -> StatsRegistry {
+        StatsRegistry::with_capacity(MAX_TRACKED_WORKERS)
+    }
 }
 
 /// A snapshot of one worker for the status API.
@@ -151,14 +177,49 @@ pub struct UserSnapshot {
 }
 
 impl StatsRegistry {
+    pub fn with_capacity(capacity: usize) -> StatsRegistry {
+        StatsRegistry {
+            capacity: capacity.max(1),
+            inner: Mutex::new(Registry::default()),
+        }
+    }
+
+    /// Workers tracked.
+    pub fn len(&self) -> usize {
+        self.inner.lock().workers
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// The shared stats of a worker, created on first sight; counts a connection.
     pub fn attach(&self, user: &str, worker: &str, now: Instant) -> WorkerHandle {
-        let mut users = self.users.lock();
-        let workers = users.entry(user.to_string()).or_default();
-        let handle = workers
-            .entry(worker.to_string())
-            .or_insert_with(|| Arc::new(Mutex::new(WorkerStats::new(now))))
-            .clone();
+        let mut inner = self.inner.lock();
+        let known = inner
+            .users
+            .get(user)
+            .and_then(|workers| workers.get(worker))
+            .cloned();
+        let handle = match known {
+            Some(handle) => handle,
+            None => {
+                if inner.workers >= self.capacity.max(inner.sweep_at) {
+                    // A tenth at once, so that a stream of new names pays
+                    // one sweep per many of them.
+                    inner.evict_idle(self.capacity - self.capacity / 10);
+                    inner.sweep_at = inner.workers + self.capacity / 10;
+                }
+                let handle = Arc::new(Mutex::new(WorkerStats::new(now)));
+                inner
+                    .users
+                    .entry(user.to_string())
+                    .or_default()
+                    .insert(worker.to_string(), handle.clone());
+                inner.workers += 1;
+                handle
+            }
+        };
         handle.lock().connections += 1;
         handle
     }
@@ -172,33 +233,88 @@ impl StatsRegistry {
     /// Forgets workers idle for longer than `idle` with no connection, so
     /// memory stays bounded however many addresses ever mined.
     pub fn prune(&self, idle: Duration, now: Instant) {
-        let mut users = self.users.lock();
-        users.retain(|_, workers| {
-            workers.retain(|_, handle| {
-                let stats = handle.lock();
-                let last = stats.last_share.unwrap_or(stats.rates.last);
-                stats.connections > 0 || now.saturating_duration_since(last) < idle
-            });
-            !workers.is_empty()
+        self.inner.lock().retain(|stats| {
+            let last = stats.last_share.unwrap_or(stats.rates.last);
+            stats.connections > 0 || now.saturating_duration_since(last) < idle
         });
     }
 
     pub fn user(&self, address: &str, now: Instant) -> Option<UserSnapshot> {
-        let users = self.users.lock();
-        users
+        let inner = self.inner.lock();
+        inner
+            .users
             .get(address)
             .map(|workers| snapshot_user(address, workers, now))
     }
 
     pub fn users(&self, now: Instant) -> Vec<UserSnapshot> {
-        let users = self.users.lock();
-        let mut out: Vec<UserSnapshot> = users
+        let inner = self.inner.lock();
+        let mut out: Vec<UserSnapshot> = inner
+            .users
             .iter()
             .map(|(address, workers)| snapshot_user(address, workers, now))
             .collect();
         out.sort_by(|a, b| a.address.cmp(&b.address));
         out
     }
+}
+
+impl Registry {
+    /// Keeps the workers `keep` says yes to.
+    fn retain(&mut self, mut keep: impl FnMut(&WorkerStats) -> bool) {
+        let mut workers = 0;
+        self.users.retain(|_, user| {
+            user.retain(|_, handle| keep(&handle.lock()));
+            workers += user.len();
+            !user.is_empty()
+        });
+        self.workers = workers;
+        // Room was made: the next new name past the cap sweeps again.
+        self.sweep_at = 0;
+    }
+
+    /// Forgets workers without a connection until at most `target` remain
+    /// (or none without a connection is left): those that never had a
+    /// share accepted first, then the longest idle.
+    fn evict_idle(&mut self, target: usize) {
+        let excess = self.workers.saturating_sub(target);
+        if excess == 0 {
+            return;
+        }
+        // (ever accepted, last activity) of every idle worker; the
+        // `excess` smallest go.
+        let mut idle: Vec<(bool, Instant)> = self
+            .users
+            .values()
+            .flat_map(HashMap::values)
+            .filter_map(|handle| {
+                let stats = handle.lock();
+                (stats.connections == 0).then(|| eviction_rank(&stats))
+            })
+            .collect();
+        if idle.is_empty() {
+            return;
+        }
+        let cut = excess.min(idle.len()) - 1;
+        let (_, &mut threshold, _) = idle.select_nth_unstable(cut);
+        let mut budget = cut + 1;
+        self.retain(|stats| {
+            if budget == 0 || stats.connections > 0 || eviction_rank(stats) > threshold {
+                return true;
+            }
+            budget -= 1;
+            false
+        });
+    }
+}
+
+/// Idle workers in the order they are forgotten: never credited first,
+/// then by last activity.
+fn eviction_rank(stats: &WorkerStats) -> (bool, Instant) {
+    (
+        stats.shares_accepted > 0,
+        stats.last_share.unwrap_or(stats.rates.last),
+    )
 }
 
 fn snapshot_user(
@@ -297,5 +413,51 @@ mod tests {
         StatsRegistry::detach(&worker);
         registry.prune(Duration::from_secs(60), now + Duration::from_secs(120));
         assert!(registry.user("addr", now).is_none());
+        assert!(registry.is_empty());
+    }
+
+    #[test]
+    fn made_up_names_cannot_grow_the_registry_or_push_out_real_miners() {
+        let registry = StatsRegistry::with_capacity(1000);
+        let start = Instant::now();
+        // A real miner, connected, and another one that mined and left.
+        let live = registry.attach("honest", "rig", start);
+        live.lock().record_accepted(1.0, 1.0, start);
+        let left = registry.attach("honest", "old-rig", start);
+        left.lock().record_accepted(1.0, 2.0, start);
+        StatsRegistry::detach(&left);
+        // A stranger authorizes 100,000 made-up names, one connection each.
+        for i in 0..100_000u32 {
+            let now = start + Duration::from_millis(u64::from(i));
+            let fake = registry.attach(&format!("addr{}", i % 97), &format!("w{i}"), now);
+            StatsRegistry::detach(&fake);
+            assert!(registry.len() <= 1000, "{} workers", registry.len());
+        }
+        let honest = registry.user("honest", start).expect("the real miner kept");
+        let names: Vec<_> = honest.workers.iter().map(|w| w.worker.as_str()).collect();
+        assert_eq!(
+            names,
+            ["old-rig", "rig"],
+            "credited workers outlive made-up ones"
+        );
+        assert_eq!(honest.shares_accepted, 2);
+        assert_eq!(honest.workers_connected, 1);
+    }
+
+    #[test]
+    fn live_workers_are_never_forgotten() {
+        let registry = StatsRegistry::with_capacity(10);
+        let now = Instant::now();
+        let handles: Vec<_> = (0..50)
+            .map(|i| registry.attach("addr", &format!("w{i}"), now))
+            .collect();
+        assert_eq!(registry.len(), 50, "every connected worker is kept");
+        for handle in &handles[..45] {
+            StatsRegistry::detach(handle);
+        }
+        registry.attach("addr", "new", now);
+        assert!(registry.len() <= 10, "{}", registry.len());
+        let kept = registry.user("addr", now).unwrap();
+        assert_eq!(kept.workers_connected, 6);
     }
 }

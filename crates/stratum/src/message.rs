@@ -24,7 +24,8 @@ pub const MAX_EXTRANONCE2_BYTES: usize = 16;
 /// Most extensions accepted in one mining.configure.
 pub const MAX_EXTENSIONS: usize = 16;
 const MAX_EXTENSION_NAME_CHARS: usize = 64;
-/// A resumable session id is at most this many hex characters (ours are 8).
+/// A resumable session id is at most this many hex characters (ours are 16:
+/// a random 64-bit token).
 const MAX_SESSION_ID_CHARS: usize = 16;
 
 /// Typed client messages (from a [`Request`]).

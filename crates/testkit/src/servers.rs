@@ -41,6 +41,9 @@ fn pg_command(binary: &str) -> Command {
     if is_root() {
         let mut command = Command::new("runuser");
         command.args(["-u", "postgres", "--"]).arg(path);
+        // The postgres user may not enter the test's directory (a clone
+        // in a private temporary directory): PostgreSQL's tools complain.
+        command.current_dir("/");
         command
     } else {
         Command::new(path)

@@ -159,3 +159,70 @@ async fn a_block_crossing_the_graceful_stop_is_answered_and_submitted() {
     );
     node.shutdown().await;
 }
+
+/// A graceful stop ends every connection before it returns, also one whose
+/// miner does not read (the pool's writes to it wait for their timeout):
+/// no share is judged after the stop stopped waiting for the blocks being
+/// stored and submitted, so none can be a block that nobody waits for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_stop_ends_a_connection_that_does_not_read() {
+    use tokio::io::AsyncWriteExt;
+    // No request limits: the miner's flood of requests must be answered
+    // (and its answers left unread), not refused and closed.
+    let env = TestEnv::start_with(|settings| {
+        settings.limits = tbg_pool::limits::LimitSettings::unlimited();
+    })
+    .await;
+    let (address, _) = regtest_address(AddressKind::P2wpkh);
+    let stream = tokio::net::TcpStream::connect(env.stratum_addr())
+        .await
+        .unwrap();
+    let (_unread, mut writer) = stream.into_split();
+    let hello = format!(
+        "{{\"id\":1,\"method\":\"mining.subscribe\",\"params\":[]}}\n\
+         {{\"id\":2,\"method\":\"mining.authorize\",\"params\":[\"{address}.deaf\",\"x\"]}}\n"
+    );
+    writer.write_all(hello.as_bytes()).await.unwrap();
+    // Requests the pool answers, never read: its replies fill the socket
+    // until its writes wait. Our own writes then stall too.
+    let line = b"{\"id\":3,\"method\":\"mining.extranonce.subscribe\",\"params\":[]}\n".repeat(64);
+    let (stalled_tx, stalled_rx) = tokio::sync::oneshot::channel();
+    let flood = tokio::spawn(async move {
+        let mut stalled_tx = Some(stalled_tx);
+        loop {
+            match tokio::time::timeout(Duration::from_millis(500), writer.write_all(&line)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return,
+                Err(_) => {
+                    if let Some(tx) = stalled_tx.take() {
+                        let _ = tx.send(());
+                    }
+                }
+            }
+        }
+    });
+    tokio::time::timeout(Duration::from_secs(60), stalled_rx)
+        .await
+        .expect("the pool stops reading a miner that does not read")
+        .unwrap();
+    // A view outlives the handle that the stop consumes.
+    let view = env.service.pool.view();
+    assert_eq!(tbg_pool::PoolCounters::get(&view.counters().connections), 1);
+
+    let TestEnv { node, service, .. } = env;
+    let started = std::time::Instant::now();
+    // 1 s for the connections, well short of the 10 s write timeout.
+    service.shutdown(Duration::from_secs(1)).await;
+    assert_eq!(
+        tbg_pool::PoolCounters::get(&view.counters().connections),
+        0,
+        "the stop returned with the connection still open"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        started.elapsed()
+    );
+    flood.abort();
+    node.shutdown().await;
+}

@@ -240,10 +240,9 @@ async fn a_connect_flood_from_one_source_is_refused_while_another_mines() {
 struct LoopbackAddresses(Vec<Ipv6Addr>);
 
 impl LoopbackAddresses {
-    fn add(prefix: u16, count: u16) -> Option<LoopbackAddresses> {
+    fn add(ips: impl IntoIterator<Item = Ipv6Addr>) -> Option<LoopbackAddresses> {
         let mut added = LoopbackAddresses(Vec::new());
-        for host in 1..=count {
-            let ip = Ipv6Addr::new(0x2001, 0xdb8, 0x7b6, prefix, 0, 0, 0, host);
+        for ip in ips {
             let status = std::process::Command::new("ip")
                 .args([
                     "-6",
@@ -279,7 +278,8 @@ impl Drop for LoopbackAddresses {
 async fn a_sweep_of_addresses_of_one_ipv6_64_is_limited_as_one_source() {
     // A /64 of its own per run, so parallel runs do not share a source.
     let prefix = (std::process::id() & 0xffff) as u16;
-    let Some(addresses) = LoopbackAddresses::add(prefix, 40) else {
+    let hosts = (1..=40).map(|host| Ipv6Addr::new(0x2001, 0xdb8, 0x7b6, prefix, 0, 0, 0, host));
+    let Some(addresses) = LoopbackAddresses::add(hosts) else {
         eprintln!(
             "SKIPPED: cannot add IPv6 addresses to lo (needs root); the /64 keying is \
              unit-tested in tbg-pool (limits::tests::ipv6_sources_are_keyed_by_their_64)"
@@ -307,6 +307,42 @@ async fn a_sweep_of_addresses_of_one_ipv6_64_is_limited_as_one_source() {
         tbg_pool::PoolCounters::get(&env.service.pool.counters().ip_sources),
         2
     );
+    drop(served);
+    honest.finish(&env, 3).await;
+    env.shutdown().await;
+    drop(addresses);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sweep_of_64s_of_one_ipv6_48_is_limited_as_one_site() {
+    // A /48 of its own per run (the /64 test's is 2001:db8:7b6::/48), and
+    // one address in each of 80 of its /64s: an attacker holding a whole
+    // site, each connection from a fresh source.
+    let site = 0x8000 | (std::process::id() & 0x7fff) as u16;
+    let hosts = (1..=80).map(|n| Ipv6Addr::new(0x2001, 0xdb8, site, n, 0, 0, 0, 1));
+    let Some(addresses) = LoopbackAddresses::add(hosts) else {
+        eprintln!(
+            "SKIPPED: cannot add IPv6 addresses to lo (needs root); the /48 keying is \
+             unit-tested in tbg-pool (limits::tests::a_site_is_allowed_a_few_sources_worth)"
+        );
+        return;
+    };
+    let env = start(|settings| {
+        settings.stratum_bind = SocketAddr::from((Ipv6Addr::LOCALHOST, 0));
+    })
+    .await;
+    let honest = Honest::start(&env, IpAddr::V6(Ipv6Addr::LOCALHOST));
+    let locals: Vec<IpAddr> = addresses.0.iter().copied().map(IpAddr::V6).collect();
+    let (served, refused) = flood(env.stratum_addr(), &locals, 80, 80).await;
+    // Each /64 is within its own rate; the site gets 4 sources' worth (40
+    // a minute, and what refills while the sweep runs).
+    assert!(
+        (40..=42).contains(&served.len()),
+        "{} of 80 served",
+        served.len()
+    );
+    assert_eq!(served.len() + refused, 80);
+    assert_eq!(refusals(&env, LimitKind::ConnectRate), refused as u64);
     drop(served);
     honest.finish(&env, 3).await;
     env.shutdown().await;

@@ -11,7 +11,7 @@ use std::fmt;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-pub use source::{Cidr, CidrError, IpKey};
+pub use source::{Cidr, CidrError, IpKey, IPV6_SITE_PREFIX};
 pub use table::IpTable;
 
 /// Why a connection or a request was refused; the `kind` label of

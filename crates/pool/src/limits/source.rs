@@ -8,23 +8,50 @@ use std::str::FromStr;
 /// one (one host usually holds a whole /64, so its addresses are one
 /// source). IPv4-mapped IPv6 addresses are their IPv4 address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct IpKey(pub(super) u128);
+pub struct IpKey {
+    bits: u128,
+    /// 128 for IPv4 (shown as the address), else the IPv6 prefix length.
+    prefix: u8,
+}
+
+/// The prefix of an IPv6 site: what an ISP hands one customer (RFC 6177:
+/// a /48, or a /56), so the 65,536 /64s a single attacker may hold there
+/// still count as one site ([`IpKey::site`]).
+pub const IPV6_SITE_PREFIX: u8 = 48;
 
 impl IpKey {
     pub fn of(ip: IpAddr) -> IpKey {
         match ip.to_canonical() {
-            IpAddr::V4(v4) => IpKey(u128::from(v4.to_ipv6_mapped())),
-            IpAddr::V6(v6) => IpKey(u128::from(v6) & !u128::from(u64::MAX)),
+            IpAddr::V4(v4) => IpKey {
+                bits: u128::from(v4.to_ipv6_mapped()),
+                prefix: 128,
+            },
+            IpAddr::V6(v6) => IpKey {
+                bits: u128::from(v6) & mask(64),
+                prefix: 64,
+            },
+        }
+    }
+
+    /// The /48 an IPv6 source belongs to; `None` for IPv4, whose address
+    /// is the whole source already.
+    pub fn site(ip: IpAddr) -> Option<IpKey> {
+        match ip.to_canonical() {
+            IpAddr::V4(_) => None,
+            IpAddr::V6(v6) => Some(IpKey {
+                bits: u128::from(v6) & mask(IPV6_SITE_PREFIX),
+                prefix: IPV6_SITE_PREFIX,
+            }),
         }
     }
 }
 
 impl fmt::Display for IpKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let v6 = Ipv6Addr::from(self.0);
-        match v6.to_ipv4_mapped() {
-            Some(v4) => write!(f, "{v4}"),
-            None => write!(f, "{v6}/64"),
+        let v6 = Ipv6Addr::from(self.bits);
+        match (self.prefix, v6.to_ipv4_mapped()) {
+            (128, Some(v4)) => write!(f, "{v4}"),
+            (prefix, _) => write!(f, "{v6}/{prefix}"),
         }
     }
 }

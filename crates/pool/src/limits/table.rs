@@ -8,6 +8,12 @@ use super::{millis, Bucket, IpKey, LimitKind, LimitSettings};
 
 const NIL: u32 = u32::MAX;
 
+/// Idle sources looked at, oldest first, for one that is not banned when a
+/// new source needs a slot: a stranger cycling through fresh addresses
+/// must not push its own bans out of the table, and the search stays
+/// bounded.
+pub const EVICTION_SEARCH: usize = 64;
+
 #[derive(Debug, Clone)]
 struct Slot {
     key: IpKey,
@@ -24,13 +30,17 @@ struct Slot {
 
 /// Per-source state in a fixed number of slots. A new source takes a free
 /// slot, else the slot of the least recently seen source that has no open
-/// connection (its rates and ban are forgotten); when every slot holds a
-/// source with open connections, the new one is refused (`IpTableFull`).
-/// Nothing here grows past the capacity, and nothing panics.
+/// connection and is not banned (its rates are forgotten; a banned one goes
+/// only when [`EVICTION_SEARCH`] idle ones in a row are banned); when every
+/// slot holds a source with open connections, the new one is refused
+/// (`IpTableFull`). Nothing here grows past the capacity, and nothing panics.
 #[derive(Debug)]
 pub struct IpTable {
     epoch: Instant,
     capacity: usize,
+    /// The limits' counts are multiplied by this (a table of IPv6 sites
+    /// allows a site several sources' worth).
+    scale: u32,
     index: HashMap<IpKey, u32>,
     slots: Vec<Slot>,
     /// Most and least recently seen idle slots.
@@ -40,11 +50,18 @@ pub struct IpTable {
 
 impl IpTable {
     pub fn new(capacity: usize, now: Instant) -> IpTable {
+        IpTable::scaled(capacity, 1, now)
+    }
+
+    /// A table whose sources are each allowed `scale` times the limits'
+    /// connects, connections and abuse closures.
+    pub fn scaled(capacity: usize, scale: u32, now: Instant) -> IpTable {
         // Slot numbers are u32 with one value reserved.
         let capacity = capacity.clamp(1, NIL as usize - 1);
         IpTable {
             epoch: now,
             capacity,
+            scale: scale.max(1),
             index: HashMap::with_capacity(capacity.min(4096)),
             slots: Vec::with_capacity(capacity.min(4096)),
             newest: NIL,
@@ -84,9 +101,11 @@ impl IpTable {
         now: Instant,
     ) -> Result<(), LimitKind> {
         let ms = millis(self.epoch, now);
-        let Some(slot) = self.slot_for(key) else {
+        let Some(slot) = self.slot_for(key, limits.ban_duration, ms) else {
             return Err(LimitKind::IpTableFull);
         };
+        let max_connections = limits.max_connections_per_ip.saturating_mul(self.scale);
+        let connects_per_minute = limits.connects_per_minute_per_ip.saturating_mul(self.scale);
         let index = slot as usize;
         if self.slots[index].open == 0 {
             // Seen now: the idle list's newest.
@@ -104,10 +123,10 @@ impl IpTable {
             entry.strikes = Strikes::default();
             entry.connects = Bucket::full();
         }
-        if limits.max_connections_per_ip != 0 && entry.open >= limits.max_connections_per_ip {
+        if max_connections != 0 && entry.open >= max_connections {
             return Err(LimitKind::IpConnections);
         }
-        if !entry.connects.take(limits.connects_per_minute_per_ip, ms) {
+        if !entry.connects.take(connects_per_minute, ms) {
             return Err(LimitKind::ConnectRate);
         }
         entry.open += 1;
@@ -131,8 +150,11 @@ impl IpTable {
         let Some(&slot) = self.index.get(&key) else {
             return false;
         };
+        let ban_after = limits
+            .ban_after_refusals_per_minute
+            .saturating_mul(self.scale);
         let entry = &mut self.slots[slot as usize];
-        let banned = abused && strike(entry, limits, ms);
+        let banned = abused && strike(entry, ban_after, limits.ban_duration, ms);
         entry.open = entry.open.saturating_sub(1);
         if entry.open == 0 {
             self.link_newest(slot);
@@ -161,7 +183,7 @@ impl IpTable {
 
     /// The slot of `key`, taking a free or evicted one for a new source;
     /// `None` when every slot has open connections.
-    fn slot_for(&mut self, key: IpKey) -> Option<u32> {
+    fn slot_for(&mut self, key: IpKey, ban_duration: Duration, ms: u64) -> Option<u32> {
         if let Some(&slot) = self.index.get(&key) {
             return Some(slot);
         }
@@ -178,10 +200,7 @@ impl IpTable {
             self.slots.push(fresh);
             (self.slots.len() - 1) as u32
         } else {
-            let victim = self.oldest;
-            if victim == NIL {
-                return None;
-            }
+            let victim = self.eviction_victim(ban_duration, ms)?;
             self.unlink(victim);
             let old = std::mem::replace(&mut self.slots[victim as usize], fresh);
             self.index.remove(&old.key);
@@ -190,6 +209,33 @@ impl IpTable {
         self.index.insert(key, slot);
         self.link_newest(slot);
         Some(slot)
+    }
+
+    /// The idle source to forget for a newcomer: the least recently seen
+    /// one not serving a ban among the oldest [`EVICTION_SEARCH`], else the
+    /// oldest; `None` when no source is idle.
+    fn eviction_victim(&self, ban_duration: Duration, ms: u64) -> Option<u32> {
+        let oldest = self.oldest;
+        if oldest == NIL {
+            return None;
+        }
+        let banned = |slot: &Slot| {
+            slot.banned_since_ms.is_some_and(|since| {
+                !ban_duration.is_zero() && ms < since.saturating_add(millis_of(ban_duration))
+            })
+        };
+        let mut candidate = oldest;
+        for _ in 0..EVICTION_SEARCH {
+            if candidate == NIL {
+                break;
+            }
+            let slot = &self.slots[candidate as usize];
+            if !banned(slot) {
+                return Some(candidate);
+            }
+            candidate = slot.newer;
+        }
+        Some(oldest)
     }
 
     fn unlink(&mut self, slot: u32) {
@@ -247,9 +293,9 @@ struct Strikes {
 }
 
 /// A strike against a source; true when it starts a ban (more than
-/// `ban_after_refusals_per_minute` strikes within a minute).
-fn strike(entry: &mut Slot, limits: &LimitSettings, ms: u64) -> bool {
-    if limits.ban_after_refusals_per_minute == 0 || limits.ban_duration.is_zero() {
+/// `ban_after` strikes within a minute).
+fn strike(entry: &mut Slot, ban_after: u32, ban_duration: Duration, ms: u64) -> bool {
+    if ban_after == 0 || ban_duration.is_zero() {
         return false;
     }
     let strikes = &mut entry.strikes;
@@ -260,7 +306,7 @@ fn strike(entry: &mut Slot, limits: &LimitSettings, ms: u64) -> bool {
         };
     }
     strikes.count += 1;
-    if strikes.count <= limits.ban_after_refusals_per_minute {
+    if strikes.count <= ban_after {
         return false;
     }
     entry.banned_since_ms = Some(ms);

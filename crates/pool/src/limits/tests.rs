@@ -45,6 +45,78 @@ fn ipv6_sources_are_keyed_by_their_64() {
 }
 
 #[test]
+fn ipv6_sources_belong_to_their_48_site() {
+    let site = IpKey::site(ip("2001:db8:1:2::1")).unwrap();
+    assert_eq!(site, IpKey::site(ip("2001:db8:1:ffff::9")).unwrap());
+    assert_ne!(site, IpKey::site(ip("2001:db8:2::1")).unwrap());
+    assert_eq!(site.to_string(), "2001:db8:1::/48");
+    assert_eq!(IpKey::site(ip("192.0.2.7")), None);
+    assert_eq!(IpKey::site(ip("::ffff:192.0.2.7")), None);
+}
+
+#[test]
+fn a_site_is_allowed_a_few_sources_worth() {
+    let start = Instant::now();
+    let limits = LimitSettings {
+        ban_after_refusals_per_minute: 2,
+        ..LimitSettings::default()
+    };
+    let mut sites = IpTable::scaled(16, 4, start);
+    let site = IpKey::site(ip("2001:db8:9::1")).unwrap();
+    // 4 x 10 connects a minute, then refused.
+    for n in 0..40 {
+        assert_eq!(sites.admit(site, &limits, start), Ok(()), "connect {n}");
+        sites.release(site, false, &limits, start);
+    }
+    assert_eq!(
+        sites.admit(site, &limits, start),
+        Err(LimitKind::ConnectRate)
+    );
+    // 4 x 50 open at once.
+    let later = at(start, 3_600_000);
+    let mut open = 0;
+    while sites.admit(site, &limits, at(later, open * 1_500)).is_ok() {
+        open += 1;
+    }
+    assert_eq!(sites.open(site), 200);
+    // Banned after 4 x 2 abuse closures within a minute.
+    let banned: Vec<bool> = (0..9)
+        .map(|_| sites.release(site, true, &limits, at(later, 400_000)))
+        .collect();
+    assert_eq!(banned.iter().filter(|b| **b).count(), 1);
+    assert!(banned[8] && !banned[7]);
+}
+
+#[test]
+fn fresh_sources_cannot_push_a_ban_out_of_a_full_table() {
+    let start = Instant::now();
+    let limits = LimitSettings {
+        ban_after_refusals_per_minute: 1,
+        ..LimitSettings::default()
+    };
+    let mut table = IpTable::new(8, start);
+    let abuser = IpKey::of(ip("198.51.100.66"));
+    for _ in 0..2 {
+        assert_eq!(table.admit(abuser, &limits, start), Ok(()));
+        table.release(abuser, true, &limits, start);
+    }
+    assert!(table.is_banned(abuser, &limits, start));
+    // The abuser cycles through 10,000 fresh addresses to flush the table.
+    for n in 0u32..10_000 {
+        let fresh = IpKey::of(IpAddr::from((0x0a00_0000 + n).to_be_bytes()));
+        let now = at(start, u64::from(n));
+        assert_eq!(table.admit(fresh, &limits, now), Ok(()));
+        table.release(fresh, false, &limits, now);
+        assert!(table.len() <= 8);
+    }
+    assert_eq!(
+        table.admit(abuser, &limits, at(start, 10_000)),
+        Err(LimitKind::Banned),
+        "the ban outlived the churn"
+    );
+}
+
+#[test]
 fn cidrs_parse_and_match() {
     let farm: Cidr = "10.1.0.0/16".parse().unwrap();
     assert!(farm.contains(ip("10.1.255.3")));

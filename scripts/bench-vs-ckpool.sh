@@ -1,0 +1,133 @@
+#!/usr/bin/env bash
+# Our pool next to upstream ckpool (solo mode, `ckpool -B`) under the same
+# loads, against the same embedded regtest node: resident memory per miner
+# and CPU per share of each pool process.
+#   CKPOOL=/path/to/ckpool scripts/bench-vs-ckpool.sh
+# CKPOOL is a ckpool binary built from its public source (nothing of it is
+# in this repository). Loads (LOADS, default "flood paced"):
+#   flood: MINERS (1000) miners, 4 random-nonce submits in flight each, DURATION (15) s
+#   paced: MINERS miners at 10 shares/s each, DURATION s
+# Random nonces are hashed by the load tool first and those that would solve
+# a regtest block are skipped, so every share is judged and none is a block.
+# Each pool runs alone on core 1 (POOL_CPUS), the node and the load tool on
+# core 0; each load runs on a freshly started pool.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+: "${CKPOOL:?set CKPOOL to a ckpool binary}"
+. scripts/bench-common.sh
+trap 'kill $(jobs -p) 2>/dev/null; wait 2>/dev/null; rm -rf "$work"' EXIT
+miners=${MINERS:-1000}
+duration=${DURATION:-15}
+base=$((20000 + RANDOM % 20000))
+node_port=$((base + 1))
+address=bcrt1qw508d6qejxtdg4y5r3zarvary0c5xw7kygt080
+
+cat > "$work/devnet.toml" <<TOML
+network = "regtest"
+[journal]
+enabled = false
+[events]
+socket_path = "$work/devnet-events.sock"
+[metrics]
+bind = "127.0.0.1:0"
+collector_bind = "127.0.0.1:0"
+TOML
+RUST_LOG=warn taskset -c 0 "$TBG" devnet --config "$work/devnet.toml" --stratum "127.0.0.1:$base" \
+  --rpc "127.0.0.1:$node_port" --data-dir "$work/devnet" 2>"$work/devnet.log" &
+wait_for_port "$node_port"
+cookie=$(cat "$work/devnet/chain/.cookie")
+
+rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+hz=$(getconf CLK_TCK)
+
+start_ours() {
+  local port=$1
+  cat > "$work/ours.toml" <<TOML
+network = "regtest"
+[[nodes]]
+url = "127.0.0.1:$node_port"
+cookie_file = "$work/devnet/chain/.cookie"
+[pool]
+bind = "127.0.0.1:$port"
+mindiff = 1
+startdiff = 1
+# The load is 1,000 miners on one address flooding random shares: trusted,
+# past the per-connection rates on purpose.
+allow_list = ["127.0.0.1"]
+max_submits_per_minute = 0
+max_invalid_shares_per_minute = 4000000000
+[blocks]
+dir = "$work/ours-blocks"
+[journal]
+path = "$work/ours-journal/events.db"
+[events]
+socket_path = "$work/ours-events.sock"
+[metrics]
+bind = "127.0.0.1:0"
+collector_bind = "127.0.0.1:0"
+TOML
+  RUST_LOG=warn taskset -c "${POOL_CPUS:-1}" "$TBG" pool --config "$work/ours.toml" 2>>"$work/ours.log" &
+  pool_pid=$!
+}
+
+start_ckpool() {
+  local port=$1
+  mkdir -p "$work/cklogs" "$work/cksock"
+  cat > "$work/ckpool.conf" <<JSON
+{
+"btcd" : [ { "url" : "127.0.0.1:$node_port", "auth" : "${cookie%%:*}", "pass" : "${cookie#*:}", "notify" : false } ],
+"serverurl" : [ "127.0.0.1:$port" ],
+"mindiff" : 1,
+"startdiff" : 1,
+"blockpoll" : 500,
+"logdir" : "$work/cklogs",
+"zmqblock" : "tcp://127.0.0.1:$((base + 9))"
+}
+JSON
+  taskset -c "${POOL_CPUS:-1}" "$CKPOOL" -B -q -c "$work/ckpool.conf" -s "$work/cksock" -n ckbench \
+    >>"$work/ckpool.log" 2>&1 &
+  pool_pid=$!
+}
+
+run_load() {
+  local name=$1 load=$2 port=$3
+  local args
+  case $load in
+    flood) args="--profile flood --miners $miners --window 4 --rate 0 --duration $duration --ramp-up 5" ;;
+    paced) args="--profile standard --miners $miners --rate 10 --duration $duration --ramp-up 5" ;;
+    *) echo "unknown load $load" >&2; return 1 ;;
+  esac
+  wait_for_port "$port"
+  sleep 2
+  local idle; idle=$(rss_kb "$pool_pid")
+  local ticks_before; ticks_before=$(cpu_ticks "$pool_pid")
+  taskset -c 0 "$TBG" loadtest --pool "127.0.0.1:$port" --addresses "$address" $args > "$work/$name-$load.txt"
+  local ticks_after; ticks_after=$(cpu_ticks "$pool_pid")
+  local after; after=$(rss_kb "$pool_pid")
+  local answered
+  answered=$(sed -n 's/^shares sent [0-9]* answered \([0-9]*\).*/\1/p' "$work/$name-$load.txt")
+  python3 - "$name" "$load" "$idle" "$after" "$miners" "$ticks_before" "$ticks_after" "$hz" "${answered:-0}" <<'PY'
+import sys
+name, load, idle, after, miners, t0, t1, hz, answered = sys.argv[1:]
+idle, after, miners, t0, t1, hz, answered = int(idle), int(after), int(miners), int(t0), int(t1), int(hz), int(answered)
+cpu = (t1 - t0) / hz
+per_share = cpu / answered * 1e6 if answered else float("nan")
+print(f"{name:7} {load:5}: RSS idle {idle} kB -> {after} kB after, "
+      f"{(after - idle) / miners:.1f} kB per miner; {answered} shares answered, "
+      f"CPU {cpu:.2f} s = {per_share:.2f} us per share")
+PY
+  grep -E '^(miners|share round trip|shares sent|  rejected|  error)' "$work/$name-$load.txt" | sed 's/^/    /' || true
+  kill "$pool_pid" 2>/dev/null; wait "$pool_pid" 2>/dev/null || true
+}
+
+echo "machine: $(nproc) cores, $(lscpu | sed -n 's/Model name: *//p'), $(date -u +%Y-%m-%dT%H:%MZ)"
+echo "ckpool: $("$CKPOOL" -h 2>&1 | head -1 || true)"
+n=0
+for load in ${LOADS:-flood paced}; do
+  n=$((n + 1))
+  port=$((base + 10 + n * 2))
+  start_ours "$port"; run_load ours "$load" "$port"
+  port=$((port + 1))
+  start_ckpool "$port"; run_load ckpool "$load" "$port"
+done
