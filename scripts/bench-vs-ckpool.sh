@@ -10,7 +10,11 @@
 # Random nonces are hashed by the load tool first and those that would solve
 # a regtest block are skipped, so every share is judged and none is a block.
 # Each pool runs alone on core 1 (POOL_CPUS), the node and the load tool on
-# core 0; each load runs on a freshly started pool.
+# core 0; each load runs on a freshly started pool, with MINERS and then
+# 2 x MINERS miners. Memory per miner is the slope between the two, RSS
+# after the load: what one more miner costs, without the fixed costs that
+# do not grow with miners (our journal's 16 MiB staging ring, touched by
+# the first burst of events; allocator arenas).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 : "${CKPOOL:?set CKPOOL to a ckpool binary}"
@@ -91,43 +95,55 @@ JSON
 }
 
 run_load() {
-  local name=$1 load=$2 port=$3
+  local name=$1 load=$2 port=$3 count=$4
   local args
   case $load in
-    flood) args="--profile flood --miners $miners --window 4 --rate 0 --duration $duration --ramp-up 5" ;;
-    paced) args="--profile standard --miners $miners --rate 10 --duration $duration --ramp-up 5" ;;
+    flood) args="--profile flood --miners $count --window 4 --rate 0 --duration $duration --ramp-up 5" ;;
+    paced) args="--profile standard --miners $count --rate 10 --duration $duration --ramp-up 5" ;;
     *) echo "unknown load $load" >&2; return 1 ;;
   esac
   wait_for_port "$port"
   sleep 2
   local idle; idle=$(rss_kb "$pool_pid")
   local ticks_before; ticks_before=$(cpu_ticks "$pool_pid")
-  taskset -c 0 "$TBG" loadtest --pool "127.0.0.1:$port" --addresses "$address" $args > "$work/$name-$load.txt"
+  local out="$work/$name-$load-$count.txt"
+  taskset -c 0 "$TBG" loadtest --pool "127.0.0.1:$port" --addresses "$address" $args > "$out"
   local ticks_after; ticks_after=$(cpu_ticks "$pool_pid")
   local after; after=$(rss_kb "$pool_pid")
   local answered
-  answered=$(sed -n 's/^shares sent [0-9]* answered \([0-9]*\).*/\1/p' "$work/$name-$load.txt")
-  python3 - "$name" "$load" "$idle" "$after" "$miners" "$ticks_before" "$ticks_after" "$hz" "${answered:-0}" <<'PY'
+  answered=$(sed -n 's/^shares sent [0-9]* answered \([0-9]*\).*/\1/p' "$out")
+  echo "$after" > "$work/$name-$load-$count.rss"
+  python3 - "$name" "$load" "$idle" "$after" "$count" "$ticks_before" "$ticks_after" "$hz" "${answered:-0}" <<'PY'
 import sys
 name, load, idle, after, miners, t0, t1, hz, answered = sys.argv[1:]
 idle, after, miners, t0, t1, hz, answered = int(idle), int(after), int(miners), int(t0), int(t1), int(hz), int(answered)
 cpu = (t1 - t0) / hz
 per_share = cpu / answered * 1e6 if answered else float("nan")
-print(f"{name:7} {load:5}: RSS idle {idle} kB -> {after} kB after, "
-      f"{(after - idle) / miners:.1f} kB per miner; {answered} shares answered, "
+print(f"{name:7} {load:5} {miners:5} miners: RSS idle {idle} kB -> {after} kB after "
+      f"({(after - idle) / miners:.1f} kB per miner over idle); {answered} shares answered, "
       f"CPU {cpu:.2f} s = {per_share:.2f} us per share")
 PY
-  grep -E '^(miners|share round trip|shares sent|  rejected|  error)' "$work/$name-$load.txt" | sed 's/^/    /' || true
+  grep -E '^(miners|share round trip|shares sent|  rejected|  error)' "$out" | sed 's/^/    /' || true
   kill "$pool_pid" 2>/dev/null; wait "$pool_pid" 2>/dev/null || true
+}
+
+slope() {
+  local name=$1 load=$2
+  local small big
+  small=$(cat "$work/$name-$load-$miners.rss"); big=$(cat "$work/$name-$load-$((2 * miners)).rss")
+  python3 -c "print(f'$name $load: {($big - $small) / $miners:.2f} kB per miner (RSS after the load, {2 * $miners} vs $miners miners)')"
 }
 
 echo "machine: $(nproc) cores, $(lscpu | sed -n 's/Model name: *//p'), $(date -u +%Y-%m-%dT%H:%MZ)"
 echo "ckpool: $("$CKPOOL" -h 2>&1 | head -1 || true)"
 n=0
 for load in ${LOADS:-flood paced}; do
-  n=$((n + 1))
-  port=$((base + 10 + n * 2))
-  start_ours "$port"; run_load ours "$load" "$port"
-  port=$((port + 1))
-  start_ckpool "$port"; run_load ckpool "$load" "$port"
+  for count in "$miners" $((2 * miners)); do
+    for name in ours ckpool; do
+      n=$((n + 1))
+      port=$((base + 10 + n))
+      "start_$name" "$port"; run_load "$name" "$load" "$port" "$count"
+    done
+  done
+  slope ours "$load"; slope ckpool "$load"
 done

@@ -195,6 +195,27 @@ fn load_config(args: &ConfigArgs, embedded_node: bool) -> Result<Config> {
     Ok(config)
 }
 
+/// The relay link and the NATS publisher are not built yet (issue 17): a
+/// config asking for them must not start a pool that silently does neither.
+fn refuse_unbuilt_region_roles(config: &Config) -> Result<()> {
+    let wanted = if config.region.mode == tbg_config::RegionMode::Relay {
+        Some("region.mode = \"relay\"")
+    } else if config.region.relay_secret.is_some() {
+        Some("region.relay_secret (the primary's relay link)")
+    } else if config.nats.url.is_some() {
+        Some("nats.url (events over NATS JetStream)")
+    } else {
+        None
+    };
+    match wanted {
+        Some(what) => anyhow::bail!(
+            "{what}: multi-region is not available in this version yet; run this region as a \
+             single primary (region.instance_id alone is honoured)"
+        ),
+        None => Ok(()),
+    }
+}
+
 fn event_sink(config: &Config) -> Result<Arc<DatagramSink>> {
     let path = &config.events.socket_path;
     let sink = DatagramSink::new(path.clone())
@@ -371,6 +392,7 @@ async fn run_pool(
     mut reloader: reload::Reloader,
     mut hangup: Option<tokio::signal::unix::Signal>,
 ) -> Result<()> {
+    refuse_unbuilt_region_roles(config)?;
     let service = start_pool(config).await?;
     serve_until_shutdown(&service, &mut reloader, &mut hangup).await;
     stop_pool(service).await;

@@ -17,6 +17,7 @@ pub fn pool_settings(config: &Config) -> Result<PoolSettings> {
         resolve_bind(&pool.bind).with_context(|| format!("pool.bind = {}", pool.bind))?;
     settings.pool_tag = pool.pool_tag.clone();
     settings.extranonce1_len = usize::from(pool.nonce1length);
+    settings.instance_id = config.region.instance_id;
     settings.extranonce2_len = usize::from(pool.nonce2length);
     settings.min_difficulty = pool.mindiff;
     settings.start_difficulty = pool.startdiff.max(pool.mindiff);

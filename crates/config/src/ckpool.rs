@@ -27,6 +27,12 @@ pub const CKPOOL_KEYS: &[&str] = &[
     "metrics_port",
     "redis_url",
     "tbg_region",
+    "mode",
+    "relay_port",
+    "primary_url",
+    "failover_timeout",
+    "heartbeat_interval",
+    "instance_id",
 ];
 
 impl Config {
@@ -129,6 +135,30 @@ fn import_key(
         }
         "redis_url" => config.redis.url = Some(string(key, value)?),
         "tbg_region" => config.events.region = string(key, value)?,
+        // The reference system's multi-region keys.
+        "mode" => {
+            config.region.mode = match string(key, value)?.as_str() {
+                "primary" => crate::RegionMode::Primary,
+                "relay" => crate::RegionMode::Relay,
+                other => {
+                    return Err(ConfigError::new(
+                        key,
+                        format!("{other:?}"),
+                        "must be \"primary\" or \"relay\"",
+                    ))
+                }
+            }
+        }
+        // Asked for explicitly: listening on every interface, as the
+        // reference system did; the link still needs its secret.
+        "relay_port" => {
+            let port: u16 = integer(key, value)?;
+            config.region.relay_bind = format!("0.0.0.0:{port}");
+        }
+        "primary_url" => config.region.primary_url = Some(string(key, value)?),
+        "failover_timeout" => config.region.failover_timeout_s = integer(key, value)?,
+        "heartbeat_interval" => config.region.heartbeat_s = integer(key, value)?,
+        "instance_id" => config.region.instance_id = Some(integer(key, value)?),
         other => warnings.push(format!("ignored ckpool key `{other}`")),
     }
     Ok(())

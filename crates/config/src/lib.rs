@@ -14,6 +14,7 @@ mod blocks;
 mod ckpool;
 mod error;
 mod model;
+mod region;
 mod validate;
 
 pub use blocks::BlocksSection;
@@ -23,6 +24,7 @@ pub use model::{
     CollectorSection, Config, EventsSection, JournalDurability, JournalSection, MetricsSection,
     NetworkName, NodeConfig, PoolSection, RedisSection, DEFAULT_MAXDIFF,
 };
+pub use region::{NatsSection, RegionMode, RegionSection, MIN_RELAY_SECRET_CHARS};
 pub use validate::{MAX_DIFFICULTY, MAX_POOL_TAG_LEN, VERSION_MASK_ALLOWED};
 
 use std::path::Path;
@@ -100,6 +102,8 @@ impl Config {
     /// - `TBG_NODE_USER`, `TBG_NODE_PASS`: every node without its own.
     /// - `TBG_REDIS_URL`: `redis.url`.
     /// - `TBG_POSTGRES_URL`: `collector.postgres_url`.
+    /// - `TBG_RELAY_SECRET`: `region.relay_secret`.
+    /// - `TBG_NATS_URL`: `nats.url`.
     pub fn apply_env(&mut self, env: &dyn Fn(&str) -> Option<String>) -> Vec<String> {
         let mut applied = Vec::new();
         let mut lookup = |name: String| {
@@ -126,6 +130,12 @@ impl Config {
         }
         if let Some(url) = lookup("TBG_POSTGRES_URL".to_owned()) {
             self.collector.postgres_url = Some(url);
+        }
+        if let Some(secret) = lookup("TBG_RELAY_SECRET".to_owned()) {
+            self.region.relay_secret = Some(secret);
+        }
+        if let Some(url) = lookup("TBG_NATS_URL".to_owned()) {
+            self.nats.url = Some(url);
         }
         applied.sort();
         applied.dedup();

@@ -79,6 +79,10 @@ pub struct Config {
     pub collector: CollectorSection,
     /// Found blocks: the durable store and how they are followed.
     pub blocks: crate::BlocksSection,
+    /// Multi-region: this pool's role, instance id and relay link.
+    pub region: crate::RegionSection,
+    /// NATS JetStream, where every region's events converge.
+    pub nats: crate::NatsSection,
 }
 
 impl Default for Config {
@@ -94,6 +98,8 @@ impl Default for Config {
             journal: JournalSection::default(),
             collector: CollectorSection::default(),
             blocks: crate::BlocksSection::default(),
+            region: crate::RegionSection::default(),
+            nats: crate::NatsSection::default(),
         }
     }
 }

@@ -57,6 +57,26 @@ impl Config {
         }
         self.check_pool()?;
         self.blocks.check()?;
+        self.region.check()?;
+        self.nats.check()?;
+        if (self.region.is_multi_region() || self.nats.url.is_some())
+            && self.region.instance_id.is_none()
+        {
+            return Err(ConfigError::new(
+                "region.instance_id",
+                "unset",
+                "every region of a deployment needs its own instance id (0..=255): two regions \
+                 must never hand the same user the same extranonce1",
+            ));
+        }
+        if self.region.instance_id.is_some() && self.pool.nonce1length < 3 {
+            return Err(ConfigError::new(
+                "pool.nonce1length",
+                self.pool.nonce1length.to_string(),
+                "must be at least 3 with region.instance_id: its first byte is the instance's, \
+                 the rest must hold every session",
+            ));
+        }
         let events = &self.events;
         if events.socket_path.as_os_str().is_empty() {
             return Err(ConfigError::new(
@@ -66,6 +86,19 @@ impl Config {
             ));
         }
         check_tag("events.region", &events.region)?;
+        // The region is a NATS subject token (`events.<region>.<type>`).
+        if self.nats.url.is_some()
+            && !events
+                .region
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            return Err(ConfigError::new(
+                "events.region",
+                format!("{:?}", events.region),
+                "with [nats] the region is part of a subject: letters, digits, '_' or '-'",
+            ));
+        }
         check_tag("events.source", &events.source)?;
         let journal = &self.journal;
         if journal.path.as_os_str().is_empty() {

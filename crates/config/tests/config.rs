@@ -476,3 +476,84 @@ fn limits_default_to_the_plan_and_bad_ones_name_their_key() {
     off.pool.ban_duration_s = 0;
     off.validate().unwrap();
 }
+
+#[test]
+fn multi_region_keys_are_checked_and_imported_from_ckpool() {
+    use tbg_config::RegionMode;
+    // A relay needs the primary, the secret and its instance id.
+    let mut relay = valid();
+    relay.region.mode = RegionMode::Relay;
+    assert_eq!(relay.validate().unwrap_err().key, "region.primary_url");
+    relay.region.primary_url = Some("10.0.0.1:8881".into());
+    assert_eq!(relay.validate().unwrap_err().key, "region.relay_secret");
+    relay.apply_env(&env_of(&[("TBG_RELAY_SECRET", "short")]));
+    let error = relay.validate().unwrap_err();
+    assert_eq!(error.key, "region.relay_secret");
+    assert!(
+        !error.to_string().contains("short"),
+        "the secret is not shown: {error}"
+    );
+    relay.apply_env(&env_of(&[(
+        "TBG_RELAY_SECRET",
+        "a long enough shared secret",
+    )]));
+    assert_eq!(relay.validate().unwrap_err().key, "region.instance_id");
+    relay.region.instance_id = Some(2);
+    relay.validate().unwrap();
+    assert!(
+        !format!("{relay:?}").contains("long enough"),
+        "Debug hides the secret"
+    );
+    relay.pool.nonce1length = 2;
+    assert_eq!(relay.validate().unwrap_err().key, "pool.nonce1length");
+    relay.pool.nonce1length = 4;
+    relay.region.failover_timeout_s = 3;
+    assert_eq!(
+        relay.validate().unwrap_err().key,
+        "region.failover_timeout_s"
+    );
+    relay.region.failover_timeout_s = 10;
+    relay.region.primary_url = Some("no-port".into());
+    assert_eq!(relay.validate().unwrap_err().key, "region.primary_url");
+
+    // NATS: the region becomes a subject token.
+    let mut primary = valid();
+    primary.apply_env(&env_of(&[("TBG_NATS_URL", "nats://127.0.0.1:4222")]));
+    primary.region.instance_id = Some(1);
+    primary.events.region = "eu west".into();
+    assert_eq!(primary.validate().unwrap_err().key, "events.region");
+    primary.events.region = "eu-west".into();
+    primary.validate().unwrap();
+    primary.nats.replicas = 0;
+    assert_eq!(primary.validate().unwrap_err().key, "nats.replicas");
+
+    // The reference system's ckpool keys.
+    let (imported, warnings) = Config::from_ckpool_json(
+        r#"{"btcd": [{"url": "127.0.0.1:18443", "auth": "u", "pass": "p"}],
+            "mode": "relay", "primary_url": "10.0.0.1:8881", "failover_timeout": 12,
+            "heartbeat_interval": 2, "instance_id": 3, "tbg_region": "us-east"}"#,
+    )
+    .unwrap();
+    assert!(
+        warnings.iter().all(|w| !w.contains("ignored")),
+        "{warnings:?}"
+    );
+    assert_eq!(imported.region.mode, RegionMode::Relay);
+    assert_eq!(
+        imported.region.primary_url.as_deref(),
+        Some("10.0.0.1:8881")
+    );
+    assert_eq!(
+        (
+            imported.region.failover_timeout_s,
+            imported.region.heartbeat_s
+        ),
+        (12, 2)
+    );
+    assert_eq!(imported.region.instance_id, Some(3));
+    let (primary, _) =
+        Config::from_ckpool_json(r#"{"mode": "primary", "relay_port": 8881}"#).unwrap();
+    assert_eq!(primary.region.relay_bind, "0.0.0.0:8881");
+    let error = Config::from_ckpool_json(r#"{"mode": "secondary"}"#).unwrap_err();
+    assert_eq!(error.key, "mode");
+}

@@ -48,6 +48,10 @@ pub const MAX_RESUMABLE: usize = 65_536;
 #[derive(Debug)]
 pub struct ExtranonceAllocator {
     length: usize,
+    /// The instance's byte in front of every extranonce1 (multi-region:
+    /// two regions never hand out the same one); the session's value
+    /// takes the other bytes.
+    prefix: Option<u8>,
     resume_window: Duration,
     /// Resumable records kept at most (smaller for small extranonce spaces,
     /// so that closed sessions can never take the values live ones need).
@@ -123,14 +127,25 @@ impl AllocatorState {
 impl ExtranonceAllocator {
     /// `length` is ckpool's `nonce1length` (2..=8 bytes).
     pub fn new(length: usize, resume_window: Duration) -> ExtranonceAllocator {
+        ExtranonceAllocator::with_prefix(length, resume_window, None)
+    }
+
+    /// As [`ExtranonceAllocator::new`], every extranonce1 starting with
+    /// `prefix` (the region's instance id).
+    pub fn with_prefix(
+        length: usize,
+        resume_window: Duration,
+        prefix: Option<u8>,
+    ) -> ExtranonceAllocator {
         let length = length.clamp(2, 8);
         // A random start keeps extranonces of a restarted pool apart from the
         // ones miners still hold from before.
         let start: u64 = rand::random();
-        let space = 1u128 << (8 * length);
+        let space = 1u128 << (8 * (length - usize::from(prefix.is_some())));
         let max_resumable = MAX_RESUMABLE.min(usize::try_from(space / 4).unwrap_or(usize::MAX));
         ExtranonceAllocator {
             length,
+            prefix,
             resume_window,
             max_resumable,
             state: Mutex::new(AllocatorState {
@@ -144,8 +159,16 @@ impl ExtranonceAllocator {
         self.length
     }
 
+    /// Bytes of the extranonce1 that tell sessions apart.
+    fn value_length(&self) -> usize {
+        self.length - usize::from(self.prefix.is_some())
+    }
+
     fn encode(&self, value: u64) -> Vec<u8> {
-        value.to_be_bytes()[8 - self.length..].to_vec()
+        let mut bytes = Vec::with_capacity(self.length);
+        bytes.extend(self.prefix);
+        bytes.extend_from_slice(&value.to_be_bytes()[8 - self.value_length()..]);
+        bytes
     }
 
     /// Allocates an extranonce1, resuming `requested_session` when it is
@@ -168,7 +191,7 @@ impl ExtranonceAllocator {
             }
         }
         // The space holds 2^(8*length) values; skip any still recorded.
-        let modulus_bits = 8 * self.length as u32;
+        let modulus_bits = 8 * self.value_length() as u32;
         let attempts = if modulus_bits >= 24 {
             1u64 << 24
         } else {
@@ -301,6 +324,32 @@ mod tests {
         let resumed = allocator.allocate(Some(&first.session_id), now).unwrap();
         assert!(resumed.resumed);
         assert_eq!(resumed.extranonce1, first.extranonce1);
+    }
+
+    #[test]
+    fn every_extranonce1_of_an_instance_starts_with_its_id() {
+        let now = Instant::now();
+        let east = ExtranonceAllocator::with_prefix(4, Duration::from_secs(60), Some(7));
+        let west = ExtranonceAllocator::with_prefix(4, Duration::from_secs(60), Some(8));
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..1000 {
+            for (allocator, id) in [(&east, 7), (&west, 8)] {
+                let allocation = allocator.allocate(None, now).unwrap();
+                assert_eq!(allocation.extranonce1.len(), 4);
+                assert_eq!(allocation.extranonce1[0], id);
+                assert!(
+                    seen.insert(allocation.extranonce1),
+                    "one value, two sessions"
+                );
+            }
+        }
+        // A 3-byte extranonce1 leaves 65,536 values for an instance's sessions.
+        let small = ExtranonceAllocator::with_prefix(3, Duration::from_secs(60), Some(1));
+        let values: std::collections::HashSet<_> = (0..65_536)
+            .map(|_| small.allocate(None, now).unwrap().extranonce1)
+            .collect();
+        assert_eq!(values.len(), 65_536);
+        assert!(small.allocate(None, now).is_none(), "every value is live");
     }
 
     #[test]

@@ -305,9 +305,10 @@ pub async fn start(settings: PoolSettings, deps: PoolDeps) -> Result<PoolHandle,
     let mut background = Vec::new();
 
     let shared = Arc::new(PoolShared {
-        extranonces: extranonce::ExtranonceAllocator::new(
+        extranonces: extranonce::ExtranonceAllocator::with_prefix(
             settings.extranonce1_len,
             settings.session_resume_window,
+            settings.instance_id,
         ),
         difficulty_memory: memory::DifficultyMemory::new(settings.difficulty_memory),
         live: parking_lot::RwLock::new(Arc::new(settings.clone())),

@@ -22,6 +22,9 @@ pub struct PoolSettings {
     pub pool_tag: String,
     /// ckpool's `nonce1length` (2..=8).
     pub extranonce1_len: usize,
+    /// The region's instance id, the first byte of every extranonce1
+    /// (multi-region); `None`: the whole extranonce1 tells sessions apart.
+    pub instance_id: Option<u8>,
     /// ckpool's `nonce2length` (2..=8).
     pub extranonce2_len: usize,
     pub min_difficulty: f64,
@@ -85,6 +88,7 @@ impl PoolSettings {
             stratum_bind: SocketAddr::from(([0, 0, 0, 0], 3333)),
             pool_tag: "/tbg/".to_string(),
             extranonce1_len: 4,
+            instance_id: None,
             extranonce2_len: 8,
             min_difficulty: 1.0,
             start_difficulty: 42.0,

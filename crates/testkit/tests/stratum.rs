@@ -352,3 +352,29 @@ async fn vardiff_moves_a_fast_miner_toward_the_target_interval() {
     );
     env.shutdown().await;
 }
+
+/// A region's pool puts its instance id in front of every extranonce1, so
+/// that two regions never give one user the same work; its blocks are
+/// still accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_extranonce1_of_a_region_starts_with_its_instance_id() {
+    let env = TestEnv::start_with(|settings| settings.instance_id = Some(0xa7)).await;
+    let (address, _) = regtest_address(AddressKind::P2wpkh);
+    for n in 0..3 {
+        let miner = ManualMiner::connect(env.stratum_addr(), &format!("{address}.r{n}")).await;
+        assert_eq!(miner.extranonce1.len(), 4);
+        assert_eq!(miner.extranonce1[0], 0xa7, "{:02x?}", miner.extranonce1);
+    }
+    let start_height = env.node.block_count();
+    let mut config = MinerConfig::new(env.stratum_addr(), format!("{address}.block"));
+    config.max_blocks = Some(1);
+    let (summary, _) = mine_shares(config, Duration::from_secs(60))
+        .await
+        .expect("miner runs");
+    assert_eq!(summary.block_candidates, 1);
+    env.wait_until("the block accepted", Duration::from_secs(30), |env| {
+        env.node.block_count() == start_height + 1
+    })
+    .await;
+    env.shutdown().await;
+}

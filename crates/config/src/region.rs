@@ -1,0 +1,284 @@
+//! `[region]` and `[nats]`: multi-region roles, the relay link, and the
+//! events' way to the primary over NATS JetStream.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::ConfigError;
+
+/// A region's role.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RegionMode {
+    /// The primary region: its own nodes' templates, the relay link's
+    /// listening side, the collector into Redis and PostgreSQL.
+    #[default]
+    Primary,
+    /// A relay region: the primary's templates while it is heard, its own
+    /// node's when the primary is silent for `failover_timeout_s`.
+    Relay,
+}
+
+impl RegionMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RegionMode::Primary => "primary",
+            RegionMode::Relay => "relay",
+        }
+    }
+}
+
+/// Multi-region settings. A single pool is a primary with no relays: the
+/// defaults change nothing for it.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegionSection {
+    /// `primary` or `relay` (the reference system's `mode`).
+    pub mode: RegionMode,
+    /// This pool's instance number, 0..=255: the first byte of every
+    /// extranonce1 it hands out, so that two regions never give the same
+    /// user the same work. Each region of one deployment needs its own;
+    /// required with a relay link or NATS, unset (the whole extranonce1
+    /// for sessions) for a single pool.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub instance_id: Option<u8>,
+    /// Primary: where the relay link listens (the reference system's relay
+    /// port, 8881), when `relay_secret` is set (no secret, no link: a
+    /// single region). Loopback by default: the link is for relays reached
+    /// over a private network or a tunnel, never open to the internet
+    /// unless an operator binds it so.
+    pub relay_bind: String,
+    /// Relay: the primary's relay link, `host:port` (the reference system's
+    /// primary URL).
+    pub primary_url: Option<String>,
+    /// Shared secret of the relay link (HMAC-SHA256 of every message), at
+    /// least 16 characters; better given as TBG_RELAY_SECRET.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub relay_secret: Option<String>,
+    /// The primary sends a heartbeat this often, seconds (3).
+    pub heartbeat_s: u64,
+    /// A relay mines on its own node's templates after this long without a
+    /// word from the primary, seconds (10).
+    pub failover_timeout_s: u64,
+    /// A relay goes back to the primary's templates once the primary has
+    /// been heard steadily for this long, seconds.
+    pub failback_after_s: u64,
+}
+
+impl Default for RegionSection {
+    fn default() -> RegionSection {
+        RegionSection {
+            mode: RegionMode::Primary,
+            instance_id: None,
+            relay_bind: "127.0.0.1:8881".to_owned(),
+            primary_url: None,
+            relay_secret: None,
+            heartbeat_s: 3,
+            failover_timeout_s: 10,
+            failback_after_s: 30,
+        }
+    }
+}
+
+impl fmt::Debug for RegionSection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RegionSection")
+            .field("mode", &self.mode)
+            .field("instance_id", &self.instance_id)
+            .field("relay_bind", &self.relay_bind)
+            .field("primary_url", &self.primary_url)
+            .field(
+                "relay_secret",
+                &self.relay_secret.as_ref().map(|_| "<redacted>"),
+            )
+            .field("heartbeat_s", &self.heartbeat_s)
+            .field("failover_timeout_s", &self.failover_timeout_s)
+            .field("failback_after_s", &self.failback_after_s)
+            .finish()
+    }
+}
+
+/// The shortest relay secret accepted.
+pub const MIN_RELAY_SECRET_CHARS: usize = 16;
+
+impl RegionSection {
+    /// Whether this pool is one region of several (a relay, or a primary
+    /// with a relay link).
+    pub fn is_multi_region(&self) -> bool {
+        self.mode == RegionMode::Relay || self.relay_secret.is_some()
+    }
+
+    pub(crate) fn check(&self) -> Result<(), ConfigError> {
+        if !(1..=60).contains(&self.heartbeat_s) {
+            return Err(ConfigError::new(
+                "region.heartbeat_s",
+                self.heartbeat_s.to_string(),
+                "must be 1..=60",
+            ));
+        }
+        if self.failover_timeout_s <= self.heartbeat_s || self.failover_timeout_s > 600 {
+            return Err(ConfigError::new(
+                "region.failover_timeout_s",
+                self.failover_timeout_s.to_string(),
+                format!(
+                    "must be more than heartbeat_s ({}) and at most 600: a relay must hear at \
+                     least one heartbeat before it gives the primary up",
+                    self.heartbeat_s
+                ),
+            ));
+        }
+        if self.failback_after_s > 3_600 {
+            return Err(ConfigError::new(
+                "region.failback_after_s",
+                self.failback_after_s.to_string(),
+                "must be at most 3600",
+            ));
+        }
+        if let Some(secret) = &self.relay_secret {
+            if secret.chars().count() < MIN_RELAY_SECRET_CHARS {
+                return Err(ConfigError::new(
+                    "region.relay_secret",
+                    "<redacted>",
+                    format!("must be at least {MIN_RELAY_SECRET_CHARS} characters"),
+                ));
+            }
+        }
+        match self.mode {
+            RegionMode::Primary => {
+                if self.relay_bind.parse::<std::net::SocketAddr>().is_err() {
+                    return Err(ConfigError::new(
+                        "region.relay_bind",
+                        format!("{:?}", self.relay_bind),
+                        "must be ip:port",
+                    ));
+                }
+            }
+            RegionMode::Relay => {
+                let Some(url) = self.primary_url.as_deref() else {
+                    return Err(ConfigError::new(
+                        "region.primary_url",
+                        "unset",
+                        "a relay needs the primary's relay link, host:port",
+                    ));
+                };
+                if url
+                    .rsplit_once(':')
+                    .is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err())
+                {
+                    return Err(ConfigError::new(
+                        "region.primary_url",
+                        format!("{url:?}"),
+                        "must be host:port",
+                    ));
+                }
+                if self.relay_secret.is_none() {
+                    return Err(ConfigError::new(
+                        "region.relay_secret",
+                        "unset",
+                        "a relay needs the link's shared secret (or TBG_RELAY_SECRET)",
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// NATS JetStream: each region's events published to
+/// `events.<region>.<type>`, consumed by the primary's collector.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NatsSection {
+    /// `nats://host:port` (several comma-separated for a cluster); unset =
+    /// no NATS (a single region).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// The JetStream stream of every region's events.
+    pub stream: String,
+    /// Stream replicas: 1 on a single server, 3 on a cluster (R3).
+    pub replicas: usize,
+    /// Stream limits (the reference system's: 24 h, 1 GiB).
+    pub max_age_s: u64,
+    pub max_bytes: i64,
+    /// JetStream's duplicate window on the event id (2 min); the collector
+    /// is idempotent beyond it (a region cut off for an hour).
+    pub duplicate_window_s: u64,
+    /// The primary collector's durable consumer.
+    pub consumer: String,
+}
+
+impl Default for NatsSection {
+    fn default() -> NatsSection {
+        NatsSection {
+            url: None,
+            stream: "EVENTS".to_owned(),
+            replicas: 1,
+            max_age_s: 24 * 3600,
+            max_bytes: 1 << 30,
+            duplicate_window_s: 120,
+            consumer: "tbg-collector".to_owned(),
+        }
+    }
+}
+
+impl fmt::Debug for NatsSection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NatsSection")
+            .field("url", &self.url.as_deref().map(crate::model::redact_url))
+            .field("stream", &self.stream)
+            .field("replicas", &self.replicas)
+            .field("max_age_s", &self.max_age_s)
+            .field("max_bytes", &self.max_bytes)
+            .field("duplicate_window_s", &self.duplicate_window_s)
+            .field("consumer", &self.consumer)
+            .finish()
+    }
+}
+
+impl NatsSection {
+    pub(crate) fn check(&self) -> Result<(), ConfigError> {
+        let token = |name: &str| {
+            !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        };
+        if !token(&self.stream) {
+            return Err(ConfigError::new(
+                "nats.stream",
+                format!("{:?}", self.stream),
+                "must be letters, digits, '_' or '-'",
+            ));
+        }
+        if !token(&self.consumer) {
+            return Err(ConfigError::new(
+                "nats.consumer",
+                format!("{:?}", self.consumer),
+                "must be letters, digits, '_' or '-'",
+            ));
+        }
+        if !(1..=5).contains(&self.replicas) {
+            return Err(ConfigError::new(
+                "nats.replicas",
+                self.replicas.to_string(),
+                "must be 1..=5 (3 on a cluster)",
+            ));
+        }
+        if self.duplicate_window_s == 0 || self.duplicate_window_s > self.max_age_s {
+            return Err(ConfigError::new(
+                "nats.duplicate_window_s",
+                self.duplicate_window_s.to_string(),
+                "must be 1..=max_age_s",
+            ));
+        }
+        if self.max_bytes < 1 << 20 {
+            return Err(ConfigError::new(
+                "nats.max_bytes",
+                self.max_bytes.to_string(),
+                "must be at least 1 MiB",
+            ));
+        }
+        Ok(())
+    }
+}
