@@ -11,6 +11,8 @@ if [ "${TBG_SETUP_TEST_DEPS:-0}" = 1 ]; then
   command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
   # prometheus + promtool: alert rule tests and the real scrape test.
   command -v promtool >/dev/null 2>&1 || need+=(prometheus)
+  # nats-server (JetStream): the events' way between regions.
+  command -v nats-server >/dev/null 2>&1 || [ -x /usr/sbin/nats-server ] || need+=(nats-server)
   # libfaketime: the chaos suite's clock-skew scenario.
   command -v faketime >/dev/null 2>&1 || need+=(faketime)
   # initdb/pg_ctl for the tests' own PostgreSQL instances.

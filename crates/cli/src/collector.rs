@@ -89,7 +89,7 @@ fn only_journal_objects(path: &Path) -> rusqlite::Result<bool> {
 
 /// Opens the journal, waiting (bounded backoff) while the pool has not
 /// created it: no file yet, an empty file, or a schema not yet committed.
-async fn open_journal(config: &Config) -> Result<JournalReader> {
+pub(crate) async fn open_journal(config: &Config) -> Result<JournalReader> {
     let path = config.journal.path.clone();
     let mut pause = JOURNAL_RETRY_FIRST;
     let mut last_logged: Option<(bool, Instant)> = None;

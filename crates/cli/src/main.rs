@@ -4,6 +4,7 @@ mod collector;
 mod loadtest;
 mod observability;
 mod ops;
+mod publisher;
 mod reload;
 mod settings;
 
@@ -53,6 +54,12 @@ enum Command {
         /// file refuses to start; a file left by a crash never blocks.
         #[arg(long)]
         pid_file: Option<PathBuf>,
+    },
+    /// Publish this region's journal to NATS JetStream (`events.<region>.<type>`),
+    /// from a durable cursor: nothing is lost while NATS is down.
+    Publisher {
+        #[command(flatten)]
+        config: ConfigArgs,
     },
     /// Run an embedded regtest node (Bitcoin Core's validation engine) and
     /// the pool against it: no Bitcoin Core, no database needed.
@@ -195,15 +202,14 @@ fn load_config(args: &ConfigArgs, embedded_node: bool) -> Result<Config> {
     Ok(config)
 }
 
-/// The relay link and the NATS publisher are not built yet (issue 17): a
-/// config asking for them must not start a pool that silently does neither.
+/// The relay link is not built yet (issue 17): a config asking for it must
+/// not start a pool that silently does without. (Events reach NATS through
+/// `tbg publisher`, beside the pool.)
 fn refuse_unbuilt_region_roles(config: &Config) -> Result<()> {
     let wanted = if config.region.mode == tbg_config::RegionMode::Relay {
         Some("region.mode = \"relay\"")
     } else if config.region.relay_secret.is_some() {
         Some("region.relay_secret (the primary's relay link)")
-    } else if config.nats.url.is_some() {
-        Some("nats.url (events over NATS JetStream)")
     } else {
         None
     };
@@ -305,6 +311,10 @@ async fn run(cli: Cli) -> Result<()> {
                 (reloader, hangup),
             )
             .await
+        }
+        Command::Publisher { config: args } => {
+            let config = load_config(&args, true)?;
+            publisher::run(&config).await
         }
         Command::Loadtest(args) => loadtest::run(args).await,
         Command::Backup(args) => ops::backup(args).await,

@@ -3,7 +3,7 @@
 //! PostgreSQL and Redis servers.
 
 pub mod servers;
-pub use servers::{PgServer, RedisServer};
+pub use servers::{NatsServer, PgServer, RedisServer};
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Once};

@@ -1,0 +1,90 @@
+//! The publisher's durable cursor: the last journal seq JetStream has
+//! acknowledged, in a small file replaced atomically (write, fsync, rename,
+//! fsync of the directory), so a crash leaves the old value or the new one.
+
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CursorError {
+    #[error("publisher cursor {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("publisher cursor {path}: {text:?} is not a sequence number; fix or remove the file (removing it publishes the journal again from its start: JetStream and the collector drop what they already have)")]
+    Garbage { path: PathBuf, text: String },
+}
+
+#[derive(Debug)]
+pub struct Cursor {
+    path: PathBuf,
+    seq: u64,
+}
+
+impl Cursor {
+    /// Reads the cursor at `path`; a missing file is 0 (nothing published).
+    pub fn open(path: &Path) -> Result<Cursor, CursorError> {
+        let io = |source| CursorError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let seq = match fs::read_to_string(path) {
+            Ok(text) => text.trim().parse().map_err(|_| CursorError::Garbage {
+                path: path.to_path_buf(),
+                text: text.chars().take(40).collect(),
+            })?,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => 0,
+            Err(error) => return Err(io(error)),
+        };
+        Ok(Cursor {
+            path: path.to_path_buf(),
+            seq,
+        })
+    }
+
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// Moves the cursor to `seq`, durably.
+    pub fn store(&mut self, seq: u64) -> Result<(), CursorError> {
+        let io = |source| CursorError::Io {
+            path: self.path.clone(),
+            source,
+        };
+        let tmp = self.path.with_extension("tmp");
+        let mut file = File::create(&tmp).map_err(io)?;
+        file.write_all(format!("{seq}\n").as_bytes()).map_err(io)?;
+        file.sync_all().map_err(io)?;
+        fs::rename(&tmp, &self.path).map_err(io)?;
+        if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
+        }
+        self.seq = seq;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn survives_a_reopen_and_refuses_garbage() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("publisher.cursor");
+        let mut cursor = Cursor::open(&path).unwrap();
+        assert_eq!(cursor.seq(), 0);
+        cursor.store(42).unwrap();
+        assert_eq!(Cursor::open(&path).unwrap().seq(), 42);
+        fs::write(&path, "forty-two").unwrap();
+        let error = Cursor::open(&path).unwrap_err().to_string();
+        assert!(
+            error.contains("forty-two") && error.contains("not a sequence"),
+            "{error}"
+        );
+    }
+}

@@ -1,0 +1,18 @@
+//! Events over NATS JetStream: each region's publisher reads its own
+//! journal from a durable cursor and publishes every event to
+//! `events.<region>.<type>` with its id as `Nats-Msg-Id`.
+//!
+//! A NATS outage loses nothing: the journal keeps every event, the cursor
+//! moves only after JetStream acknowledged each message up to it, and a
+//! restart publishes again from the cursor (JetStream's duplicate window
+//! drops what it already has; the primary's collector is idempotent on the
+//! event id beyond it).
+
+mod cursor;
+mod publisher;
+
+pub use cursor::{Cursor, CursorError};
+pub use publisher::{
+    ensure_stream, subject, PublishError, Publisher, PublisherConfig, PublisherStats,
+    StreamSettings,
+};
