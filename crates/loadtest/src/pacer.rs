@@ -41,14 +41,17 @@ pub(crate) struct Slot {
 }
 
 impl Slot {
-    fn owe_one(&self) {
-        // At the cap the share is dropped: the miner is stalled anyway.
-        let _ = self
+    /// One more share due; false when it was dropped at the cap (the
+    /// miner is stalled anyway).
+    fn owe_one(&self) -> bool {
+        let owed = self
             .owed
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |owed| {
                 (owed < MAX_OWED).then_some(owed + 1)
-            });
+            })
+            .is_ok();
         self.notify.notify_one();
+        owed
     }
 
     /// A share is due.
@@ -205,10 +208,10 @@ fn pace(
             std::thread::sleep((due - now).min(STOP_CHECK));
             continue;
         }
-        // The histogram's floor is 1 µs.
-        let _ = lateness.lock().record(micros(now - due).max(1));
-        if let Some(slot) = slots.get(index) {
-            slot.owe_one();
+        // Only shares handed out count: one dropped for a stalled miner
+        // was never sent, so it has no lateness. The histogram's floor is 1 µs.
+        if slots.get(index).is_some_and(Slot::owe_one) {
+            let _ = lateness.lock().record(micros(now - due).max(1));
         }
         due_times.advance();
     }

@@ -200,10 +200,7 @@ impl RedisServer {
 
     /// Kills the server (SIGKILL); without persistence its data is lost.
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        kill_child(&mut self.child);
     }
 
     /// Starts the server again on the same port (empty unless persistent)
@@ -278,10 +275,7 @@ impl NatsServer {
 
     /// Kills the server (SIGKILL): clients lose it at once.
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        kill_child(&mut self.child);
     }
 
     /// Starts the server again on the same port and store, and waits until
@@ -319,5 +313,13 @@ impl NatsServer {
 impl Drop for NatsServer {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// SIGKILL and reap a test server, if it runs.
+fn kill_child(child: &mut Option<Child>) {
+    if let Some(mut child) = child.take() {
+        let _ = child.kill();
+        let _ = child.wait();
     }
 }

@@ -274,26 +274,41 @@ impl Drop for LoopbackAddresses {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_sweep_of_addresses_of_one_ipv6_64_is_limited_as_one_source() {
-    // A /64 of its own per run, so parallel runs do not share a source.
-    let prefix = (std::process::id() & 0xffff) as u16;
-    let hosts = (1..=40).map(|host| Ipv6Addr::new(0x2001, 0xdb8, 0x7b6, prefix, 0, 0, 0, host));
+/// The addresses `hosts` on `lo`, a pool on `[::1]` and an honest miner
+/// there; `None` (the test skipped, loudly) without root, `unit_test`
+/// naming where the same keying is tested without it.
+async fn ipv6_sweep(
+    hosts: impl IntoIterator<Item = Ipv6Addr>,
+    unit_test: &str,
+) -> Option<(LoopbackAddresses, TestEnv, Honest, Vec<IpAddr>)> {
     let Some(addresses) = LoopbackAddresses::add(hosts) else {
         eprintln!(
-            "SKIPPED: cannot add IPv6 addresses to lo (needs root); the /64 keying is \
-             unit-tested in tbg-pool (limits::tests::ipv6_sources_are_keyed_by_their_64)"
+            "SKIPPED: cannot add IPv6 addresses to lo (needs root); the keying is \
+             unit-tested in tbg-pool ({unit_test})"
         );
-        return;
+        return None;
     };
     let env = start(|settings| {
         settings.stratum_bind = SocketAddr::from((Ipv6Addr::LOCALHOST, 0));
     })
     .await;
     let honest = Honest::start(&env, IpAddr::V6(Ipv6Addr::LOCALHOST));
+    let locals = addresses.0.iter().copied().map(IpAddr::V6).collect();
+    Some((addresses, env, honest, locals))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sweep_of_addresses_of_one_ipv6_64_is_limited_as_one_source() {
+    // A /64 of its own per run, so parallel runs do not share a source.
+    let prefix = (std::process::id() & 0xffff) as u16;
+    let hosts = (1..=40).map(|host| Ipv6Addr::new(0x2001, 0xdb8, 0x7b6, prefix, 0, 0, 0, host));
+    let Some((addresses, env, honest, locals)) =
+        ipv6_sweep(hosts, "limits::tests::ipv6_sources_are_keyed_by_their_64").await
+    else {
+        return;
+    };
     // Each connection from another address of the same /64, as an attacker
     // holding a /64 would.
-    let locals: Vec<IpAddr> = addresses.0.iter().copied().map(IpAddr::V6).collect();
     let (served, refused) = flood(env.stratum_addr(), &locals, 40, 40).await;
     assert!(served.len() <= 11, "{} of 40 served", served.len());
     assert_eq!(served.len() + refused, 40);
@@ -320,19 +335,14 @@ async fn a_sweep_of_64s_of_one_ipv6_48_is_limited_as_one_site() {
     // site, each connection from a fresh source.
     let site = 0x8000 | (std::process::id() & 0x7fff) as u16;
     let hosts = (1..=80).map(|n| Ipv6Addr::new(0x2001, 0xdb8, site, n, 0, 0, 0, 1));
-    let Some(addresses) = LoopbackAddresses::add(hosts) else {
-        eprintln!(
-            "SKIPPED: cannot add IPv6 addresses to lo (needs root); the /48 keying is \
-             unit-tested in tbg-pool (limits::tests::a_site_is_allowed_a_few_sources_worth)"
-        );
+    let Some((addresses, env, honest, locals)) = ipv6_sweep(
+        hosts,
+        "limits::tests::a_site_is_allowed_a_few_sources_worth",
+    )
+    .await
+    else {
         return;
     };
-    let env = start(|settings| {
-        settings.stratum_bind = SocketAddr::from((Ipv6Addr::LOCALHOST, 0));
-    })
-    .await;
-    let honest = Honest::start(&env, IpAddr::V6(Ipv6Addr::LOCALHOST));
-    let locals: Vec<IpAddr> = addresses.0.iter().copied().map(IpAddr::V6).collect();
     let (served, refused) = flood(env.stratum_addr(), &locals, 80, 80).await;
     // Each /64 is within its own rate; the site gets 4 sources' worth (40
     // a minute, and what refills while the sweep runs).
