@@ -256,6 +256,37 @@ impl TestEnv {
     }
 }
 
+/// A second node with `node`'s chain, block for block (two nodes' own
+/// initial chains differ: their blocks carry the time they were mined at).
+/// From there on each node mines its own blocks.
+pub async fn node_with_chain_of(node: &DevNodeHandle) -> DevNodeHandle {
+    let copy = DevNode::start(DevNodeOptions {
+        initial_blocks: 0,
+        ..DevNodeOptions::default()
+    })
+    .await
+    .expect("devnode starts");
+    let mut history = Vec::new();
+    let mut cursor = node.best_block_hash();
+    while cursor != copy.best_block_hash() {
+        let block = node.get_block(&cursor).expect("a block of the chain");
+        cursor = block.header.prev_blockhash;
+        history.push(block);
+    }
+    let client = tbg_node::RpcClient::new(node_endpoint(&copy), Duration::from_secs(30))
+        .expect("rpc client");
+    for block in history.iter().rev() {
+        let hex = bitcoin::consensus::encode::serialize_hex(block);
+        let answer: Option<String> = client
+            .call("submitblock", serde_json::json!([hex]))
+            .await
+            .expect("submitblock");
+        assert_eq!(answer, None, "the copy takes the block");
+    }
+    assert_eq!(copy.best_block_hash(), node.best_block_hash());
+    copy
+}
+
 /// User/password endpoint of a devnode.
 pub fn node_endpoint(node: &DevNodeHandle) -> NodeEndpoint {
     NodeEndpoint {

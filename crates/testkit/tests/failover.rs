@@ -43,7 +43,7 @@ fn current_prev(env: &TestEnv) -> BlockHash {
 async fn a_pool_whose_primary_is_behind_keeps_the_backups_tip() {
     tbg_testkit::init_tracing();
     let primary = DevNode::start(DevNodeOptions::default()).await.unwrap();
-    let backup = DevNode::start(DevNodeOptions::default()).await.unwrap();
+    let backup = tbg_testkit::node_with_chain_of(&primary).await;
     let (_, someone) = regtest_address(AddressKind::P2pkh);
     backup.mine_blocks(3, &someone).await.unwrap();
     let start_height = primary.block_count();

@@ -141,10 +141,9 @@ async fn an_accepted_block_is_followed_to_100_confirmations() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_block_reorganised_away_is_reported_orphaned() {
     let env = TestEnv::start().await;
-    // Another node from the same deterministic chain: its next two blocks
-    // compete with ours at our height and then outweigh it.
-    let rival = DevNode::start(DevNodeOptions::default()).await.unwrap();
-    assert_eq!(rival.best_block_hash(), env.node.best_block_hash());
+    // Another node with our node's chain: its next two blocks compete with
+    // ours at our height and then outweigh it.
+    let rival = tbg_testkit::node_with_chain_of(&env.node).await;
     let (address, _) = regtest_address(AddressKind::P2sh);
     let mut miner = ManualMiner::connect(env.stratum_addr(), &address).await;
     let hash = find_block(&env, &mut miner, 1).await;

@@ -119,8 +119,8 @@ async fn a_block_found_while_every_node_is_down_is_accepted_when_the_node_is_bac
 async fn fails_over_to_the_next_node_and_back() {
     tbg_testkit::init_tracing();
     let primary = DevNode::start(DevNodeOptions::default()).await.unwrap();
-    let backup = DevNode::start(DevNodeOptions::default()).await.unwrap();
-    // Both nodes start from the same deterministic chain, so the pool works
+    let backup = tbg_testkit::node_with_chain_of(&primary).await;
+    // Both nodes start from the same chain, so the pool works
     // from the primary, the first in the list.
     assert_eq!(primary.best_block_hash(), backup.best_block_hash());
     let endpoints = vec![node_endpoint(&primary), node_endpoint(&backup)];
