@@ -219,7 +219,6 @@ impl Session {
         let mut armed = self.timeout_deadline();
         let timeout = tokio::time::sleep_until(armed.into());
         tokio::pin!(timeout);
-        let stop = self.shared.sessions_stop.clone();
         let reason = loop {
             self.refresh_live();
             let deadline = self.timeout_deadline();
@@ -229,7 +228,9 @@ impl Session {
             }
             tokio::select! {
                 biased;
-                () = stop.cancelled() => break CloseReason::Shutdown,
+                // The stop's `sessions_stop` needs no branch here: it comes
+                // after `shutdown`, which ends this loop, and the waits of
+                // `flush` and `answer_until_closed` honour it.
                 _ = shutdown.changed() => {
                     out.push_str(&tbg_stratum::client_reconnect(None, None, None));
                     if self.flush(&mut stream, &mut out).await.is_ok() {
@@ -365,11 +366,14 @@ impl Session {
             let _ = tokio::time::timeout(BLOCK_STORE_WAIT, stored).await;
         }
         // Nothing is confirmed to the miner before its events are durable.
-        let stop = self.shared.sessions_stop.clone();
+        // The waits are polled first (`biased`): a write that is ready at
+        // once, as nearly every one is, never registers with the stop token.
+        let stop = &self.shared.sessions_stop;
         if let Some(journal) = &self.shared.journal {
             let seq = self.pending_seq.load(Ordering::Relaxed);
             if seq > journal.durable_seq() {
                 let durable = tokio::select! {
+                    biased;
                     durable = journal.wait_durable(seq) => durable.is_ok(),
                     () = stop.cancelled() => false,
                 };
@@ -383,6 +387,7 @@ impl Session {
             writer.write_all(out.as_bytes()),
         );
         let result = tokio::select! {
+            biased;
             written = write => match written {
                 Ok(Ok(())) => Ok(()),
                 Ok(Err(_)) => Err(CloseReason::IoError),
