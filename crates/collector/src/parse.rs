@@ -243,6 +243,13 @@ fn strip_nul(event: &mut Event) {
             clean(hash);
             clean(replaced_by);
         }
+        RegionFailover {
+            primary, reason, ..
+        } => {
+            clean(primary);
+            clean(reason);
+        }
+        RegionFailback { primary, .. } => clean(primary),
         NewBlockNetwork { .. } => {}
     }
 }
@@ -298,6 +305,16 @@ mod tests {
                 height: 840_000,
                 hash: "00ab".into(),
                 replaced_by: "00cd".into(),
+            },
+            EventData::RegionFailover {
+                primary: "us-east\u{e9}".into(),
+                silent_s: 10.5,
+                reason: "no heartbeat for 10 s".into(),
+            },
+            EventData::RegionFailback {
+                primary: "us-east".into(),
+                failed_over_s: 120.0,
+                steady_s: 30.0,
             },
             EventData::MinerConnected {
                 user: user(),

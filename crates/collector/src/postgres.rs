@@ -834,7 +834,9 @@ async fn upsert_aggregates(
             // Settled long after the find: says nothing of the worker now.
             EventData::NewBlockNetwork { .. }
             | EventData::BlockConfirmed { .. }
-            | EventData::BlockOrphaned { .. } => continue,
+            | EventData::BlockOrphaned { .. }
+            | EventData::RegionFailover { .. }
+            | EventData::RegionFailback { .. } => continue,
         };
         let entry = workers.entry((user, worker)).or_insert(WorkerDelta {
             first_seen: time,

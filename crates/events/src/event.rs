@@ -109,6 +109,24 @@ pub enum EventData {
         /// The block at that height on the best chain.
         replaced_by: String,
     },
+    /// A relay region stopped mining the primary's templates: the primary
+    /// was silent for `silent_s` (at least the failover timeout).
+    RegionFailover {
+        /// The primary region given up.
+        primary: String,
+        /// Seconds since the primary was last heard (0: never heard since start).
+        silent_s: f64,
+        /// Why, in words ("no heartbeat for 10 s", "link refused: ...").
+        reason: String,
+    },
+    /// A relay region is back on the primary's templates after the primary
+    /// was heard steadily for `steady_s`.
+    RegionFailback {
+        primary: String,
+        /// Seconds the relay mined on its own node's templates.
+        failed_over_s: f64,
+        steady_s: f64,
+    },
     MinerConnected {
         user: String,
         worker: String,
@@ -197,6 +215,8 @@ impl EventData {
             EventData::BlockSubmitted { .. } => "block_submitted",
             EventData::BlockConfirmed { .. } => "block_confirmed",
             EventData::BlockOrphaned { .. } => "block_orphaned",
+            EventData::RegionFailover { .. } => "region_failover",
+            EventData::RegionFailback { .. } => "region_failback",
         }
     }
 }

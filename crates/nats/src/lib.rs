@@ -7,11 +7,16 @@
 //! restart publishes again from the cursor (JetStream's duplicate window
 //! drops what it already has; the primary's collector is idempotent on the
 //! event id beyond it).
+//!
+//! On the primary, [`Ingest`] consumes every other region's events into
+//! the primary's own journal, from where its collector writes them.
 
 mod cursor;
+mod ingest;
 mod publisher;
 
 pub use cursor::{Cursor, CursorError};
+pub use ingest::{Ingest, IngestConfig, IngestError, IngestStats};
 pub use publisher::{
     ensure_stream, subject, PublishError, Publisher, PublisherConfig, PublisherStats,
     StreamSettings,

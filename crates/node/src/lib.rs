@@ -21,6 +21,6 @@ pub use rpc::{RpcClient, RpcError, RpcObserver};
 pub use submit::{ChainPosition, ChainReport, NodeSubmitAnswer, SubmitAnswer};
 pub use tip::{compare as compare_tips, TemplateSearch, Tip, TipOrder};
 pub use watcher::{
-    FetchedTemplate, IntervalControl, NodeHealth, RefreshTrigger, RunningWatcher, TemplateWatcher,
-    WatcherConfig, CHAIN_INFO_POLL, DEFAULT_TIP_MEMORY,
+    previous_hash_of, FetchedTemplate, IntervalControl, NodeHealth, RefreshTrigger, RunningWatcher,
+    TemplateWatcher, WatcherConfig, CHAIN_INFO_POLL, DEFAULT_TIP_MEMORY,
 };

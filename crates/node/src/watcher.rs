@@ -204,7 +204,8 @@ impl RefreshTrigger {
     }
 }
 
-fn previous_hash_of(gbt: &Value) -> Option<BlockHash> {
+/// A getblocktemplate answer's `previousblockhash`, if present and valid.
+pub fn previous_hash_of(gbt: &Value) -> Option<BlockHash> {
     gbt.get("previousblockhash")
         .and_then(Value::as_str)
         .and_then(|s| BlockHash::from_str(s).ok())

@@ -38,9 +38,12 @@ use tokio::sync::{mpsc, watch};
 /// default node RPC timeout, so a node that is down cannot hold it longer.
 pub const BLOCK_SUBMIT_GRACE: Duration = Duration::from_secs(10);
 
-pub use blocks::{BlockRecord, BlockStatus, BlockStore, BlockStoreError, FoundBlock, StoredBlock};
+pub use blocks::{
+    BlockRecord, BlockStatus, BlockStore, BlockStoreError, FoundBlock, RelayedBlock,
+    RelayedBlockError, StoredBlock,
+};
 pub use counters::PoolCounters;
-pub use service::{NodeSettings, PoolService, ServiceError};
+pub use service::{NodeSettings, PoolService, RegionWiring, ServiceError, Templates};
 pub use settings::PoolSettings;
 pub use stats::{StatsRegistry, UserSnapshot, WorkerSnapshot};
 pub use view::PoolView;
@@ -104,6 +107,9 @@ pub(crate) struct PoolShared {
     pub(crate) refresh: Option<RefreshTrigger>,
     /// Blocks being submitted to the nodes: a graceful stop waits for them.
     pub(crate) block_submissions: tokio_util::task::TaskTracker,
+    /// A relay region's link to its primary: each block this pool's miners
+    /// find, once it is in the block store.
+    block_tap: Option<mpsc::Sender<StoredBlock>>,
     epoch: Instant,
 }
 
@@ -193,6 +199,50 @@ impl PoolShared {
     ) -> tokio::sync::oneshot::Receiver<()> {
         blocks::keeper::found(self, block)
     }
+
+    /// Hands a block this pool found to the relay link, if there is one.
+    /// Never waits: when the link's queue is full the block is still in the
+    /// store, which the link reads again on every connect and every
+    /// rescan.
+    pub(crate) fn forward_found_block(&self, block: &StoredBlock) {
+        if let Some(tap) = &self.block_tap {
+            if tap.try_send(block.clone()).is_err() {
+                tracing::warn!(hash = %block.hash,
+                    "relay link queue full; the block goes to the primary from the block store");
+            }
+        }
+    }
+}
+
+/// What a region's link to other regions may do with the pool: take a
+/// block a relay found, and journal the region's own events. Cheap to
+/// clone.
+#[derive(Clone)]
+pub struct PoolLink {
+    shared: Arc<PoolShared>,
+}
+
+impl PoolLink {
+    /// A relay's block: checked, then stored and submitted to this pool's
+    /// nodes like one of its own (without its events: the relay region
+    /// journals those). Resolves once the block is in the block store.
+    pub fn take_relayed_block(
+        &self,
+        block: RelayedBlock,
+    ) -> Result<tokio::sync::oneshot::Receiver<()>, RelayedBlockError> {
+        let found = blocks::relayed::check(block)?;
+        Ok(self.shared.block_found(found))
+    }
+
+    /// Journals an event of this pool (region failover and failback).
+    pub fn emit(&self, data: EventData) -> u64 {
+        self.shared.emit(data)
+    }
+
+    /// The block store, if the pool keeps one.
+    pub fn block_store(&self) -> Option<BlockStore> {
+        self.shared.block_store.clone()
+    }
 }
 
 /// Everything the pool needs from outside.
@@ -211,6 +261,9 @@ pub struct PoolDeps {
     /// events of its share are committed.
     pub journal: Option<Journal>,
     pub event_factory: EventFactory,
+    /// A relay region: every block found here, once stored, for the link
+    /// to the primary (bounded by the caller's channel).
+    pub block_tap: Option<mpsc::Sender<StoredBlock>>,
 }
 
 /// A running pool.
@@ -333,6 +386,7 @@ pub async fn start(settings: PoolSettings, deps: PoolDeps) -> Result<PoolHandle,
         node_health: deps.node_health,
         refresh: deps.refresh,
         block_submissions: tokio_util::task::TaskTracker::new(),
+        block_tap: deps.block_tap,
         epoch: Instant::now(),
     });
     if let Some(loaded) = stored_blocks {
@@ -452,6 +506,13 @@ impl PoolHandle {
                 .and_then(|work| work.clone())
         };
         tokio::time::timeout(timeout, wait).await.ok().flatten()
+    }
+
+    /// What the relay link may do with this pool.
+    pub fn link(&self) -> PoolLink {
+        PoolLink {
+            shared: self.shared.clone(),
+        }
     }
 
     /// A cloneable read-only view for the metrics and status endpoints.

@@ -5,14 +5,14 @@ use std::time::Duration;
 
 use tbg_events::{EventFactory, EventSink};
 use tbg_node::{
-    ChainInfo, IntervalControl, NodeEndpoint, NodeError, NodeHealth, NodeSet, TemplateWatcher,
-    WatcherConfig,
+    ChainInfo, FetchedTemplate, IntervalControl, NodeEndpoint, NodeError, NodeHealth, NodeSet,
+    TemplateWatcher, WatcherConfig,
 };
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::counters::RpcMetrics;
-use crate::{PoolDeps, PoolError, PoolHandle, PoolSettings};
+use crate::{PoolDeps, PoolError, PoolHandle, PoolSettings, StoredBlock};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
@@ -31,9 +31,26 @@ pub struct NodeSettings {
     pub watcher: WatcherConfig,
 }
 
+/// The templates the pool mines on, as a watch channel.
+pub type Templates = watch::Receiver<Option<Arc<FetchedTemplate>>>;
+
+/// How a region of several wires into the pool; the default is a single
+/// region.
+#[derive(Default)]
+pub struct RegionWiring {
+    /// A relay's failover: takes the local node watcher's templates and
+    /// returns what the pool mines on (the primary's while it is heard).
+    #[allow(clippy::type_complexity)]
+    pub route_templates: Option<Box<dyn FnOnce(Templates) -> Templates + Send>>,
+    /// A relay's link to the primary: every block found here, once stored.
+    pub block_tap: Option<mpsc::Sender<StoredBlock>>,
+}
+
 /// A running pool with its node watcher.
 pub struct PoolService {
     pub pool: PoolHandle,
+    /// What the pool mines on (a primary streams these to its relays).
+    pub templates: Templates,
     pub nodes: Arc<NodeSet>,
     pub node_health: watch::Receiver<NodeHealth>,
     /// Latency of every RPC call to the nodes, for `/metrics`.
@@ -53,6 +70,26 @@ impl PoolService {
         events: Arc<dyn EventSink>,
         journal: Option<tbg_journal::Journal>,
         event_factory: EventFactory,
+    ) -> Result<PoolService, ServiceError> {
+        PoolService::start_in_region(
+            settings,
+            node_settings,
+            events,
+            journal,
+            event_factory,
+            RegionWiring::default(),
+        )
+        .await
+    }
+
+    /// [`PoolService::start`] for one region of several.
+    pub async fn start_in_region(
+        settings: PoolSettings,
+        node_settings: NodeSettings,
+        events: Arc<dyn EventSink>,
+        journal: Option<tbg_journal::Journal>,
+        event_factory: EventFactory,
+        region: RegionWiring,
     ) -> Result<PoolService, ServiceError> {
         let rpc_metrics = Arc::new(RpcMetrics::default());
         let nodes = Arc::new(
@@ -77,21 +114,27 @@ impl PoolService {
             running.chain_info,
             running.intervals,
         );
+        let templates = match region.route_templates {
+            Some(route) => route(templates),
+            None => templates,
+        };
         let pool = crate::start(
             settings,
             PoolDeps {
-                templates,
+                templates: templates.clone(),
                 node_health: node_health.clone(),
                 refresh: Some(refresh),
                 nodes: nodes.clone(),
                 events,
                 journal,
                 event_factory,
+                block_tap: region.block_tap,
             },
         )
         .await?;
         Ok(PoolService {
             pool,
+            templates,
             nodes,
             node_health,
             rpc_metrics,

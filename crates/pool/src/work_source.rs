@@ -42,11 +42,15 @@ pub(crate) async fn run(
             match Template::from_gbt(&update.gbt) {
                 Ok(template) => {
                     generation += 1;
-                    let clean_jobs = last_prev != Some(template.previous_block_hash);
+                    let new_prev = last_prev != Some(template.previous_block_hash);
+                    // `new_block` is also set by a relay's switch between
+                    // the primary's and its own node's templates: miners
+                    // drop work of the source given up.
+                    let clean_jobs = new_prev || update.new_block;
                     let template = Arc::new(template);
                     let job_template = Arc::new(JobTemplate::new(template.clone()));
                     let network_difficulty = tbg_work::target_to_difficulty(&template.target);
-                    if clean_jobs {
+                    if new_prev {
                         tracing::info!(
                             height = template.height,
                             prev = %template.previous_block_hash,

@@ -39,6 +39,8 @@ pub enum LinkError {
     BadMac,
     #[error("frame {got} where {expected} was due: replayed, reordered or lost")]
     Sequence { expected: u64, got: u64 },
+    #[error("the primary refused this relay: {0}")]
+    Refused(String),
 }
 
 /// A frame's content once the link is up.
@@ -48,7 +50,7 @@ pub enum Body {
     /// primary -> relay: a template (Bitcoin Core's getblocktemplate
     /// result), sent at once on each new one.
     Template { generation: u64, template: Value },
-    /// primary -> relay, every `heartbeat_s`: the primary is alive, at this tip.
+    /// Both ways, every `heartbeat_s`: alive, at this tip.
     Heartbeat {
         height: u64,
         tip: String,
@@ -62,9 +64,14 @@ pub enum Body {
         hex: String,
         user: String,
         worker: String,
+        #[serde(default)]
+        reward_sats: u64,
     },
     /// primary -> relay: the block is in the primary's block store.
     BlockStored { hash: String },
+    /// primary -> relay: the block does not check out (not a block, a hash
+    /// that is not its own, no proof of work); not sent again.
+    BlockRefused { hash: String, reason: String },
 }
 
 /// Which side a session is.
@@ -177,6 +184,12 @@ impl PrimaryHandshake {
         serde_json::json!({"type": "challenge", "nonce": hex::encode(self.nonce)}).to_string()
     }
 
+    /// The line that refuses an authenticated relay (an instance id already
+    /// in use), sent instead of the welcome.
+    pub fn refusal(reason: &str) -> String {
+        serde_json::json!({"type": "refused", "reason": reason}).to_string()
+    }
+
     /// The relay's hello: checked, answered with the welcome line.
     pub fn accept(self, line: &str) -> Result<(String, Hello, LinkSession), LinkError> {
         let frame = parse(line)?;
@@ -285,6 +298,10 @@ impl RelayHandshake {
             });
         };
         let frame = parse(line)?;
+        if frame.get("type").and_then(Value::as_str) == Some("refused") {
+            let reason = frame.get("reason").and_then(Value::as_str).unwrap_or("");
+            return Err(LinkError::Refused(reason.chars().take(200).collect()));
+        }
         expect_type(&frame, "welcome")?;
         let region = field(&frame, "region")?.to_owned();
         verify(
@@ -429,6 +446,7 @@ mod tests {
             hex: "00".into(),
             user: "bcrt1q".into(),
             worker: "rig".into(),
+            reward_sats: 5_000_000_000,
         };
         assert_eq!(primary.open(&relay.seal(&block)).unwrap(), block);
     }

@@ -2,7 +2,10 @@
 //! as in production, plus payout addresses of every type and private
 //! PostgreSQL and Redis servers.
 
+mod ports;
 pub mod servers;
+
+pub use ports::free_port;
 pub use servers::{NatsServer, PgServer, RedisServer};
 
 use std::net::SocketAddr;
@@ -478,14 +481,6 @@ fn hex_decode(text: &str) -> Vec<u8> {
 
 fn hex_encode(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// A port nothing listens on right now.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|addr| addr.port())
-        .expect("a free port")
 }
 
 /// A block hash as `mining.notify` sends it (internal byte order, each

@@ -65,23 +65,32 @@ pub(crate) fn found(
         attempts: 0,
         confirmations: 0,
         replaced_by: None,
+        origin: block.origin,
     };
     if !shared.blocks.insert(BlockRecord::of(&stored, false)) {
         tracing::warn!(hash = %stored.hash, "the same block solution again; submitted once");
         let _ = stored_tx.send(());
         return stored_rx;
     }
-    shared.counters.blocks_found.fetch_add(1, Ordering::Relaxed);
-    shared.emit(EventData::BlockFound {
-        user: stored.user.clone(),
-        worker: stored.worker.clone(),
-        height: u64::from(stored.height),
-        hash: stored.hash.clone(),
-        diff: stored.share_difficulty,
-        network_diff: stored.network_difficulty,
-        reward_sats: stored.reward_sats,
-        coinbase_sig: stored.coinbase_sig.clone(),
-    });
+    let relayed = stored.origin.is_some();
+    if relayed {
+        // The relay region announced it and follows it in its own events;
+        // here it is only stored and submitted to this region's nodes.
+        tracing::info!(height = stored.height, hash = %stored.hash, region = ?stored.origin,
+            user = %stored.user, "block from a relay region: storing and submitting it");
+    } else {
+        shared.counters.blocks_found.fetch_add(1, Ordering::Relaxed);
+        shared.emit(EventData::BlockFound {
+            user: stored.user.clone(),
+            worker: stored.worker.clone(),
+            height: u64::from(stored.height),
+            hash: stored.hash.clone(),
+            diff: stored.share_difficulty,
+            network_diff: stored.network_difficulty,
+            reward_sats: stored.reward_sats,
+            coinbase_sig: stored.coinbase_sig.clone(),
+        });
+    }
     let shared = shared.clone();
     // A graceful stop waits for the store write and the first round of
     // submissions (bounded); later rounds belong to the next start.
@@ -99,6 +108,9 @@ pub(crate) fn found(
         };
         keeper.save_bounded().await;
         let _ = stored_tx.send(());
+        if !relayed {
+            keeper.shared.forward_found_block(&keeper.block);
+        }
         keeper.publish();
         keeper.submit_round().await;
         tokio::spawn(keeper.run());
@@ -248,10 +260,7 @@ impl Keeper {
     /// On a best chain: tell the nodes' watcher, announce, store.
     async fn accepted(&mut self) {
         self.block.status = BlockStatus::Accepted;
-        self.shared
-            .counters
-            .blocks_accepted
-            .fetch_add(1, Ordering::Relaxed);
+        self.count(&self.shared.counters.blocks_accepted);
         // Our block is the new tip: fetch work on top of it now.
         if let Some(refresh) = &self.shared.refresh {
             refresh.request();
@@ -270,7 +279,7 @@ impl Keeper {
             None => (BlockStatus::Stale, &self.shared.counters.blocks_stale),
         };
         self.block.status = status;
-        counter.fetch_add(1, Ordering::Relaxed);
+        self.count(counter);
         tracing::error!(height = self.block.height, hash = %self.block.hash, user = %self.block.user,
             status = ?status, replaced_by = ?self.block.replaced_by, rejection = ?self.last_rejection,
             answers = ?self.block.answers, "found block lost: the chain has another block at its height");
@@ -308,10 +317,7 @@ impl Keeper {
                     return;
                 }
                 self.block.status = BlockStatus::Confirmed;
-                self.shared
-                    .counters
-                    .blocks_confirmed
-                    .fetch_add(1, Ordering::Relaxed);
+                self.count(&self.shared.counters.blocks_confirmed);
                 tracing::info!(height = self.block.height, hash = %self.block.hash, user = %self.block.user,
                     confirmations, "block confirmed");
                 self.announce(EventData::BlockConfirmed {
@@ -327,10 +333,7 @@ impl Keeper {
             ChainPosition::Replaced { by, .. } => {
                 self.block.status = BlockStatus::Orphaned;
                 self.block.replaced_by = Some(by.to_string());
-                self.shared
-                    .counters
-                    .blocks_orphaned
-                    .fetch_add(1, Ordering::Relaxed);
+                self.count(&self.shared.counters.blocks_orphaned);
                 tracing::error!(height = self.block.height, hash = %self.block.hash, user = %self.block.user,
                     replaced_by = %by, "block ORPHANED: another block at its height is on the best chain");
                 self.announce(EventData::BlockOrphaned {
@@ -379,9 +382,21 @@ impl Keeper {
         }
     }
 
+    /// Counts a change of status in this pool's metrics: a relay region's
+    /// block counts in that region's (each block once across regions).
+    fn count(&self, counter: &std::sync::atomic::AtomicU64) {
+        if self.block.origin.is_none() {
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     /// Journals a change of status and waits (bounded) until it is
-    /// durable, so the store is not ahead of the journal.
+    /// durable, so the store is not ahead of the journal. A relay region's
+    /// block is evented by that region alone.
     async fn announce(&self, event: EventData) {
+        if self.block.origin.is_some() {
+            return;
+        }
         match self.shared.try_emit(event) {
             Some(seq) => {
                 if let Some(journal) = &self.shared.journal {

@@ -12,8 +12,10 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
 pub(crate) mod keeper;
+pub mod relayed;
 pub mod store;
 
+pub use relayed::{RelayedBlock, RelayedBlockError};
 pub use store::{BlockStore, BlockStoreError, StoredBlock};
 
 /// A share that meets the network target.
@@ -28,6 +30,9 @@ pub struct FoundBlock {
     pub network_difficulty: f64,
     pub reward_sats: u64,
     pub coinbase_sig: String,
+    /// The relay region whose miner found it, for a block a relay sent
+    /// over the relay link; `None` for this pool's own miners' blocks.
+    pub origin: Option<String>,
 }
 
 /// Where a found block is in its life.
@@ -89,6 +94,10 @@ pub struct BlockRecord {
     /// Written to the block store (false: only in this process's memory,
     /// because the store could not be written; see the log).
     pub durable: bool,
+    /// The relay region that found it (sent over the relay link); `None`
+    /// when this pool's miner did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub origin: Option<String>,
 }
 
 impl BlockRecord {
@@ -106,6 +115,7 @@ impl BlockRecord {
             confirmations: block.confirmations,
             replaced_by: block.replaced_by.clone(),
             durable,
+            origin: block.origin.clone(),
         }
     }
 }
@@ -178,6 +188,7 @@ mod tests {
             confirmations: 0,
             replaced_by: None,
             durable: true,
+            origin: None,
         }
     }
 

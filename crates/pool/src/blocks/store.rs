@@ -55,6 +55,9 @@ pub struct StoredBlock {
     /// The block that took its place, when stale or orphaned.
     #[serde(default)]
     pub replaced_by: Option<String>,
+    /// The relay region that found it (see [`super::FoundBlock::origin`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<String>,
 }
 
 impl StoredBlock {
@@ -186,6 +189,7 @@ mod tests {
             attempts: 0,
             confirmations: 0,
             replaced_by: None,
+            origin: None,
         }
     }
 

@@ -345,6 +345,7 @@ impl Session {
             network_difficulty: tbg_work::target_to_difficulty(&template.network_target),
             reward_sats: reward_sats(kept),
             coinbase_sig: user.user_sig.clone().unwrap_or_default(),
+            origin: None,
         })
     }
 }

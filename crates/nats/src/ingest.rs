@@ -1,0 +1,255 @@
+//! The primary's side: every other region's events, consumed from
+//! JetStream with a durable pull consumer and appended to the primary's own
+//! journal, from where its collector writes them to Redis and PostgreSQL
+//! exactly as it writes the primary's own events.
+//!
+//! Why the journal and not Redis and PostgreSQL directly: the journal is
+//! the one ordered, durable, deduplicated sequence the sinks already read
+//! exactly once (its `event_id` is unique, so an event delivered twice is
+//! stored once however long after the duplicate window it comes; Redis
+//! stream ids stay increasing because they are the journal's). A message is
+//! acked only once its event is durable in the journal; until then
+//! JetStream redelivers it, so a crash at any point loses nothing and a
+//! Redis or PostgreSQL outage does not hold the regions' events in NATS.
+//!
+//! The journal's staging ring is shared with the primary's own miners: the
+//! ingest pulls only while the ring is less than half full, so a region
+//! catching up after an outage can never make the journal refuse a local
+//! miner's share.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer, AckKind};
+use futures::StreamExt;
+use tbg_events::Event;
+use tbg_journal::{Journal, JournalError};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Clone)]
+pub struct IngestConfig {
+    /// The stream every region publishes to.
+    pub stream: String,
+    /// The durable consumer's name: its position survives restarts of the
+    /// pool and of NATS.
+    pub consumer: String,
+    /// This region's name: its own events are in the journal already (the
+    /// primary's publisher, if one runs, sends them too) and are acked
+    /// without being appended again.
+    pub own_region: String,
+    /// Most messages per fetch; each fetch's events are appended, made
+    /// durable and acked together.
+    pub batch: usize,
+    /// Longest wait of one fetch for messages.
+    pub fetch_wait: Duration,
+    /// Longest wait between two tries while NATS or the journal fails.
+    pub retry_max: Duration,
+    /// How long JetStream waits for an ack before it redelivers.
+    pub ack_wait: Duration,
+}
+
+impl IngestConfig {
+    pub fn new(stream: &str, consumer: &str, own_region: &str) -> IngestConfig {
+        IngestConfig {
+            stream: stream.to_owned(),
+            consumer: consumer.to_owned(),
+            own_region: own_region.to_owned(),
+            batch: 500,
+            fetch_wait: Duration::from_secs(1),
+            retry_max: Duration::from_secs(5),
+            ack_wait: Duration::from_secs(30),
+        }
+    }
+}
+
+/// What the ingest did, for metrics, `/status` and tests.
+#[derive(Debug, Default)]
+pub struct IngestStats {
+    /// Events of other regions appended to the journal (a redelivered one
+    /// counts again: the journal stores it once).
+    pub ingested: AtomicU64,
+    /// Messages of this region's own events, acked and skipped.
+    pub own_skipped: AtomicU64,
+    /// Messages whose payload is not an event: logged, terminated (a retry
+    /// cannot mend them), counted.
+    pub malformed: AtomicU64,
+    /// Rounds that failed (NATS down, the journal refusing); each retried.
+    pub failures: AtomicU64,
+    /// Messages JetStream still holds for the consumer, at the last fetch.
+    pub pending: AtomicU64,
+    /// Rounds that waited because the journal's ring was half full.
+    pub paused_for_journal: AtomicU64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error("NATS: {0}")]
+    Nats(String),
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+}
+
+pub struct Ingest {
+    config: IngestConfig,
+    js: jetstream::Context,
+    journal: Journal,
+    stats: Arc<IngestStats>,
+}
+
+impl Ingest {
+    pub fn new(config: IngestConfig, js: jetstream::Context, journal: Journal) -> Ingest {
+        Ingest {
+            config,
+            js,
+            journal,
+            stats: Arc::default(),
+        }
+    }
+
+    pub fn stats(&self) -> Arc<IngestStats> {
+        self.stats.clone()
+    }
+
+    /// Consumes until `stop`, retrying every failure with backoff (NATS
+    /// may be down when the pool starts, or for hours).
+    pub async fn run(self, stop: CancellationToken) {
+        let mut backoff = Duration::from_millis(250);
+        let mut consumer: Option<consumer::PullConsumer> = None;
+        while !stop.is_cancelled() {
+            if self.journal_is_busy() {
+                self.stats
+                    .paused_for_journal
+                    .fetch_add(1, Ordering::Relaxed);
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_millis(50)) => {}
+                    () = stop.cancelled() => return,
+                }
+                continue;
+            }
+            let round = async {
+                if consumer.is_none() {
+                    consumer = Some(self.consumer().await?);
+                }
+                let pull = consumer.as_ref().expect("just set");
+                self.round(pull).await
+            };
+            let outcome = tokio::select! {
+                outcome = round => outcome,
+                () = stop.cancelled() => return,
+            };
+            match outcome {
+                Ok(()) => backoff = Duration::from_millis(250),
+                Err(error) => {
+                    self.stats.failures.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(%error, retry_in = ?backoff,
+                        "ingesting the regions' events failed; JetStream keeps them");
+                    consumer = None;
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff) => {}
+                        () = stop.cancelled() => return,
+                    }
+                    backoff = (backoff * 2).min(self.config.retry_max);
+                }
+            }
+        }
+    }
+
+    fn journal_is_busy(&self) -> bool {
+        let stats = self.journal.stats();
+        stats.stage_used_bytes.saturating_mul(2) > stats.stage_capacity_bytes
+    }
+
+    async fn consumer(&self) -> Result<consumer::PullConsumer, IngestError> {
+        let stream = self
+            .js
+            .get_stream(&self.config.stream)
+            .await
+            .map_err(|e| IngestError::Nats(format!("stream {}: {e}", self.config.stream)))?;
+        stream
+            .get_or_create_consumer(
+                &self.config.consumer,
+                consumer::pull::Config {
+                    durable_name: Some(self.config.consumer.clone()),
+                    filter_subject: "events.>".to_owned(),
+                    ack_policy: consumer::AckPolicy::Explicit,
+                    ack_wait: self.config.ack_wait,
+                    deliver_policy: consumer::DeliverPolicy::All,
+                    // Bounded: JetStream holds the rest until these are acked.
+                    max_ack_pending: (self.config.batch as i64).saturating_mul(4),
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| IngestError::Nats(format!("consumer {}: {e}", self.config.consumer)))
+    }
+
+    /// One fetch: appended, made durable, then acked.
+    async fn round(&self, consumer: &consumer::PullConsumer) -> Result<(), IngestError> {
+        let mut messages = consumer
+            .fetch()
+            .max_messages(self.config.batch.max(1))
+            .expires(self.config.fetch_wait)
+            .messages()
+            .await
+            .map_err(|e| IngestError::Nats(format!("fetching: {e}")))?;
+        let mut to_ack = Vec::new();
+        let mut last_seq = 0;
+        let mut appended = 0u64;
+        let mut refused = None;
+        while let Some(message) = messages.next().await {
+            let message = message.map_err(|e| IngestError::Nats(format!("receiving: {e}")))?;
+            if let Ok(info) = message.info() {
+                self.stats.pending.store(info.pending, Ordering::Relaxed);
+            }
+            let event = std::str::from_utf8(&message.payload)
+                .map_err(|e| e.to_string())
+                .and_then(|text| Event::from_json(text).map_err(|e| e.to_string()));
+            let event = match event {
+                Ok(event) => event,
+                Err(reason) => {
+                    self.stats.malformed.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(subject = %message.subject, %reason,
+                        "a message on the events stream is not an event; dropped");
+                    message
+                        .ack_with(AckKind::Term)
+                        .await
+                        .map_err(|e| IngestError::Nats(format!("terminating: {e}")))?;
+                    continue;
+                }
+            };
+            if event.region == self.config.own_region {
+                self.stats.own_skipped.fetch_add(1, Ordering::Relaxed);
+                to_ack.push(message);
+                continue;
+            }
+            match self.journal.append(&event) {
+                Ok(seq) => {
+                    last_seq = seq;
+                    appended += 1;
+                    to_ack.push(message);
+                }
+                Err(error) => {
+                    // Not acked: JetStream redelivers it (and the rest of
+                    // this fetch) after ack_wait.
+                    refused = Some(error);
+                    break;
+                }
+            }
+        }
+        if last_seq > 0 {
+            self.journal.wait_durable(last_seq).await?;
+        }
+        self.stats.ingested.fetch_add(appended, Ordering::Relaxed);
+        for message in to_ack {
+            message
+                .ack()
+                .await
+                .map_err(|e| IngestError::Nats(format!("acking: {e}")))?;
+        }
+        match refused {
+            Some(error) => Err(error.into()),
+            None => Ok(()),
+        }
+    }
+}

@@ -1,0 +1,212 @@
+//! The primary's ingest against a real `nats-server -js`: a relay region's
+//! journal, published by its publisher, ends up in the primary's journal
+//! with every event exactly once, through a NATS restart, an ingest
+//! restart, and a relay that lost its cursor and published everything
+//! again after JetStream's duplicate window had passed.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream;
+use tbg_events::{EventData, EventFactory};
+use tbg_journal::{Journal, JournalConfig, JournalReader};
+use tbg_nats::{
+    ensure_stream, Ingest, IngestConfig, IngestStats, Publisher, PublisherConfig, StreamSettings,
+};
+use tbg_testkit::NatsServer;
+use tokio_util::sync::CancellationToken;
+
+fn share(n: usize) -> EventData {
+    EventData::ShareSubmitted {
+        user: format!("bcrt1q{}", n % 7),
+        worker: "rig".into(),
+        client_id: 1,
+        diff: 1.0,
+        sdiff: 2.0,
+        accepted: true,
+        reject_reason: None,
+        ip: "127.0.0.1".into(),
+    }
+}
+
+async fn append(journal: &Journal, factory: &EventFactory, from: usize, count: usize) {
+    let mut last = 0;
+    for n in from..from + count {
+        last = journal.append(&factory.make(share(n))).unwrap();
+    }
+    journal.wait_committed(last).await.unwrap();
+}
+
+async fn connect(url: &str) -> jetstream::Context {
+    let client = async_nats::ConnectOptions::new()
+        .retry_on_initial_connect()
+        .connect(url)
+        .await
+        .unwrap();
+    jetstream::new(client)
+}
+
+struct Running {
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    async fn stop(self) {
+        self.stop.cancel();
+        self.task.await.unwrap();
+    }
+}
+
+fn publish(js: &jetstream::Context, dir: &Path) -> Running {
+    let mut config = PublisherConfig::new(dir.join("relay.db"), dir.join("relay.cursor"));
+    config.retry_max = Duration::from_millis(300);
+    let publisher = Publisher::new(config, js.clone());
+    let stop = CancellationToken::new();
+    let task = tokio::spawn({
+        let stop = stop.clone();
+        async move { publisher.run(stop).await.expect("publisher runs") }
+    });
+    Running { stop, task }
+}
+
+fn ingest(js: &jetstream::Context, journal: &Journal) -> (Running, Arc<IngestStats>) {
+    let mut config = IngestConfig::new("EVENTS", "tbg-collector", "us-east");
+    config.retry_max = Duration::from_millis(300);
+    config.fetch_wait = Duration::from_millis(200);
+    config.ack_wait = Duration::from_secs(2);
+    let ingest = Ingest::new(config, js.clone(), journal.clone());
+    let stats = ingest.stats();
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(ingest.run(stop.clone()));
+    (Running { stop, task }, stats)
+}
+
+/// Event ids of the primary journal by region, with how often each is there.
+fn primary_rows(path: &Path) -> HashMap<String, HashMap<String, usize>> {
+    let reader = JournalReader::open(path).unwrap();
+    let mut by_region: HashMap<String, HashMap<String, usize>> = HashMap::new();
+    for record in reader.read_after(0, 1_000_000).unwrap() {
+        *by_region
+            .entry(record.region.clone())
+            .or_default()
+            .entry(record.event_id.clone())
+            .or_default() += 1;
+    }
+    by_region
+}
+
+async fn wait_for_rows(path: &Path, region: &str, count: usize, what: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let rows = primary_rows(path);
+        let got = rows.get(region).map_or(0, HashMap::len);
+        if got >= count {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}: {got} of {count}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_regions_events_reach_the_primary_journal_exactly_once() {
+    let mut nats = NatsServer::start();
+    let js = connect(&nats.url()).await;
+    // A short duplicate window, so that the test can outlive it.
+    let settings = StreamSettings {
+        duplicate_window: Duration::from_secs(1),
+        ..StreamSettings::default()
+    };
+    ensure_stream(&js, &settings).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Journal::open(JournalConfig::new(dir.path().join("relay.db"))).unwrap();
+    let relay_events = EventFactory::new("eu-west", "hosted");
+    let primary_path = dir.path().join("primary.db");
+    let primary = Journal::open(JournalConfig::new(&primary_path)).unwrap();
+    let primary_events = EventFactory::new("us-east", "hosted");
+    // The primary's own miners write its journal all along.
+    append(&primary, &primary_events, 0, 50).await;
+
+    append(&relay, &relay_events, 0, 300).await;
+    let publisher = publish(&js, dir.path());
+    let (consumer, stats) = ingest(&js, &primary);
+    wait_for_rows(&primary_path, "eu-west", 300, "the first relay events").await;
+
+    // NATS restarts: both sides reconnect and go on.
+    nats.kill();
+    append(&relay, &relay_events, 300, 200).await;
+    nats.restart();
+    wait_for_rows(&primary_path, "eu-west", 500, "the events of the outage").await;
+
+    // The ingest restarts: the durable consumer resumes where it was.
+    consumer.stop().await;
+    append(&relay, &relay_events, 500, 100).await;
+    let (consumer, stats_after_restart) = ingest(&js, &primary);
+    wait_for_rows(
+        &primary_path,
+        "eu-west",
+        600,
+        "the events after the restart",
+    )
+    .await;
+
+    // The relay lost its cursor (restored from an old backup) and
+    // publishes its whole journal again, after the duplicate window.
+    publisher.stop().await;
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    std::fs::remove_file(dir.path().join("relay.cursor")).unwrap();
+    let publisher = publish(&js, dir.path());
+    // A malformed message on the stream (not from a publisher of ours).
+    js.publish("events.eu-west.share_submitted", "not json".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    // The primary's own events, if its publisher sends them, come back
+    // here too: skipped, they are in the journal already.
+    let own = primary_events.make(share(9_999));
+    js.publish("events.us-east.share_submitted", own.to_json().into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    append(&relay, &relay_events, 600, 50).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while stats_after_restart.pending.load(Ordering::Relaxed) > 0
+        || stats_after_restart.ingested.load(Ordering::Relaxed) < 650
+        || stats_after_restart.malformed.load(Ordering::Relaxed) < 1
+        || stats_after_restart.own_skipped.load(Ordering::Relaxed) < 1
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the republished journal was not consumed: {stats_after_restart:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    publisher.stop().await;
+    consumer.stop().await;
+    assert!(stats.ingested.load(Ordering::Relaxed) >= 500);
+    primary.close().await.unwrap();
+    relay.close().await.unwrap();
+
+    let rows = primary_rows(&primary_path);
+    let relay_rows = &rows["eu-west"];
+    assert_eq!(relay_rows.len(), 650, "every relay event is there");
+    assert!(
+        relay_rows.values().all(|&n| n == 1),
+        "each relay event once, though 600 were published twice"
+    );
+    assert_eq!(
+        rows["us-east"].len(),
+        50,
+        "the primary's own events, once; its echo from NATS not added"
+    );
+    assert_eq!(rows.len(), 2);
+}
