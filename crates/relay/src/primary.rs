@@ -283,7 +283,14 @@ impl Connection {
         write_line(write, &handshake.challenge()).await?;
         let mut buffer = Vec::new();
         let hello_line = read_line(reader, &mut buffer).await?;
-        let (welcome, hello, session) = handshake.accept(&hello_line)?;
+        let (welcome, hello, session) = match handshake.accept(&hello_line) {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                // The relay's operator reads why in the relay's log.
+                let _ = write_line(write, &PrimaryHandshake::refusal(&error.to_string())).await;
+                return Err(error.into());
+            }
+        };
         let decision = {
             let mut peers = self.registry.peers.lock();
             let clash = peers

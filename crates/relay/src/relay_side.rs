@@ -82,7 +82,7 @@ pub struct RelayStatus {
 
 /// What the connection tells the selector.
 enum LinkEvent {
-    Up(String),
+    Up,
     Heard,
     Template(serde_json::Value),
     Lost(String),
@@ -218,11 +218,7 @@ async fn select_loop(
                 let Some(event) = event else { return };
                 let now = Instant::now();
                 match event {
-                    LinkEvent::Up(region) => {
-                        let mut status = shared.status.lock();
-                        status.connected = true;
-                        status.primary_region = Some(region);
-                    }
+                    LinkEvent::Up => {}
                     LinkEvent::Heard => shared.failover.lock().heard(now),
                     LinkEvent::Template(gbt) => {
                         shared.failover.lock().heard(now);
@@ -239,12 +235,7 @@ async fn select_loop(
                             publish(Some(template), false);
                         }
                     }
-                    LinkEvent::Lost(reason) => {
-                        shared.failover.lock().lost(&reason);
-                        let mut status = shared.status.lock();
-                        status.connected = false;
-                        status.last_error = Some(reason);
-                    }
+                    LinkEvent::Lost(reason) => shared.failover.lock().lost(&reason),
                 }
             }
             _ = ticker.tick() => {}
@@ -432,7 +423,12 @@ async fn connect_loop(
             Ok((session, region, reader, writer)) => {
                 backoff = Duration::from_millis(250);
                 tracing::info!(primary = %shared.config.primary, %region, "relay link: connected to the primary");
-                if events.send(LinkEvent::Up(region)).await.is_err() {
+                {
+                    let mut status = shared.status.lock();
+                    status.connected = true;
+                    status.primary_region = Some(region);
+                }
+                if events.send(LinkEvent::Up).await.is_err() {
                     return;
                 }
                 outbox.scan_store(&shared).await;
@@ -453,6 +449,11 @@ async fn connect_loop(
             }
         };
         tracing::warn!(primary = %shared.config.primary, %reason, retry_in = ?backoff, "relay link: no link to the primary");
+        {
+            let mut status = shared.status.lock();
+            status.connected = false;
+            status.last_error = Some(reason.clone());
+        }
         if events.send(LinkEvent::Lost(reason)).await.is_err() {
             return;
         }

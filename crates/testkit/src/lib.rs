@@ -183,6 +183,49 @@ impl TestEnv {
         journal: Option<tbg_journal::Journal>,
         watcher: WatcherConfig,
     ) -> TestEnv {
+        TestEnv::start_pool_in_region(
+            node,
+            endpoints,
+            settings,
+            journal,
+            watcher,
+            "test",
+            tbg_pool::RegionWiring::default(),
+        )
+        .await
+    }
+
+    /// One region of several: `node` is the region's own node, `region`
+    /// its name in the events, `wiring` its relay link.
+    pub async fn start_region(
+        node: DevNodeHandle,
+        settings: PoolSettings,
+        region: &str,
+        wiring: tbg_pool::RegionWiring,
+    ) -> TestEnv {
+        init_tracing();
+        let endpoint = node_endpoint(&node);
+        TestEnv::start_pool_in_region(
+            node,
+            vec![endpoint],
+            settings,
+            None,
+            test_watcher(),
+            region,
+            wiring,
+        )
+        .await
+    }
+
+    async fn start_pool_in_region(
+        node: DevNodeHandle,
+        endpoints: Vec<NodeEndpoint>,
+        settings: PoolSettings,
+        journal: Option<tbg_journal::Journal>,
+        watcher: WatcherConfig,
+        region: &str,
+        wiring: tbg_pool::RegionWiring,
+    ) -> TestEnv {
         let mut settings = settings;
         // Every test pool keeps its found blocks on disk, as in production.
         let block_dir = match settings.block_dir {
@@ -197,7 +240,7 @@ impl TestEnv {
             }
         };
         let events = Arc::new(MemorySink::new(200_000));
-        let service = PoolService::start(
+        let service = PoolService::start_in_region(
             settings,
             NodeSettings {
                 endpoints,
@@ -206,7 +249,8 @@ impl TestEnv {
             },
             events.clone(),
             journal,
-            EventFactory::new("test", "hosted"),
+            EventFactory::new(region, "hosted"),
+            wiring,
         )
         .await
         .expect("pool starts");
