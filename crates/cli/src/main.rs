@@ -5,6 +5,7 @@ mod loadtest;
 mod observability;
 mod ops;
 mod publisher;
+mod region;
 mod reload;
 mod settings;
 
@@ -202,26 +203,6 @@ fn load_config(args: &ConfigArgs, embedded_node: bool) -> Result<Config> {
     Ok(config)
 }
 
-/// The relay link is not built yet (issue 17): a config asking for it must
-/// not start a pool that silently does without. (Events reach NATS through
-/// `tbg publisher`, beside the pool.)
-fn refuse_unbuilt_region_roles(config: &Config) -> Result<()> {
-    let wanted = if config.region.mode == tbg_config::RegionMode::Relay {
-        Some("region.mode = \"relay\"")
-    } else if config.region.relay_secret.is_some() {
-        Some("region.relay_secret (the primary's relay link)")
-    } else {
-        None
-    };
-    match wanted {
-        Some(what) => anyhow::bail!(
-            "{what}: multi-region is not available in this version yet; run this region as a \
-             single primary (region.instance_id alone is honoured)"
-        ),
-        None => Ok(()),
-    }
-}
-
 fn event_sink(config: &Config) -> Result<Arc<DatagramSink>> {
     let path = &config.events.socket_path;
     let sink = DatagramSink::new(path.clone())
@@ -339,15 +320,24 @@ async fn start_pool(config: &Config) -> Result<observability::RunningPool> {
     let journal = tokio::task::spawn_blocking(move || open_journal(&journal_config))
         .await
         .context("journal open task")??;
-    let service = PoolService::start(
+    let (wiring, relay) = region::prepare(config)?;
+    let service = PoolService::start_in_region(
         pool_settings,
         node_settings,
         events.clone(),
         journal,
         factory,
+        wiring,
     )
     .await?;
-    observability::with_metrics(config, service, events).await
+    let region = match region::start(config, &service, relay).await {
+        Ok(region) => region,
+        Err(error) => {
+            service.shutdown(Duration::from_millis(500)).await;
+            return Err(error);
+        }
+    };
+    observability::with_metrics(config, service, events, region).await
 }
 
 fn open_journal(config: &Config) -> Result<Option<tbg_journal::Journal>> {
@@ -402,7 +392,6 @@ async fn run_pool(
     mut reloader: reload::Reloader,
     mut hangup: Option<tokio::signal::unix::Signal>,
 ) -> Result<()> {
-    refuse_unbuilt_region_roles(config)?;
     let service = start_pool(config).await?;
     serve_until_shutdown(&service, &mut reloader, &mut hangup).await;
     stop_pool(service).await;

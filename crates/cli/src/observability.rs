@@ -15,6 +15,7 @@ pub struct RunningPool {
     service: PoolService,
     metrics: MetricsServer,
     datagram: Arc<DatagramSink>,
+    region: crate::region::RunningRegion,
 }
 
 impl std::ops::Deref for RunningPool {
@@ -30,9 +31,12 @@ impl RunningPool {
         &self.datagram
     }
 
-    /// Stops the HTTP endpoints; returns the pool to stop it.
+    /// Stops the HTTP endpoints and the links to other regions; returns
+    /// the pool to stop it. (A relay's blocks found from here on go to the
+    /// primary from the block store at its next start.)
     pub async fn stop_metrics(self) -> PoolService {
         self.metrics.shutdown().await;
+        self.region.stop().await;
         self.service
     }
 }
@@ -42,16 +46,20 @@ pub async fn with_metrics(
     config: &Config,
     service: PoolService,
     datagram: Arc<DatagramSink>,
+    region: crate::region::RunningRegion,
 ) -> Result<RunningPool> {
     let sources = PoolSources::new(&service, Some(datagram.clone()))
-        .with_max_template_age(Duration::from_secs(config.metrics.max_template_age_secs));
+        .with_max_template_age(Duration::from_secs(config.metrics.max_template_age_secs))
+        .with_region(region.sources());
     match MetricsServer::start_pool(&config.metrics.bind, sources).await {
         Ok(metrics) => Ok(RunningPool {
             service,
             metrics,
             datagram,
+            region,
         }),
         Err(error) => {
+            region.stop().await;
             service.shutdown(Duration::from_millis(500)).await;
             Err(error).context("metrics.bind")
         }

@@ -15,6 +15,7 @@ mod limits;
 pub mod liveness;
 pub mod pool;
 pub mod process;
+pub mod region;
 
 use std::net::SocketAddr;
 
@@ -23,6 +24,7 @@ use tokio::sync::watch;
 
 pub use collector::{CollectorSources, StatsFn};
 pub use pool::PoolSources;
+pub use region::RegionSources;
 
 /// Content type of the OpenMetrics text `prometheus-client` writes.
 pub const OPENMETRICS_CONTENT_TYPE: &str =

@@ -39,6 +39,8 @@ pub struct PoolSources {
     pub max_template_age: Duration,
     /// The pool's Stratum address, which `/health/live` probes.
     pub stratum: std::net::SocketAddr,
+    /// The relay link and the NATS ingest, for one region of several.
+    pub region: crate::RegionSources,
 }
 
 impl PoolSources {
@@ -51,7 +53,13 @@ impl PoolSources {
             datagram,
             max_template_age: Duration::from_secs(180),
             stratum: service.pool.local_addr(),
+            region: crate::RegionSources::default(),
         }
+    }
+
+    pub fn with_region(mut self, region: crate::RegionSources) -> PoolSources {
+        self.region = region;
+        self
     }
 
     pub fn with_max_template_age(mut self, max_template_age: Duration) -> PoolSources {
@@ -112,6 +120,7 @@ impl std::fmt::Debug for PoolCollector {
 impl Collector for PoolCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), Error> {
         encode_pool(&self.0, &mut enc)?;
+        crate::region::encode_region(&self.0.region, &mut enc)?;
         crate::process::encode(&mut enc)
     }
 }
@@ -788,6 +797,7 @@ async fn status(State(state): State<Arc<AppState>>) -> Response {
         "workers_connected": users.iter().map(|u| u64::from(u.workers_connected)).sum::<u64>(),
         "nodes": nodes,
         "blocks": pool.blocks(),
+        "region": state.sources.region.status(),
     }))
     .into_response()
 }

@@ -107,6 +107,12 @@ impl Ingest {
         }
     }
 
+    /// Counts into `stats` (made before the NATS connection, for metrics).
+    pub fn with_stats(mut self, stats: Arc<IngestStats>) -> Ingest {
+        self.stats = stats;
+        self
+    }
+
     pub fn stats(&self) -> Arc<IngestStats> {
         self.stats.clone()
     }
