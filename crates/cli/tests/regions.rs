@@ -1,15 +1,19 @@
 //! Two regions as an operator runs them: `tbg devnet` as the primary (its
-//! relay link on a loopback port) and `tbg devnet` as a relay with its own
-//! embedded node, configured by `[region]` alone. The relay follows the
-//! primary, `/status` and `/metrics` of both say so, and when the primary
-//! process is killed the relay fails over and says that too.
+//! relay link on a loopback port, consuming NATS) and `tbg devnet` as a
+//! relay with its own embedded node and `tbg publisher`, configured by
+//! `[region]` and `[nats]` alone, watched by `tbg health-monitor`. The relay
+//! follows the primary, its events reach the primary's journal over a real
+//! NATS JetStream, `/status`, `/metrics` and the monitor say so; when the
+//! primary process is killed the relay fails over and the monitor names the
+//! primary as down.
 
+use std::collections::BTreeSet;
 use std::io::{Read, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use tbg_testkit::free_port;
+use tbg_testkit::{free_port, NatsServer};
 
 const SECRET: &str = "a relay secret for the test, long enough";
 
@@ -25,14 +29,24 @@ impl Drop for Region {
     }
 }
 
-fn start(dir: &Path, name: &str, region_keys: &str) -> Region {
+fn config_path(dir: &Path, name: &str) -> PathBuf {
+    dir.join(format!("{name}.toml"))
+}
+
+fn journal_path(dir: &Path, name: &str) -> PathBuf {
+    dir.join(name).join("journal.db")
+}
+
+/// `tbg devnet` for region `name`, its data in `<dir>/<name>`.
+fn start(dir: &Path, name: &str, nats: &str, region_keys: &str) -> Region {
     let metrics = free_port();
-    let config = dir.join(format!("{name}.toml"));
+    let config = config_path(dir, name);
     std::fs::write(
         &config,
         format!(
-            "network = \"regtest\"\n[events]\nsocket_path = {:?}\nregion = \"{name}\"\n[metrics]\nbind = \"127.0.0.1:{metrics}\"\ncollector_bind = \"127.0.0.1:0\"\n[region]\n{region_keys}",
-            dir.join(format!("{name}.sock"))
+            "network = \"regtest\"\n[events]\nsocket_path = {:?}\nregion = \"{name}\"\n[journal]\npath = {:?}\n[metrics]\nbind = \"127.0.0.1:{metrics}\"\ncollector_bind = \"127.0.0.1:0\"\n[nats]\nurl = \"{nats}\"\n[region]\n{region_keys}",
+            dir.join(format!("{name}.sock")),
+            journal_path(dir, name),
         ),
     )
     .unwrap();
@@ -76,22 +90,85 @@ fn status(region: &Region) -> Option<serde_json::Value> {
     serde_json::from_str(&get(region, "/status")?).ok()
 }
 
-fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
+/// `tbg <subcommand> --config <dir>/<name>.toml` in the background.
+fn spawn(subcommand: &str, dir: &Path, name: &str) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_tbg"))
+        .args([subcommand, "--config"])
+        .arg(config_path(dir, name))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// Regions of the primary's journal.
+fn regions_in_journal(path: &Path) -> BTreeSet<String> {
+    let Ok(reader) = tbg_journal::JournalReader::open(path) else {
+        return BTreeSet::new();
+    };
+    reader
+        .read_after(0, 100_000)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|record| record.region)
+        .collect()
+}
+
+/// The `ckpool_*` names the monitoring files use that only a region of
+/// several (or the health monitor) exports.
+fn multi_region_names_in_monitoring() -> BTreeSet<String> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../monitoring");
+    let mut text = String::new();
+    for sub in ["alerts", "grafana/dashboards"] {
+        for entry in std::fs::read_dir(dir.join(sub)).unwrap() {
+            text.push_str(&std::fs::read_to_string(entry.unwrap().path()).unwrap());
+        }
+    }
+    let mut names = BTreeSet::new();
+    let mut rest = text.as_str();
+    while let Some(start) = rest.find("ckpool_") {
+        let tail = &rest[start..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(tail.len());
+        let name = &tail[..end];
+        if ["ckpool_region_", "ckpool_nats_ingest", "ckpool_health_"]
+            .iter()
+            .any(|prefix| name.starts_with(prefix))
+        {
+            names.insert(name.to_owned());
+        }
+        rest = &tail[end..];
+    }
+    names
+}
+
+fn wait_for(what: &str, timeout: Duration, check: impl FnMut() -> bool) {
+    assert!(wait_until(timeout, check), "timed out waiting for: {what}");
+}
+
+/// Whether `check` held within `timeout`.
+fn wait_until(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
     while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        if Instant::now() >= deadline {
+            return false;
+        }
         std::thread::sleep(Duration::from_millis(100));
     }
+    true
 }
 
 #[test]
-fn a_relay_region_follows_its_primary_and_fails_over_when_the_primary_dies() {
+fn a_relay_region_follows_its_primary_converges_its_events_and_fails_over_when_the_primary_dies() {
     let dir = tempfile::tempdir().unwrap();
+    let nats = NatsServer::start();
     let link = free_port();
     let timing = "heartbeat_s = 1\nfailover_timeout_s = 3\nfailback_after_s = 2\n";
     let mut primary = start(
         dir.path(),
         "us-east",
+        &nats.url(),
         &format!(
             "instance_id = 1\nrelay_bind = \"127.0.0.1:{link}\"\nrelay_secret = \"{SECRET}\"\n{timing}"
         ),
@@ -99,10 +176,28 @@ fn a_relay_region_follows_its_primary_and_fails_over_when_the_primary_dies() {
     let relay = start(
         dir.path(),
         "eu-west",
+        &nats.url(),
         &format!(
             "mode = \"relay\"\ninstance_id = 2\nprimary_url = \"127.0.0.1:{link}\"\nrelay_secret = \"{SECRET}\"\n{timing}"
         ),
     );
+    let mut publisher = ChildGuard(spawn("publisher", dir.path(), "eu-west"));
+    let monitor_port = free_port();
+    std::fs::write(
+        config_path(dir.path(), "monitor"),
+        format!(
+            "network = \"regtest\"\n[health_monitor]\nnats_url = \"{}\"\nbind = \"127.0.0.1:{monitor_port}\"\ninterval_s = 1\ntimeout_s = 1\n[[health_monitor.regions]]\nname = \"us-east\"\nurl = \"http://127.0.0.1:{}\"\n[[health_monitor.regions]]\nname = \"eu-west\"\nurl = \"http://127.0.0.1:{}\"\n",
+            nats.url(),
+            primary.metrics,
+            relay.metrics
+        ),
+    )
+    .unwrap();
+    let monitor = Region {
+        child: spawn("health-monitor", dir.path(), "monitor"),
+        metrics: monitor_port,
+    };
+
     wait_for(
         "the relay on the primary's work",
         Duration::from_secs(90),
@@ -118,12 +213,47 @@ fn a_relay_region_follows_its_primary_and_fails_over_when_the_primary_dies() {
     let relays = &primary_status["region"]["relays"];
     assert_eq!(relays[0]["region"], "eu-west", "{primary_status}");
     assert_eq!(relays[0]["instance_id"], 2, "{primary_status}");
-    let metrics = get(&relay, "/metrics").unwrap();
-    assert!(metrics.contains("ckpool_region_on_primary 1"), "{metrics}");
-    let metrics = get(&primary, "/metrics").unwrap();
+
+    // The relay's events (its new_block_network at start, at least) reach
+    // the primary's journal through its publisher, NATS and the ingest.
+    wait_for(
+        "the relay's events in the primary's journal",
+        Duration::from_secs(30),
+        || regions_in_journal(&journal_path(dir.path(), "us-east")).contains("eu-west"),
+    );
+
+    // The health monitor: both regions up, NATS up.
+    let mut last = None;
+    let healthy = wait_until(Duration::from_secs(30), || {
+        last = get(&monitor, "/health");
+        last.as_deref()
+            .is_some_and(|body| body.contains("\"status\":\"healthy\""))
+    });
+    assert!(healthy, "the monitor never said healthy: {last:?}");
+
+    // Every multi-region metric the alerts and dashboards use is exported
+    // by one of the regions or the monitor.
+    let expositions = [
+        get(&primary, "/metrics").unwrap(),
+        get(&relay, "/metrics").unwrap(),
+        get(&monitor, "/metrics").unwrap(),
+    ]
+    .concat();
     assert!(
-        metrics.contains("ckpool_region_relays_connected 1"),
-        "{metrics}"
+        expositions.contains("ckpool_region_on_primary 1"),
+        "{expositions}"
+    );
+    assert!(
+        expositions.contains("ckpool_region_relays_connected 1"),
+        "{expositions}"
+    );
+    let missing: Vec<String> = multi_region_names_in_monitoring()
+        .into_iter()
+        .filter(|name| !expositions.contains(name.as_str()))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "used by monitoring/ but not exported: {missing:?}"
     );
 
     // The primary's host is gone.
@@ -144,4 +274,27 @@ fn a_relay_region_follows_its_primary_and_fails_over_when_the_primary_dies() {
             && metrics.contains("ckpool_region_failovers_total 1"),
         "{metrics}"
     );
+    wait_for(
+        "the monitor to name the primary down",
+        Duration::from_secs(30),
+        || {
+            let Some(body) = get(&monitor, "/health") else {
+                return false;
+            };
+            let report: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+            report["status"] == "degraded"
+                && report["regions"]["us-east"]["state"] == "down"
+                && report["regions"]["eu-west"]["state"] == "up"
+        },
+    );
+    let _ = publisher.0.kill();
+}
+
+struct ChildGuard(Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

@@ -83,6 +83,8 @@ pub struct Config {
     pub region: crate::RegionSection,
     /// NATS JetStream, where every region's events converge.
     pub nats: crate::NatsSection,
+    /// `tbg health-monitor`: every region's health on one URL.
+    pub health_monitor: crate::HealthMonitorSection,
 }
 
 impl Default for Config {
@@ -100,6 +102,7 @@ impl Default for Config {
             blocks: crate::BlocksSection::default(),
             region: crate::RegionSection::default(),
             nats: crate::NatsSection::default(),
+            health_monitor: crate::HealthMonitorSection::default(),
         }
     }
 }

@@ -59,6 +59,7 @@ impl Config {
         self.blocks.check()?;
         self.region.check()?;
         self.nats.check()?;
+        self.health_monitor.check()?;
         if (self.region.is_multi_region() || self.nats.url.is_some())
             && self.region.instance_id.is_none()
         {
