@@ -5,7 +5,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 /// Every event type name, in the order of [`EventData`].
-pub const EVENT_TYPES: [&str; 12] = [
+pub const EVENT_TYPES: [&str; 14] = [
     "share_submitted",
     "block_found",
     "block_submitted",
@@ -18,6 +18,8 @@ pub const EVENT_TYPES: [&str; 12] = [
     "new_block_network",
     "share_best_diff",
     "asicboost_detected",
+    "region_failover",
+    "region_failback",
 ];
 
 /// One event as it travels: envelope fields plus the typed payload.

@@ -106,6 +106,16 @@ fn all_events() -> Vec<EventData> {
             pool_mask: "1fffe000".into(),
             miner_mask: "ffffffff".into(),
         },
+        EventData::RegionFailover {
+            primary: "us-east".into(),
+            silent_s: 10.0,
+            reason: "no word from the primary for 10 s".into(),
+        },
+        EventData::RegionFailback {
+            primary: "us-east".into(),
+            failed_over_s: 95.5,
+            steady_s: 30.0,
+        },
     ]
 }
 
@@ -166,6 +176,9 @@ fn expected_fields(event_type: &str) -> &'static [&'static str] {
         // Our additions: a found block's life on the best chain.
         "block_confirmed" => &["user", "worker", "height", "hash", "confirmations"],
         "block_orphaned" => &["user", "worker", "height", "hash", "replaced_by"],
+        // Our additions (issue 17): a relay region's switches.
+        "region_failover" => &["primary", "silent_s", "reason"],
+        "region_failback" => &["primary", "failed_over_s", "steady_s"],
         other => panic!("unexpected event type {other}"),
     }
 }

@@ -6,7 +6,8 @@
 //!   primary's as soon as it is heard and has sent a template. Not heard
 //!   within the failover timeout: a failover ("not heard since start").
 //! - Primary: until nothing (no template, no heartbeat) came for the
-//!   failover timeout; then a failover.
+//!   failover timeout, or at once when the link closes (a lost primary:
+//!   no silence to wait for); then a failover.
 //! - Local: until the primary has been heard without a gap longer than
 //!   the failover timeout for `failback_after`; then a failback. A primary
 //!   that flaps never gets its relays back while it flaps.
@@ -68,6 +69,8 @@ pub struct Failover {
     failed_over_at: Option<Instant>,
     /// Why the link went down last, for the failover's reason.
     last_loss: Option<String>,
+    /// The link is down (closed, refused, or never up) since the last frame.
+    link_down: bool,
 }
 
 impl Failover {
@@ -81,6 +84,7 @@ impl Failover {
             heard_since: None,
             failed_over_at: None,
             last_loss: None,
+            link_down: true,
         }
     }
 
@@ -100,6 +104,7 @@ impl Failover {
             self.heard_since = Some(now);
         }
         self.last_heard = Some(now);
+        self.link_down = false;
     }
 
     /// The link went down (or could not be set up): a steady run ends;
@@ -107,6 +112,7 @@ impl Failover {
     pub fn lost(&mut self, reason: &str) {
         self.heard_since = None;
         self.last_loss = Some(reason.to_owned());
+        self.link_down = true;
     }
 
     /// What to do now; `has_primary_template`: the primary has sent a
@@ -134,17 +140,19 @@ impl Failover {
                 None
             }
             Source::Primary => {
-                if !silent {
+                if !silent && !self.link_down {
                     return None;
                 }
                 self.source = Source::Local;
                 self.failed_over_at = Some(now);
+                let why = if silent {
+                    format!("no word from the primary for {} s", self.timeout.as_secs())
+                } else {
+                    "the link to the primary closed".to_owned()
+                };
                 Some(Switch::Failover {
                     silent: silence.unwrap_or_default(),
-                    reason: self.reason(&format!(
-                        "no word from the primary for {} s",
-                        self.timeout.as_secs()
-                    )),
+                    reason: self.reason(&why),
                 })
             }
             Source::Local => {
@@ -231,6 +239,26 @@ mod tests {
             failover.poll(last + secs(10), true),
             Some(Switch::Failover { silent, .. }) if silent == secs(10)
         ));
+    }
+
+    #[test]
+    fn a_closed_link_fails_over_at_once() {
+        let t0 = Instant::now();
+        let mut failover = Failover::new(TIMEOUT, FAILBACK, t0);
+        failover.heard(t0);
+        assert_eq!(failover.poll(t0, true), Some(Switch::Joined));
+        failover.heard(t0 + secs(3));
+        failover.lost("connection reset by peer");
+        match failover.poll(t0 + secs(3), true) {
+            Some(Switch::Failover { silent, reason }) => {
+                assert_eq!(silent, Duration::ZERO);
+                assert!(
+                    reason.contains("closed") && reason.contains("reset"),
+                    "{reason}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -436,26 +436,24 @@ impl Connection {
         }
     }
 
-    fn region_of(&self, entry_id: u64) -> String {
+    /// `change` applied to this connection's registry entry, if it is
+    /// still there (a newer connection of the same region replaces it).
+    fn with_peer<T>(&self, entry_id: u64, change: impl FnOnce(&mut PeerEntry) -> T) -> Option<T> {
         self.registry
-            .peers
-            .lock()
-            .iter()
-            .find(|p| p.id == entry_id)
-            .map(|p| p.region.clone())
-            .unwrap_or_default()
-    }
-
-    fn set_height(&self, entry_id: u64, height: u64) {
-        if let Some(peer) = self
-            .registry
             .peers
             .lock()
             .iter_mut()
             .find(|p| p.id == entry_id)
-        {
-            peer.height = Some(height);
-        }
+            .map(change)
+    }
+
+    fn region_of(&self, entry_id: u64) -> String {
+        self.with_peer(entry_id, |peer| peer.region.clone())
+            .unwrap_or_default()
+    }
+
+    fn set_height(&self, entry_id: u64, height: u64) {
+        self.with_peer(entry_id, |peer| peer.height = Some(height));
     }
 
     /// Checks and stores the block; answers once it is in the store.
@@ -465,15 +463,7 @@ impl Connection {
         match self.pool.take_relayed_block(block) {
             Ok(stored) => {
                 counters.blocks_received.fetch_add(1, Ordering::Relaxed);
-                if let Some(peer) = self
-                    .registry
-                    .peers
-                    .lock()
-                    .iter_mut()
-                    .find(|p| p.id == entry_id)
-                {
-                    peer.blocks_received += 1;
-                }
+                self.with_peer(entry_id, |peer| peer.blocks_received += 1);
                 tokio::spawn(async move {
                     // Resolves when the store has it (or could not write
                     // it: the block is then submitted from memory, and the
