@@ -4,6 +4,8 @@
 //! restart, and a relay that lost its cursor and published everything
 //! again after JetStream's duplicate window had passed.
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::Ordering;
@@ -11,7 +13,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream;
-use tbg_events::{EventData, EventFactory};
+use common::{connect, share};
+use tbg_events::EventFactory;
 use tbg_journal::{Journal, JournalConfig, JournalReader};
 use tbg_nats::{
     ensure_stream, Ingest, IngestConfig, IngestStats, Publisher, PublisherConfig, StreamSettings,
@@ -19,34 +22,12 @@ use tbg_nats::{
 use tbg_testkit::NatsServer;
 use tokio_util::sync::CancellationToken;
 
-fn share(n: usize) -> EventData {
-    EventData::ShareSubmitted {
-        user: format!("bcrt1q{}", n % 7),
-        worker: "rig".into(),
-        client_id: 1,
-        diff: 1.0,
-        sdiff: 2.0,
-        accepted: true,
-        reject_reason: None,
-        ip: "127.0.0.1".into(),
-    }
-}
-
 async fn append(journal: &Journal, factory: &EventFactory, from: usize, count: usize) {
     let mut last = 0;
     for n in from..from + count {
         last = journal.append(&factory.make(share(n))).unwrap();
     }
     journal.wait_committed(last).await.unwrap();
-}
-
-async fn connect(url: &str) -> jetstream::Context {
-    let client = async_nats::ConnectOptions::new()
-        .retry_on_initial_connect()
-        .connect(url)
-        .await
-        .unwrap();
-    jetstream::new(client)
 }
 
 struct Running {

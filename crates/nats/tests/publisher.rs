@@ -2,31 +2,21 @@
 //! own: every journaled event lands in the stream once, under
 //! `events.<region>.<type>`, through a NATS outage and a publisher restart.
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use async_nats::jetstream;
+use common::{connect, share};
 use futures::StreamExt;
-use tbg_events::{EventData, EventFactory};
+use tbg_events::EventFactory;
 use tbg_journal::{Journal, JournalConfig};
 use tbg_nats::{ensure_stream, Publisher, PublisherConfig, PublisherStats, StreamSettings};
 use tbg_testkit::NatsServer;
 use tokio_util::sync::CancellationToken;
-
-fn share(n: usize) -> EventData {
-    EventData::ShareSubmitted {
-        user: format!("bcrt1q{}", n % 7),
-        worker: "rig".into(),
-        client_id: 1,
-        diff: 1.0,
-        sdiff: 2.0,
-        accepted: true,
-        reject_reason: None,
-        ip: "127.0.0.1".into(),
-    }
-}
 
 /// Appends `count` events; returns their ids and the last seq.
 async fn append(
@@ -44,15 +34,6 @@ async fn append(
     }
     journal.wait_committed(last).await.unwrap();
     ids
-}
-
-async fn connect(url: &str) -> jetstream::Context {
-    let client = async_nats::ConnectOptions::new()
-        .retry_on_initial_connect()
-        .connect(url)
-        .await
-        .unwrap();
-    jetstream::new(client)
 }
 
 fn start(

@@ -12,6 +12,7 @@ pub mod counters;
 pub mod extranonce;
 mod guard;
 pub mod limits;
+mod link;
 pub mod memory;
 mod notify;
 mod server;
@@ -43,6 +44,7 @@ pub use blocks::{
     RelayedBlockError, StoredBlock,
 };
 pub use counters::PoolCounters;
+pub use link::PoolLink;
 pub use service::{NodeSettings, PoolService, RegionWiring, ServiceError, Templates};
 pub use settings::PoolSettings;
 pub use stats::{StatsRegistry, UserSnapshot, WorkerSnapshot};
@@ -211,37 +213,6 @@ impl PoolShared {
                     "relay link queue full; the block goes to the primary from the block store");
             }
         }
-    }
-}
-
-/// What a region's link to other regions may do with the pool: take a
-/// block a relay found, and journal the region's own events. Cheap to
-/// clone.
-#[derive(Clone)]
-pub struct PoolLink {
-    shared: Arc<PoolShared>,
-}
-
-impl PoolLink {
-    /// A relay's block: checked, then stored and submitted to this pool's
-    /// nodes like one of its own (without its events: the relay region
-    /// journals those). Resolves once the block is in the block store.
-    pub fn take_relayed_block(
-        &self,
-        block: RelayedBlock,
-    ) -> Result<tokio::sync::oneshot::Receiver<()>, RelayedBlockError> {
-        let found = blocks::relayed::check(block)?;
-        Ok(self.shared.block_found(found))
-    }
-
-    /// Journals an event of this pool (region failover and failback).
-    pub fn emit(&self, data: EventData) -> u64 {
-        self.shared.emit(data)
-    }
-
-    /// The block store, if the pool keeps one.
-    pub fn block_store(&self) -> Option<BlockStore> {
-        self.shared.block_store.clone()
     }
 }
 
@@ -510,9 +481,7 @@ impl PoolHandle {
 
     /// What the relay link may do with this pool.
     pub fn link(&self) -> PoolLink {
-        PoolLink {
-            shared: self.shared.clone(),
-        }
+        PoolLink::new(self.shared.clone())
     }
 
     /// A cloneable read-only view for the metrics and status endpoints.
