@@ -32,12 +32,18 @@ fn stored_files(stack: &Stack) -> Vec<String> {
 
 /// The block store's record of a block found after `before` was listed,
 /// once it is on disk.
-async fn new_stored_block(stack: &Stack, before: &[String]) -> Result<Value> {
+/// The block `user` found, once it is in the store. (The load's miners
+/// may find blocks of their own meanwhile: half of all regtest nonces are.)
+async fn new_stored_block(stack: &Stack, before: &[String], user: &str) -> Result<Value> {
     let read = || -> Option<Value> {
-        let name = stored_files(stack)
+        stored_files(stack)
             .into_iter()
-            .find(|name| !before.contains(name))?;
-        serde_json::from_slice(&std::fs::read(stack.block_dir.join(name)).ok()?).ok()
+            .filter(|name| !before.contains(name))
+            .filter_map(|name| {
+                serde_json::from_slice::<Value>(&std::fs::read(stack.block_dir.join(name)).ok()?)
+                    .ok()
+            })
+            .find(|block| block["user"] == user)
     };
     wait_until(
         "the found block in the block store",
@@ -90,7 +96,7 @@ pub(super) async fn block_during_outage(report: Shared) -> Result<()> {
         reply.error
     );
     let found = Instant::now();
-    let record = new_stored_block(&run.stack, &before).await?;
+    let record = new_stored_block(&run.stack, &before, &address).await?;
     let on_disk = found.elapsed();
     let hash = record["hash"]
         .as_str()
