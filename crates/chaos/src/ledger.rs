@@ -16,6 +16,9 @@ pub struct JournaledEvent {
     pub id: String,
     pub event_type: String,
     pub ts: f64,
+    /// The region that emitted it (a primary's journal also holds the
+    /// other regions' events, ingested from NATS).
+    pub region: String,
     pub payload: Value,
 }
 
@@ -37,6 +40,7 @@ pub fn journal_events(path: &Path) -> Result<Vec<JournaledEvent>, ChaosError> {
             id: record.event_id,
             event_type: record.event_type,
             ts: record.ts,
+            region: record.region,
         }));
     }
     Ok(events)
@@ -245,6 +249,7 @@ mod tests {
             id: id.to_string(),
             event_type: "share_submitted".to_string(),
             ts: 0.0,
+            region: "chaos".to_string(),
             payload: Value::Null,
         }
     }

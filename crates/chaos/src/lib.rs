@@ -11,12 +11,16 @@
 //!   whose answer latency is recorded;
 //! - [`ledger`]: event ids of the journal against PostgreSQL and every Redis
 //!   stream (lost, duplicated);
-//! - [`report`]: per-scenario figures, the final table and its JSON.
+//! - [`report`]: per-scenario figures, the final table and its JSON;
+//! - [`netns`] and [`regions`]: three regions on hosts of their own
+//!   (network namespaces), a 3-server NATS cluster, the links cut for real.
 
 pub mod ledger;
 pub mod load;
+pub mod netns;
 pub mod process;
 pub mod proxy;
+pub mod regions;
 pub mod report;
 pub mod stack;
 

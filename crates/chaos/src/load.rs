@@ -323,6 +323,11 @@ impl MinerStats {
             .find(|(at, hash)| *at >= since && hash != prevhash)
             .map(|(at, _)| *at)
     }
+    /// When the first job arrived at or after `since`.
+    pub fn first_job_after(&self, since: Instant) -> Option<Instant> {
+        let jobs = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
+        jobs.iter().map(|(at, _)| *at).find(|at| *at >= since)
+    }
     fn record_job(&self, at: Instant, prevhash: &str) {
         self.jobs
             .lock()

@@ -84,6 +84,10 @@ enum Command {
         /// RPC address of the embedded node (for bitcoin-cli and friends).
         #[arg(long, default_value = "127.0.0.1:18443")]
         rpc: SocketAddr,
+        /// Blocks the embedded node mines at start when its chain is lower
+        /// (0: start from genesis, e.g. to follow another node's chain).
+        #[arg(long, default_value_t = 110)]
+        initial_blocks: u32,
         /// Also run the built-in CPU miner in this process.
         #[arg(long)]
         miner: bool,
@@ -244,6 +248,7 @@ async fn run(cli: Cli) -> Result<()> {
             stratum,
             data_dir,
             rpc,
+            initial_blocks,
             miner,
             miner_address,
             blocks,
@@ -257,7 +262,7 @@ async fn run(cli: Cli) -> Result<()> {
                 args,
                 hangup,
                 data_dir,
-                rpc,
+                (rpc, initial_blocks),
                 miner.then_some((miner_address, blocks)),
             )
             .await
@@ -453,7 +458,7 @@ async fn run_devnet(
     args: ConfigArgs,
     mut hangup: Option<tokio::signal::unix::Signal>,
     data_dir: Option<PathBuf>,
-    rpc: SocketAddr,
+    (rpc, initial_blocks): (SocketAddr, u32),
     miner: Option<(Option<String>, Option<u64>)>,
 ) -> Result<()> {
     // Chain and journal live in the data dir; a temporary one when not given.
@@ -478,6 +483,7 @@ async fn run_devnet(
     let node = DevNode::start(DevNodeOptions {
         data_dir: Some(base.join("chain")),
         rpc_bind: rpc,
+        initial_blocks,
         ..DevNodeOptions::default()
     })
     .await

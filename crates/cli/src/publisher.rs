@@ -29,16 +29,27 @@ pub async fn run(config: &Config) -> Result<()> {
     };
     // NATS may be down when the publisher starts: it connects when it can,
     // and the journal keeps the events meanwhile.
+    let servers = tbg_nats::server_addrs(&url).context("nats.url")?;
     let client = async_nats::ConnectOptions::new()
         .retry_on_initial_connect()
-        .connect(url.as_str())
+        .connect(servers)
         .await
-        .with_context(|| format!("connecting to NATS {}", redact(&url)))?;
+        .with_context(|| format!("connecting to NATS {}", tbg_config::redact_url(&url)))?;
     let js = async_nats::jetstream::new(client);
     // Started before the pool has created its journal (boot order): wait,
     // as the collector does.
     drop(crate::collector::open_journal(config).await?);
-    ensure_stream(&js, &settings).await?;
+    // A cluster still electing its JetStream leader (or a NATS outage at
+    // boot) is waited out, as systemd would restart us anyway.
+    let mut backoff = std::time::Duration::from_millis(250);
+    while let Err(error) = ensure_stream(&js, &settings).await {
+        tracing::warn!(%error, retry_in = ?backoff, "NATS: the events stream is not ready");
+        tokio::select! {
+            () = crate::shutdown_signal() => return Ok(()),
+            () = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
+    }
     let publisher_config = PublisherConfig::new(config.journal.path.clone(), cursor_path(config));
     tracing::info!(
         journal = %publisher_config.journal.display(),
@@ -53,11 +64,4 @@ pub async fn run(config: &Config) -> Result<()> {
     stop.cancel();
     task.await.context("publisher task")??;
     Ok(())
-}
-
-fn redact(url: &str) -> String {
-    match url.split_once('@') {
-        Some((_, host)) => format!("nats://<redacted>@{host}"),
-        None => url.to_owned(),
-    }
 }

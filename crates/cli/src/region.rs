@@ -170,9 +170,16 @@ fn start_ingest(
     let task = tokio::spawn(async move {
         // NATS may be down when the pool starts: connect in the background,
         // the ingest retries until it answers.
+        let servers = match tbg_nats::server_addrs(&url) {
+            Ok(servers) => servers,
+            Err(error) => {
+                tracing::error!(%error, "nats.url: the regions' events wait in JetStream");
+                return;
+            }
+        };
         let client = match async_nats::ConnectOptions::new()
             .retry_on_initial_connect()
-            .connect(url.as_str())
+            .connect(servers)
             .await
         {
             Ok(client) => client,

@@ -29,6 +29,8 @@ use tbg_testkit::{regtest_address, AddressKind};
 
 #[path = "chaos/block_outage.rs"]
 mod block_outage;
+#[path = "chaos/regions.rs"]
+mod regions;
 
 type Shared = Arc<Mutex<ScenarioReport>>;
 type ScenarioFuture = Pin<Box<dyn Future<Output = Result<()>> + Send>>;
@@ -126,6 +128,42 @@ fn scenarios() -> Vec<Scenario> {
             about: "kill -9 of the collector under load, restarted",
             timeout: secs(120),
             run: |r| Box::pin(collector_sigkill(r)),
+        },
+        Scenario {
+            name: "region-primary-lost",
+            about: "three regions: the primary's pool and node killed 15 s, then back",
+            timeout: secs(240),
+            run: |r| Box::pin(regions::primary_lost(r)),
+        },
+        Scenario {
+            name: "region-partition",
+            about: "three regions: a relay cut off the WAN 20 s (network namespaces)",
+            timeout: secs(240),
+            run: |r| Box::pin(regions::partition(r)),
+        },
+        Scenario {
+            name: "nats-server-lost",
+            about: "three regions: one of the three NATS servers killed 20 s",
+            timeout: secs(240),
+            run: |r| Box::pin(regions::nats_server_lost(r)),
+        },
+        Scenario {
+            name: "nats-all-down",
+            about: "three regions: the whole NATS cluster down 20 s (60 s with CHAOS_FULL=1)",
+            timeout: secs(300),
+            run: |r| Box::pin(regions::nats_all_down(r)),
+        },
+        Scenario {
+            name: "relay-restart",
+            about: "three regions: a relay's pool and node killed and restarted",
+            timeout: secs(240),
+            run: |r| Box::pin(regions::relay_restart(r)),
+        },
+        Scenario {
+            name: "primary-long-outage",
+            about: "three regions: the primary and its NATS server gone 60 s (300 s with CHAOS_FULL=1), catch-up",
+            timeout: secs(600),
+            run: |r| Box::pin(regions::primary_long_outage(r)),
         },
     ]
 }

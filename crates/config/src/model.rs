@@ -324,8 +324,16 @@ impl fmt::Debug for RedisSection {
     }
 }
 
-/// `scheme://user:secret@host` -> `scheme://user:<redacted>@host`.
-pub(crate) fn redact_url(url: &str) -> String {
+/// `scheme://user:secret@host` -> `scheme://user:<redacted>@host`; each
+/// entry of a comma-separated list (a NATS cluster) on its own.
+pub fn redact_url(url: &str) -> String {
+    url.split(',')
+        .map(redact_one_url)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn redact_one_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };

@@ -258,6 +258,15 @@ impl NatsSection {
                 "must be letters, digits, '_' or '-'",
             ));
         }
+        if let Some(url) = &self.url {
+            if url.split(',').any(|entry| entry.trim().is_empty()) {
+                return Err(ConfigError::new(
+                    "nats.url",
+                    crate::model::redact_url(url),
+                    "one nats://host:port, or several separated by commas",
+                ));
+            }
+        }
         if !(1..=5).contains(&self.replicas) {
             return Err(ConfigError::new(
                 "nats.replicas",

@@ -14,6 +14,7 @@
 mod cursor;
 mod ingest;
 mod publisher;
+mod servers;
 
 pub use cursor::{Cursor, CursorError};
 pub use ingest::{Ingest, IngestConfig, IngestError, IngestStats};
@@ -21,3 +22,4 @@ pub use publisher::{
     ensure_stream, subject, PublishError, Publisher, PublisherConfig, PublisherStats,
     StreamSettings,
 };
+pub use servers::{server_addrs, ServerListError};
