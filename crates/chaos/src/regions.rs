@@ -187,7 +187,14 @@ fn nats_binary() -> PathBuf {
 }
 
 /// A process inside host `index`.
-fn in_host(wan: &Wan, index: usize, name: &str, program: &Path, args: &[&str], log_dir: &Path) -> ManagedProcess {
+fn in_host(
+    wan: &Wan,
+    index: usize,
+    name: &str,
+    program: &Path,
+    args: &[&str],
+    log_dir: &Path,
+) -> ManagedProcess {
     let (ip, args) = wan.command(index, program, args);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     ManagedProcess::new(name, &ip, &args, log_dir)
@@ -209,15 +216,24 @@ impl Regions {
             .map_err(|e| ChaosError::Failed(format!("PostgreSQL: {e}")))?;
         let sinks = (pg.conninfo(), redis.url());
         let mut regions = Vec::new();
-        for index in 0..REGION_NAMES.len() {
-            let name = REGION_NAMES[index];
+        for (index, name) in REGION_NAMES.into_iter().enumerate() {
             let host = wan.hosts[index].clone();
             let config = dir.path().join(format!("{name}.toml"));
-            write(&config, &region_config(dir.path(), &wan, index, &options, &sinks))?;
+            write(
+                &config,
+                &region_config(dir.path(), &wan, index, &options, &sinks),
+            )?;
             let nats_conf = dir.path().join(format!("nats-{name}.conf"));
             write(&nats_conf, &nats_config(dir.path(), &wan, index))?;
             let nats_conf = nats_conf.to_string_lossy().into_owned();
-            let nats = in_host(&wan, index, &format!("nats-{name}"), &nats_binary(), &["-c", &nats_conf], dir.path());
+            let nats = in_host(
+                &wan,
+                index,
+                &format!("nats-{name}"),
+                &nats_binary(),
+                &["-c", &nats_conf],
+                dir.path(),
+            );
             let config_arg = config.to_string_lossy().into_owned();
             let data_dir = dir.path().join(name);
             let data_arg = data_dir.to_string_lossy().into_owned();
@@ -232,8 +248,17 @@ impl Regions {
                 name,
                 &options.tbg,
                 &[
-                    "devnet", "--config", &config_arg, "--stratum", &stratum_bind, "--rpc", &rpc_bind,
-                    "--data-dir", &data_arg, "--initial-blocks", initial_blocks,
+                    "devnet",
+                    "--config",
+                    &config_arg,
+                    "--stratum",
+                    &stratum_bind,
+                    "--rpc",
+                    &rpc_bind,
+                    "--data-dir",
+                    &data_arg,
+                    "--initial-blocks",
+                    initial_blocks,
                 ],
                 dir.path(),
             );
@@ -294,7 +319,11 @@ impl Regions {
         let monitor = ManagedProcess::new(
             "health-monitor",
             &options.tbg,
-            &["health-monitor", "--config", &monitor_config.to_string_lossy()],
+            &[
+                "health-monitor",
+                "--config",
+                &monitor_config.to_string_lossy(),
+            ],
             dir.path(),
         );
         let gossip_nodes = wan
@@ -334,12 +363,18 @@ impl Regions {
         let what = format!("{} to answer /status", self.regions[index].name);
         let deadline = std::time::Instant::now() + timeout;
         while std::time::Instant::now() < deadline {
-            if matches!(http_get(addr, "/status", Duration::from_secs(2)).await, Ok((200, _))) {
+            if matches!(
+                http_get(addr, "/status", Duration::from_secs(2)).await,
+                Ok((200, _))
+            ) {
                 return Ok(());
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        Err(ChaosError::Timeout(timeout, format!("{what}; log: {}", self.regions[index].pool.log_tail(15))))
+        Err(ChaosError::Timeout(
+            timeout,
+            format!("{what}; log: {}", self.regions[index].pool.log_tail(15)),
+        ))
     }
 
     /// Region `index`'s `/status`, if it answers.
@@ -434,11 +469,16 @@ impl Regions {
         expected: &BTreeSet<String>,
         timeout: Duration,
     ) -> Result<Duration, ChaosError> {
-        wait_until("every region's events in the primary's sinks", timeout, || {
-            let postgres: BTreeSet<String> = self.postgres_ids().into_iter().collect();
-            let redis: BTreeSet<String> = self.redis_ids().unwrap_or_default().into_iter().collect();
-            expected.is_subset(&postgres) && expected.is_subset(&redis)
-        })
+        wait_until(
+            "every region's events in the primary's sinks",
+            timeout,
+            || {
+                let postgres: BTreeSet<String> = self.postgres_ids().into_iter().collect();
+                let redis: BTreeSet<String> =
+                    self.redis_ids().unwrap_or_default().into_iter().collect();
+                expected.is_subset(&postgres) && expected.is_subset(&redis)
+            },
+        )
         .await
     }
 }
@@ -511,7 +551,12 @@ async fn gossip_loop(nodes: Vec<RpcClient>, cut: Arc<Mutex<Vec<bool>>>, stop: Ar
                 let Some((to_hash, to_work)) = to_tip else {
                     continue;
                 };
-                if from == to || cut_now[from] || cut_now[to] || from_work <= to_work || from_hash == to_hash {
+                if from == to
+                    || cut_now[from]
+                    || cut_now[to]
+                    || from_work <= to_work
+                    || from_hash == to_hash
+                {
                     continue;
                 }
                 relay_blocks(&nodes[from], &nodes[to], from_hash).await;

@@ -21,11 +21,11 @@ mod validate;
 pub use blocks::BlocksSection;
 pub use ckpool::CKPOOL_KEYS;
 pub use error::ConfigError;
+pub use model::redact_url;
 pub use model::{
     CollectorSection, Config, EventsSection, JournalDurability, JournalSection, MetricsSection,
     NetworkName, NodeConfig, PoolSection, RedisSection, DEFAULT_MAXDIFF,
 };
-pub use model::redact_url;
 pub use monitor::{HealthMonitorSection, MonitoredRegion};
 pub use region::{NatsSection, RegionMode, RegionSection, MIN_RELAY_SECRET_CHARS};
 pub use validate::{MAX_DIFFICULTY, MAX_POOL_TAG_LEN, VERSION_MASK_ALLOWED};

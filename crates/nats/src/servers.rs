@@ -24,10 +24,12 @@ pub fn server_addrs(urls: &str) -> Result<Vec<ServerAddr>, ServerListError> {
                     reason: "an empty entry in the list".to_owned(),
                 });
             }
-            entry.parse::<ServerAddr>().map_err(|error| ServerListError {
-                entry: entry.to_owned(),
-                reason: error.to_string(),
-            })
+            entry
+                .parse::<ServerAddr>()
+                .map_err(|error| ServerListError {
+                    entry: entry.to_owned(),
+                    reason: error.to_string(),
+                })
         })
         .collect::<Result<Vec<_>, _>>()?;
     Ok(addrs)
@@ -39,7 +41,8 @@ mod tests {
 
     #[test]
     fn a_cluster_list_gives_each_server() {
-        let addrs = server_addrs("nats://10.0.0.1:4222, nats://10.0.0.2:4222,10.0.0.3:4223").unwrap();
+        let addrs =
+            server_addrs("nats://10.0.0.1:4222, nats://10.0.0.2:4222,10.0.0.3:4223").unwrap();
         let hosts: Vec<(String, u16)> = addrs
             .iter()
             .map(|a| (a.host().to_owned(), a.port()))

@@ -18,7 +18,10 @@ use tbg_chaos::load::{load_usernames, EventLoad, PacedMiner};
 use tbg_chaos::regions::{Regions, RegionsOptions, REGION_NAMES};
 use tbg_chaos::wait_until;
 
-use super::{describe, figure, miner_name, record_ledger, record_recovery, secs, tbg_binary, unix_now, Shared};
+use super::{
+    describe, figure, miner_name, record_ledger, record_recovery, secs, tbg_binary, unix_now,
+    Shared,
+};
 
 /// The plan's failover timeout and heartbeat (the defaults); failback
 /// after 5 s of a steady primary (compressed from production's minutes).
@@ -105,7 +108,9 @@ impl RegionRun {
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        Err(anyhow!("the monitor never showed {what}; last /health {last}"))
+        Err(anyhow!(
+            "the monitor never showed {what}; last /health {last}"
+        ))
     }
 
     /// Waits until relay `index` mines `source`'s work; the time it took.
@@ -128,7 +133,8 @@ impl RegionRun {
     /// Seconds from `since` (unix) to relay `index`'s first
     /// `region_failover` (or `region_failback`) event after it.
     fn switch_logged_after(&self, index: usize, event_type: &str, since: f64) -> Option<f64> {
-        let events = tbg_chaos::ledger::journal_events(&self.set.regions[index].journal_path).ok()?;
+        let events =
+            tbg_chaos::ledger::journal_events(&self.set.regions[index].journal_path).ok()?;
         events
             .iter()
             .find(|e| e.event_type == event_type && e.ts >= since)
@@ -151,7 +157,12 @@ impl RegionRun {
     fn miner_reconnects(&self) -> u64 {
         self.miners
             .iter()
-            .map(|(_, m)| m.stats.connects.load(std::sync::atomic::Ordering::Relaxed).saturating_sub(1))
+            .map(|(_, m)| {
+                m.stats
+                    .connects
+                    .load(std::sync::atomic::Ordering::Relaxed)
+                    .saturating_sub(1)
+            })
             .sum()
     }
 
@@ -161,7 +172,13 @@ impl RegionRun {
 
     /// The failover figures of every relay: time to the failover event
     /// and to the miner's first job after `since`.
-    async fn record_switch(&self, label: &str, event_type: &str, since_unix: f64, since: Instant) -> Result<f64> {
+    async fn record_switch(
+        &self,
+        label: &str,
+        event_type: &str,
+        since_unix: f64,
+        since: Instant,
+    ) -> Result<f64> {
         let mut worst: f64 = 0.0;
         for (index, miner) in &self.miners {
             let name = REGION_NAMES[*index];
@@ -170,7 +187,11 @@ impl RegionRun {
                 .await
                 .with_context(|| format!("{name} journaled no {event_type}"))?;
             worst = worst.max(logged);
-            figure(&self.report, &format!("{name}: {label} after"), format!("{logged:.2} s"));
+            figure(
+                &self.report,
+                &format!("{name}: {label} after"),
+                format!("{logged:.2} s"),
+            );
             if let Some(job) = miner.stats.first_job_after(since) {
                 figure(
                     &self.report,
@@ -247,7 +268,12 @@ impl RegionRun {
         for (_, miner) in std::mem::take(&mut self.miners) {
             miner.stop().await;
         }
-        let expected = self.set.own_events()?.into_iter().map(|e| e.id).collect::<Vec<_>>();
+        let expected = self
+            .set
+            .own_events()?
+            .into_iter()
+            .map(|e| e.id)
+            .collect::<Vec<_>>();
         let expected_set: BTreeSet<String> = expected.iter().cloned().collect();
         let waited = self
             .set
@@ -267,7 +293,10 @@ impl RegionRun {
             ledger.examples,
             waited.err().map(|e| e.to_string()).unwrap_or_default()
         );
-        ensure!(reconnects == 0, "{reconnects} relay miner reconnections (target 0)");
+        ensure!(
+            reconnects == 0,
+            "{reconnects} relay miner reconnections (target 0)"
+        );
         Ok(())
     }
 }
@@ -287,26 +316,49 @@ pub(super) async fn primary_lost(report: Shared) -> Result<()> {
     let (killed_unix, killed) = (unix_now(), Instant::now());
     run.set.regions[0].pool.kill9();
     for index in 1..REGION_NAMES.len() {
-        run.wait_source(index, "local", Duration::from_secs(15)).await?;
+        run.wait_source(index, "local", Duration::from_secs(15))
+            .await?;
     }
     let worst = run
         .record_switch("failover", "region_failover", killed_unix, killed)
         .await?;
-    figure(&report, "target failover <= 1 s after a lost primary", if worst <= 1.0 { "met" } else { "MISSED" });
-    ensure!(worst <= 1.0, "failover {worst:.2} s after the primary was lost, target <= 1 s");
+    figure(
+        &report,
+        "target failover <= 1 s after a lost primary",
+        if worst <= 1.0 { "met" } else { "MISSED" },
+    );
+    ensure!(
+        worst <= 1.0,
+        "failover {worst:.2} s after the primary was lost, target <= 1 s"
+    );
     let seen = run
         .wait_monitor("the primary down", Duration::from_secs(10), |h| {
             h["regions"][REGION_NAMES[0]]["state"] == "down" && h["status"] == "degraded"
         })
         .await?;
-    figure(&report, "health monitor: primary DOWN after", format!("{:.2} s", secs(seen)));
+    figure(
+        &report,
+        "health monitor: primary DOWN after",
+        format!("{:.2} s", secs(seen)),
+    );
     // The relays mine on their own nodes meanwhile.
     let outage_end = killed + Duration::from_secs(15);
     tokio::time::sleep(outage_end.saturating_duration_since(Instant::now())).await;
     let (found, on_chain) = run.relay_blocks_since(killed_unix).await;
-    figure(&report, "blocks found on the relays during the outage", found.len());
-    figure(&report, "of which on the finder's node's best chain", on_chain);
-    ensure!(on_chain > 0, "no block found during the outage is on a relay's chain ({found:?})");
+    figure(
+        &report,
+        "blocks found on the relays during the outage",
+        found.len(),
+    );
+    figure(
+        &report,
+        "of which on the finder's node's best chain",
+        on_chain,
+    );
+    ensure!(
+        on_chain > 0,
+        "no block found during the outage is on a relay's chain ({found:?})"
+    );
     figure(
         &report,
         "relay shares refused during the outage",
@@ -316,9 +368,14 @@ pub(super) async fn primary_lost(report: Shared) -> Result<()> {
     let back = Instant::now();
     run.set.wait_http(0, Duration::from_secs(60)).await?;
     for index in 1..REGION_NAMES.len() {
-        run.wait_source(index, "primary", Duration::from_secs(30)).await?;
+        run.wait_source(index, "primary", Duration::from_secs(30))
+            .await?;
     }
-    figure(&report, "relays back on the primary's work after", format!("{:.2} s", secs(back.elapsed())));
+    figure(
+        &report,
+        "relays back on the primary's work after",
+        format!("{:.2} s", secs(back.elapsed())),
+    );
     run.record_convergence(back).await?;
     // The outage's blocks, found on relays, are in the primary's table.
     let listed = found
@@ -329,12 +386,23 @@ pub(super) async fn primary_lost(report: Shared) -> Result<()> {
     let in_table: usize = run
         .set
         .pg
-        .psql(&format!("SELECT count(*) FROM blocks WHERE block_hash IN ({listed}) AND region <> '{}'", REGION_NAMES[0]))
+        .psql(&format!(
+            "SELECT count(*) FROM blocks WHERE block_hash IN ({listed}) AND region <> '{}'",
+            REGION_NAMES[0]
+        ))
         .trim()
         .parse()
         .unwrap_or(0);
-    figure(&report, "outage blocks in the primary's blocks table", format!("{in_table} of {}", found.len()));
-    ensure!(in_table == found.len(), "{in_table} of {} outage blocks in the primary's blocks table", found.len());
+    figure(
+        &report,
+        "outage blocks in the primary's blocks table",
+        format!("{in_table} of {}", found.len()),
+    );
+    ensure!(
+        in_table == found.len(),
+        "{in_table} of {} outage blocks in the primary's blocks table",
+        found.len()
+    );
     run.finish().await
 }
 
@@ -346,7 +414,11 @@ pub(super) async fn partition(report: Shared) -> Result<()> {
     let cut_for = Duration::from_secs(20);
     describe(
         &report,
-        format!("{} cut off the WAN for {} s (its bridge port down)", REGION_NAMES[1], cut_for.as_secs()),
+        format!(
+            "{} cut off the WAN for {} s (its bridge port down)",
+            REGION_NAMES[1],
+            cut_for.as_secs()
+        ),
         "the cut healed -> every region's events in the primary's sinks",
     );
     let run = RegionRun::start(report.clone()).await?;
@@ -358,17 +430,55 @@ pub(super) async fn partition(report: Shared) -> Result<()> {
         .wait_switch_logged(1, "region_failover", cut_unix)
         .await
         .context("no region_failover journaled")?;
-    figure(&report, &format!("{}: failover after the cut", REGION_NAMES[1]), format!("{logged:.2} s"));
+    figure(
+        &report,
+        &format!("{}: failover after the cut", REGION_NAMES[1]),
+        format!("{logged:.2} s"),
+    );
     let timeout = options().failover_timeout_s as f64;
-    figure(&report, "target failover <= 10.5 s of silence", if logged <= timeout + 0.5 { "met" } else { "MISSED" });
-    ensure!(logged <= timeout + 0.5, "failover {logged:.2} s after the cut, target <= {:.1} s", timeout + 0.5);
-    ensure!(run.set.source(2).await.as_deref() == Some("primary"), "the other relay left the primary");
+    figure(
+        &report,
+        "target failover <= 10.5 s of silence",
+        if logged <= timeout + 0.5 {
+            "met"
+        } else {
+            "MISSED"
+        },
+    );
+    ensure!(
+        logged <= timeout + 0.5,
+        "failover {logged:.2} s after the cut, target <= {:.1} s",
+        timeout + 0.5
+    );
+    ensure!(
+        run.set.source(2).await.as_deref() == Some("primary"),
+        "the other relay left the primary"
+    );
+    let seen = run
+        .wait_monitor("the cut relay on local work", Duration::from_secs(5), |h| {
+            h["regions"][REGION_NAMES[1]]["source"] == "local"
+        })
+        .await?;
+    figure(
+        &report,
+        "health monitor: relay on local work shown after failover + ",
+        format!("{:.2} s", secs(seen)),
+    );
     tokio::time::sleep((cut + cut_for).saturating_duration_since(Instant::now())).await;
-    figure(&report, "relay shares refused during the cut", run.miner_rejects() - rejects_before);
+    figure(
+        &report,
+        "relay shares refused during the cut",
+        run.miner_rejects() - rejects_before,
+    );
     run.set.rejoin(1)?;
     let healed = Instant::now();
-    run.wait_source(1, "primary", Duration::from_secs(40)).await?;
-    figure(&report, "back on the primary's work after the heal", format!("{:.2} s", secs(healed.elapsed())));
+    run.wait_source(1, "primary", Duration::from_secs(40))
+        .await?;
+    figure(
+        &report,
+        "back on the primary's work after the heal",
+        format!("{:.2} s", secs(healed.elapsed())),
+    );
     run.record_convergence(healed).await?;
     run.finish().await
 }
@@ -383,7 +493,30 @@ pub(super) async fn nats_server_lost(report: Shared) -> Result<()> {
     );
     let mut run = RegionRun::start(report.clone()).await?;
     run.set.regions[2].nats.kill9();
-    tokio::time::sleep(Duration::from_secs(20)).await;
+    let killed = Instant::now();
+    // Its region's publisher moves to another server of the cluster: the
+    // events keep arriving while the server is down.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let expected: BTreeSet<String> = run.own_event_ids()?.into_iter().collect();
+    run.set
+        .wait_converged(&expected, Duration::from_secs(12))
+        .await
+        .map_err(|e| anyhow!("while one NATS server was down: {e}"))?;
+    figure(
+        &report,
+        "events of the first 5 s of the fault in the primary's sinks after",
+        format!("{:.2} s (still down)", secs(killed.elapsed())),
+    );
+    run.wait_monitor(
+        "NATS up with two servers of three",
+        Duration::from_secs(5),
+        |h| h["nats"]["state"] == "up",
+    )
+    .await?;
+    tokio::time::sleep(
+        (killed + Duration::from_secs(20)).saturating_duration_since(Instant::now()),
+    )
+    .await;
     run.set.regions[2].nats.spawn()?;
     let back = Instant::now();
     run.record_convergence(back).await?;
@@ -396,7 +529,10 @@ pub(super) async fn nats_all_down(report: Shared) -> Result<()> {
     let down_for = Duration::from_secs(if full() { 60 } else { 20 });
     describe(
         &report,
-        format!("SIGKILL of all three NATS servers for {} s", down_for.as_secs()),
+        format!(
+            "SIGKILL of all three NATS servers for {} s",
+            down_for.as_secs()
+        ),
         "the cluster restarted -> every region's events in the primary's sinks",
     );
     let mut run = RegionRun::start(report.clone()).await?;
@@ -404,9 +540,28 @@ pub(super) async fn nats_all_down(report: Shared) -> Result<()> {
     for region in &mut run.set.regions {
         region.nats.kill9();
     }
-    tokio::time::sleep(down_for).await;
-    let accepted_during = run.miners.iter().map(|(_, m)| m.stats.accepted()).sum::<u64>() - accepted_before;
-    figure(&report, "relay shares accepted while NATS was down", accepted_during);
+    let seen = run
+        .wait_monitor("NATS down", Duration::from_secs(5), |h| {
+            h["nats"]["state"] == "down" && h["status"] == "degraded"
+        })
+        .await?;
+    figure(
+        &report,
+        "health monitor: NATS down after",
+        format!("{:.2} s", secs(seen)),
+    );
+    tokio::time::sleep(down_for.saturating_sub(seen)).await;
+    let accepted_during = run
+        .miners
+        .iter()
+        .map(|(_, m)| m.stats.accepted())
+        .sum::<u64>()
+        - accepted_before;
+    figure(
+        &report,
+        "relay shares accepted while NATS was down",
+        accepted_during,
+    );
     ensure!(accepted_during > 0, "no share accepted while NATS was down");
     for region in &mut run.set.regions {
         region.nats.spawn()?;
@@ -421,7 +576,10 @@ pub(super) async fn nats_all_down(report: Shared) -> Result<()> {
 pub(super) async fn relay_restart(report: Shared) -> Result<()> {
     describe(
         &report,
-        format!("SIGKILL of {}'s tbg devnet, restarted at once", REGION_NAMES[2]),
+        format!(
+            "SIGKILL of {}'s tbg devnet, restarted at once",
+            REGION_NAMES[2]
+        ),
         "the relay restarted -> every region's events in the primary's sinks",
     );
     let mut run = RegionRun::start(report.clone()).await?;
@@ -432,8 +590,13 @@ pub(super) async fn relay_restart(report: Shared) -> Result<()> {
     run.set.regions[2].pool.spawn()?;
     let back = Instant::now();
     run.set.wait_http(2, Duration::from_secs(60)).await?;
-    run.wait_source(2, "primary", Duration::from_secs(30)).await?;
-    figure(&report, "restarted relay on the primary's work after", format!("{:.2} s", secs(back.elapsed())));
+    run.wait_source(2, "primary", Duration::from_secs(30))
+        .await?;
+    figure(
+        &report,
+        "restarted relay on the primary's work after",
+        format!("{:.2} s", secs(back.elapsed())),
+    );
     run.record_convergence(back).await?;
     run.finish().await
 }
@@ -445,7 +608,10 @@ pub(super) async fn primary_long_outage(report: Shared) -> Result<()> {
     let down_for = Duration::from_secs(if full() { 300 } else { 60 });
     describe(
         &report,
-        format!("the primary's host and its NATS server down {} s", down_for.as_secs()),
+        format!(
+            "the primary's host and its NATS server down {} s",
+            down_for.as_secs()
+        ),
         "the primary back -> every region's events in the primary's sinks",
     );
     let mut run = RegionRun::start(report.clone()).await?;
@@ -463,10 +629,15 @@ pub(super) async fn primary_long_outage(report: Shared) -> Result<()> {
     figure(
         &report,
         "catch-up",
-        format!("{waiting} events in {:.2} s: {:.0} events/s", secs(took), waiting as f64 / secs(took)),
+        format!(
+            "{waiting} events in {:.2} s: {:.0} events/s",
+            secs(took),
+            waiting as f64 / secs(took)
+        ),
     );
     for index in 1..REGION_NAMES.len() {
-        run.wait_source(index, "primary", Duration::from_secs(30)).await?;
+        run.wait_source(index, "primary", Duration::from_secs(30))
+            .await?;
     }
     run.finish().await
 }
