@@ -5,7 +5,7 @@
 scripts/setup.sh
 if [ -z "${TBG:-}" ]; then
   cargo build --release --locked -p tbg >/dev/null
-  TBG=target/release/tbg
+  TBG=${CARGO_TARGET_DIR:-target}/release/tbg
 fi
 work=$(mktemp -d)
 ulimit -n 65536 2>/dev/null || true

@@ -13,6 +13,8 @@ if [ "${TBG_SETUP_TEST_DEPS:-0}" = 1 ]; then
   command -v promtool >/dev/null 2>&1 || need+=(prometheus)
   # nats-server (JetStream): the events' way between regions.
   command -v nats-server >/dev/null 2>&1 || [ -x /usr/sbin/nats-server ] || need+=(nats-server)
+  # ip (iproute2): the chaos suite's regions, each in a network namespace.
+  command -v ip >/dev/null 2>&1 || [ -x /usr/sbin/ip ] || [ -x /sbin/ip ] || need+=(iproute2)
   # libfaketime: the chaos suite's clock-skew scenario.
   command -v faketime >/dev/null 2>&1 || need+=(faketime)
   # initdb/pg_ctl for the tests' own PostgreSQL instances.

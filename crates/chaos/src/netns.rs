@@ -74,7 +74,12 @@ pub fn available() -> Result<(), String> {
         .find_map(|line| line.strip_prefix("Uid:"))
         .and_then(|ids| ids.split_whitespace().nth(1));
     if effective_uid != Some("0") {
-        return Err("network namespaces need root".into());
+        return Err(
+            "the multi-region scenarios put each region on a host of its own \
+                    (network namespaces), which needs root; run as root, or leave them out \
+                    with scripts/chaos.sh --skip region-primary-lost,region-partition,..."
+                .into(),
+        );
     }
     if !ip_binary().is_file() {
         return Err("`ip` is missing (apt-get install iproute2)".into());

@@ -112,6 +112,7 @@ blockpoll_ms = 100
 share_interval_s = 0.5
 # The suite's event load submits invalid shares on purpose.
 max_invalid_shares_per_minute = 1000000
+max_submits_per_minute = 1000000
 # The suite's miners come over the management link, as a farm would.
 allow_list = ["{harness}"]
 [events]
@@ -202,8 +203,10 @@ fn in_host(
 
 impl Regions {
     pub async fn start(options: RegionsOptions) -> Result<Regions, ChaosError> {
+        // CHAOS_KEEP=1 keeps the configs, journals and logs for a post-mortem.
         let dir = tempfile::Builder::new()
             .prefix("tbg-regions-")
+            .disable_cleanup(std::env::var("CHAOS_KEEP").is_ok_and(|v| v == "1"))
             .tempdir()
             .map_err(|e| ChaosError::io("temp dir", e))?;
         let wan = Wan::create(REGION_NAMES.len())?;
@@ -461,6 +464,33 @@ impl Regions {
     /// Event ids in the primary's Redis streams, with repeats.
     pub fn redis_ids(&self) -> Result<Vec<String>, ChaosError> {
         ledger::redis_stream_ids(&self.redis.url())
+    }
+
+    /// Rows of each region in the primary's PostgreSQL.
+    pub fn postgres_counts(&self) -> std::collections::BTreeMap<String, usize> {
+        self.pg
+            .psql("SELECT region, count(*) FROM mining_events GROUP BY region")
+            .lines()
+            .filter_map(|line| {
+                let (region, count) = line.split_once('|')?;
+                Some((region.to_owned(), count.trim().parse().ok()?))
+            })
+            .collect()
+    }
+
+    /// Both of the collector's cursors have reached the end of the
+    /// primary's journal (which the ingest fills with the relays' events).
+    pub fn collector_caught_up(&self) -> bool {
+        let last = ledger::journal_last_seq(&self.regions[0].journal_path).unwrap_or(u64::MAX);
+        let cursor = |sql: &str| self.pg.psql(sql).trim().parse::<u64>().unwrap_or(0);
+        let postgres = cursor("SELECT seq FROM collector_cursor WHERE sink = 'postgres'");
+        let redis = self
+            .redis
+            .cli(&["GET", "tbg:collector:cursor:redis"])
+            .trim()
+            .parse::<u64>()
+            .unwrap_or(0);
+        postgres >= last && redis >= last
     }
 
     /// Waits until every id of `expected` is in both of the primary's sinks.

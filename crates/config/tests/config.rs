@@ -526,6 +526,14 @@ fn multi_region_keys_are_checked_and_imported_from_ckpool() {
     primary.validate().unwrap();
     primary.nats.replicas = 0;
     assert_eq!(primary.validate().unwrap_err().key, "nats.replicas");
+    primary.nats.replicas = 3;
+    // A cluster's servers, comma-separated; an empty entry is named.
+    primary.nats.url = Some("nats://a:4222,nats://b:4222, nats://c:4222".into());
+    primary.validate().unwrap();
+    primary.nats.url = Some("nats://u:secret@a:4222,,nats://b:4222".into());
+    let error = primary.validate().unwrap_err();
+    assert_eq!(error.key, "nats.url");
+    assert!(!error.to_string().contains("secret"), "{error}");
 
     // The reference system's ckpool keys.
     let (imported, warnings) = Config::from_ckpool_json(

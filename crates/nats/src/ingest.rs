@@ -57,7 +57,7 @@ impl IngestConfig {
             own_region: own_region.to_owned(),
             batch: 500,
             fetch_wait: Duration::from_secs(1),
-            retry_max: Duration::from_secs(5),
+            retry_max: Duration::from_secs(2),
             ack_wait: Duration::from_secs(30),
         }
     }

@@ -51,7 +51,7 @@ pub async fn ensure_stream(
     js: &jetstream::Context,
     settings: &StreamSettings,
 ) -> Result<(), PublishError> {
-    js.get_or_create_stream(stream::Config {
+    let create = js.get_or_create_stream(stream::Config {
         name: settings.name.clone(),
         subjects: vec!["events.>".to_owned()],
         storage: stream::StorageType::File,
@@ -60,11 +60,22 @@ pub async fn ensure_stream(
         max_bytes: settings.max_bytes,
         duplicate_window: settings.duplicate_window,
         ..stream::Config::default()
-    })
-    .await
-    .map(|_| ())
-    .map_err(|e| PublishError::Nats(format!("creating the stream: {e}")))
+    });
+    // A request sent while a cluster elects its metadata leader (at boot,
+    // after a partition heals) gets no answer at all: ask again soon
+    // rather than wait out the client's 10 s request timeout.
+    match tokio::time::timeout(STREAM_REQUEST_TIMEOUT, create).await {
+        Ok(created) => created
+            .map(|_| ())
+            .map_err(|e| PublishError::Nats(format!("creating the stream: {e}"))),
+        Err(_) => Err(PublishError::Nats(format!(
+            "creating the stream: no answer within {STREAM_REQUEST_TIMEOUT:?} (a cluster electing its leader?)"
+        ))),
+    }
 }
+
+/// How long [`ensure_stream`] waits for JetStream's answer.
+const STREAM_REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// `events.<region>.<type>`; a character a subject token cannot hold
 /// becomes `_` (the config refuses such regions; old journal rows may have
@@ -112,7 +123,7 @@ impl PublisherConfig {
             cursor,
             batch: 500,
             idle_poll: Duration::from_millis(50),
-            retry_max: Duration::from_secs(5),
+            retry_max: Duration::from_secs(2),
         }
     }
 }

@@ -84,6 +84,23 @@ impl RegionRun {
             .await
             .map_err(|e| anyhow!("{e}; last error {}", stats.last_error()))?;
         }
+        // Steady state before any fault: every relay's events reach the
+        // primary's PostgreSQL (the publishers, the cluster, the ingest).
+        let started = Instant::now();
+        for name in REGION_NAMES.into_iter().skip(1) {
+            wait_until(
+                &format!("{name}'s events in the primary's PostgreSQL"),
+                Duration::from_secs(90),
+                || run.set.postgres_counts().get(name).copied().unwrap_or(0) > 0,
+            )
+            .await
+            .map_err(|e| anyhow!("{e}"))?;
+        }
+        figure(
+            &run.report,
+            "relays' events flowing to the primary after",
+            format!("{:.2} s", secs(started.elapsed())),
+        );
         run.wait_monitor("every region up", Duration::from_secs(30), |health| {
             health["status"] == "healthy"
         })
