@@ -210,13 +210,7 @@ impl Regions {
             .tempdir()
             .map_err(|e| ChaosError::io("temp dir", e))?;
         let wan = Wan::create(REGION_NAMES.len())?;
-        let pg = tokio::task::spawn_blocking(PgServer::start);
-        let redis = tokio::task::spawn_blocking(RedisServer::start_persistent)
-            .await
-            .map_err(|e| ChaosError::Failed(format!("redis-server: {e}")))?;
-        let pg = pg
-            .await
-            .map_err(|e| ChaosError::Failed(format!("PostgreSQL: {e}")))?;
+        let (pg, redis) = crate::stack::start_sinks().await?;
         let sinks = (pg.conninfo(), redis.url());
         let mut regions = Vec::new();
         for (index, name) in REGION_NAMES.into_iter().enumerate() {

@@ -35,6 +35,18 @@ pub struct StackOptions {
     pub collector_batch_wait_ms: Option<u64>,
 }
 
+/// The scenario's own PostgreSQL and Redis (persistent), side by side.
+pub async fn start_sinks() -> Result<(PgServer, RedisServer), ChaosError> {
+    let pg = tokio::task::spawn_blocking(PgServer::start);
+    let redis = tokio::task::spawn_blocking(RedisServer::start_persistent)
+        .await
+        .map_err(|e| ChaosError::Failed(format!("redis-server: {e}")))?;
+    let pg = pg
+        .await
+        .map_err(|e| ChaosError::Failed(format!("PostgreSQL: {e}")))?;
+    Ok((pg, redis))
+}
+
 pub struct Stack {
     // Field order is drop order: processes first, the temp dir last.
     pub pool: ManagedProcess,
@@ -60,16 +72,13 @@ impl Stack {
             .tempdir()
             .map_err(|e| ChaosError::io("temp dir", e))?;
         // PostgreSQL's initdb and the node's first 110 blocks take the longest: in parallel.
-        let pg = tokio::task::spawn_blocking(PgServer::start);
+        let sinks = tokio::spawn(start_sinks());
         let node = DevNode::start(DevNodeOptions::default())
             .await
             .map_err(|e| ChaosError::Failed(format!("devnode: {e}")))?;
-        let redis = tokio::task::spawn_blocking(RedisServer::start_persistent)
+        let (pg, redis) = sinks
             .await
-            .map_err(|e| ChaosError::Failed(format!("redis-server: {e}")))?;
-        let pg = pg
-            .await
-            .map_err(|e| ChaosError::Failed(format!("PostgreSQL: {e}")))?;
+            .map_err(|e| ChaosError::Failed(format!("starting the sinks: {e}")))??;
         let proxy = if options.node_via_proxy {
             Some(FaultProxy::start(node.rpc_addr()).await?)
         } else {

@@ -361,6 +361,14 @@ const OUTBOX_MAX: usize = 256;
 const STORE_SCAN_EVERY: Duration = Duration::from_secs(600);
 
 impl Outbox {
+    /// A block found while the link is down: kept for the next connection.
+    fn hold(&mut self, shared: &Shared, block: StoredBlock) {
+        tracing::warn!(hash = %block.hash, height = block.height,
+            "relay link: no link to the primary; the block is sent once there is one");
+        self.add(block);
+        shared.status.lock().blocks_unconfirmed = self.blocks.len() as u64;
+    }
+
     fn add(&mut self, block: StoredBlock) {
         if self.blocks.len() >= OUTBOX_MAX && !self.blocks.contains_key(&block.hash) {
             if let Some(oldest) = self
@@ -414,9 +422,19 @@ async fn connect_loop(
     };
     let mut backoff = Duration::from_millis(250);
     loop {
-        let attempt = tokio::select! {
-            () = shared.stop.cancelled() => return,
-            attempt = connect(&shared.config) => attempt,
+        // Blocks found while there is no link wait in the outbox (and
+        // `/status` counts them) until a connection sends them.
+        let connecting = connect(&shared.config);
+        tokio::pin!(connecting);
+        let attempt = loop {
+            tokio::select! {
+                () = shared.stop.cancelled() => return,
+                attempt = &mut connecting => break attempt,
+                block = blocks.recv() => match block {
+                    Some(block) => outbox.hold(&shared, block),
+                    None => return,
+                },
+            }
         };
         let reason = match attempt {
             Err(error) => error.to_string(),
@@ -457,9 +475,17 @@ async fn connect_loop(
         if events.send(LinkEvent::Lost(reason)).await.is_err() {
             return;
         }
-        tokio::select! {
-            () = shared.stop.cancelled() => return,
-            () = tokio::time::sleep(backoff) => {}
+        let pause = tokio::time::sleep(backoff);
+        tokio::pin!(pause);
+        loop {
+            tokio::select! {
+                () = shared.stop.cancelled() => return,
+                () = &mut pause => break,
+                block = blocks.recv() => match block {
+                    Some(block) => outbox.hold(&shared, block),
+                    None => return,
+                },
+            }
         }
         backoff = (backoff * 2).min(shared.config.retry_max);
     }

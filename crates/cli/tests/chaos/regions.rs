@@ -250,6 +250,19 @@ impl RegionRun {
         (hashes, on_chain)
     }
 
+    /// Blocks the relays found that the primary has not stored yet.
+    async fn blocks_unconfirmed(&self) -> u64 {
+        let mut total = 0;
+        for (index, _) in &self.miners {
+            if let Some(status) = self.set.status(*index).await {
+                total += status["region"]["relay_link"]["blocks_unconfirmed"]
+                    .as_u64()
+                    .unwrap_or(0);
+            }
+        }
+        total
+    }
+
     /// Event ids every region journaled itself, so far.
     fn own_event_ids(&self) -> Result<Vec<String>> {
         Ok(self.set.own_events()?.into_iter().map(|e| e.id).collect())
@@ -381,6 +394,18 @@ pub(super) async fn primary_lost(report: Shared) -> Result<()> {
         "relay shares refused during the outage",
         run.miner_rejects() - rejects_before,
     );
+    // Each of them waits on its relay for the primary, and /status says so.
+    let unconfirmed = run.blocks_unconfirmed().await;
+    figure(
+        &report,
+        "relay blocks waiting for the primary (blocks_unconfirmed)",
+        unconfirmed,
+    );
+    ensure!(
+        unconfirmed >= found.len() as u64,
+        "the relays show {unconfirmed} blocks waiting for the primary, {} were found",
+        found.len()
+    );
     run.set.regions[0].pool.spawn()?;
     let back = Instant::now();
     run.set.wait_http(0, Duration::from_secs(60)).await?;
@@ -388,6 +413,19 @@ pub(super) async fn primary_lost(report: Shared) -> Result<()> {
         run.wait_source(index, "primary", Duration::from_secs(30))
             .await?;
     }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while run.blocks_unconfirmed().await > 0 {
+        ensure!(
+            Instant::now() < deadline,
+            "the primary never stored the relays' blocks"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    figure(
+        &report,
+        "every relay block stored by the primary after its return",
+        format!("{:.2} s", secs(back.elapsed())),
+    );
     figure(
         &report,
         "relays back on the primary's work after",
