@@ -537,9 +537,12 @@ async fn serve(
             block = blocks.recv() => {
                 let Some(block) = block else { return Ok(()) };
                 tracing::info!(hash = %block.hash, height = block.height, "relay link: sending the block to the primary");
-                write_line(&mut writer, &send_block(&mut session, &block)).await?;
-                shared.status.lock().blocks_sent += 1;
+                // Queued first: a write that fails (the link just died)
+                // must leave the block for the next connection.
+                let frame = send_block(&mut session, &block);
                 outbox.add(block);
+                write_line(&mut writer, &frame).await?;
+                shared.status.lock().blocks_sent += 1;
             }
             _ = heartbeat.tick() => {
                 if last_heard.elapsed() >= shared.config.failover_timeout {
