@@ -15,6 +15,7 @@
 //! - [`netns`] and [`regions`]: three regions on hosts of their own
 //!   (network namespaces), a 3-server NATS cluster, the links cut for real.
 
+pub mod gossip;
 pub mod ledger;
 pub mod load;
 pub mod netns;

@@ -413,6 +413,7 @@ pub(super) async fn primary_lost(report: Shared) -> Result<()> {
         run.wait_source(index, "primary", Duration::from_secs(30))
             .await?;
     }
+    let failed_back = back.elapsed();
     let deadline = Instant::now() + Duration::from_secs(30);
     while run.blocks_unconfirmed().await > 0 {
         ensure!(
@@ -429,7 +430,7 @@ pub(super) async fn primary_lost(report: Shared) -> Result<()> {
     figure(
         &report,
         "relays back on the primary's work after",
-        format!("{:.2} s", secs(back.elapsed())),
+        format!("{:.2} s", secs(failed_back)),
     );
     run.record_convergence(back).await?;
     // The outage's blocks, found on relays, are in the primary's table.
