@@ -100,9 +100,15 @@ async fn template_latency(set: &Regions) {
             continue;
         };
         for (index, arrival) in arrivals.iter().enumerate().skip(1) {
-            if let Some(arrival) = arrival {
-                latencies[index]
-                    .push(arrival.saturating_duration_since(primary).as_secs_f64() * 1e3);
+            if let Some(arrival) = *arrival {
+                // Signed: a relay's miner served before the primary's own
+                // (scheduling) shows as a negative figure, not as 0.
+                let ms = if arrival >= primary {
+                    (arrival - primary).as_secs_f64() * 1e3
+                } else {
+                    -(primary - arrival).as_secs_f64() * 1e3
+                };
+                latencies[index].push(ms);
             }
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -169,7 +175,11 @@ async fn convergence(set: &Regions) {
     for load in running {
         load.stop().await;
     }
-    let made = set.own_events().map(|e| e.len()).unwrap_or(0) - before;
+    let made = set
+        .own_events()
+        .map(|e| e.len())
+        .unwrap_or(0)
+        .saturating_sub(before);
     println!(
         "\n2. convergence: {made} events from 3 regions in {elapsed:.1} s ({:.0} events/s); \
          lag of the primary's PostgreSQL behind each region (now - its newest row, every 200 ms):",
@@ -265,25 +275,20 @@ fn main() {
         .enable_all()
         .build()
         .expect("a tokio runtime");
-    runtime.block_on(async {
-        let set = match Regions::start(RegionsOptions {
+    // The regions are dropped (processes stopped, namespaces removed)
+    // before the exit, whatever the outcome.
+    let outcome = runtime.block_on(async {
+        let set = Regions::start(RegionsOptions {
             tbg,
             heartbeat_s: 3,
             failover_timeout_s: 10,
             failback_after_s: 5,
         })
         .await
-        {
-            Ok(set) => set,
-            Err(error) => {
-                eprintln!("cannot start the regions: {error}");
-                std::process::exit(1);
-            }
-        };
-        if let Err(error) = set.wait_relays_on_primary(Duration::from_secs(60)).await {
-            eprintln!("{error}");
-            std::process::exit(1);
-        }
+        .map_err(|error| format!("cannot start the regions: {error}"))?;
+        set.wait_relays_on_primary(Duration::from_secs(60))
+            .await
+            .map_err(|error| error.to_string())?;
         // The relays' events flowing (publishers, cluster, ingest) first.
         let deadline = Instant::now() + Duration::from_secs(60);
         while set.postgres_counts().len() < set.regions.len() && Instant::now() < deadline {
@@ -292,5 +297,10 @@ fn main() {
         template_latency(&set).await;
         convergence(&set).await;
         catch_up(&set).await;
+        Ok::<(), String>(())
     });
+    if let Err(error) = outcome {
+        eprintln!("{error}");
+        std::process::exit(1);
+    }
 }

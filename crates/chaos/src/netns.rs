@@ -77,7 +77,8 @@ pub fn available() -> Result<(), String> {
         return Err(
             "the multi-region scenarios put each region on a host of its own \
                     (network namespaces), which needs root; run as root, or leave them out \
-                    with scripts/chaos.sh --skip region-primary-lost,region-partition,..."
+                    with scripts/chaos.sh --skip region-primary-lost,region-partition,\
+                    nats-server-lost,nats-all-down,relay-restart,primary-long-outage"
                 .into(),
         );
     }
@@ -87,23 +88,62 @@ pub fn available() -> Result<(), String> {
     Ok(())
 }
 
-/// Removes namespaces and links left by runs whose process is gone.
-fn remove_leftovers() {
-    let Ok(output) = Command::new(ip_binary()).args(["netns", "list"]).output() else {
-        return;
+/// Output of `ip args` (empty when it fails: leftovers are best effort).
+fn ip_output(args: &[&str]) -> String {
+    Command::new(ip_binary())
+        .args(args)
+        .output()
+        .map(|output| String::from_utf8_lossy(&output.stdout).into_owned())
+        .unwrap_or_default()
+}
+
+/// Whether a name of ours belongs to a run whose process is gone:
+/// `tbgc<pid>w`, `tbgc<pid>h<i>`, `tbgc<pid>m<i>`.
+fn is_leftover(name: &str) -> bool {
+    let Some(rest) = name.strip_prefix(PREFIX) else {
+        return false;
     };
-    for line in String::from_utf8_lossy(&output.stdout).lines() {
+    let pid: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    !pid.is_empty() && !Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Removes what runs whose process is gone (a SIGKILLed harness) left:
+/// the processes still inside their namespaces (a namespace lives on while
+/// one runs in it), the namespaces, and root-namespace links.
+fn remove_leftovers() {
+    for line in ip_output(&["netns", "list"]).lines() {
         let name = line.split_whitespace().next().unwrap_or("");
-        let Some(rest) = name.strip_prefix(PREFIX) else {
+        if !is_leftover(name) {
             continue;
-        };
-        // tbgc<pid>w / tbgc<pid>h<i>
-        let pid: String = rest.chars().take_while(char::is_ascii_digit).collect();
-        if pid.is_empty() || Path::new(&format!("/proc/{pid}")).exists() {
-            continue;
+        }
+        let pids = ip_output(&["netns", "pids", name]);
+        let pids: Vec<&str> = pids.split_whitespace().collect();
+        if !pids.is_empty() {
+            let _ = Command::new("kill").arg("-9").args(&pids).status();
         }
         let _ = ip(&["netns", "del", name]);
     }
+    // `N: tbgc123m0@if2: <...>`
+    for line in ip_output(&["-o", "link", "show"]).lines() {
+        let name = line
+            .split(':')
+            .nth(1)
+            .map(|field| field.trim().split('@').next().unwrap_or(""))
+            .unwrap_or("");
+        if is_leftover(name) {
+            let _ = ip(&["link", "del", name]);
+        }
+    }
+}
+
+/// A 10.250.<n>.0/24 no interface of this machine uses yet, starting from
+/// one the pid picks (two live runs never share one).
+fn free_mgmt_subnet(pid: u32) -> Result<u8, ChaosError> {
+    let addresses = ip_output(&["-o", "-4", "addr", "show"]);
+    (0..200u32)
+        .map(|step| ((pid + step) % 200) as u8 + 20)
+        .find(|n| !addresses.contains(&format!("inet 10.250.{n}.")))
+        .ok_or_else(|| ChaosError::Failed("no free 10.250.x.0/24 for the management links".into()))
 }
 
 impl Wan {
@@ -114,7 +154,7 @@ impl Wan {
         available().map_err(ChaosError::Failed)?;
         remove_leftovers();
         let pid = std::process::id();
-        let subnet = (pid % 200) as u8 + 20;
+        let subnet = free_mgmt_subnet(pid)?;
         let wan_ns = format!("{PREFIX}{pid}w");
         let mut wan = Wan {
             hosts: Vec::new(),

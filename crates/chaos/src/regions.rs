@@ -167,6 +167,9 @@ cluster {{
   name: "tbg-chaos"
   listen: "0.0.0.0:{NATS_CLUSTER_PORT}"
   routes: [{routes}]
+  # Clients keep to the servers they were given: the health monitor in the
+  # root namespace reaches the management addresses, not the WAN ones.
+  no_advertise: true
 }}
 "#,
         name = REGION_NAMES[index],

@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use tbg_config::{Config, RegionMode};
 use tbg_metrics::RegionSources;
-use tbg_nats::{ensure_stream, Ingest, IngestConfig, IngestStats, StreamSettings};
+use tbg_nats::{Ingest, IngestConfig, IngestStats, StreamSettings};
 use tbg_pool::{PoolService, RegionWiring};
 use tbg_relay::{PrimaryConfig, PrimaryLink, RelayConfig, RelayLink};
 use tokio_util::sync::CancellationToken;
@@ -170,34 +170,17 @@ fn start_ingest(
     let task = tokio::spawn(async move {
         // NATS may be down when the pool starts: connect in the background,
         // the ingest retries until it answers.
-        let servers = match tbg_nats::server_addrs(&url) {
-            Ok(servers) => servers,
+        let client = match tbg_nats::connect(&url, crate::publisher::NATS_DIAL_TIMEOUT).await {
+            Ok(client) => client,
             Err(error) => {
                 tracing::error!(%error, "nats.url: the regions' events wait in JetStream");
                 return;
             }
         };
-        let client = match async_nats::ConnectOptions::new()
-            .retry_on_initial_connect()
-            .connect(servers)
-            .await
-        {
-            Ok(client) => client,
-            Err(error) => {
-                tracing::error!(%error, "nats.url: cannot connect; the regions' events wait in JetStream");
-                return;
-            }
-        };
         let js = async_nats::jetstream::new(client);
         let ingest = Ingest::new(ingest_config, js.clone(), journal).with_stats(task_stats);
-        let mut backoff = Duration::from_millis(250);
-        while let Err(error) = ensure_stream(&js, &settings).await {
-            tracing::warn!(%error, retry_in = ?backoff, "NATS: the events stream is not ready");
-            tokio::select! {
-                () = task_stop.cancelled() => return,
-                () = tokio::time::sleep(backoff) => {}
-            }
-            backoff = (backoff * 2).min(Duration::from_secs(5));
+        if !tbg_nats::wait_for_stream(&js, &settings, &task_stop).await {
+            return;
         }
         tracing::info!(stream = %settings.name, "consuming the other regions' events from NATS JetStream");
         ingest.run(task_stop).await;

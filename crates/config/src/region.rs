@@ -259,11 +259,14 @@ impl NatsSection {
             ));
         }
         if let Some(url) = &self.url {
-            if url.split(',').any(|entry| entry.trim().is_empty()) {
+            if let Some(reason) = url
+                .split(',')
+                .find_map(|entry| nats_entry_error(entry.trim()))
+            {
                 return Err(ConfigError::new(
                     "nats.url",
                     crate::model::redact_url(url),
-                    "one nats://host:port, or several separated by commas",
+                    format!("{reason}: one nats://host:port, or several separated by commas"),
                 ));
             }
         }
@@ -289,5 +292,66 @@ impl NatsSection {
             ));
         }
         Ok(())
+    }
+}
+
+/// Why one entry of `nats.url` is not a server the NATS client can dial
+/// (`[nats|tls|ws|wss://][user[:pass]@]host[:port]`), or `None`.
+fn nats_entry_error(entry: &str) -> Option<String> {
+    if entry.is_empty() {
+        return Some("an empty entry".to_owned());
+    }
+    let rest = match entry.split_once("://") {
+        Some((scheme, rest)) => {
+            if !["nats", "tls", "ws", "wss"].contains(&scheme) {
+                return Some(format!("scheme {scheme:?} (nats, tls, ws or wss)"));
+            }
+            rest
+        }
+        None => entry,
+    };
+    let authority = rest.split('/').next().unwrap_or_default();
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let (host, port) = match host_port.rsplit_once(':') {
+        Some((host, _)) if !host.ends_with(']') && host.contains(':') => (host_port, None),
+        Some((host, port)) => (host, Some(port)),
+        None => (host_port, None),
+    };
+    if host.is_empty() || host.contains(char::is_whitespace) {
+        return Some("no host".to_owned());
+    }
+    if let Some(port) = port {
+        if port.parse::<u16>().map_or(true, |p| p == 0) {
+            return Some(format!("port {port:?}"));
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod nats_url_tests {
+    use super::nats_entry_error;
+
+    #[test]
+    fn dialable_entries_pass_and_others_say_why() {
+        for good in [
+            "nats://10.0.0.1:4222",
+            "tls://user:pass@nats.example:4443",
+            "n1:4222",
+            "nats://[::1]:4222",
+            "nats://localhost",
+        ] {
+            assert_eq!(nats_entry_error(good), None, "{good}");
+        }
+        for (bad, why) in [
+            ("", "empty"),
+            ("http://n1:4222", "scheme"),
+            ("nats://:4222", "no host"),
+            ("nats://n1:42x2", "port"),
+            ("nats://n1:0", "port"),
+        ] {
+            let error = nats_entry_error(bad).unwrap_or_default();
+            assert!(error.contains(why), "{bad}: {error}");
+        }
     }
 }

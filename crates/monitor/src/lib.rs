@@ -208,16 +208,9 @@ async fn poll_loop(shared: Arc<Shared>, client: reqwest::Client, stop: Cancellat
         Some(target) => {
             // Connects in the background: NATS may be down right now,
             // which is what the monitor is there to say.
-            let servers = tbg_nats::server_addrs(&target.url);
-            let connected = match servers {
-                Ok(servers) => async_nats::ConnectOptions::new()
-                    .retry_on_initial_connect()
-                    .connection_timeout(shared.config.timeout)
-                    .connect(servers)
-                    .await
-                    .map_err(|error| error.to_string()),
-                Err(error) => Err(error.to_string()),
-            };
+            let connected = tbg_nats::connect(&target.url, shared.config.timeout)
+                .await
+                .map_err(|error| error.to_string());
             match connected {
                 Ok(client) => Some((async_nats::jetstream::new(client), target.clone())),
                 Err(error) => {

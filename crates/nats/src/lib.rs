@@ -15,11 +15,10 @@ mod cursor;
 mod ingest;
 mod publisher;
 mod servers;
+mod stream;
 
 pub use cursor::{Cursor, CursorError};
 pub use ingest::{Ingest, IngestConfig, IngestError, IngestStats};
-pub use publisher::{
-    ensure_stream, subject, PublishError, Publisher, PublisherConfig, PublisherStats,
-    StreamSettings,
-};
-pub use servers::{server_addrs, ServerListError};
+pub use publisher::{subject, PublishError, Publisher, PublisherConfig, PublisherStats};
+pub use servers::{connect, server_addrs, ConnectError, ServerListError};
+pub use stream::{ensure_stream, wait_for_stream, StreamError, StreamSettings};

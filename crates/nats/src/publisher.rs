@@ -6,33 +6,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, stream};
+use async_nats::jetstream;
 use tbg_journal::{JournalError, JournalReader, JournalRecord};
 use tokio_util::sync::CancellationToken;
 
 use crate::cursor::{Cursor, CursorError};
-
-/// The stream every region publishes to, as the reference system had it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct StreamSettings {
-    pub name: String,
-    pub replicas: usize,
-    pub max_age: Duration,
-    pub max_bytes: i64,
-    pub duplicate_window: Duration,
-}
-
-impl Default for StreamSettings {
-    fn default() -> StreamSettings {
-        StreamSettings {
-            name: "EVENTS".to_owned(),
-            replicas: 1,
-            max_age: Duration::from_secs(24 * 3600),
-            max_bytes: 1 << 30,
-            duplicate_window: Duration::from_secs(120),
-        }
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
@@ -43,39 +21,6 @@ pub enum PublishError {
     #[error("NATS: {0}")]
     Nats(String),
 }
-
-/// Creates the stream (file storage, subjects `events.>`) or checks the one
-/// there; an existing stream keeps its settings (changing them is an
-/// operator's `nats stream edit`).
-pub async fn ensure_stream(
-    js: &jetstream::Context,
-    settings: &StreamSettings,
-) -> Result<(), PublishError> {
-    let create = js.get_or_create_stream(stream::Config {
-        name: settings.name.clone(),
-        subjects: vec!["events.>".to_owned()],
-        storage: stream::StorageType::File,
-        num_replicas: settings.replicas,
-        max_age: settings.max_age,
-        max_bytes: settings.max_bytes,
-        duplicate_window: settings.duplicate_window,
-        ..stream::Config::default()
-    });
-    // A request sent while a cluster elects its metadata leader (at boot,
-    // after a partition heals) gets no answer at all: ask again soon
-    // rather than wait out the client's 10 s request timeout.
-    match tokio::time::timeout(STREAM_REQUEST_TIMEOUT, create).await {
-        Ok(created) => created
-            .map(|_| ())
-            .map_err(|e| PublishError::Nats(format!("creating the stream: {e}"))),
-        Err(_) => Err(PublishError::Nats(format!(
-            "creating the stream: no answer within {STREAM_REQUEST_TIMEOUT:?} (a cluster electing its leader?)"
-        ))),
-    }
-}
-
-/// How long [`ensure_stream`] waits for JetStream's answer.
-const STREAM_REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// `events.<region>.<type>`; a character a subject token cannot hold
 /// becomes `_` (the config refuses such regions; old journal rows may have

@@ -1,8 +1,36 @@
 //! `nats.url` as the NATS tools take it: one server or a cluster's
-//! servers, comma-separated. The client connects to any of them and, on a
-//! cluster, learns the others from the server it reached.
+//! servers, comma-separated, in order of preference. A region lists its
+//! own server first: the client uses it while it is up, then the next
+//! one, and on a cluster it also learns the others from the server it
+//! reached.
 
-use async_nats::ServerAddr;
+use std::time::Duration;
+
+use async_nats::{Client, ServerAddr};
+
+/// `nats.url` unusable, or the client refused its options.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error(transparent)]
+    Servers(#[from] ServerListError),
+    #[error("connecting to NATS: {0}")]
+    Connect(String),
+}
+
+/// A client for `nats.url` that connects in the background (NATS may be
+/// down right now; the journal keeps the events meanwhile), tries the
+/// servers in the order listed instead of shuffling them, and times a dial
+/// out after `dial_timeout`.
+pub async fn connect(urls: &str, dial_timeout: Duration) -> Result<Client, ConnectError> {
+    let servers = server_addrs(urls)?;
+    async_nats::ConnectOptions::new()
+        .retry_on_initial_connect()
+        .retain_servers_order()
+        .connection_timeout(dial_timeout)
+        .connect(servers)
+        .await
+        .map_err(|error| ConnectError::Connect(error.to_string()))
+}
 
 /// A `nats.url` entry the client cannot use.
 #[derive(Debug, thiserror::Error)]
