@@ -2,7 +2,9 @@
 
 mod collector;
 mod loadtest;
+mod logging;
 mod monitor;
+mod network;
 mod observability;
 mod ops;
 mod publisher;
@@ -32,6 +34,15 @@ const EXIT_CONFIG: i32 = 2;
     about = "Bitcoin solo-mining pool: Stratum V1, events, devnet"
 )]
 struct Cli {
+    /// Log lines as text (colour only on a terminal) or JSON, one object a line.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value_t,
+        env = "TBG_LOG_FORMAT"
+    )]
+    log_format: logging::LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -75,8 +86,8 @@ enum Command {
     Devnet {
         #[command(flatten)]
         config: ConfigArgs,
-        /// Stratum address for miners.
-        #[arg(long, default_value = "0.0.0.0:3333")]
+        /// Stratum address for miners (IPv6 and IPv4 on one socket).
+        #[arg(long, default_value = "[::]:3333")]
         stratum: SocketAddr,
         /// Where the regtest chain is kept (a temporary directory if not given).
         #[arg(long)]
@@ -149,7 +160,7 @@ enum Command {
 
 fn main() {
     let cli = Cli::parse();
-    init_logging();
+    logging::init(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -171,16 +182,6 @@ fn main() {
         eprintln!("error: {error:#}");
         std::process::exit(1);
     }
-}
-
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false)
-        .with_writer(std::io::stderr)
-        .init();
 }
 
 fn env_lookup(name: &str) -> Option<String> {
@@ -229,17 +230,26 @@ async fn run(cli: Cli) -> Result<()> {
             pid_file,
         } => {
             let hangup = reload::hangup_signal();
-            let config = load_config(&args, false)?;
+            let mut config = load_config(&args, false)?;
+            network::settle(&mut config).await?;
+            let settled = config.network;
             let _pid_lock = match &pid_file {
                 Some(path) => Some(tbg_ops::BackupLock::acquire_file(path)?),
                 None => None,
             };
+            // A ckpool file read again names no network still: the one
+            // the node said at start stands.
             let reloader = reload::Reloader::new(
                 args,
                 false,
                 reload::Role::Pool,
                 config.clone(),
-                Box::new(|_| {}),
+                Box::new(move |config| {
+                    if config.network_from_node {
+                        config.network = settled;
+                        config.network_from_node = false;
+                    }
+                }),
             );
             run_pool(&config, reloader, hangup).await
         }
@@ -256,6 +266,7 @@ async fn run(cli: Cli) -> Result<()> {
             let hangup = reload::hangup_signal();
             let mut config = load_config(&args, true)?;
             config.network = tbg_config::NetworkName::Regtest;
+            config.network_from_node = false;
             config.pool.bind = stratum.to_string();
             run_devnet(
                 config,
@@ -503,6 +514,7 @@ async fn run_devnet(
     }];
     let devnet_overrides = move |config: &mut Config| {
         config.network = tbg_config::NetworkName::Regtest;
+        config.network_from_node = false;
         config.pool.bind = stratum_bind.clone();
         config.journal.path = journal_path.clone();
         config.blocks.dir = block_dir.clone();

@@ -212,6 +212,12 @@ impl Reloader {
     fn load(&self) -> Result<Config> {
         let mut config = crate::load_config(&self.args, self.embedded_node)?;
         (self.adjust)(&mut config);
+        // The adjustment may settle what the file left open (the network).
+        if self.embedded_node {
+            config.validate_embedded_node()?;
+        } else {
+            config.validate()?;
+        }
         Ok(config)
     }
 

@@ -131,6 +131,51 @@ fn a_ckpool_config_is_read_unchanged() {
     }
 }
 
+#[test]
+fn logs_have_no_colour_when_piped_and_are_json_lines_on_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ckpool.conf");
+    // No network key: the import warns, which is the log line looked at.
+    std::fs::write(
+        &path,
+        r#"{"btcd": [{"url": "127.0.0.1:8332", "auth": "u", "pass": "p"}], "btcaddress": "bc1qar0srrr7xfkvy5l643lydnw9re59gtzzwf5mdq"}"#,
+    )
+    .unwrap();
+    let text = tbg()
+        .args(["check-config", "--ckpool-conf"])
+        .arg(&path)
+        .env_remove("NO_COLOR")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&text.stderr);
+    assert!(
+        stderr.contains("WARN") && stderr.contains("network"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains('\x1b'),
+        "no ANSI escapes into a pipe: {stderr:?}"
+    );
+
+    let json = tbg()
+        .args(["--log-format", "json", "check-config", "--ckpool-conf"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&json.stderr);
+    let lines: Vec<serde_json::Value> = stderr
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
+        .collect();
+    assert!(
+        lines.iter().any(
+            |l| l["level"] == "WARN" && l["message"].as_str().unwrap_or("").contains("network")
+        ),
+        "{stderr}"
+    );
+    assert!(lines.iter().all(|l| l["timestamp"].is_string()), "{stderr}");
+}
+
 /// The README's first command, shortened: embedded node, pool and CPU miner
 /// in one process; blocks found; events on the plan's datagram socket.
 #[test]

@@ -69,14 +69,21 @@ impl Config {
                 None => warnings.push("zmqblock ignored: no btcd node is defined".to_owned()),
             }
         }
-        if let Some(network) = guess_network(&config) {
-            warnings.push(format!(
-                "ckpool has no network key: network set to {} from the first node's rpc port",
-                network.as_str()
-            ));
-            config.network = network;
+        if root.contains_key("network") {
+            // Ours, not ckpool's: taken as the TOML key is (the pool checks
+            // that its nodes agree).
         } else {
-            warnings.push("ckpool has no network key: network set to mainnet".to_owned());
+            // As ckpool itself: the network is the node's. The pool asks it
+            // before it validates addresses; the rpc port's guess stands in
+            // for `check-config`.
+            config.network_from_node = true;
+            if let Some(network) = guess_network(&config) {
+                config.network = network;
+            }
+            warnings.push(format!(
+                "ckpool has no network key: the network is the node's (getblockchaininfo), {} by the rpc port until it answers",
+                config.network.as_str()
+            ));
         }
         Ok((config, warnings))
     }
@@ -93,6 +100,18 @@ fn import_key(
         "btcd" => config.nodes = import_nodes(value)?,
         "btcaddress" => pool.btcaddress = Some(string(key, value)?),
         "btcsig" => pool.pool_tag = string(key, value)?,
+        // Not a ckpool key (ckpool's network is its node's): ours, for a
+        // file that wants the pool to check its node is on that network.
+        "network" => {
+            let name = string(key, value)?;
+            config.network = serde_json::from_value(Value::String(name.clone())).map_err(|_| {
+                ConfigError::new(
+                    key,
+                    format!("{name:?}"),
+                    "must be mainnet, testnet, testnet4, signet or regtest",
+                )
+            })?;
+        }
         "blockpoll" => pool.blockpoll_ms = integer(key, value)?,
         "donation" => pool.donation = number(key, value)?,
         "serverurl" => {

@@ -28,7 +28,7 @@ impl fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {}
 
 impl ConfigError {
-    pub(crate) fn new(
+    pub fn new(
         key: impl Into<String>,
         value: impl fmt::Display,
         reason: impl Into<String>,

@@ -43,6 +43,19 @@ impl NetworkName {
         }
     }
 
+    /// From getblockchaininfo's `chain` (`main`, `test`, `testnet4`,
+    /// `signet`, `regtest`).
+    pub fn from_core_chain(chain: &str) -> Option<NetworkName> {
+        match chain {
+            "main" => Some(NetworkName::Mainnet),
+            "test" => Some(NetworkName::Testnet),
+            "testnet4" => Some(NetworkName::Testnet4),
+            "signet" => Some(NetworkName::Signet),
+            "regtest" => Some(NetworkName::Regtest),
+            _ => None,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             NetworkName::Mainnet => "mainnet",
@@ -60,6 +73,12 @@ impl NetworkName {
 pub struct Config {
     /// Bitcoin network: mainnet, testnet, testnet4, signet or regtest.
     pub network: NetworkName,
+    /// Set by the ckpool import when the file names no network (ckpool has
+    /// no such key: its network is its node's). The pool then asks its node
+    /// (getblockchaininfo `chain`) and validates addresses after; until
+    /// then `network` is only the rpc port's guess.
+    #[serde(skip)]
+    pub network_from_node: bool,
     /// Directory for log files (ckpool `logdir`).
     pub logdir: PathBuf,
     /// Bitcoin Core nodes in priority order (ckpool `btcd`). Empty by
@@ -91,6 +110,7 @@ impl Default for Config {
     fn default() -> Config {
         Config {
             network: NetworkName::Mainnet,
+            network_from_node: false,
             logdir: PathBuf::from("logs"),
             nodes: Vec::new(),
             pool: PoolSection::default(),
@@ -249,7 +269,7 @@ pub struct PoolSection {
 impl Default for PoolSection {
     fn default() -> PoolSection {
         PoolSection {
-            bind: "0.0.0.0:3333".to_owned(),
+            bind: "[::]:3333".to_owned(),
             pool_tag: "/tbg/".to_owned(),
             btcaddress: None,
             blockpoll_ms: 500,
@@ -325,8 +345,14 @@ impl fmt::Debug for RedisSection {
 }
 
 /// `scheme://user:secret@host` -> `scheme://user:<redacted>@host`; each
-/// entry of a comma-separated list (a NATS cluster) on its own.
+/// entry of a comma-separated list (a NATS cluster) on its own. An entry
+/// without a scheme (`user:secret@host:4222`) and a libpq key/value string
+/// (`host=db password=secret`) are redacted too: whatever an operator
+/// typed, a log line never carries the secret.
 pub fn redact_url(url: &str) -> String {
+    if url.contains("password=") && !url.contains("://") {
+        return redact_key_values(url);
+    }
     url.split(',')
         .map(redact_one_url)
         .collect::<Vec<_>>()
@@ -334,15 +360,61 @@ pub fn redact_url(url: &str) -> String {
 }
 
 fn redact_one_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
+    let (scheme, rest) = match url.split_once("://") {
+        Some((scheme, rest)) => (format!("{scheme}://"), rest),
+        None => (String::new(), url),
+    };
+    // The userinfo ends at the last '@' before the path.
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let Some(at) = rest[..authority_end].rfind('@') else {
         return url.to_owned();
     };
-    let Some((userinfo, host)) = rest.rsplit_once('@') else {
-        return url.to_owned();
-    };
+    let (userinfo, host) = (&rest[..at], &rest[at + 1..]);
     match userinfo.split_once(':') {
-        Some((user, _)) => format!("{scheme}://{user}:<redacted>@{host}"),
-        None => format!("{scheme}://<redacted>@{host}"),
+        Some((user, _)) => format!("{scheme}{user}:<redacted>@{host}"),
+        None => format!("{scheme}<redacted>@{host}"),
+    }
+}
+
+/// `host=db password=secret user=pool` -> `... password=<redacted> ...`.
+fn redact_key_values(text: &str) -> String {
+    text.split(' ')
+        .map(|pair| match pair.split_once('=') {
+            Some(("password", _)) => "password=<redacted>".to_owned(),
+            _ => pair.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[cfg(test)]
+mod redact_tests {
+    use super::redact_url;
+
+    #[test]
+    fn every_form_of_a_secret_is_redacted() {
+        for (url, redacted) in [
+            (
+                "postgres://pool:hunter2@db:5432/tbg",
+                "postgres://pool:<redacted>@db:5432/tbg",
+            ),
+            ("redis://:hunter2@cache", "redis://:<redacted>@cache"),
+            ("nats://token@n1:4222", "nats://<redacted>@n1:4222"),
+            ("pool:hunter2@n1:4222", "pool:<redacted>@n1:4222"),
+            (
+                "nats://a:hunter2@n1:4222,b:hunter2@n2:4222",
+                "nats://a:<redacted>@n1:4222,b:<redacted>@n2:4222",
+            ),
+            (
+                "host=db password=hunter2 user=pool",
+                "host=db password=<redacted> user=pool",
+            ),
+            ("nats://n1:4222/x@y", "nats://n1:4222/x@y"),
+            ("redis://cache:6379", "redis://cache:6379"),
+        ] {
+            assert_eq!(redact_url(url), redacted, "{url}");
+            assert!(!redact_url(url).contains("hunter2"));
+        }
     }
 }
 
@@ -363,8 +435,8 @@ pub struct MetricsSection {
 impl Default for MetricsSection {
     fn default() -> MetricsSection {
         MetricsSection {
-            bind: "0.0.0.0:9100".to_owned(),
-            collector_bind: "0.0.0.0:9101".to_owned(),
+            bind: "127.0.0.1:9100".to_owned(),
+            collector_bind: "127.0.0.1:9101".to_owned(),
             max_template_age_secs: 180,
             max_collector_lag: 10_000,
         }

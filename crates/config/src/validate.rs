@@ -199,9 +199,18 @@ impl Config {
         }
         if let Some(address) = &pool.btcaddress {
             let network = self.network.to_bitcoin();
+            // The network not known yet (a ckpool file; the node says it):
+            // an address of any network for now, checked again after.
+            let from_node = self.network_from_node;
             let valid = bitcoin::Address::from_str(address)
                 .map_err(|e| e.to_string())
-                .and_then(|a| a.require_network(network).map_err(|e| e.to_string()));
+                .and_then(|a| {
+                    if from_node {
+                        Ok(a.assume_checked())
+                    } else {
+                        a.require_network(network).map_err(|e| e.to_string())
+                    }
+                });
             if let Err(reason) = valid {
                 return Err(ConfigError::new(
                     "pool.btcaddress",

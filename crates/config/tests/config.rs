@@ -56,7 +56,8 @@ fn empty_file_gives_defaults_and_defaults_round_trip() {
 fn defaults_match_the_brief() {
     let config = Config::default();
     assert_eq!(config.network, NetworkName::Mainnet);
-    assert_eq!(config.pool.bind, "0.0.0.0:3333");
+    // Dual-stack stratum; the HTTP endpoints on loopback (issue 18).
+    assert_eq!(config.pool.bind, "[::]:3333");
     assert_eq!(config.pool.pool_tag, "/tbg/");
     assert_eq!(config.pool.blockpoll_ms, 500);
     assert_eq!(config.pool.update_interval_s, 30);
@@ -72,7 +73,8 @@ fn defaults_match_the_brief() {
         config.events.socket_path.to_str(),
         Some("/tmp/ckpool/events.sock")
     );
-    assert_eq!(config.metrics.bind, "0.0.0.0:9100");
+    assert_eq!(config.metrics.bind, "127.0.0.1:9100");
+    assert_eq!(config.metrics.collector_bind, "127.0.0.1:9101");
     assert_eq!(config.network.to_bitcoin(), bitcoin::Network::Bitcoin);
 }
 
@@ -370,6 +372,42 @@ fn ckpool_json_import() {
     assert!(joined.contains("serverurl"), "{joined}");
     assert!(joined.contains("regtest"), "{joined}");
     assert_eq!(warnings.len(), 4, "{joined}");
+}
+
+#[test]
+fn a_ckpool_network_is_the_nodes_unless_the_file_names_one() {
+    // No network key, a non-default port: mainnet by the port, settled by
+    // the node later, so a regtest payout address is not refused yet.
+    let text = r#"{"btcd": [{"url": "127.0.0.1:29999", "auth": "u", "pass": "p"}],
+                   "btcaddress": "bcrt1qw508d6qejxtdg4y5r3zarvary0c5xw7kygt080"}"#;
+    let (config, warnings) = Config::from_ckpool_json(text).unwrap();
+    assert!(config.network_from_node);
+    assert_eq!(config.network, NetworkName::Mainnet);
+    config.validate().unwrap();
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("the network is the node's")),
+        "{warnings:?}"
+    );
+    // Once the network is known, the address is checked against it.
+    let mut settled = config.clone();
+    settled.network_from_node = false;
+    let error = settled.validate().unwrap_err();
+    assert_eq!(error.key, "pool.btcaddress");
+    settled.network = NetworkName::Regtest;
+    settled.validate().unwrap();
+
+    // A network named in the file (ours, not ckpool's) is taken as is.
+    let (config, warnings) = Config::from_ckpool_json(
+        r#"{"network": "regtest", "btcd": [{"url": "127.0.0.1:29999", "auth": "u", "pass": "p"}]}"#,
+    )
+    .unwrap();
+    assert_eq!(config.network, NetworkName::Regtest);
+    assert!(!config.network_from_node);
+    assert!(warnings.is_empty(), "{warnings:?}");
+    let error = Config::from_ckpool_json(r#"{"network": "moonnet"}"#).unwrap_err();
+    assert_eq!(error.key, "network");
 }
 
 #[test]

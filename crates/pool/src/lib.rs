@@ -13,6 +13,7 @@ pub mod extranonce;
 mod guard;
 pub mod limits;
 mod link;
+mod listen;
 pub mod memory;
 mod notify;
 mod server;
@@ -313,9 +314,8 @@ pub async fn start(settings: PoolSettings, deps: PoolDeps) -> Result<PoolHandle,
             (None, None)
         }
     };
-    let listener = tokio::net::TcpListener::bind(settings.stratum_bind)
-        .await
-        .map_err(|source| PoolError::Bind {
+    let listener =
+        listen::stratum_listener(settings.stratum_bind).map_err(|source| PoolError::Bind {
             addr: settings.stratum_bind,
             source,
         })?;
