@@ -240,7 +240,8 @@ fn a_relay_region_follows_its_primary_converges_its_events_and_fails_over_when_t
     ]
     .concat();
     assert!(
-        expositions.contains("ckpool_region_on_primary 1"),
+        expositions.contains("ckpool_region_on_primary 1")
+            && expositions.contains("ckpool_region_primary_behind_blocks 0"),
         "{expositions}"
     );
     assert!(

@@ -678,9 +678,15 @@ async fn record_block_submissions(
                 };
                 transaction
                     .execute(
-                        "UPDATE blocks SET status = $2, submitted_at = $3, node_answers = $4
+                        // An orphaned block that a deeper reorganisation
+                        // put back is submitted again later than it was
+                        // orphaned; a replay of the first answer is not.
+                        "UPDATE blocks SET status = $2, submitted_at = $3, node_answers = $4,
+                                replaced_by = CASE WHEN status = 'orphaned' THEN NULL ELSE replaced_by END,
+                                settled_at = CASE WHEN status = 'orphaned' THEN NULL ELSE settled_at END
                          WHERE block_hash = $1 AND (submitted_at IS NULL OR submitted_at <= $3)
-                           AND status NOT IN ('confirmed', 'orphaned')",
+                           AND status <> 'confirmed'
+                           AND (status <> 'orphaned' OR settled_at < $3)",
                         &[hash, &status, &record.time, answers],
                     )
                     .await

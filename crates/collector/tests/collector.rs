@@ -832,7 +832,6 @@ async fn a_block_row_follows_the_block_from_found_to_confirmed_or_orphaned_and_r
     ];
     source.push(settled.clone());
     wait_for_cursor(&collector, SinkKind::Postgres, 7).await;
-    collector.shutdown().await;
     let (status, confirmed, _, _) = block_state(&client, "00aa").await;
     assert_eq!((status.as_str(), confirmed), ("confirmed", true));
     let orphaned = client
@@ -846,17 +845,40 @@ async fn a_block_row_follows_the_block_from_found_to_confirmed_or_orphaned_and_r
     assert!(!orphaned.get::<_, bool>(1));
     assert_eq!(orphaned.get::<_, String>(2), "00cc");
 
+    // A deeper reorganisation puts 00bb back: the pool submits it again.
+    let back = block_submitted(&mut maker, 101, "00bb", true, "duplicate", start + 7.0);
+    source.push([back.clone()]);
+    wait_for_cursor(&collector, SinkKind::Postgres, 8).await;
+    collector.shutdown().await;
+    let row = client
+        .query_one(
+            "SELECT status, replaced_by, settled_at IS NULL FROM blocks WHERE block_hash = '00bb'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "accepted");
+    assert_eq!(row.get::<_, Option<String>>(1), None);
+    assert!(row.get::<_, bool>(2), "no longer settled");
+
     // Replaying every event again (a journal replay after a restore)
-    // leaves the settled statuses in place; the rows are not duplicated.
+    // leaves the latest statuses in place (an old answer does not undo a
+    // later verdict); the rows are not duplicated.
     let replayed = Arc::new(MemorySource::new());
-    replayed.push(found.into_iter().chain(answers).chain(settled));
+    replayed.push(
+        found
+            .into_iter()
+            .chain(answers)
+            .chain(settled)
+            .chain([back]),
+    );
     let collector = Collector::start(config(Some(&pg), None), replayed);
     collector.replay_from(1);
-    wait_for_cursor(&collector, SinkKind::Postgres, 7).await;
+    wait_for_cursor(&collector, SinkKind::Postgres, 8).await;
     collector.shutdown().await;
     let (status, confirmed, _, _) = block_state(&client, "00aa").await;
     assert_eq!((status.as_str(), confirmed), ("confirmed", true));
     let (status, _, _, _) = block_state(&client, "00bb").await;
-    assert_eq!(status, "orphaned");
+    assert_eq!(status, "accepted");
     assert_eq!(count(&client, "SELECT COUNT(*) FROM blocks").await, 2);
 }

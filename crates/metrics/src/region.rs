@@ -94,6 +94,12 @@ pub(crate) fn encode_region(
         )?;
         encode::gauge(
             enc,
+            "ckpool_region_primary_behind_blocks",
+            "Blocks the primary's template is behind this relay's own node (its miners get the local node's work meanwhile).",
+            status.primary_behind_blocks as f64,
+        )?;
+        encode::gauge(
+            enc,
             "ckpool_region_primary_connected",
             "1 while the relay link to the primary is up.",
             if status.connected { 1.0 } else { 0.0 },

@@ -78,6 +78,10 @@ pub struct RelayStatus {
     pub blocks_unconfirmed: u64,
     /// Why the link went down or could not be set up, last time.
     pub last_error: Option<String>,
+    /// Blocks the primary's template is behind this relay's own node while
+    /// `source` is `primary`: the miners get the local node's templates
+    /// until the primary catches up (its tip is stale here). 0 otherwise.
+    pub primary_behind_blocks: u64,
 }
 
 /// What the connection tells the selector.
@@ -181,6 +185,10 @@ async fn select_loop(
     out: watch::Sender<Option<Arc<FetchedTemplate>>>,
 ) {
     let mut primary_template: Option<Arc<FetchedTemplate>> = None;
+    // On the primary's source but mining the local node's work: it is ahead.
+    let mut ahead_locally = false;
+    // Since when, and whether that was logged.
+    let mut behind_since: Option<(Instant, bool)> = None;
     let mut ticker = tokio::time::interval(Duration::from_millis(200));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let publish = |template: Option<Arc<FetchedTemplate>>, switched: bool| {
@@ -210,7 +218,7 @@ async fn select_loop(
                 if let Some(height) = template.as_ref().and_then(|t| tip_of(&t.gbt)) {
                     shared.local_height.store(height.0, Ordering::Relaxed);
                 }
-                if !shared.failover.lock().source().is_primary() {
+                if ahead_locally || !shared.failover.lock().source().is_primary() {
                     publish(template, false);
                 }
             }
@@ -231,7 +239,7 @@ async fn select_loop(
                             new_block,
                         });
                         primary_template = Some(template.clone());
-                        if shared.failover.lock().source().is_primary() {
+                        if !ahead_locally && shared.failover.lock().source().is_primary() {
                             publish(Some(template), false);
                         }
                     }
@@ -244,14 +252,71 @@ async fn select_loop(
             .failover
             .lock()
             .poll(Instant::now(), primary_template.is_some());
-        if let Some(switch) = switch {
-            on_switch(&shared, &switch);
-            match switch {
-                Switch::Failover { .. } => publish(local.borrow().clone(), true),
-                Switch::Joined | Switch::Failback { .. } => publish(primary_template.clone(), true),
+        // A primary whose node lags (or is on a shorter fork) would have
+        // our miners build on a tip this region's node has passed: their
+        // blocks could only be orphaned. The local node's work meanwhile;
+        // the primary's again once it is level (no failover: it is heard).
+        let behind = primary_behind(&shared, primary_template.as_deref());
+        shared.status.lock().primary_behind_blocks = behind;
+        let was_ahead = std::mem::replace(&mut ahead_locally, behind > 0);
+        // Our node often hears of a block a moment before the primary's
+        // template for it comes: only a lag that lasts is worth a warning.
+        match (&behind_since, ahead_locally) {
+            (None, true) => behind_since = Some((Instant::now(), false)),
+            (Some((since, false)), true) if since.elapsed() >= LAG_WORTH_A_WARNING => {
+                tracing::warn!(behind, lagging_s = since.elapsed().as_secs_f64(),
+                    "relay: the primary's template is behind this region's node; mining the local node's until it catches up");
+                behind_since = Some((*since, true));
             }
+            (Some((since, warned)), false) => {
+                if *warned {
+                    tracing::info!(
+                        lagged_s = since.elapsed().as_secs_f64(),
+                        "relay: the primary caught up; mining its templates again"
+                    );
+                }
+                behind_since = None;
+            }
+            _ => {}
+        }
+        match switch {
+            Some(switch) => {
+                on_switch(&shared, &switch);
+                match switch {
+                    Switch::Failover { .. } => publish(local.borrow().clone(), true),
+                    Switch::Joined | Switch::Failback { .. } if ahead_locally => {
+                        publish(local.borrow().clone(), true)
+                    }
+                    Switch::Joined | Switch::Failback { .. } => {
+                        publish(primary_template.clone(), true)
+                    }
+                }
+            }
+            None if ahead_locally && !was_ahead => publish(local.borrow().clone(), false),
+            None if was_ahead && !ahead_locally => publish(primary_template.clone(), false),
+            None => {}
         }
     }
+}
+
+/// A primary behind for this long is logged (shorter: a block race).
+const LAG_WORTH_A_WARNING: Duration = Duration::from_secs(2);
+
+/// Blocks the primary's template is behind the local node's tip, while the
+/// relay mines the primary's; 0 otherwise. Heights compare work well
+/// enough here: a longer fork with less work would need a difficulty
+/// drop no network sees between two blocks.
+fn primary_behind(shared: &Shared, primary: Option<&FetchedTemplate>) -> u64 {
+    if !shared.failover.lock().source().is_primary() {
+        return 0;
+    }
+    let Some((primary_height, _)) = primary.and_then(|t| tip_of(&t.gbt)) else {
+        return 0;
+    };
+    shared
+        .local_height
+        .load(Ordering::Relaxed)
+        .saturating_sub(primary_height)
 }
 
 fn on_switch(shared: &Shared, switch: &Switch) {

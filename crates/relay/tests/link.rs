@@ -217,7 +217,25 @@ async fn a_relay_mines_the_primarys_work_fails_over_and_back_and_its_blocks_reac
     assert_eq!(failbacks.len(), 1);
     let failback = serde_json::to_value(&failbacks[0].data).unwrap()["data"].clone();
     assert!(failback["steady_s"].as_f64().unwrap() >= 2.0, "{failback}");
-    clean_job_on(&mut miner, found).await;
+    // The primary's node is a block behind the relay's (local_tip was
+    // mined here): its work would build on a passed tip, so the miner
+    // keeps the local node's tip until the primary has it too.
+    wait_for("the primary seen behind", Duration::from_secs(10), || {
+        relay_link.status().primary_behind_blocks == 1
+    })
+    .await;
+    relay_block(&relay.node, &primary.node, local_tip).await;
+    wait_for("the primary caught up", Duration::from_secs(10), || {
+        relay_link.status().primary_behind_blocks == 0
+    })
+    .await;
+    let expected = tbg_testkit::stratum_prevhash(&local_tip);
+    while let Ok(job) = tokio::time::timeout(Duration::from_millis(500), miner.next_job()).await {
+        assert_eq!(
+            job.prevhash_hex, expected,
+            "the tip never moved back to the primary's older one"
+        );
+    }
     let status = relay_link.status();
     assert_eq!((status.failovers, status.failbacks), (1, 1));
     assert_eq!(

@@ -154,12 +154,7 @@ async fn a_block_reorganised_away_is_reported_orphaned() {
 
     let (_, rival_payout) = regtest_address(AddressKind::P2pkh);
     let rival_blocks = rival.mine_blocks(2, &rival_payout).await.unwrap();
-    let client = tbg_node::RpcClient::new(node_endpoint(&env.node), WAIT).unwrap();
-    for rival_hash in &rival_blocks {
-        let block = rival.get_block(rival_hash).unwrap();
-        let hex = bitcoin::consensus::encode::serialize_hex(&block);
-        let _: Option<String> = client.call("submitblock", json!([hex])).await.unwrap();
-    }
+    relay_blocks(&rival, &env.node, &rival_blocks).await;
     assert_eq!(
         env.node.best_block_hash(),
         rival_blocks[1],
@@ -182,6 +177,81 @@ async fn a_block_reorganised_away_is_reported_orphaned() {
     assert_eq!(env.service.pool.status().blocks_orphaned, 1);
     env.shutdown().await;
     rival.shutdown().await;
+}
+
+/// `hashes` of `from`'s chain submitted to `to`, as a peer relays them.
+async fn relay_blocks(
+    from: &tbg_devnode::DevNodeHandle,
+    to: &tbg_devnode::DevNodeHandle,
+    hashes: &[BlockHash],
+) {
+    let client = tbg_node::RpcClient::new(node_endpoint(to), WAIT).unwrap();
+    for hash in hashes {
+        let block = from.get_block(hash).unwrap();
+        let hex = bitcoin::consensus::encode::serialize_hex(&block);
+        let _: Option<String> = client.call("submitblock", json!([hex])).await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_orphaned_block_a_deeper_reorganisation_puts_back_is_accepted_again() {
+    let env = TestEnv::start().await;
+    let rival = tbg_testkit::node_with_chain_of(&env.node).await;
+    let (address, _) = regtest_address(AddressKind::P2wpkh);
+    let mut miner = ManualMiner::connect(env.stratum_addr(), &address).await;
+    let hash = find_block(&env, &mut miner, 1).await;
+    block_when(&env, &hash, "accepted", |b| {
+        b.status == BlockStatus::Accepted
+    })
+    .await;
+    // A node that keeps our block: its miners go on building on it.
+    let ours = tbg_testkit::node_with_chain_of(&env.node).await;
+    let (_, others) = regtest_address(AddressKind::P2pkh);
+    let rival_blocks = rival.mine_blocks(2, &others).await.unwrap();
+    relay_blocks(&rival, &env.node, &rival_blocks).await;
+    block_when(&env, &hash, "orphaned", |b| {
+        b.status == BlockStatus::Orphaned
+    })
+    .await;
+
+    // Our branch gets 3 more blocks: 4 on top of the fork against 2.
+    let ours_blocks = ours.mine_blocks(3, &others).await.unwrap();
+    relay_blocks(&ours, &env.node, &ours_blocks).await;
+    assert_eq!(
+        env.node.best_block_hash(),
+        ours_blocks[2],
+        "the node reorganised back"
+    );
+    let back = block_when(&env, &hash, "accepted again", |b| {
+        b.status == BlockStatus::Accepted && b.confirmations == 4
+    })
+    .await;
+    assert_eq!(back.replaced_by, None);
+    let submitted: Vec<bool> = env
+        .events_of("block_submitted")
+        .iter()
+        .filter_map(|e| match &e.data {
+            EventData::BlockSubmitted {
+                hash: h, accepted, ..
+            } if *h == hash => Some(*accepted),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        submitted,
+        [true, true],
+        "accepted, then accepted again after the reorg"
+    );
+    // And it is followed to maturity as any accepted block.
+    env.node.mine_blocks(96, &others).await.unwrap();
+    block_when(&env, &hash, "confirmed", |b| {
+        b.status == BlockStatus::Confirmed
+    })
+    .await;
+    assert_eq!(env.events_of("block_confirmed").len(), 1);
+    env.shutdown().await;
+    rival.shutdown().await;
+    ours.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -35,6 +35,9 @@ const ANNOUNCE_WAIT: Duration = Duration::from_secs(10);
 /// in its place before the block is called stale or orphaned: one node's
 /// passing view (a lagging backup, a reorg under way) settles nothing.
 const REPLACED_ROUNDS: u32 = 2;
+/// A stale or orphaned block is looked at this many times less often than
+/// an accepted one (it comes back only in a deep reorganisation).
+const REWATCH_SLOWER: u32 = 4;
 /// Below this depth an accepted block is sent again to any of our nodes
 /// that does not have it (one that was down when it was found, or lost it
 /// in a crash before it reached a peer).
@@ -138,7 +141,10 @@ pub(crate) fn resume(shared: &Arc<PoolShared>, loaded: Loaded) {
     for block in loaded.blocks {
         let settled = block.status.is_settled();
         shared.blocks.insert(BlockRecord::of(&block, true));
-        if settled {
+        // Stale and orphaned ones are watched again: a reorganisation may
+        // still bring them back (the first round stops a deep one).
+        let rewatched = matches!(block.status, BlockStatus::Orphaned | BlockStatus::Stale);
+        if settled && !rewatched {
             continue;
         }
         let Ok(hash) = block.hash.parse::<bitcoin::BlockHash>() else {
@@ -190,7 +196,10 @@ impl Keeper {
             let wait = match self.block.status {
                 BlockStatus::Pending => self.retry_delay(),
                 BlockStatus::Accepted => self.shared.settings.block_follow_interval,
-                _ => return,
+                BlockStatus::Orphaned | BlockStatus::Stale => {
+                    self.shared.settings.block_follow_interval * REWATCH_SLOWER
+                }
+                BlockStatus::Confirmed | BlockStatus::Rejected => return,
             };
             tokio::select! {
                 () = stopping.cancelled() => return,
@@ -199,7 +208,12 @@ impl Keeper {
             match self.block.status {
                 BlockStatus::Pending => self.submit_round().await,
                 BlockStatus::Accepted => self.follow_round().await,
-                _ => return,
+                BlockStatus::Orphaned | BlockStatus::Stale => {
+                    if !self.rewatch_round().await {
+                        return;
+                    }
+                }
+                BlockStatus::Confirmed | BlockStatus::Rejected => return,
             }
         }
     }
@@ -347,6 +361,38 @@ impl Keeper {
                 self.settle().await;
             }
             ChainPosition::Undecided { .. } => {}
+        }
+    }
+
+    /// A block the chain passed (stale or orphaned) is watched until the
+    /// best chain is the maturity depth past it: a deeper reorganisation
+    /// can put it back, and then it is accepted again (journaled as a new
+    /// `block_submitted`) and followed to maturity like any other. False
+    /// once it cannot come back.
+    async fn rewatch_round(&mut self) -> bool {
+        let report = self
+            .shared
+            .nodes
+            .chain_report(self.hash, self.block.height)
+            .await;
+        match report.position {
+            ChainPosition::InBestChain { confirmations } => {
+                let was = self.block.status;
+                self.block.status = BlockStatus::Accepted;
+                self.block.confirmations = confirmations;
+                self.block.replaced_by = None;
+                self.replaced_rounds = 0;
+                tracing::warn!(height = self.block.height, hash = %self.block.hash, user = %self.block.user,
+                    confirmations, was = ?was, "found block back on the best chain after a reorganisation");
+                self.announce(self.submitted_event()).await;
+                self.settle().await;
+                true
+            }
+            ChainPosition::Replaced { best_height, .. } => {
+                let past = best_height.saturating_sub(u64::from(self.block.height));
+                past < u64::from(self.shared.settings.block_maturity)
+            }
+            ChainPosition::Undecided { .. } => true,
         }
     }
 
