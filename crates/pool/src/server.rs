@@ -28,9 +28,14 @@ pub(crate) async fn serve(
             accepted = listener.accept() => accepted,
         };
         let (stream, peer) = match accepted {
-            Ok(pair) => {
+            Ok((stream, peer)) => {
                 backoff = Duration::from_millis(5);
-                pair
+                // An IPv4 miner on the dual-stack socket is ::ffff:a.b.c.d:
+                // events, logs, limits and allow-lists see a.b.c.d.
+                (
+                    stream,
+                    std::net::SocketAddr::new(peer.ip().to_canonical(), peer.port()),
+                )
             }
             Err(error) => {
                 // Out of file descriptors and the like: wait, doubling, and retry.

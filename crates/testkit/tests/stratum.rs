@@ -378,3 +378,51 @@ async fn every_extranonce1_of_a_region_starts_with_its_instance_id() {
     .await;
     env.shutdown().await;
 }
+
+/// The default bind, `[::]`: a miner on IPv6 loopback and one on IPv4 find
+/// blocks through the same listener, each paid.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn miners_on_ipv6_and_ipv4_find_blocks_on_the_dual_stack_listener() {
+    let env = TestEnv::start_with(|settings| {
+        settings.stratum_bind = "[::]:0".parse().unwrap();
+    })
+    .await;
+    let port = env.stratum_addr().port();
+    for (host, kind) in [
+        ("::1", AddressKind::P2tr),
+        ("127.0.0.1", AddressKind::P2wpkh),
+    ] {
+        let (address, script) = regtest_address(kind);
+        let pool = std::net::SocketAddr::new(host.parse().unwrap(), port);
+        let start_height = env.node.block_count();
+        let mut config = MinerConfig::new(pool, format!("{address}.v6test"));
+        config.max_blocks = Some(1);
+        let (summary, _) = mine_shares(config, Duration::from_secs(60))
+            .await
+            .expect("the miner connects and mines");
+        assert_eq!(summary.block_candidates, 1, "{host}");
+        env.wait_until("the block accepted", Duration::from_secs(30), |env| {
+            env.node.block_count() == start_height + 1
+        })
+        .await;
+        let tip = env.node.get_block(&env.node.best_block_hash()).unwrap();
+        assert_eq!(
+            tip.txdata[0].output[0].script_pubkey, script,
+            "{host}: pays its miner"
+        );
+    }
+    let peers: Vec<String> = env
+        .events_of("miner_connected")
+        .iter()
+        .filter_map(|e| {
+            serde_json::to_value(&e.data).ok()?["data"]["ip"]
+                .as_str()
+                .map(str::to_owned)
+        })
+        .collect();
+    assert!(
+        peers.iter().any(|ip| ip == "::1") && peers.iter().any(|ip| ip == "127.0.0.1"),
+        "{peers:?}"
+    );
+    env.shutdown().await;
+}
