@@ -331,6 +331,13 @@ async fn run(cli: Cli) -> Result<()> {
         Command::VerifyBackup(args) => ops::verify_backup(args).await,
         Command::CheckConfig { config } => {
             let config = load_config(&config, false)?;
+            if config.network_from_node {
+                // Printed as TOML, the guess would become the setting.
+                tracing::warn!(
+                    guess = config.network.as_str(),
+                    "network: `tbg pool` takes its node's; the TOML below has the rpc port's guess: set `network` to the node's before using it"
+                );
+            }
             print!("{}", config.to_toml_string()?);
             Ok(())
         }

@@ -625,6 +625,8 @@ impl Session {
             useragent: self.user_agent.clone(),
             initial_diff: self.difficulty,
         });
+        tracing::info!(client = self.client_id, peer = %self.peer, user = %address, %worker,
+            difficulty = self.difficulty, useragent = %self.user_agent, "miner authorized");
         self.announce_asicboost(&worker);
         out.push_str(&tbg_stratum::set_difficulty(self.difficulty));
         let work = work_rx.borrow().clone();
@@ -764,6 +766,12 @@ impl Session {
     ) -> Result<(), CloseReason> {
         out.push_str(&tbg_stratum::response_reject(&request.id, reason));
         self.shared.counters.share_rejected(reason);
+        tracing::debug!(
+            client = self.client_id,
+            worker = submit.map_or("", |s| s.worker.as_str()),
+            reason = reason.message(),
+            "share rejected"
+        );
         let worker_name = submit
             .map(|s| {
                 split_address_worker(&s.worker)
@@ -841,7 +849,10 @@ impl Session {
                 });
             }
         }
-        tracing::debug!(client = self.client_id, peer = %self.peer, ?reason, "connection closed");
+        tracing::info!(client = self.client_id, peer = %self.peer, user = self.authorized.as_ref().map_or("", |u| u.address.as_str()),
+            shares = self.shares_session,
+            connected_s = Instant::now().saturating_duration_since(self.connected_at).as_secs(),
+            ?reason, "connection closed");
     }
 }
 

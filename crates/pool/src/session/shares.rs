@@ -135,6 +135,8 @@ impl Session {
         if journaled {
             self.shared.counters.share_latency(started.elapsed());
         }
+        tracing::debug!(client = self.client_id, worker = %submit.worker,
+            difficulty = share.share_difficulty, journaled, "share accepted");
         Ok(())
     }
 
