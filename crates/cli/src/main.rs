@@ -231,7 +231,9 @@ async fn run(cli: Cli) -> Result<()> {
         } => {
             let hangup = reload::hangup_signal();
             let mut config = load_config(&args, false)?;
-            network::settle(&mut config).await?;
+            if !network::settle(&mut config).await? {
+                return Ok(());
+            }
             let settled = config.network;
             let _pid_lock = match &pid_file {
                 Some(path) => Some(tbg_ops::BackupLock::acquire_file(path)?),

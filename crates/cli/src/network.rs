@@ -13,39 +13,34 @@ const ASK_TIMEOUT: Duration = Duration::from_secs(3);
 /// Longest wait between two rounds while no node answers.
 const RETRY_MAX: Duration = Duration::from_secs(5);
 
-/// Each node's `chain`, for the nodes that answered now (asked together:
-/// a node that does not answer delays the start by [`ASK_TIMEOUT`] once).
-async fn ask_nodes(config: &Config) -> Vec<(String, String)> {
+/// One node's answer: its `chain`, or why it gave none.
+type Answer = (String, Result<String, String>);
+
+/// Each node's `chain` or error, asked together (a node that does not
+/// answer delays the start by [`ASK_TIMEOUT`] once), in the config's order.
+async fn ask_nodes(config: &Config) -> Vec<Answer> {
     let mut asking = tokio::task::JoinSet::new();
-    for endpoint in crate::settings::node_settings(config).endpoints {
-        asking.spawn(async move {
-            let url = endpoint.url.clone();
-            let client = RpcClient::new(endpoint, ASK_TIMEOUT).ok()?;
-            match client
-                .call::<serde_json::Value>("getblockchaininfo", serde_json::json!([]))
-                .await
-            {
-                Ok(answer) => {
-                    let chain = answer["chain"].as_str().unwrap_or_default().to_owned();
-                    Some((url, chain))
-                }
-                Err(error) => {
-                    tracing::debug!(%url, %error, "getblockchaininfo for the network");
-                    None
-                }
-            }
-        });
-    }
-    let mut answers: Vec<(String, String)> =
-        asking.join_all().await.into_iter().flatten().collect();
-    // In the config's order of the nodes, for stable messages.
-    let order: Vec<String> = crate::settings::node_settings(config)
+    for (index, endpoint) in crate::settings::node_settings(config)
         .endpoints
         .into_iter()
-        .map(|e| e.url)
-        .collect();
-    answers.sort_by_key(|(url, _)| order.iter().position(|u| u == url));
-    answers
+        .enumerate()
+    {
+        asking.spawn(async move {
+            let url = endpoint.url.clone();
+            let answer = match RpcClient::new(endpoint, ASK_TIMEOUT) {
+                Ok(client) => client
+                    .call::<serde_json::Value>("getblockchaininfo", serde_json::json!([]))
+                    .await
+                    .map(|answer| answer["chain"].as_str().unwrap_or_default().to_owned())
+                    .map_err(|error| error.to_string()),
+                Err(error) => Err(error.to_string()),
+            };
+            (index, (url, answer))
+        });
+    }
+    let mut answers = asking.join_all().await;
+    answers.sort_by_key(|(index, _)| *index);
+    answers.into_iter().map(|(_, answer)| answer).collect()
 }
 
 /// Settles `config.network` against the nodes. With the network from the
@@ -53,28 +48,29 @@ async fn ask_nodes(config: &Config) -> Vec<(String, String)> {
 /// validates the config again for it. With an explicit network: a node on
 /// another one is a config error; nodes that do not answer now are checked
 /// by nobody (the pool serves its last work while its node is down).
-pub async fn settle(config: &mut Config) -> Result<()> {
+/// False when stopped (SIGTERM) while waiting.
+pub async fn settle(config: &mut Config) -> Result<bool> {
     let mut backoff = Duration::from_millis(500);
     loop {
         let answers = ask_nodes(config).await;
-        if let Some(wrong) = answers
-            .iter()
-            .find(|(_, chain)| NetworkName::from_core_chain(chain).is_none())
-        {
-            return Err(ConfigError::new(
-                "nodes",
-                &wrong.0,
-                format!(
-                    "the node says its chain is {:?}, a network this pool does not know",
-                    wrong.1
-                ),
-            )
-            .into());
+        let mut networks: Vec<(String, NetworkName)> = Vec::new();
+        let mut errors: Vec<String> = Vec::new();
+        for (url, answer) in answers {
+            match answer {
+                Ok(chain) => match NetworkName::from_core_chain(&chain) {
+                    Some(network) => networks.push((url, network)),
+                    None => {
+                        return Err(ConfigError::new(
+                            "nodes",
+                            &url,
+                            format!("the node says its chain is {chain:?}, a network this pool does not know"),
+                        )
+                        .into())
+                    }
+                },
+                Err(error) => errors.push(format!("{url}: {error}")),
+            }
         }
-        let networks: Vec<(String, NetworkName)> = answers
-            .into_iter()
-            .filter_map(|(url, chain)| Some((url, NetworkName::from_core_chain(&chain)?)))
-            .collect();
         if config.network_from_node {
             if let Some((url, network)) = networks.first() {
                 tracing::info!(%url, network = network.as_str(),
@@ -82,20 +78,18 @@ pub async fn settle(config: &mut Config) -> Result<()> {
                 config.network = *network;
                 config.network_from_node = false;
             } else {
-                tracing::warn!(retry_in = ?backoff,
+                tracing::warn!(retry_in = ?backoff, nodes = ?errors,
                     "the ckpool config names no network and no node answers getblockchaininfo yet: waiting for one");
                 tokio::select! {
-                    () = crate::shutdown_signal() => anyhow::bail!("stopped while waiting for a node"),
+                    () = crate::shutdown_signal() => return Ok(false),
                     () = tokio::time::sleep(backoff) => {}
                 }
                 backoff = (backoff * 2).min(RETRY_MAX);
                 continue;
             }
         } else if networks.is_empty() {
-            tracing::warn!(
-                network = config.network.as_str(),
-                "no node answers now: their network is checked by none (the config's is used)"
-            );
+            tracing::warn!(network = config.network.as_str(), nodes = ?errors,
+                "no node answers now: their network is checked by none (the config's is used)");
         }
         if let Some((url, network)) = networks.iter().find(|(_, n)| *n != config.network) {
             return Err(ConfigError::new(
@@ -111,6 +105,6 @@ pub async fn settle(config: &mut Config) -> Result<()> {
             .into());
         }
         config.validate()?;
-        return Ok(());
+        return Ok(true);
     }
 }

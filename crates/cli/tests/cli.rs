@@ -248,10 +248,14 @@ fn devnet_mines_blocks_and_emits_events_to_the_socket() {
     assert!(log.contains("block accepted"), "{log}");
     // One line per connection event at info; the shares stay at debug.
     assert!(
-        log.lines().any(|l| l.contains("INFO") && l.contains("miner authorized")),
+        log.lines()
+            .any(|l| l.contains("INFO") && l.contains("miner authorized")),
         "{log}"
     );
-    assert!(!log.contains("share accepted"), "shares are logged at debug only: {log}");
+    assert!(
+        !log.contains("share accepted"),
+        "shares are logged at debug only: {log}"
+    );
 }
 
 /// SIGTERM: miners are told to reconnect and the process is gone within 2 s.

@@ -710,9 +710,12 @@ async fn record_block_submissions(
             } => {
                 transaction
                     .execute(
+                        // Not over a later verdict (a replay of the whole
+                        // history passes through it in order anyway).
                         "UPDATE blocks SET status = 'orphaned', confirmed = false,
                                 replaced_by = $2, settled_at = $3
-                         WHERE block_hash = $1",
+                         WHERE block_hash = $1 AND status <> 'confirmed'
+                           AND (submitted_at IS NULL OR submitted_at <= $3)",
                         &[hash, replaced_by, &record.time],
                     )
                     .await
@@ -835,10 +838,11 @@ async fn upsert_aggregates(
             }
             EventData::DiffUpdated { user, worker, .. }
             | EventData::ShareBestDiff { user, worker, .. }
-            | EventData::AsicboostDetected { user, worker, .. }
-            | EventData::BlockSubmitted { user, worker, .. } => (user, worker),
-            // Settled long after the find: says nothing of the worker now.
-            EventData::NewBlockNetwork { .. }
+            | EventData::AsicboostDetected { user, worker, .. } => (user, worker),
+            // Settled after the find (a resubmission after a reorganisation
+            // days later): says nothing of the worker now.
+            EventData::BlockSubmitted { .. }
+            | EventData::NewBlockNetwork { .. }
             | EventData::BlockConfirmed { .. }
             | EventData::BlockOrphaned { .. }
             | EventData::RegionFailover { .. }

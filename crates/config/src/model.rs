@@ -350,7 +350,7 @@ impl fmt::Debug for RedisSection {
 /// (`host=db password=secret`) are redacted too: whatever an operator
 /// typed, a log line never carries the secret.
 pub fn redact_url(url: &str) -> String {
-    if url.contains("password=") && !url.contains("://") {
+    if url.contains("password") && !url.contains("://") {
         return redact_key_values(url);
     }
     url.split(',')
@@ -364,9 +364,10 @@ fn redact_one_url(url: &str) -> String {
         Some((scheme, rest)) => (format!("{scheme}://"), rest),
         None => (String::new(), url),
     };
-    // The userinfo ends at the last '@' before the path.
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    let Some(at) = rest[..authority_end].rfind('@') else {
+    // The userinfo ends at the last '@': a secret may hold '/' (base64),
+    // so a path is not looked for first; an '@' in a path only costs the
+    // host part of the shown value.
+    let Some(at) = rest.rfind('@') else {
         return url.to_owned();
     };
     let (userinfo, host) = (&rest[..at], &rest[at + 1..]);
@@ -376,15 +377,25 @@ fn redact_one_url(url: &str) -> String {
     }
 }
 
-/// `host=db password=secret user=pool` -> `... password=<redacted> ...`.
+/// `host=db password=secret user=pool` -> `... password=<redacted> ...`;
+/// libpq also takes `password = 'a secret'`: everything after the key up
+/// to the next key goes.
 fn redact_key_values(text: &str) -> String {
-    text.split(' ')
-        .map(|pair| match pair.split_once('=') {
-            Some(("password", _)) => "password=<redacted>".to_owned(),
-            _ => pair.to_owned(),
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
+    let Some(start) = text.find("password") else {
+        return text.to_owned();
+    };
+    let after = &text[start + "password".len()..];
+    let value = after.trim_start().trim_start_matches('=').trim_start();
+    let rest = if let Some(quoted) = value.strip_prefix('\'') {
+        quoted.find('\'').map_or("", |end| &quoted[end + 1..])
+    } else {
+        value.find(' ').map_or("", |end| &value[end..])
+    };
+    format!(
+        "{}password=<redacted>{}",
+        &text[..start],
+        redact_key_values(rest)
+    )
 }
 
 #[cfg(test)]
@@ -409,7 +420,11 @@ mod redact_tests {
                 "host=db password=hunter2 user=pool",
                 "host=db password=<redacted> user=pool",
             ),
-            ("nats://n1:4222/x@y", "nats://n1:4222/x@y"),
+            (
+                "host=db password = 'hunter2 x' user=pool",
+                "host=db password=<redacted> user=pool",
+            ),
+            ("nats://u:hunter2/ab@n1:4222", "nats://u:<redacted>@n1:4222"),
             ("redis://cache:6379", "redis://cache:6379"),
         ] {
             assert_eq!(redact_url(url), redacted, "{url}");

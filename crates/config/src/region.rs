@@ -310,8 +310,10 @@ fn nats_entry_error(entry: &str) -> Option<String> {
         }
         None => entry,
     };
-    let authority = rest.split('/').next().unwrap_or_default();
-    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    // After the userinfo (up to the last '@': a secret may hold '/'),
+    // never quoted in the reason.
+    let after_userinfo = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
+    let host_port = after_userinfo.split('/').next().unwrap_or_default();
     let (host, port) = match host_port.rsplit_once(':') {
         Some((host, _)) if !host.ends_with(']') && host.contains(':') => (host_port, None),
         Some((host, port)) => (host, Some(port)),
@@ -322,7 +324,7 @@ fn nats_entry_error(entry: &str) -> Option<String> {
     }
     if let Some(port) = port {
         if port.parse::<u16>().map_or(true, |p| p == 0) {
-            return Some(format!("port {port:?}"));
+            return Some("a port that is not 1-65535".to_owned());
         }
     }
     None
@@ -337,6 +339,7 @@ mod nats_url_tests {
         for good in [
             "nats://10.0.0.1:4222",
             "tls://user:pass@nats.example:4443",
+            "nats://u:se/cr@t@n1:4222",
             "n1:4222",
             "nats://[::1]:4222",
             "nats://localhost",

@@ -64,6 +64,11 @@ pub async fn ensure_stream(
     match tokio::time::timeout(STREAM_REQUEST_TIMEOUT, create).await {
         Ok(Ok(_)) => Ok(()),
         Ok(Err(error)) => match error.kind() {
+            // 503 / 10008: JetStream temporarily unavailable (a leader
+            // election): not a refusal.
+            CreateStreamErrorKind::JetStream(api) if api.code() == 503 => {
+                Err(StreamError::NotReady(api.to_string()))
+            }
             CreateStreamErrorKind::JetStream(api) => Err(StreamError::Refused {
                 code: api.error_code().0,
                 description: api.to_string(),

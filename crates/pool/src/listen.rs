@@ -48,6 +48,10 @@ mod tests {
 
     #[tokio::test]
     async fn the_ipv6_wildcard_takes_ipv4_and_ipv6_clients() {
+        if std::net::TcpListener::bind("[::1]:0").is_err() {
+            eprintln!("skipped: this host has no IPv6 loopback");
+            return;
+        }
         let listener = stratum_listener("[::]:0".parse().unwrap()).unwrap();
         let port = listener.local_addr().unwrap().port();
         for client in ["127.0.0.1", "::1"] {

@@ -191,12 +191,20 @@ async fn select_loop(
     let mut behind_since: Option<(Instant, bool)> = None;
     let mut ticker = tokio::time::interval(Duration::from_millis(200));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // `new_block` is the switch of source alone: a new tip is seen by the
+    // pool itself (its previous block changes), and the same tip from the
+    // other source (the primary catching up with our node) must not make
+    // the miners drop their work a second time.
     let publish = |template: Option<Arc<FetchedTemplate>>, switched: bool| {
         if let Some(template) = template {
-            let template = if switched {
+            let template = if template.new_block || switched {
                 Arc::new(FetchedTemplate {
-                    new_block: true,
-                    fetched_at: Instant::now(),
+                    new_block: switched,
+                    fetched_at: if switched {
+                        Instant::now()
+                    } else {
+                        template.fetched_at
+                    },
                     ..(*template).clone()
                 })
             } else {
@@ -206,7 +214,11 @@ async fn select_loop(
         }
     };
     // Miners get work at once: the local node's, until the primary is heard.
-    publish(local.borrow_and_update().clone(), false);
+    let first = local.borrow_and_update().clone();
+    if let Some((height, _)) = first.as_ref().and_then(|t| tip_of(&t.gbt)) {
+        shared.local_height.store(height, Ordering::Relaxed);
+    }
+    publish(first, false);
     loop {
         tokio::select! {
             () = shared.stop.cancelled() => return,
@@ -269,7 +281,7 @@ async fn select_loop(
                 behind_since = Some((*since, true));
             }
             (Some((since, warned)), false) => {
-                if *warned {
+                if *warned && switch.is_none() {
                     tracing::info!(
                         lagged_s = since.elapsed().as_secs_f64(),
                         "relay: the primary caught up; mining its templates again"
@@ -303,9 +315,10 @@ async fn select_loop(
 const LAG_WORTH_A_WARNING: Duration = Duration::from_secs(2);
 
 /// Blocks the primary's template is behind the local node's tip, while the
-/// relay mines the primary's; 0 otherwise. Heights compare work well
-/// enough here: a longer fork with less work would need a difficulty
-/// drop no network sees between two blocks.
+/// relay mines the primary's; 0 otherwise. Heights stand in for work: a
+/// longer branch with less work is rare (testnet's minimum-difficulty
+/// blocks can make one), and then the relay mines its node's tip for a
+/// while, which that node considers best anyway.
 fn primary_behind(shared: &Shared, primary: Option<&FetchedTemplate>) -> u64 {
     if !shared.failover.lock().source().is_primary() {
         return 0;

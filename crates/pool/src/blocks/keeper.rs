@@ -38,6 +38,10 @@ const REPLACED_ROUNDS: u32 = 2;
 /// A stale or orphaned block is looked at this many times less often than
 /// an accepted one (it comes back only in a deep reorganisation).
 const REWATCH_SLOWER: u32 = 4;
+/// At a start, a stale or orphaned block found longer ago than this is not
+/// watched again: 100 blocks take ~17 h on mainnet; 3 days leave a margin
+/// for a chain that was slow.
+const REWATCH_AFTER_START_S: u64 = 3 * 24 * 3600;
 /// Below this depth an accepted block is sent again to any of our nodes
 /// that does not have it (one that was down when it was found, or lost it
 /// in a crash before it reached a peer).
@@ -107,6 +111,7 @@ pub(crate) fn found(
             block: stored,
             rounds_failed: 0,
             replaced_rounds: 0,
+            back_rounds: 0,
             last_rejection: None,
         };
         keeper.save_bounded().await;
@@ -141,9 +146,12 @@ pub(crate) fn resume(shared: &Arc<PoolShared>, loaded: Loaded) {
     for block in loaded.blocks {
         let settled = block.status.is_settled();
         shared.blocks.insert(BlockRecord::of(&block, true));
-        // Stale and orphaned ones are watched again: a reorganisation may
-        // still bring them back (the first round stops a deep one).
-        let rewatched = matches!(block.status, BlockStatus::Orphaned | BlockStatus::Stale);
+        // Recent stale and orphaned ones are watched again: a
+        // reorganisation may still bring them back (the first round stops
+        // a deep one). Older ones are history: the store keeps every block
+        // ever found, and a keeper each would load the nodes at every start.
+        let rewatched = matches!(block.status, BlockStatus::Orphaned | BlockStatus::Stale)
+            && unix_now().saturating_sub(block.found_at) < REWATCH_AFTER_START_S;
         if settled && !rewatched {
             continue;
         }
@@ -151,7 +159,11 @@ pub(crate) fn resume(shared: &Arc<PoolShared>, loaded: Loaded) {
             tracing::error!(hash = %block.hash, "block store: a record with an invalid hash; check it by hand");
             continue;
         };
-        tracing::info!(height = block.height, %hash, status = ?block.status, "resuming found block");
+        if settled {
+            tracing::debug!(height = block.height, %hash, status = ?block.status, "watching a passed block again");
+        } else {
+            tracing::info!(height = block.height, %hash, status = ?block.status, "resuming found block");
+        }
         let keeper = Keeper {
             durable: true,
             pending_save: None,
@@ -160,6 +172,7 @@ pub(crate) fn resume(shared: &Arc<PoolShared>, loaded: Loaded) {
             block,
             rounds_failed: 0,
             replaced_rounds: 0,
+            back_rounds: 0,
             last_rejection: None,
         };
         tokio::spawn(async move {
@@ -183,6 +196,8 @@ struct Keeper {
     rounds_failed: u32,
     /// Rounds in a row that saw the block replaced.
     replaced_rounds: u32,
+    /// Rounds in a row that saw a passed block on a best chain again.
+    back_rounds: u32,
     /// A node's refusal of the block itself, if any round had one.
     last_rejection: Option<String>,
 }
@@ -197,7 +212,11 @@ impl Keeper {
                 BlockStatus::Pending => self.retry_delay(),
                 BlockStatus::Accepted => self.shared.settings.block_follow_interval,
                 BlockStatus::Orphaned | BlockStatus::Stale => {
-                    self.shared.settings.block_follow_interval * REWATCH_SLOWER
+                    // Spread by the hash: the blocks resumed at one start
+                    // do not all ask the nodes at once.
+                    let interval = self.shared.settings.block_follow_interval;
+                    let spread = u32::from(bitcoin::hashes::Hash::as_byte_array(&self.hash)[0] % 8);
+                    interval * REWATCH_SLOWER + interval * spread / 8
                 }
                 BlockStatus::Confirmed | BlockStatus::Rejected => return,
             };
@@ -376,7 +395,14 @@ impl Keeper {
             .chain_report(self.hash, self.block.height)
             .await;
         match report.position {
+            // As for calling it passed, one round of one node's view (a
+            // backup back from a restart on its old chain) settles nothing.
+            ChainPosition::InBestChain { .. } if self.back_rounds + 1 < REPLACED_ROUNDS => {
+                self.back_rounds += 1;
+                true
+            }
             ChainPosition::InBestChain { confirmations } => {
+                self.back_rounds = 0;
                 let was = self.block.status;
                 self.block.status = BlockStatus::Accepted;
                 self.block.confirmations = confirmations;
@@ -389,10 +415,14 @@ impl Keeper {
                 true
             }
             ChainPosition::Replaced { best_height, .. } => {
+                self.back_rounds = 0;
                 let past = best_height.saturating_sub(u64::from(self.block.height));
                 past < u64::from(self.shared.settings.block_maturity)
             }
-            ChainPosition::Undecided { .. } => true,
+            ChainPosition::Undecided { .. } => {
+                self.back_rounds = 0;
+                true
+            }
         }
     }
 
