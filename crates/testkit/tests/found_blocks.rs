@@ -288,7 +288,9 @@ async fn a_block_the_chain_passed_while_the_node_was_unreachable_is_stale_not_re
 async fn a_node_that_was_down_when_the_block_was_found_gets_it_when_it_is_back() {
     tbg_testkit::init_tracing();
     let primary = DevNode::start(DevNodeOptions::default()).await.unwrap();
-    let backup = DevNode::start(DevNodeOptions::default()).await.unwrap();
+    // Same chain block for block: two nodes' own initial chains differ
+    // whenever their blocks were mined in different seconds.
+    let backup = tbg_testkit::node_with_chain_of(&primary).await;
     assert_eq!(primary.best_block_hash(), backup.best_block_hash());
     let endpoints = vec![node_endpoint(&primary), node_endpoint(&backup)];
     let env = TestEnv::start_pool(primary, endpoints, test_settings()).await;
