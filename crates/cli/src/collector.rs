@@ -223,7 +223,8 @@ pub async fn run(
         tbg_metrics::CollectorSources::new(
             Arc::new(move || stats_of.upgrade().map(|c| c.stats()).unwrap_or_default()),
             config.metrics.max_collector_lag,
-        ),
+        )
+        .with_operator_token(config.metrics.token.clone()),
     )
     .await
     .context("metrics.collector_bind")?;

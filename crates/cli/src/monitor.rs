@@ -32,6 +32,8 @@ pub async fn run(config: &Config) -> Result<()> {
                 stream: config.nats.stream.clone(),
                 consumer: config.nats.consumer.clone(),
             }),
+        // One operator token for every region: theirs is the same secret.
+        token: config.metrics.token.clone(),
     };
     let monitor = tbg_monitor::Monitor::start(monitor_config, bind)
         .await

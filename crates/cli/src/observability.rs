@@ -50,7 +50,8 @@ pub async fn with_metrics(
 ) -> Result<RunningPool> {
     let sources = PoolSources::new(&service, Some(datagram.clone()))
         .with_max_template_age(Duration::from_secs(config.metrics.max_template_age_secs))
-        .with_region(region.sources());
+        .with_region(region.sources())
+        .with_operator_token(config.metrics.token.clone());
     match MetricsServer::start_pool(&config.metrics.bind, sources).await {
         Ok(metrics) => Ok(RunningPool {
             service,

@@ -107,6 +107,7 @@ impl Config {
     /// - `TBG_POSTGRES_URL`: `collector.postgres_url`.
     /// - `TBG_RELAY_SECRET`: `region.relay_secret`.
     /// - `TBG_NATS_URL`: `nats.url`.
+    /// - `TBG_METRICS_TOKEN`: `metrics.token`.
     pub fn apply_env(&mut self, env: &dyn Fn(&str) -> Option<String>) -> Vec<String> {
         let mut applied = Vec::new();
         let mut lookup = |name: String| {
@@ -139,6 +140,9 @@ impl Config {
         }
         if let Some(url) = lookup("TBG_NATS_URL".to_owned()) {
             self.nats.url = Some(url);
+        }
+        if let Some(token) = lookup("TBG_METRICS_TOKEN".to_owned()) {
+            self.metrics.token = Some(token);
         }
         applied.sort();
         applied.dedup();

@@ -434,7 +434,7 @@ mod redact_tests {
 }
 
 /// Prometheus metrics settings.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MetricsSection {
     /// HTTP listen address of /metrics (ckpool `metrics_port` sets the port).
@@ -445,6 +445,23 @@ pub struct MetricsSection {
     pub max_template_age_secs: u64,
     /// /health reports the collector not ready when a sink lags more events.
     pub max_collector_lag: u64,
+    /// Bearer token of `/metrics` and the status API of the pool and the
+    /// collector (`/health*` stays open). Unset: no token. A secret:
+    /// prefer `TBG_METRICS_TOKEN`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+}
+
+impl std::fmt::Debug for MetricsSection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MetricsSection")
+            .field("bind", &self.bind)
+            .field("collector_bind", &self.collector_bind)
+            .field("max_template_age_secs", &self.max_template_age_secs)
+            .field("max_collector_lag", &self.max_collector_lag)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 impl Default for MetricsSection {
@@ -454,6 +471,7 @@ impl Default for MetricsSection {
             collector_bind: "127.0.0.1:9101".to_owned(),
             max_template_age_secs: 180,
             max_collector_lag: 10_000,
+            token: None,
         }
     }
 }

@@ -177,6 +177,9 @@ impl Config {
         }
         check_socket_addr("metrics.bind", &self.metrics.bind)?;
         check_socket_addr("metrics.collector_bind", &self.metrics.collector_bind)?;
+        if let Some(token) = &self.metrics.token {
+            check_bearer_token("metrics.token", token)?;
+        }
         Ok(())
     }
 
@@ -470,6 +473,28 @@ fn check_tag(key: &str, value: &str) -> Result<(), ConfigError> {
             key,
             format!("{value:?}"),
             format!("must be 1 to {MAX_TAG_LEN} printable ASCII characters without spaces"),
+        ));
+    }
+    Ok(())
+}
+
+/// A bearer token must be long enough not to be guessed and fit in an HTTP
+/// header unchanged (RFC 6750's token68 characters). The error never
+/// quotes it.
+pub(crate) fn check_bearer_token(key: &str, token: &str) -> Result<(), ConfigError> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || "-._~+/=".contains(c);
+    if token.len() < 16 {
+        return Err(ConfigError::new(
+            key,
+            "<redacted>",
+            "must be at least 16 characters (e.g. `openssl rand -hex 32`)",
+        ));
+    }
+    if !token.chars().all(allowed) {
+        return Err(ConfigError::new(
+            key,
+            "<redacted>",
+            "may hold only letters, digits and - . _ ~ + / =",
         ));
     }
     Ok(())

@@ -603,3 +603,27 @@ fn multi_region_keys_are_checked_and_imported_from_ckpool() {
     let error = Config::from_ckpool_json(r#"{"mode": "secondary"}"#).unwrap_err();
     assert_eq!(error.key, "mode");
 }
+
+#[test]
+fn the_operator_token_comes_from_the_environment_and_is_never_shown() {
+    let mut config = valid();
+    let applied = config.apply_env(&env_of(&[("TBG_METRICS_TOKEN", "short")]));
+    assert_eq!(applied, ["TBG_METRICS_TOKEN"]);
+    let error = config.validate().unwrap_err();
+    assert_eq!(error.key, "metrics.token");
+    assert!(!error.to_string().contains("short"), "{error}");
+    config.metrics.token = Some("a token with spaces in it".into());
+    let error = config.validate().unwrap_err();
+    assert_eq!(
+        error.key, "metrics.token",
+        "a header cannot carry it unchanged"
+    );
+    let token = "0f4c9a2b7d1e8f3a6b5c4d2e1f0a9b8c";
+    config.apply_env(&env_of(&[("TBG_METRICS_TOKEN", token)]));
+    config.validate().unwrap();
+    assert_eq!(config.metrics.token.as_deref(), Some(token));
+    assert!(
+        !format!("{config:?}").contains(token),
+        "Debug hides the token"
+    );
+}

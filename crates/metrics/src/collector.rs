@@ -27,6 +27,8 @@ pub struct CollectorSources {
     /// `/health` is not ready when a sink lags more events than this.
     pub max_lag: u64,
     pub started: Instant,
+    /// Bearer token of `/metrics` (`metrics.token`).
+    pub operator_token: Option<String>,
 }
 
 impl CollectorSources {
@@ -35,7 +37,14 @@ impl CollectorSources {
             stats,
             max_lag,
             started: Instant::now(),
+            operator_token: None,
         }
+    }
+
+    /// `/metrics` needs this bearer token.
+    pub fn with_operator_token(mut self, token: Option<String>) -> CollectorSources {
+        self.operator_token = token;
+        self
     }
 }
 
@@ -125,11 +134,13 @@ impl Collector for CollectorMetrics {
 pub(crate) fn router(sources: CollectorSources) -> Router {
     let mut registry = Registry::default();
     registry.register_collector(Box::new(CollectorMetrics(sources.clone())));
+    let token = sources.operator_token.clone();
     let state = Arc::new((sources, registry));
-    Router::new()
+    let router = Router::new()
         .route("/metrics", get(metrics))
         .route("/health", get(health))
-        .with_state(state)
+        .with_state(state);
+    crate::auth::protect(router, token.as_deref())
 }
 
 type AppState = Arc<(CollectorSources, Registry)>;

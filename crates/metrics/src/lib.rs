@@ -2,13 +2,15 @@
 //! `/metrics`, `/health` (readiness), on the pool `/health/live`
 //! (liveness, see [`liveness`]) and the
 //! status API (`/status`, `/status/users/<address>`,
-//! `/status/workers/<address>.<worker>`).
+//! `/status/workers/<address>.<worker>`). With `metrics.token` set, all but
+//! the health checks need `Authorization: Bearer <token>` (see [`auth`]).
 //!
 //! Metrics are read at scrape time from the counters the share path already
 //! keeps (custom `prometheus-client` collectors), so serving them costs the
 //! share path nothing. See `docs/metrics.md` for every name.
 #![forbid(unsafe_code)]
 
+mod auth;
 pub mod collector;
 mod encode;
 mod limits;

@@ -41,6 +41,8 @@ pub struct PoolSources {
     pub stratum: std::net::SocketAddr,
     /// The relay link and the NATS ingest, for one region of several.
     pub region: crate::RegionSources,
+    /// Bearer token of `/metrics` and the status API (`metrics.token`).
+    pub operator_token: Option<String>,
 }
 
 impl PoolSources {
@@ -54,7 +56,14 @@ impl PoolSources {
             max_template_age: Duration::from_secs(180),
             stratum: service.pool.local_addr(),
             region: crate::RegionSources::default(),
+            operator_token: None,
         }
+    }
+
+    /// `/metrics` and the status API need this bearer token.
+    pub fn with_operator_token(mut self, token: Option<String>) -> PoolSources {
+        self.operator_token = token;
+        self
     }
 
     pub fn with_region(mut self, region: crate::RegionSources) -> PoolSources {
@@ -85,13 +94,14 @@ struct AppState {
 pub(crate) fn router(sources: PoolSources) -> Router {
     let mut registry = Registry::default();
     registry.register_collector(Box::new(PoolCollector(sources.clone())));
+    let token = sources.operator_token.clone();
     let state = Arc::new(AppState {
         liveness: crate::liveness::Liveness::new(sources.stratum),
         sources,
         registry,
         last_drops: Mutex::new(None),
     });
-    Router::new()
+    let router = Router::new()
         .route("/metrics", get(metrics))
         // Readiness; `/health/ready` is the same, named next to liveness.
         .route("/health", get(health))
@@ -100,7 +110,8 @@ pub(crate) fn router(sources: PoolSources) -> Router {
         .route("/status", get(status))
         .route("/status/users/:address", get(user_status))
         .route("/status/workers/:worker", get(worker_status))
-        .with_state(state)
+        .with_state(state);
+    crate::auth::protect(router, token.as_deref())
 }
 
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {

@@ -62,6 +62,9 @@ fn promtool_validates_and_unit_tests_the_alert_rules() {
     promtool(&["check", "config"], &[dir.join("prometheus.yml")]);
 }
 
+/// The operator token both servers of the scrape test require.
+const TOKEN: &str = "test-operator-token-0123456789";
+
 /// Kills the child process when dropped.
 struct ChildGuard(Child);
 
@@ -163,7 +166,7 @@ async fn prometheus_scrapes_the_pool_and_the_collector() {
     let datagram = Arc::new(tbg_events::DatagramSink::new(dir.path().join("events.sock")).unwrap());
     let pool_metrics = MetricsServer::start_pool(
         "127.0.0.1:0",
-        PoolSources::new(&env.service, Some(datagram)),
+        PoolSources::new(&env.service, Some(datagram)).with_operator_token(Some(TOKEN.into())),
     )
     .await
     .expect("pool metrics server");
@@ -182,7 +185,8 @@ async fn prometheus_scrapes_the_pool_and_the_collector() {
     let stats_of = collector.clone();
     let collector_metrics = MetricsServer::start_collector(
         "127.0.0.1:0",
-        CollectorSources::new(Arc::new(move || stats_of.stats()), 10_000),
+        CollectorSources::new(Arc::new(move || stats_of.stats()), 10_000)
+            .with_operator_token(Some(TOKEN.into())),
     )
     .await
     .expect("collector metrics server");
@@ -198,11 +202,50 @@ async fn prometheus_scrapes_the_pool_and_the_collector() {
     .await;
     let status = env.service.pool.status();
 
-    let http = reqwest::Client::new();
     let pool_base = format!("http://{}", pool_metrics.local_addr());
-    let (code, health) = get_json(&http, &format!("{pool_base}/health")).await;
+    let collector_base = format!("http://{}", collector_metrics.local_addr());
+    // Without the operator token: the health checks answer, nothing else.
+    let stranger = reqwest::Client::new();
+    let (code, health) = get_json(&stranger, &format!("{pool_base}/health")).await;
     assert_eq!(code, 200, "{health}");
     assert_eq!(health["ready"], true);
+    for path in ["/health/live", "/health/ready"] {
+        let code = stranger
+            .get(format!("{pool_base}{path}"))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(code, 200, "{path} is open");
+    }
+    for url in [
+        format!("{pool_base}/metrics"),
+        format!("{pool_base}/status"),
+        format!("{pool_base}/status/users/{address}"),
+        format!("{collector_base}/metrics"),
+    ] {
+        let (code, body) = get_json(&stranger, &url).await;
+        assert_eq!(code, 401, "{url} without a token: {body}");
+        assert!(body["error"].as_str().unwrap().contains("Bearer"), "{body}");
+        let wrong = stranger
+            .get(&url)
+            .bearer_auth("not-the-token-at-all")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(wrong.status(), 401, "{url} with a wrong token");
+    }
+    let http = reqwest::Client::builder()
+        .default_headers(
+            [(
+                reqwest::header::AUTHORIZATION,
+                format!("Bearer {TOKEN}").parse().unwrap(),
+            )]
+            .into_iter()
+            .collect(),
+        )
+        .build()
+        .unwrap();
     let (code, user) = get_json(&http, &format!("{pool_base}/status/users/{address}")).await;
     assert_eq!(code, 200);
     assert_eq!(user["shares_accepted"], 1);
@@ -218,7 +261,6 @@ async fn prometheus_scrapes_the_pool_and_the_collector() {
     let (code, pool_status) = get_json(&http, &format!("{pool_base}/status")).await;
     assert_eq!(code, 200);
     assert_eq!(pool_status["pool"]["blocks_found"], status.blocks_found);
-    let collector_base = format!("http://{}", collector_metrics.local_addr());
     let (code, collector_health) = get_json(&http, &format!("{collector_base}/health")).await;
     assert_eq!(code, 503, "redis is unreachable: {collector_health}");
     assert!(collector_health["reasons"][0]
@@ -254,7 +296,7 @@ async fn prometheus_scrapes_the_pool_and_the_collector() {
     let storage = tempfile::tempdir().unwrap();
     let prom_port = tbg_testkit::free_port();
     let config = format!(
-        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {alerts}/*.yml\nscrape_configs:\n  - job_name: ckpool\n    static_configs:\n      - targets: ['{pool}']\n  - job_name: tbg-collector\n    static_configs:\n      - targets: ['{collector}']\n",
+        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {alerts}/*.yml\nscrape_configs:\n  - job_name: ckpool\n    authorization:\n      credentials: {TOKEN}\n    static_configs:\n      - targets: ['{pool}']\n  - job_name: tbg-collector\n    authorization:\n      credentials: {TOKEN}\n    static_configs:\n      - targets: ['{collector}']\n",
         alerts = monitoring_dir().join("alerts").display(),
         pool = pool_metrics.local_addr(),
         collector = collector_metrics.local_addr(),

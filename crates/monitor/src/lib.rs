@@ -45,6 +45,8 @@ pub struct MonitorConfig {
     pub interval: Duration,
     pub timeout: Duration,
     pub nats: Option<NatsTarget>,
+    /// Bearer token of the regions' status API (their `metrics.token`).
+    pub token: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -230,7 +232,8 @@ async fn poll_loop(shared: Arc<Shared>, client: reqwest::Client, stop: Cancellat
         }
         let regions = futures::future::join_all(shared.config.regions.iter().map(|(name, url)| {
             let client = &client;
-            async move { (name.clone(), probe::probe_region(client, url).await) }
+            let token = shared.config.token.as_deref();
+            async move { (name.clone(), probe::probe_region(client, url, token).await) }
         }));
         let nats_probe = async {
             match &nats {

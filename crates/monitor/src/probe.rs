@@ -63,7 +63,11 @@ impl RegionProbe {
 }
 
 /// `GET <url>/health`, then `/status` for what the region is doing.
-pub(crate) async fn probe_region(client: &reqwest::Client, url: &str) -> RegionProbe {
+pub(crate) async fn probe_region(
+    client: &reqwest::Client,
+    url: &str,
+    token: Option<&str>,
+) -> RegionProbe {
     let base = url.trim_end_matches('/');
     let response = match client.get(format!("{base}/health")).send().await {
         Ok(response) => response,
@@ -88,8 +92,20 @@ pub(crate) async fn probe_region(client: &reqwest::Client, url: &str) -> RegionP
             Some(format!("/health answered HTTP {other}")),
         ),
     };
-    let status: Option<Value> = match client.get(format!("{base}/status")).send().await {
+    let mut request = client.get(format!("{base}/status"));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let mut error = error;
+    let status: Option<Value> = match request.send().await {
         Ok(response) if response.status().is_success() => response.json().await.ok(),
+        Ok(response) if response.status() == reqwest::StatusCode::UNAUTHORIZED => {
+            // Up or not, the operator must learn why the details are missing.
+            error.get_or_insert_with(|| {
+                "/status answered 401: give the monitor the region's metrics.token (TBG_METRICS_TOKEN)".to_owned()
+            });
+            None
+        }
         _ => None,
     };
     let field = |path: &[&str]| -> Option<&Value> {

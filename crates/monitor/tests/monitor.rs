@@ -38,6 +38,7 @@ fn config(regions: Vec<(String, String)>, nats: &NatsServer) -> MonitorConfig {
         regions,
         interval: Duration::from_millis(200),
         timeout: Duration::from_secs(1),
+        token: None,
         nats: Some(NatsTarget {
             url: nats.url(),
             stream: "EVENTS".to_owned(),
@@ -124,6 +125,65 @@ async fn a_region_that_is_gone_and_nats_down_make_the_whole_degraded_and_are_nam
     })
     .await;
     assert_eq!(report["regions"]["us-east"]["state"], "up");
+    monitor.stop().await;
+    pool_http.shutdown().await;
+    env.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_region_behind_an_operator_token_is_read_with_it_and_named_without_it() {
+    const TOKEN: &str = "region-operator-token-42";
+    let env = TestEnv::start().await;
+    let pool_http = MetricsServer::start_pool(
+        "127.0.0.1:0",
+        PoolSources::new(&env.service, None).with_operator_token(Some(TOKEN.to_owned())),
+    )
+    .await
+    .unwrap();
+    let nats = NatsServer::start();
+    let region = vec![(
+        "us-east".to_owned(),
+        format!("http://{}", pool_http.local_addr()),
+    )];
+    let any_port = SocketAddr::from(([127, 0, 0, 1], 0));
+
+    // With the token: the region's details as without one.
+    let monitor = Monitor::start(
+        MonitorConfig {
+            token: Some(TOKEN.to_owned()),
+            ..config(region.clone(), &nats)
+        },
+        any_port,
+    )
+    .await
+    .unwrap();
+    let report = health_until(&monitor, "the region read", |_, report| {
+        report["regions"]["us-east"]["template_height"].as_u64() > Some(0)
+    })
+    .await;
+    let up = &report["regions"]["us-east"];
+    assert_eq!(
+        (up["state"].as_str(), up["mode"].as_str()),
+        (Some("up"), Some("primary"))
+    );
+    assert!(up["error"].is_null(), "{report}");
+    monitor.stop().await;
+
+    // Without: /health still says up, and the report names the missing token.
+    let monitor = Monitor::start(config(region, &nats), any_port)
+        .await
+        .unwrap();
+    let report = health_until(&monitor, "the region polled", |_, report| {
+        report["regions"]["us-east"]["state"] == "up"
+    })
+    .await;
+    let error = report["regions"]["us-east"]["error"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        error.contains("401") && error.contains("metrics.token"),
+        "{report}"
+    );
     monitor.stop().await;
     pool_http.shutdown().await;
     env.shutdown().await;
