@@ -17,6 +17,8 @@ if [ "${TBG_SETUP_TEST_DEPS:-0}" = 1 ]; then
   command -v ip >/dev/null 2>&1 || [ -x /usr/sbin/ip ] || [ -x /sbin/ip ] || need+=(iproute2)
   # libfaketime: the chaos suite's clock-skew scenario.
   command -v faketime >/dev/null 2>&1 || need+=(faketime)
+  # Debian's chromium: the dashboard's pages in a real headless browser.
+  command -v chromium >/dev/null 2>&1 || need+=(chromium)
   # initdb/pg_ctl for the tests' own PostgreSQL instances.
   if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
     need+=(postgresql)

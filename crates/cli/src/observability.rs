@@ -14,6 +14,8 @@ use tbg_pool::PoolService;
 pub struct RunningPool {
     service: PoolService,
     metrics: MetricsServer,
+    /// The public dashboard (`None` with `web.enabled = false`).
+    web: Option<tbg_web::WebServer>,
     datagram: Arc<DatagramSink>,
     region: crate::region::RunningRegion,
 }
@@ -36,12 +38,16 @@ impl RunningPool {
     /// primary from the block store at its next start.)
     pub async fn stop_metrics(self) -> PoolService {
         self.metrics.shutdown().await;
+        if let Some(web) = self.web {
+            web.shutdown().await;
+        }
         self.region.stop().await;
         self.service
     }
 }
 
-/// Starts the pool's endpoints on `metrics.bind`; stops the pool if that fails.
+/// Starts the pool's endpoints on `metrics.bind` and the dashboard on
+/// `web.bind`; stops the pool if either fails.
 pub async fn with_metrics(
     config: &Config,
     service: PoolService,
@@ -52,17 +58,44 @@ pub async fn with_metrics(
         .with_max_template_age(Duration::from_secs(config.metrics.max_template_age_secs))
         .with_region(region.sources())
         .with_operator_token(config.metrics.token.clone());
-    match MetricsServer::start_pool(&config.metrics.bind, sources).await {
-        Ok(metrics) => Ok(RunningPool {
-            service,
-            metrics,
-            datagram,
-            region,
-        }),
+    let metrics = match MetricsServer::start_pool(&config.metrics.bind, sources).await {
+        Ok(metrics) => metrics,
         Err(error) => {
             region.stop().await;
             service.shutdown(Duration::from_millis(500)).await;
-            Err(error).context("metrics.bind")
+            return Err(error).context("metrics.bind");
         }
-    }
+    };
+    let web = if config.web.enabled {
+        let sources = tbg_web::WebSources {
+            pool: service.pool.view(),
+            network: config.network.as_str().to_owned(),
+            sample_interval: Duration::from_secs(config.web.sample_interval_s),
+        };
+        match tbg_web::WebServer::start(&config.web.bind, sources).await {
+            Ok(web) => Some(web),
+            // The default port is often someone else's (8080): the pool
+            // mines on without its pages rather than not at all. A bind the
+            // operator chose is theirs to fix.
+            Err(error) if config.web.bind == tbg_config::WebSection::default().bind => {
+                tracing::warn!(%error, "dashboard not started: set web.bind to a free address (or web.enabled = false)");
+                None
+            }
+            Err(error) => {
+                metrics.shutdown().await;
+                region.stop().await;
+                service.shutdown(Duration::from_millis(500)).await;
+                return Err(error).context("web.bind");
+            }
+        }
+    } else {
+        None
+    };
+    Ok(RunningPool {
+        service,
+        metrics,
+        web,
+        datagram,
+        region,
+    })
 }

@@ -17,6 +17,7 @@ mod model;
 mod monitor;
 mod region;
 mod validate;
+mod web;
 
 pub use blocks::BlocksSection;
 pub use ckpool::CKPOOL_KEYS;
@@ -29,6 +30,7 @@ pub use model::{
 pub use monitor::{HealthMonitorSection, MonitoredRegion};
 pub use region::{NatsSection, RegionMode, RegionSection, MIN_RELAY_SECRET_CHARS};
 pub use validate::{MAX_DIFFICULTY, MAX_POOL_TAG_LEN, VERSION_MASK_ALLOWED};
+pub use web::WebSection;
 
 use std::path::Path;
 

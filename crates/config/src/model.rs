@@ -104,6 +104,8 @@ pub struct Config {
     pub nats: crate::NatsSection,
     /// `tbg health-monitor`: every region's health on one URL.
     pub health_monitor: crate::HealthMonitorSection,
+    /// The public dashboard.
+    pub web: crate::WebSection,
 }
 
 impl Default for Config {
@@ -123,6 +125,7 @@ impl Default for Config {
             region: crate::RegionSection::default(),
             nats: crate::NatsSection::default(),
             health_monitor: crate::HealthMonitorSection::default(),
+            web: crate::WebSection::default(),
         }
     }
 }

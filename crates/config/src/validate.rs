@@ -60,6 +60,7 @@ impl Config {
         self.region.check()?;
         self.nats.check()?;
         self.health_monitor.check()?;
+        self.web.check()?;
         if (self.region.is_multi_region() || self.nats.url.is_some())
             && self.region.instance_id.is_none()
         {
@@ -438,7 +439,7 @@ fn check_node(index: usize, node: &NodeConfig) -> Result<(), ConfigError> {
     Ok(())
 }
 
-fn check_socket_addr(key: &str, value: &str) -> Result<(), ConfigError> {
+pub(crate) fn check_socket_addr(key: &str, value: &str) -> Result<(), ConfigError> {
     SocketAddr::from_str(value)
         .map(|_| ())
         .map_err(|_| ConfigError::new(key, format!("{value:?}"), "must be an ip:port address"))
