@@ -237,9 +237,13 @@ async fn catch_up(set: &Regions) {
             return;
         }
         if last_report.elapsed() > Duration::from_secs(10) {
+            // Which stage holds the rest: JetStream (the primary's ingest
+            // pending) or the primary's journal (its collector behind).
+            let ingest = set.status(0).await.map(|s| s["region"]["ingest"].clone());
             eprintln!(
-                "   catch-up after {:.0} s: {counts:?} of {expected:?}",
-                healed.elapsed().as_secs_f64()
+                "   catch-up after {:.0} s: {counts:?} of {expected:?}; primary ingest {}",
+                healed.elapsed().as_secs_f64(),
+                ingest.unwrap_or_default()
             );
             last_report = Instant::now();
         }

@@ -160,6 +160,12 @@ fn nats_config(dir: &Path, wan: &Wan, index: usize) -> String {
         r#"server_name: "{name}"
 listen: "0.0.0.0:{NATS_PORT}"
 client_advertise: "{ip}:{NATS_PORT}"
+# A cut drops packets without closing anything: with the default 2 min the
+# routes would stay up, dead, and TCP's retransmission backoff would hold
+# the cluster for most of a minute after the cut heals. 2 s x 3 unanswered
+# pings closes them; the routes are redialled every second.
+ping_interval: "2s"
+ping_max: 3
 jetstream {{
   store_dir: "{dir}/nats-{name}"
 }}

@@ -575,7 +575,30 @@ struct Batch {
     /// Whether the journal already held more than another batch's worth
     /// after it when it was read (the sink is behind, not waiting for events).
     behind: bool,
+    /// How soon after its first event it was full.
+    fill: Fill,
 }
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fill {
+    /// Within [`FAST_FILL`] (or from a backlog): events arrive at ten
+    /// batches a second or more.
+    Fast,
+    /// Within 4 x [`FAST_FILL`]: the size suits the rate.
+    Steady,
+    /// Later, or not full when `max_wait` passed.
+    Slow,
+}
+
+/// A batch full this soon after its first event may be twice as large
+/// next time: at a high steady rate (a region catching up through the
+/// ingest, which the sink keeps pace with, so it is never "behind") each
+/// transaction then carries more events, and the per-batch work (the
+/// aggregates' upserts, the commit) is paid less often. Doubling stops
+/// once a batch takes longer than this to fill, and a batch slower than
+/// four times this goes back to `max_events`, so the wait it adds stays
+/// within a few times this long.
+const FAST_FILL: Duration = Duration::from_millis(100);
 
 /// Waits for up to `max_events` rows after `cursor`: returns as soon as
 /// the batch is full, `max_wait` passed since its first row arrived, or
@@ -626,10 +649,16 @@ async fn next_batch(
                 last_seq.saturating_sub(total.through) >= max_events as u64
             });
         let waited_enough = first_arrival.is_some_and(|start| start.elapsed() >= batch.max_wait);
+        let fill = match first_arrival.map(|start| start.elapsed()) {
+            Some(took) if full && took < FAST_FILL => Fill::Fast,
+            Some(took) if full && took < FAST_FILL * 4 => Fill::Steady,
+            _ => Fill::Slow,
+        };
         if full || waited_enough {
             return Ok(Some(Batch {
                 chunk: total,
                 behind,
+                fill,
             }));
         }
         let idle = total.through == cursor;
@@ -637,6 +666,7 @@ async fn next_batch(
             return Ok(Some(Batch {
                 chunk: total,
                 behind,
+                fill: Fill::Slow,
             }));
         }
         tokio::select! {
@@ -787,14 +817,18 @@ async fn step<S: Store>(
     if chunk.through == state.cursor || shared.rewind.lock().is_some() {
         return Ok(true);
     }
-    // Behind the journal: bigger batches (fewer transactions) until caught up.
-    state.batch_size = if batch.behind {
+    // Behind the journal, or events arriving fast: bigger batches (fewer
+    // transactions); one that filled at a steady pace keeps its size; a
+    // slower one goes back to `max_events`, so latency stays low.
+    state.batch_size = if batch.behind || batch.fill == Fill::Fast {
         (state.batch_size * 2).min(
             config
                 .batch
                 .max_events_catching_up
                 .max(config.batch.max_events),
         )
+    } else if batch.fill == Fill::Steady {
+        state.batch_size
     } else {
         config.batch.max_events.max(1)
     };

@@ -27,6 +27,7 @@
 // copy into the mapped stage ring (`stage::copy_into_mapping`).
 #![deny(unsafe_code)]
 
+pub mod cursor;
 mod error;
 mod location;
 mod reader;
@@ -38,6 +39,7 @@ mod writer;
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use cursor::{Cursor, CursorError};
 pub use error::JournalError;
 pub use location::{StageDir, DEFAULT_MEMORY_STAGE_DIR};
 pub use reader::{JournalReader, JournalRecord};

@@ -39,7 +39,7 @@ pub struct IngestConfig {
     /// without being appended again.
     pub own_region: String,
     /// Most messages per fetch; each fetch's events are appended, made
-    /// durable and acked together.
+    /// durable and acked together, while the next fetches are appended.
     pub batch: usize,
     /// Longest wait of one fetch for messages.
     pub fetch_wait: Duration,
@@ -121,43 +121,110 @@ impl Ingest {
     /// may be down when the pool starts, or for hours).
     pub async fn run(self, stop: CancellationToken) {
         let mut backoff = Duration::from_millis(250);
-        let mut consumer: Option<consumer::PullConsumer> = None;
         while !stop.is_cancelled() {
-            if self.journal_is_busy() {
-                self.stats
-                    .paused_for_journal
-                    .fetch_add(1, Ordering::Relaxed);
-                tokio::select! {
-                    () = tokio::time::sleep(Duration::from_millis(50)) => {}
-                    () = stop.cancelled() => return,
-                }
-                continue;
-            }
-            let round = async {
-                if consumer.is_none() {
-                    consumer = Some(self.consumer().await?);
-                }
-                let pull = consumer.as_ref().expect("just set");
-                self.round(pull).await
+            let ingested_before = self.stats.ingested.load(Ordering::Relaxed);
+            let Err(error) = self.consume(&stop).await else {
+                return;
             };
-            let outcome = tokio::select! {
-                outcome = round => outcome,
+            if self.stats.ingested.load(Ordering::Relaxed) > ingested_before {
+                backoff = Duration::from_millis(250);
+            }
+            self.stats.failures.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(%error, retry_in = ?backoff,
+                "ingesting the regions' events failed; JetStream keeps them");
+            tokio::select! {
+                () = tokio::time::sleep(backoff) => {}
                 () = stop.cancelled() => return,
-            };
-            match outcome {
-                Ok(()) => backoff = Duration::from_millis(250),
-                Err(error) => {
-                    self.stats.failures.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(%error, retry_in = ?backoff,
-                        "ingesting the regions' events failed; JetStream keeps them");
-                    consumer = None;
+            }
+            backoff = (backoff * 2).min(self.config.retry_max);
+        }
+    }
+
+    /// One consumer's life, until a failure (`Err`) or `stop` (`Ok`):
+    /// fetches are appended to the journal while the fetches before them
+    /// are made durable and acked, so a catch-up is not one fsync and one
+    /// round trip per fetch (JetStream's `max_ack_pending` and the bounded
+    /// queue between the two halves hold the rest).
+    async fn consume(&self, stop: &CancellationToken) -> Result<(), IngestError> {
+        let consumer = tokio::select! {
+            consumer = self.consumer() => consumer?,
+            () = stop.cancelled() => return Ok(()),
+        };
+        let (appended_tx, mut appended_rx) = tokio::sync::mpsc::channel::<Appended>(ACK_QUEUE);
+        let fetching = async {
+            // Moved in: dropped when this half ends, which ends the
+            // acking half's queue.
+            let appended_tx = appended_tx;
+            loop {
+                if self.journal_is_busy() {
+                    self.stats
+                        .paused_for_journal
+                        .fetch_add(1, Ordering::Relaxed);
                     tokio::select! {
-                        () = tokio::time::sleep(backoff) => {}
-                        () = stop.cancelled() => return,
+                        () = tokio::time::sleep(Duration::from_millis(50)) => {}
+                        () = stop.cancelled() => return Ok(()),
                     }
-                    backoff = (backoff * 2).min(self.config.retry_max);
+                    continue;
+                }
+                // A fetch cut short by the stop leaves its appended events
+                // unacked: redelivered after `ack_wait`, stored once.
+                let appended = tokio::select! {
+                    appended = self.fetch_and_append(&consumer) => appended?,
+                    () = stop.cancelled() => return Ok(()),
+                };
+                let refused = appended.refused.is_some();
+                if appended_tx.send(appended).await.is_err() || refused {
+                    // The acking half ended with its own error, or acks
+                    // what came before the refusal and then reports it.
+                    return Ok(());
                 }
             }
+        };
+        let acking = async {
+            while let Some(appended) = appended_rx.recv().await {
+                if appended.last_seq > 0 {
+                    self.journal.wait_durable(appended.last_seq).await?;
+                }
+                self.stats
+                    .ingested
+                    .fetch_add(appended.count, Ordering::Relaxed);
+                for message in appended.to_ack {
+                    message
+                        .ack()
+                        .await
+                        .map_err(|e| IngestError::Nats(format!("acking: {e}")))?;
+                }
+                if let Some(error) = appended.refused {
+                    return Err(error.into());
+                }
+            }
+            Ok(())
+        };
+        tokio::pin!(fetching, acking);
+        tokio::select! {
+            // The fetching half ended (a failure, a refusal it queued, the
+            // stop): the acking half still acks what is queued, within
+            // `ACK_DRAIN`. Left unacked, up to `max_ack_pending` messages
+            // would hold the next consumer's deliveries for `ack_wait`.
+            fetched = &mut fetching => {
+                let acked = tokio::time::timeout(ACK_DRAIN, &mut acking)
+                    .await
+                    .unwrap_or_else(|_| Err(IngestError::Nats("acking what was appended timed out".into())));
+                match fetched {
+                    Err(error) => Err(error),
+                    Ok(()) if stop.is_cancelled() => Ok(()),
+                    Ok(()) => match acked {
+                        Err(error) => Err(error),
+                        Ok(()) => Err(IngestError::Nats("the ingest's fetching stopped".into())),
+                    },
+                }
+            }
+            // The acking half failed (NATS, the journal): the fetching half
+            // is dropped; what it appended is redelivered and stored once.
+            acked = &mut acking => match acked {
+                Err(error) => Err(error),
+                Ok(()) => Err(IngestError::Nats("the ingest's acking stopped".into())),
+            },
         }
     }
 
@@ -190,8 +257,11 @@ impl Ingest {
             .map_err(|e| IngestError::Nats(format!("consumer {}: {e}", self.config.consumer)))
     }
 
-    /// One fetch: appended, made durable, then acked.
-    async fn round(&self, consumer: &consumer::PullConsumer) -> Result<(), IngestError> {
+    /// One fetch, appended to the journal (not yet durable, not acked).
+    async fn fetch_and_append(
+        &self,
+        consumer: &consumer::PullConsumer,
+    ) -> Result<Appended, IngestError> {
         let mut messages = consumer
             .fetch()
             .max_messages(self.config.batch.max(1))
@@ -199,10 +269,7 @@ impl Ingest {
             .messages()
             .await
             .map_err(|e| IngestError::Nats(format!("fetching: {e}")))?;
-        let mut to_ack = Vec::new();
-        let mut last_seq = 0;
-        let mut appended = 0u64;
-        let mut refused = None;
+        let mut appended = Appended::default();
         while let Some(message) = messages.next().await {
             let message = message.map_err(|e| IngestError::Nats(format!("receiving: {e}")))?;
             if let Ok(info) = message.info() {
@@ -226,36 +293,46 @@ impl Ingest {
             };
             if event.region == self.config.own_region {
                 self.stats.own_skipped.fetch_add(1, Ordering::Relaxed);
-                to_ack.push(message);
+                appended.to_ack.push(message);
                 continue;
             }
             match self.journal.append(&event) {
                 Ok(seq) => {
-                    last_seq = seq;
-                    appended += 1;
-                    to_ack.push(message);
+                    appended.last_seq = seq;
+                    appended.count += 1;
+                    appended.to_ack.push(message);
                 }
                 Err(error) => {
                     // Not acked: JetStream redelivers it (and the rest of
                     // this fetch) after ack_wait.
-                    refused = Some(error);
+                    appended.refused = Some(error);
                     break;
                 }
             }
         }
-        if last_seq > 0 {
-            self.journal.wait_durable(last_seq).await?;
-        }
-        self.stats.ingested.fetch_add(appended, Ordering::Relaxed);
-        for message in to_ack {
-            message
-                .ack()
-                .await
-                .map_err(|e| IngestError::Nats(format!("acking: {e}")))?;
-        }
-        match refused {
-            Some(error) => Err(error.into()),
-            None => Ok(()),
-        }
+        Ok(appended)
     }
+}
+
+/// Fetches appended to the journal and waiting to be acked: each is a
+/// batch of messages, so the queue holds at most this many batches (with
+/// `max_ack_pending` = 4 batches, JetStream sends no more anyway).
+const ACK_QUEUE: usize = 4;
+
+/// Longest wait, once the fetching half ended, for the queued fetches to
+/// be made durable and acked (milliseconds, unless the disk stalls; short,
+/// because a graceful stop of the pool waits for it).
+const ACK_DRAIN: Duration = Duration::from_secs(1);
+
+/// One fetch's messages once their events are in the journal.
+#[derive(Default)]
+struct Appended {
+    /// The journal seq of the last event appended (0: none).
+    last_seq: u64,
+    /// Events appended.
+    count: u64,
+    /// Acked once `last_seq` is durable.
+    to_ack: Vec<jetstream::Message>,
+    /// The journal refused an event: the fetch stopped there.
+    refused: Option<JournalError>,
 }

@@ -11,14 +11,13 @@
 //! On the primary, [`Ingest`] consumes every other region's events into
 //! the primary's own journal, from where its collector writes them.
 
-mod cursor;
 mod ingest;
 mod publisher;
 mod servers;
 mod stream;
 
-pub use cursor::{Cursor, CursorError};
 pub use ingest::{Ingest, IngestConfig, IngestError, IngestStats};
 pub use publisher::{subject, PublishError, Publisher, PublisherConfig, PublisherStats};
 pub use servers::{connect, server_addrs, ConnectError, ServerListError};
 pub use stream::{ensure_stream, wait_for_stream, StreamError, StreamSettings};
+pub use tbg_journal::{Cursor, CursorError};

@@ -20,6 +20,7 @@ fn systemd_units_verify() {
         for unit in [
             "tbg-pool.service",
             "tbg-collector.service",
+            "tbg-publisher.service",
             "tbg-health.service",
             "tbg-backup.timer",
         ] {

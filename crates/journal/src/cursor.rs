@@ -1,6 +1,7 @@
-//! The publisher's durable cursor: the last journal seq JetStream has
-//! acknowledged, in a small file replaced atomically (write, fsync, rename,
-//! fsync of the directory), so a crash leaves the old value or the new one.
+//! A reader's durable cursor over the journal (the NATS publisher's, each
+//! webhook's): the last journal seq it has finished with, in a small file
+//! replaced atomically (write, fsync, rename, fsync of the directory), so a
+//! crash leaves the old value or the new one.
 
 use std::fs::{self, File};
 use std::io::Write;
@@ -8,20 +9,23 @@ use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CursorError {
-    #[error("publisher cursor {path}: {source}")]
+    #[error("journal cursor {path}: {source}")]
     Io {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("publisher cursor {path}: {text:?} is not a sequence number; fix or remove the file (removing it publishes the journal again from its start: JetStream and the collector drop what they already have)")]
+    #[error("journal cursor {path}: {text:?} is not a sequence number; fix or remove the file (removing it reads the journal again from its start; the runbook says what each reader does with that)")]
     Garbage { path: PathBuf, text: String },
 }
 
 #[derive(Debug)]
 pub struct Cursor {
     path: PathBuf,
+    /// Where the reader is.
     seq: u64,
+    /// What the file says.
+    stored: u64,
 }
 
 impl Cursor {
@@ -42,11 +46,28 @@ impl Cursor {
         Ok(Cursor {
             path: path.to_path_buf(),
             seq,
+            stored: seq,
         })
     }
 
     pub fn seq(&self) -> u64 {
         self.seq
+    }
+
+    /// Moves the cursor in memory only (a run of records that need no
+    /// durable mark each); [`Cursor::commit`] writes it.
+    pub fn advance(&mut self, seq: u64) {
+        self.seq = seq;
+    }
+
+    /// The cursor moved since it was last written.
+    pub fn pending(&self) -> bool {
+        self.seq != self.stored
+    }
+
+    /// Writes where the cursor is, durably.
+    pub fn commit(&mut self) -> Result<(), CursorError> {
+        self.store(self.seq)
     }
 
     /// Moves the cursor to `seq`, durably.
@@ -64,6 +85,7 @@ impl Cursor {
             File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
         }
         self.seq = seq;
+        self.stored = seq;
         Ok(())
     }
 }
