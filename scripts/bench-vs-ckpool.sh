@@ -4,7 +4,7 @@
 # and CPU per share of each pool process.
 #   CKPOOL=/path/to/ckpool scripts/bench-vs-ckpool.sh
 # CKPOOL is a ckpool binary built from its public source (nothing of it is
-# in this repository). Loads (LOADS, default "flood paced"):
+# in this repository); POOLS=ours runs ours alone. Loads (LOADS, default "flood paced"):
 #   flood: MINERS (1000) miners, 4 random-nonce submits in flight each, DURATION (15) s
 #   paced: MINERS miners at 10 shares/s each, DURATION s
 # Random nonces are hashed by the load tool first and those that would solve
@@ -17,7 +17,8 @@
 # the first burst of events; allocator arenas).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-: "${CKPOOL:?set CKPOOL to a ckpool binary}"
+pools=${POOLS:-ours ckpool}
+case " $pools " in *" ckpool "*) : "${CKPOOL:?set CKPOOL to a ckpool binary (or POOLS=ours)}" ;; esac
 . scripts/bench-common.sh
 trap 'kill $(jobs -p) 2>/dev/null; wait 2>/dev/null; rm -rf "$work"' EXIT
 miners=${MINERS:-1000}
@@ -42,6 +43,9 @@ wait_for_port "$node_port"
 cookie=$(cat "$work/devnet/chain/.cookie")
 
 rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
+# Anonymous memory alone (heap, stacks): without the file pages the
+# journal's SQLite maps, which the kernel can drop.
+anon_kb() { awk '/RssAnon/ {print $2}' "/proc/$1/status"; }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 hz=$(getconf CLK_TCK)
 
@@ -110,6 +114,7 @@ run_load() {
   taskset -c 0 "$TBG" loadtest --pool "127.0.0.1:$port" --addresses "$address" $args > "$out"
   local ticks_after; ticks_after=$(cpu_ticks "$pool_pid")
   local after; after=$(rss_kb "$pool_pid")
+  anon_kb "$pool_pid" > "$work/$name-$load-$count.anon"
   local answered
   answered=$(sed -n 's/^shares sent [0-9]* answered \([0-9]*\).*/\1/p' "$out")
   echo "$after" > "$work/$name-$load-$count.rss"
@@ -131,19 +136,21 @@ slope() {
   local name=$1 load=$2
   local small big
   small=$(cat "$work/$name-$load-$miners.rss"); big=$(cat "$work/$name-$load-$((2 * miners)).rss")
-  python3 -c "print(f'$name $load: {($big - $small) / $miners:.2f} kB per miner (RSS after the load, {2 * $miners} vs $miners miners)')"
+  local small_anon big_anon
+  small_anon=$(cat "$work/$name-$load-$miners.anon"); big_anon=$(cat "$work/$name-$load-$((2 * miners)).anon")
+  python3 -c "print(f'$name $load: {($big - $small) / $miners:.2f} kB per miner (RSS after the load, {2 * $miners} vs $miners miners; anonymous alone {($big_anon - $small_anon) / $miners:.2f} kB)')"
 }
 
 echo "machine: $(nproc) cores, $(lscpu | sed -n 's/Model name: *//p'), $(date -u +%Y-%m-%dT%H:%MZ)"
-echo "ckpool: $("$CKPOOL" -h 2>&1 | head -1 || true)"
+[ -n "${CKPOOL:-}" ] && echo "ckpool: $("$CKPOOL" -h 2>&1 | head -1 || true)"
 n=0
 for load in ${LOADS:-flood paced}; do
   for count in "$miners" $((2 * miners)); do
-    for name in ours ckpool; do
+    for name in $pools; do
       n=$((n + 1))
       port=$((base + 10 + n))
       "start_$name" "$port"; run_load "$name" "$load" "$port" "$count"
     done
   done
-  slope ours "$load"; slope ckpool "$load"
+  for name in $pools; do slope "$name" "$load"; done
 done

@@ -1,10 +1,13 @@
 //! `tbg`: the solo-mining service's one binary.
 
 mod collector;
+mod devnet;
 mod loadtest;
 mod logging;
+mod miner;
 mod monitor;
 mod network;
+mod notify;
 mod observability;
 mod ops;
 mod publisher;
@@ -20,7 +23,6 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use tbg_config::{Config, ConfigError};
-use tbg_devnode::{DevNode, DevNodeOptions};
 use tbg_events::{DatagramSink, EventFactory};
 use tbg_pool::PoolService;
 
@@ -48,7 +50,7 @@ struct Cli {
 }
 
 #[derive(Args, Clone)]
-struct ConfigArgs {
+pub(crate) struct ConfigArgs {
     /// TOML config file (see config.example.toml); defaults apply without it.
     #[arg(long, short = 'c', env = "TBG_CONFIG")]
     config: Option<PathBuf>,
@@ -111,9 +113,14 @@ enum Command {
     },
     /// The CPU miner alone, against any Stratum V1 pool.
     Miner {
-        /// Pool address, host:port.
+        /// Pool address: host:port or stratum+tcp://host:port; over TLS
+        /// stratum+ssl://host:port (the certificate must name host).
         #[arg(long, default_value = "127.0.0.1:3333")]
         pool: String,
+        /// PEM file of the CA (or self-signed certificate) a stratum+ssl
+        /// pool's certificate must chain to; the system's store if not given.
+        #[arg(long)]
+        tls_ca: Option<PathBuf>,
         /// Username: payout address, optionally `.worker`.
         #[arg(long, short = 'u')]
         user: String,
@@ -270,7 +277,7 @@ async fn run(cli: Cli) -> Result<()> {
             config.network = tbg_config::NetworkName::Regtest;
             config.network_from_node = false;
             config.pool.bind = stratum.to_string();
-            run_devnet(
+            devnet::run_devnet(
                 config,
                 args,
                 hangup,
@@ -282,19 +289,22 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Miner {
             pool,
+            tls_ca,
             user,
             suggest_difficulty,
             blocks,
         } => {
-            let address = tokio::net::lookup_host(&pool)
+            let (host_port, tls) = miner::miner_target(&pool, tls_ca.as_deref())?;
+            let address = tokio::net::lookup_host(host_port)
                 .await
-                .with_context(|| format!("cannot resolve {pool}"))?
+                .with_context(|| format!("cannot resolve {host_port}"))?
                 .next()
-                .with_context(|| format!("no address for {pool}"))?;
+                .with_context(|| format!("no address for {host_port}"))?;
             let mut config = tbg_miner::MinerConfig::new(address, user);
+            config.tls = tls;
             config.suggest_difficulty = suggest_difficulty;
             config.max_blocks = blocks;
-            run_miner(config).await
+            miner::run_miner(config).await
         }
         Command::Collector {
             config: args,
@@ -340,13 +350,38 @@ async fn run(cli: Cli) -> Result<()> {
                     "network: `tbg pool` takes its node's; the TOML below has the rpc port's guess: set `network` to the node's before using it"
                 );
             }
+            check_tls_files(&config).await?;
             print!("{}", config.to_toml_string()?);
             Ok(())
         }
     }
 }
 
-async fn start_pool(config: &Config) -> Result<observability::RunningPool> {
+/// `check-config`: the TLS port's certificate and key load and go together
+/// (the pool would refuse to start otherwise).
+async fn check_tls_files(config: &Config) -> Result<()> {
+    let tls = &config.stratum_tls;
+    if !tls.enabled() {
+        return Ok(());
+    }
+    let (cert, key) = (tls.cert_file.clone(), tls.key_file.clone());
+    let loaded =
+        tokio::task::spawn_blocking(move || tbg_pool::tls::TlsIdentity::load(&cert, &key)).await?;
+    match loaded {
+        Ok(identity) => {
+            tracing::info!(fingerprint = %identity.fingerprint, "stratum_tls: certificate and key load");
+            Ok(())
+        }
+        Err(error) => Err(ConfigError::new(
+            "stratum_tls.cert_file",
+            tls.cert_file.display(),
+            error.to_string(),
+        )
+        .into()),
+    }
+}
+
+pub(crate) async fn start_pool(config: &Config) -> Result<observability::RunningPool> {
     let pool_settings = settings::pool_settings(config)?;
     let node_settings = settings::node_settings(config);
     let events = event_sink(config)?;
@@ -374,7 +409,15 @@ async fn start_pool(config: &Config) -> Result<observability::RunningPool> {
             return Err(error);
         }
     };
-    observability::with_metrics(config, service, events, region).await
+    let notifier = match notify::start(config) {
+        Ok(notifier) => notifier,
+        Err(error) => {
+            region.stop().await;
+            service.shutdown(Duration::from_millis(500)).await;
+            return Err(error);
+        }
+    };
+    observability::with_metrics(config, service, events, region, notifier).await
 }
 
 fn open_journal(config: &Config) -> Result<Option<tbg_journal::Journal>> {
@@ -436,7 +479,7 @@ async fn run_pool(
 }
 
 /// Waits for SIGINT/SIGTERM, reloading the configuration on each SIGHUP.
-async fn serve_until_shutdown(
+pub(crate) async fn serve_until_shutdown(
     pool: &observability::RunningPool,
     reloader: &mut reload::Reloader,
     hangup: &mut Option<tokio::signal::unix::Signal>,
@@ -446,15 +489,22 @@ async fn serve_until_shutdown(
     loop {
         tokio::select! {
             _ = &mut shutdown => return,
-            _ = reload::next_hangup(hangup) => reloader.reload_pool(pool),
+            _ = reload::next_hangup(hangup) => reloader.reload_pool(pool).await,
         }
     }
 }
 
-async fn stop_pool(running: observability::RunningPool) {
+/// How long a stopping pool gives its webhooks to deliver what is left.
+const NOTIFY_STOP_GRACE: Duration = Duration::from_secs(5);
+
+pub(crate) async fn stop_pool(mut running: observability::RunningPool) {
+    let notifier = running.take_notifier();
     let service = running.stop_metrics().await;
     tracing::info!("stopping: telling miners to reconnect");
     service.shutdown(Duration::from_millis(1500)).await;
+    if let Some(notifier) = notifier {
+        notifier.finish(NOTIFY_STOP_GRACE).await;
+    }
     tracing::info!("stopped");
 }
 
@@ -471,157 +521,4 @@ pub(crate) async fn shutdown_signal() {
         }
     }
     let _ = tokio::signal::ctrl_c().await;
-}
-
-async fn run_devnet(
-    mut config: Config,
-    args: ConfigArgs,
-    mut hangup: Option<tokio::signal::unix::Signal>,
-    data_dir: Option<PathBuf>,
-    (rpc, initial_blocks): (SocketAddr, u32),
-    miner: Option<(Option<String>, Option<u64>)>,
-) -> Result<()> {
-    // Chain and journal live in the data dir; a temporary one when not given.
-    let temp_dir = match &data_dir {
-        Some(_) => None,
-        None => Some(
-            tempfile::Builder::new()
-                .prefix("tbg-devnet-")
-                .tempdir()
-                .context("temporary data dir")?,
-        ),
-    };
-    let base = data_dir
-        .clone()
-        .or_else(|| temp_dir.as_ref().map(|t| t.path().to_path_buf()))
-        .unwrap_or_default();
-    let journal_path = base.join("journal.db");
-    config.journal.path = journal_path.clone();
-    let block_dir = base.join("blocks");
-    config.blocks.dir = block_dir.clone();
-    tracing::info!("starting the embedded regtest node (Bitcoin Core's validation engine)");
-    let node = DevNode::start(DevNodeOptions {
-        data_dir: Some(base.join("chain")),
-        rpc_bind: rpc,
-        initial_blocks,
-        ..DevNodeOptions::default()
-    })
-    .await
-    .context("embedded node")?;
-    tracing::info!(
-        rpc = %node.rpc_url,
-        cookie = %node.cookie_path.display(),
-        height = node.block_count(),
-        "embedded node ready"
-    );
-    // The same changes again on each reload, so they do not read as edits.
-    let stratum_bind = config.pool.bind.clone();
-    let embedded_node = vec![tbg_config::NodeConfig {
-        url: node.rpc_url.clone(),
-        cookie_file: Some(node.cookie_path.clone()),
-        ..tbg_config::NodeConfig::default()
-    }];
-    let devnet_overrides = move |config: &mut Config| {
-        config.network = tbg_config::NetworkName::Regtest;
-        config.network_from_node = false;
-        config.pool.bind = stratum_bind.clone();
-        config.journal.path = journal_path.clone();
-        config.blocks.dir = block_dir.clone();
-        config.nodes = embedded_node.clone();
-        // CPU miners need tiny difficulties on regtest; ASICs ramp up by vardiff.
-        if config.pool.mindiff >= 1.0 {
-            config.pool.mindiff = 0.0001;
-            config.pool.startdiff = config.pool.startdiff.min(0.001);
-        }
-    };
-    devnet_overrides(&mut config);
-    let mut reloader = reload::Reloader::new(
-        args,
-        true,
-        reload::Role::Pool,
-        config.clone(),
-        Box::new(devnet_overrides),
-    );
-    let service = match start_pool(&config).await {
-        Ok(service) => service,
-        Err(error) => {
-            node.shutdown().await;
-            return Err(error);
-        }
-    };
-    let stratum = service.pool.local_addr();
-    let stratum = if stratum.ip().is_unspecified() {
-        SocketAddr::from(([127, 0, 0, 1], stratum.port()))
-    } else {
-        stratum
-    };
-    let miner_task = miner.map(|(address, blocks)| {
-        let address = address.unwrap_or_else(fresh_regtest_address);
-        tokio::spawn(async move {
-            tracing::info!(%address, pool = %stratum, "built-in CPU miner starting");
-            let mut miner = tbg_miner::MinerConfig::new(stratum, format!("{address}.cpu"));
-            miner.max_blocks = blocks;
-            if let Err(error) = run_miner(miner).await {
-                tracing::error!(error = %format!("{error:#}"), "built-in miner stopped");
-            }
-        })
-    });
-    match miner_task {
-        Some(mut task) => {
-            tokio::select! {
-                _ = &mut task => {},
-                _ = serve_until_shutdown(&service, &mut reloader, &mut hangup) => task.abort(),
-            }
-        }
-        None => serve_until_shutdown(&service, &mut reloader, &mut hangup).await,
-    }
-    stop_pool(service).await;
-    node.shutdown().await;
-    Ok(())
-}
-
-fn fresh_regtest_address() -> String {
-    use bitcoin::secp256k1::{rand, Secp256k1, SecretKey};
-    let secp = Secp256k1::new();
-    let secret = SecretKey::new(&mut rand::thread_rng());
-    let key = bitcoin::CompressedPublicKey(secret.public_key(&secp));
-    bitcoin::Address::p2wpkh(&key, bitcoin::Network::Regtest).to_string()
-}
-
-async fn run_miner(config: tbg_miner::MinerConfig) -> Result<()> {
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let (event_tx, mut event_rx) = tokio::sync::mpsc::channel(256);
-    let pool = config.pool;
-    let miner = tokio::spawn(tbg_miner::run_miner(config, stop_rx, Some(event_tx)));
-    let printer = tokio::spawn(async move {
-        while let Some(event) = event_rx.recv().await {
-            match event {
-                tbg_miner::MinerEvent::ShareAccepted {
-                    block_candidate: true,
-                    hash,
-                    ..
-                } => {
-                    tracing::info!(%hash, "miner: block found and accepted by the pool");
-                }
-                tbg_miner::MinerEvent::ShareRejected { reason, .. } => {
-                    tracing::warn!(%reason, "miner: share rejected");
-                }
-                tbg_miner::MinerEvent::Difficulty(difficulty) => {
-                    tracing::debug!(difficulty, "miner: new difficulty");
-                }
-                _ => {}
-            }
-        }
-    });
-    tokio::select! {
-        result = miner => {
-            let summary = result.context("miner task")?.with_context(|| format!("mining on {pool}"))?;
-            tracing::info!(accepted = summary.accepted, rejected = summary.rejected, blocks = summary.block_candidates, "miner finished");
-        }
-        _ = shutdown_signal() => {
-            let _ = stop_tx.send(true);
-        }
-    }
-    printer.abort();
-    Ok(())
 }

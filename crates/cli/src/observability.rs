@@ -18,6 +18,8 @@ pub struct RunningPool {
     web: Option<tbg_web::WebServer>,
     datagram: Arc<DatagramSink>,
     region: crate::region::RunningRegion,
+    /// The webhooks (`None` without `[[notify.webhooks]]`).
+    notifier: Option<tbg_notify::Notifier>,
 }
 
 impl std::ops::Deref for RunningPool {
@@ -44,6 +46,12 @@ impl RunningPool {
         self.region.stop().await;
         self.service
     }
+
+    /// The webhooks, which stop after the pool (they deliver what its
+    /// last moments journaled).
+    pub fn take_notifier(&mut self) -> Option<tbg_notify::Notifier> {
+        self.notifier.take()
+    }
 }
 
 /// Starts the pool's endpoints on `metrics.bind` and the dashboard on
@@ -53,8 +61,14 @@ pub async fn with_metrics(
     service: PoolService,
     datagram: Arc<DatagramSink>,
     region: crate::region::RunningRegion,
+    notifier: Option<tbg_notify::Notifier>,
 ) -> Result<RunningPool> {
+    let notify_stats = notifier
+        .as_ref()
+        .map(|n| n.stats().to_vec())
+        .unwrap_or_default();
     let sources = PoolSources::new(&service, Some(datagram.clone()))
+        .with_notify(notify_stats)
         .with_max_template_age(Duration::from_secs(config.metrics.max_template_age_secs))
         .with_region(region.sources())
         .with_operator_token(config.metrics.token.clone());
@@ -71,6 +85,8 @@ pub async fn with_metrics(
             pool: service.pool.view(),
             network: config.network.as_str().to_owned(),
             sample_interval: Duration::from_secs(config.web.sample_interval_s),
+            state_file: Some(config.web.state_file.clone()),
+            postgres: config.collector.postgres_url.clone(),
         };
         match tbg_web::WebServer::start(&config.web.bind, sources).await {
             Ok(web) => Some(web),
@@ -97,5 +113,6 @@ pub async fn with_metrics(
         web,
         datagram,
         region,
+        notifier,
     })
 }

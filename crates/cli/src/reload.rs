@@ -40,6 +40,8 @@ pub const POOL_LIVE_KEYS: &[&str] = &[
     "pool.update_interval_s",
     "events.socket_path",
     "redis.url",
+    "stratum_tls.cert_file",
+    "stratum_tls.key_file",
 ];
 
 /// Keys (or key prefixes, ending in '.') the pool process does not read.
@@ -285,17 +287,30 @@ impl Reloader {
     }
 
     /// The pool: live keys go into the running pool, its node watcher and
-    /// its event socket.
-    pub fn reload_pool(&mut self, running: &RunningPool) {
-        self.reload_with(|config| {
+    /// its event socket; the TLS port reads its certificate and key again
+    /// (renewed in place by certbot and the like, or at new paths).
+    pub async fn reload_pool(&mut self, running: &RunningPool) {
+        let mut tls = None;
+        let reloaded = self.reload_with(|config| {
             let settings = crate::settings::pool_settings(config)?;
             for change in running.pool.reload(&settings) {
                 tracing::debug!(%change, "pool setting changed");
             }
             running.set_watcher_intervals(&crate::settings::node_settings(config).watcher);
             running.event_socket().set_path(&config.events.socket_path);
+            tls = settings.tls;
             Ok(())
         });
+        if reloaded.is_none() {
+            return;
+        }
+        match running.pool.reload_tls(tls.as_ref()).await {
+            Ok(None) => {}
+            Ok(Some(fingerprint)) => tracing::info!(%fingerprint,
+                "stratum TLS: certificate loaded; new TLS connections get it, connected miners keep theirs"),
+            Err(error) => tracing::error!(error = %error,
+                "stratum TLS: the certificate and key do not load; the TLS port keeps serving the previous ones"),
+        }
     }
 
     /// The collector: its sinks are built at start, so every key it reads

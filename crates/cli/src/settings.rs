@@ -39,6 +39,16 @@ pub fn pool_settings(config: &Config) -> Result<PoolSettings> {
     settings.block_retry_max = Duration::from_millis(blocks.retry_max_ms);
     settings.block_follow_interval = Duration::from_secs(blocks.follow_interval_s);
     settings.block_maturity = blocks.maturity_confirmations;
+    let tls = &config.stratum_tls;
+    if tls.enabled() {
+        settings.tls = Some(tbg_pool::tls::TlsSettings {
+            bind: resolve_bind(&tls.bind)
+                .with_context(|| format!("stratum_tls.bind = {}", tls.bind))?,
+            cert_file: tls.cert_file.clone(),
+            key_file: tls.key_file.clone(),
+            handshake_timeout: Duration::from_secs(tls.handshake_timeout_s),
+        });
+    }
     Ok(settings)
 }
 

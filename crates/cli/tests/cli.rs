@@ -8,13 +8,12 @@ use std::time::{Duration, Instant};
 
 use tbg_testkit::free_port;
 
+mod support;
+use support::{kill_and_reap, signal, tbg, wait_exit, LogLines};
+
 /// Tests run in parallel: no fixed metrics ports.
 const METRICS_ON_FREE_PORTS: &str =
     "[metrics]\nbind = \"127.0.0.1:0\"\ncollector_bind = \"127.0.0.1:0\"\n";
-
-fn tbg() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_tbg"))
-}
 
 /// `tbg check-config --config <path>`, run to the end.
 fn check_config(path: &Path) -> Output {
@@ -44,24 +43,10 @@ fn spawn_with_config(subcommand: &str, config: &Path, stderr: Stdio) -> Child {
         .unwrap()
 }
 
-/// `kill -<name> <pid>`, as an operator sends it.
-fn signal(child: &Child, name: &str) {
-    assert!(Command::new("kill")
-        .args([format!("-{name}"), child.id().to_string()])
-        .status()
-        .unwrap()
-        .success());
-}
-
 /// SIGTERM, then the process exits with code 0 within 5 s.
 fn stops_cleanly_on_sigterm(child: &mut Child) {
     signal(child, "TERM");
     assert_eq!(wait_exit(child, Duration::from_secs(5)), Some(0));
-}
-
-fn kill_and_reap(child: &mut Child) {
-    let _ = child.kill();
-    let _ = child.wait();
 }
 
 #[test]
@@ -256,6 +241,11 @@ fn devnet_mines_blocks_and_emits_events_to_the_socket() {
         !log.contains("share accepted"),
         "shares are logged at debug only: {log}"
     );
+    assert!(
+        log.lines()
+            .any(|l| l.contains("connection closed") && l.contains("bcrt1")),
+        "a closed connection names its miner: {log}"
+    );
 }
 
 /// SIGTERM: miners are told to reconnect and the process is gone within 2 s.
@@ -323,20 +313,6 @@ fn sigterm_stops_gracefully_and_tells_miners_to_reconnect() {
     );
 }
 
-fn wait_exit(child: &mut Child, timeout: Duration) -> Option<i32> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Ok(Some(status)) = child.try_wait() {
-            return status.code();
-        }
-        if Instant::now() > deadline {
-            kill_and_reap(child);
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 fn pool_config(dir: &Path, port: u16) -> PathBuf {
     let path = dir.join(format!("pool-{port}.toml"));
     let journal = dir.join(format!("journal-{port}.db"));
@@ -402,49 +378,6 @@ fn pid_file_blocks_a_second_pool_but_never_a_restart_after_a_crash() {
     );
     restarted.kill().unwrap();
     restarted.wait().unwrap();
-}
-
-/// The pool's stderr, line by line, readable while it runs.
-struct LogLines {
-    lines: std::sync::mpsc::Receiver<String>,
-    seen: String,
-}
-
-impl LogLines {
-    fn of(child: &mut Child) -> LogLines {
-        let stderr = child.stderr.take().expect("stderr piped");
-        let (tx, lines) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        LogLines {
-            lines,
-            seen: String::new(),
-        }
-    }
-
-    /// The first new line containing `text` (panics with the log after 20 s).
-    fn wait_for(&mut self, text: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    self.seen.push_str(&line);
-                    self.seen.push('\n');
-                    if line.contains(text) {
-                        return line;
-                    }
-                }
-                Err(_) => panic!("no log line with {text:?}; log so far:\n{}", self.seen),
-            }
-        }
-    }
 }
 
 /// Subscribes and authorizes a new miner; returns the difficulty the pool

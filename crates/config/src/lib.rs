@@ -15,7 +15,9 @@ mod ckpool;
 mod error;
 mod model;
 mod monitor;
+mod notify;
 mod region;
+mod tls;
 mod validate;
 mod web;
 
@@ -28,7 +30,9 @@ pub use model::{
     NetworkName, NodeConfig, PoolSection, RedisSection, DEFAULT_MAXDIFF,
 };
 pub use monitor::{HealthMonitorSection, MonitoredRegion};
+pub use notify::{webhook_key, NotifySection, WebhookConfig, NOTICE_TYPES};
 pub use region::{NatsSection, RegionMode, RegionSection, MIN_RELAY_SECRET_CHARS};
+pub use tls::StratumTlsSection;
 pub use validate::{MAX_DIFFICULTY, MAX_POOL_TAG_LEN, VERSION_MASK_ALLOWED};
 pub use web::WebSection;
 
@@ -110,6 +114,7 @@ impl Config {
     /// - `TBG_RELAY_SECRET`: `region.relay_secret`.
     /// - `TBG_NATS_URL`: `nats.url`.
     /// - `TBG_METRICS_TOKEN`: `metrics.token`.
+    /// - `TBG_WEBHOOK_<N>_SECRET`: `notify.webhooks[N].secret`.
     pub fn apply_env(&mut self, env: &dyn Fn(&str) -> Option<String>) -> Vec<String> {
         let mut applied = Vec::new();
         let mut lookup = |name: String| {
@@ -145,6 +150,11 @@ impl Config {
         }
         if let Some(token) = lookup("TBG_METRICS_TOKEN".to_owned()) {
             self.metrics.token = Some(token);
+        }
+        for (index, hook) in self.notify.webhooks.iter_mut().enumerate() {
+            if let Some(secret) = lookup(format!("TBG_WEBHOOK_{index}_SECRET")) {
+                hook.secret = Some(secret);
+            }
         }
         applied.sort();
         applied.dedup();

@@ -106,6 +106,10 @@ pub struct Config {
     pub health_monitor: crate::HealthMonitorSection,
     /// The public dashboard.
     pub web: crate::WebSection,
+    /// Stratum over TLS on a port of its own (off by default).
+    pub stratum_tls: crate::StratumTlsSection,
+    /// Signed webhooks (block found, confirmed, orphaned; worker offline).
+    pub notify: crate::NotifySection,
 }
 
 impl Default for Config {
@@ -126,6 +130,8 @@ impl Default for Config {
             nats: crate::NatsSection::default(),
             health_monitor: crate::HealthMonitorSection::default(),
             web: crate::WebSection::default(),
+            stratum_tls: crate::StratumTlsSection::default(),
+            notify: crate::NotifySection::default(),
         }
     }
 }

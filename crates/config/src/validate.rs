@@ -61,6 +61,15 @@ impl Config {
         self.nats.check()?;
         self.health_monitor.check()?;
         self.web.check()?;
+        self.stratum_tls.check(&self.pool.bind)?;
+        self.notify.check()?;
+        if !self.notify.webhooks.is_empty() && !self.journal.enabled {
+            return Err(ConfigError::new(
+                "notify.webhooks",
+                format!("{} endpoint(s)", self.notify.webhooks.len()),
+                "notices are delivered from the journal: journal.enabled must be true",
+            ));
+        }
         if (self.region.is_multi_region() || self.nats.url.is_some())
             && self.region.instance_id.is_none()
         {

@@ -16,6 +16,10 @@ pub struct WebSection {
     pub bind: String,
     /// Seconds between two points of the hashrate charts (300: 288 a day).
     pub sample_interval_s: u64,
+    /// Where each address's best shares of the last 7 days and of all time
+    /// are kept across restarts (written at each sample); relative paths
+    /// are from the working directory (/var/lib/tbg under systemd).
+    pub state_file: std::path::PathBuf,
 }
 
 impl Default for WebSection {
@@ -24,6 +28,7 @@ impl Default for WebSection {
             enabled: true,
             bind: "127.0.0.1:8080".to_owned(),
             sample_interval_s: 300,
+            state_file: "dashboard-best.json".into(),
         }
     }
 }
@@ -39,6 +44,13 @@ impl WebSection {
         }
         if self.enabled {
             crate::validate::check_socket_addr("web.bind", &self.bind)?;
+            if self.state_file.as_os_str().is_empty() {
+                return Err(ConfigError::new(
+                    "web.state_file",
+                    "\"\"",
+                    "must name a file (the best shares of the week and of all time)",
+                ));
+            }
         }
         Ok(())
     }

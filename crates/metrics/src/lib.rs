@@ -15,7 +15,9 @@ pub mod collector;
 mod encode;
 mod limits;
 pub mod liveness;
+mod notify;
 pub mod pool;
+mod pool_series;
 pub mod process;
 pub mod region;
 
@@ -25,6 +27,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 pub use collector::{CollectorSources, StatsFn};
+pub use notify::NotifySources;
 pub use pool::PoolSources;
 pub use region::RegionSources;
 

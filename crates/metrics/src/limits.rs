@@ -1,4 +1,5 @@
-//! The abuse limits' metrics: refusals by kind, bans, tracked sources.
+//! The abuse limits' metrics: refusals by kind, bans, tracked sources, and
+//! the TLS port's failed handshakes.
 
 use std::fmt::Error;
 
@@ -31,6 +32,12 @@ pub(crate) fn encode_limits(c: &PoolCounters, enc: &mut DescriptorEncoder) -> Re
         "ckpool_ip_bans",
         "Soft bans started (sources that kept breaking the limits).",
         PoolCounters::get(&c.ip_bans),
+    )?;
+    encode::counter_u64(
+        enc,
+        "tbg_stratum_tls_handshake_failures",
+        "Connections to the stratum TLS port that failed or timed out in the TLS handshake.",
+        PoolCounters::get(&c.tls_handshake_failures),
     )?;
     encode::gauge(
         enc,

@@ -6,10 +6,10 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, ReadHalf, WriteHalf};
 use tokio::net::{TcpSocket, TcpStream};
 
+use crate::transport::{MinerTls, Transport};
 use crate::MinerError;
 
 /// The answer to a request: `result` or `error` as the server sent them.
@@ -62,8 +62,10 @@ pub(crate) async fn connect_tcp(
 }
 
 pub struct StratumClient {
-    reader: BufReader<OwnedReadHalf>,
-    writer: OwnedWriteHalf,
+    reader: BufReader<ReadHalf<Transport>>,
+    writer: WriteHalf<Transport>,
+    /// SHA-256 of the pool's TLS certificate (`None` on plain TCP).
+    peer_certificate_sha256: Option<String>,
     next_id: u64,
     /// Server pushes received while waiting for a reply.
     pending: VecDeque<Value>,
@@ -81,20 +83,37 @@ impl StratumClient {
         addr: SocketAddr,
         local: Option<IpAddr>,
     ) -> Result<StratumClient, MinerError> {
-        let stream = connect_tcp(addr, local).await?;
-        let (read, write) = stream.into_split();
+        StratumClient::connect_with(addr, local, None).await
+    }
+
+    /// Over TLS (`stratum+ssl://`) when `tls` is set.
+    pub async fn connect_with(
+        addr: SocketAddr,
+        local: Option<IpAddr>,
+        tls: Option<&MinerTls>,
+    ) -> Result<StratumClient, MinerError> {
+        let stream = Transport::connect(addr, local, tls).await?;
+        let peer_certificate_sha256 = stream.peer_certificate_sha256();
+        let (read, write) = tokio::io::split(stream);
         Ok(StratumClient {
             reader: BufReader::new(read),
             writer: write,
+            peer_certificate_sha256,
             next_id: 1,
             pending: VecDeque::new(),
             timeout: Duration::from_secs(10),
         })
     }
 
+    /// SHA-256 (hex) of the certificate the pool presented over TLS.
+    pub fn peer_certificate_sha256(&self) -> Option<&str> {
+        self.peer_certificate_sha256.as_deref()
+    }
+
     /// Sends raw bytes (tests use this for malformed input).
     pub async fn send_raw(&mut self, bytes: &[u8]) -> Result<(), MinerError> {
-        self.writer.write_all(bytes).await.map_err(MinerError::Io)
+        self.writer.write_all(bytes).await.map_err(MinerError::Io)?;
+        self.writer.flush().await.map_err(MinerError::Io)
     }
 
     /// Sends a request and returns its id without waiting for the answer.

@@ -32,6 +32,8 @@ pub struct MinerConfig {
     /// Local address to connect from (tests of per-source limits); `None`:
     /// the system's choice.
     pub local_ip: Option<std::net::IpAddr>,
+    /// Stratum over TLS (`stratum+ssl://`); `None`: plain TCP.
+    pub tls: Option<crate::MinerTls>,
 }
 
 impl MinerConfig {
@@ -46,6 +48,7 @@ impl MinerConfig {
             max_blocks: None,
             chunk: 50_000,
             local_ip: None,
+            tls: None,
         }
     }
 }
@@ -145,6 +148,19 @@ fn display_hash(hash: &[u8; 32]) -> String {
     hex::encode(reversed)
 }
 
+/// Writes one line and pushes it out (TLS keeps written data in its
+/// session until flushed when the socket is full).
+async fn write_line<W: tokio::io::AsyncWrite + Unpin>(
+    writer: &mut W,
+    line: String,
+) -> Result<(), MinerError> {
+    writer
+        .write_all(line.as_bytes())
+        .await
+        .map_err(MinerError::Io)?;
+    writer.flush().await.map_err(MinerError::Io)
+}
+
 /// Runs until `shutdown` turns true, the pool closes the connection, or a
 /// configured maximum is reached.
 pub async fn run_miner(
@@ -152,8 +168,10 @@ pub async fn run_miner(
     mut shutdown: watch::Receiver<bool>,
     events: Option<mpsc::Sender<MinerEvent>>,
 ) -> Result<MinerSummary, MinerError> {
-    let stream = crate::client::connect_tcp(config.pool, config.local_ip).await?;
-    let (read_half, mut write_half) = stream.into_split();
+    let stream =
+        crate::transport::Transport::connect(config.pool, config.local_ip, config.tls.as_ref())
+            .await?;
+    let (read_half, mut write_half) = tokio::io::split(stream);
 
     // The reader task forwards each line; when the channel is full it stops
     // reading, which pushes back on the pool through TCP.
@@ -184,26 +202,26 @@ pub async fn run_miner(
         line.push('\n');
         line
     };
-    write_half
-        .write_all(send(1, "mining.subscribe", json!([config.user_agent])).as_bytes())
-        .await
-        .map_err(MinerError::Io)?;
-    write_half
-        .write_all(
-            send(
-                2,
-                "mining.authorize",
-                json!([config.username, config.password]),
-            )
-            .as_bytes(),
-        )
-        .await
-        .map_err(MinerError::Io)?;
+    write_line(
+        &mut write_half,
+        send(1, "mining.subscribe", json!([config.user_agent])),
+    )
+    .await?;
+    write_line(
+        &mut write_half,
+        send(
+            2,
+            "mining.authorize",
+            json!([config.username, config.password]),
+        ),
+    )
+    .await?;
     if let Some(diff) = config.suggest_difficulty {
-        write_half
-            .write_all(send(3, "mining.suggest_difficulty", json!([diff])).as_bytes())
-            .await
-            .map_err(MinerError::Io)?;
+        write_line(
+            &mut write_half,
+            send(3, "mining.suggest_difficulty", json!([diff])),
+        )
+        .await?;
     }
 
     let mut summary = MinerSummary::default();
@@ -334,7 +352,7 @@ pub async fn run_miner(
                         format!("{:08x}", found.ntime),
                         format!("{:08x}", found.nonce),
                     ]);
-                    write_half.write_all(send(id, "mining.submit", params).as_bytes()).await.map_err(MinerError::Io)?;
+                    write_line(&mut write_half, send(id, "mining.submit", params)).await?;
                     in_flight.insert(id, (found.job_id, found.difficulty, found.block_candidate, display_hash(&found.hash)));
                     next_nonce = found.nonce.saturating_add(1);
                 }

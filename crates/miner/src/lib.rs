@@ -8,10 +8,12 @@
 pub mod client;
 pub mod cpu;
 pub mod job;
+pub mod transport;
 
 pub use client::{Reply, StratumClient};
 pub use cpu::{meets_nbits, mine_shares, run_miner, MinerConfig, MinerEvent, MinerSummary};
 pub use job::{hash_difficulty, sha256d, MinerJob};
+pub use transport::{MinerTls, Transport};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MinerError {
@@ -25,4 +27,6 @@ pub enum MinerError {
     Protocol(String),
     #[error("the pool refused: {0}")]
     Rejected(String),
+    #[error("TLS: {0}")]
+    Tls(String),
 }

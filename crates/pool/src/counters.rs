@@ -78,6 +78,8 @@ pub struct PoolCounters {
     pub ip_bans: AtomicU64,
     /// Sources in the per-source limit table (a gauge).
     pub ip_sources: AtomicU64,
+    /// Connections to the TLS port that failed or timed out in the handshake.
+    pub tls_handshake_failures: AtomicU64,
 }
 
 /// Number of distinct reject reasons tracked.
@@ -87,6 +89,9 @@ impl PoolCounters {
     pub fn connection_opened(&self) {
         self.connections.fetch_add(1, Ordering::Relaxed);
         self.connections_total.fetch_add(1, Ordering::Relaxed);
+    }
+    pub fn tls_handshake_failed(&self) {
+        self.tls_handshake_failures.fetch_add(1, Ordering::Relaxed);
     }
     pub fn connection_closed(&self) {
         self.connections.fetch_sub(1, Ordering::Relaxed);

@@ -21,6 +21,7 @@ pub mod service;
 pub mod session;
 pub mod settings;
 pub mod stats;
+pub mod tls;
 pub mod usersig;
 pub mod view;
 pub mod work_source;
@@ -30,7 +31,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
 use tbg_events::{EventData, EventFactory, EventSink};
 use tbg_journal::Journal;
 use tbg_node::{FetchedTemplate, NodeHealth, NodeSet, RefreshTrigger};
@@ -49,7 +49,7 @@ pub use link::PoolLink;
 pub use service::{NodeSettings, PoolService, RegionWiring, ServiceError, Templates};
 pub use settings::PoolSettings;
 pub use stats::{StatsRegistry, UserSnapshot, WorkerSnapshot};
-pub use view::PoolView;
+pub use view::{PoolStatus, PoolView};
 pub use work_source::CurrentWork;
 
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +64,9 @@ pub enum PoolError {
     /// the store it was configured with.
     #[error(transparent)]
     BlockStore(#[from] BlockStoreError),
+    /// The TLS port's certificate or key does not load.
+    #[error("stratum_tls: {0}")]
+    Tls(#[from] tls::TlsError),
 }
 
 /// State every session shares.
@@ -241,6 +244,8 @@ pub struct PoolDeps {
 /// A running pool.
 pub struct PoolHandle {
     local_addr: SocketAddr,
+    /// The TLS port and what it serves, when there is one.
+    tls: Option<(SocketAddr, Arc<tls::TlsPort>)>,
     shared: Arc<PoolShared>,
     work_rx: watch::Receiver<Option<Arc<CurrentWork>>>,
     shutdown_tx: watch::Sender<bool>,
@@ -248,44 +253,6 @@ pub struct PoolHandle {
     background: Vec<tokio::task::JoinHandle<()>>,
     /// The Redis signature refresher; replaced when a reload changes the URL.
     user_sig_task: parking_lot::Mutex<Option<tokio::task::JoinHandle<()>>>,
-}
-
-/// Pool-wide status for the status API and tests.
-#[derive(Debug, Clone, Serialize)]
-pub struct PoolStatus {
-    pub connections: u64,
-    pub miners: u64,
-    pub shares_accepted: u64,
-    /// Every rejection, including `shares_refused_journal_full`.
-    pub shares_rejected: u64,
-    /// Valid shares refused because the journal could not record them
-    /// (the pool's fault, not the miner's): non-zero means events are
-    /// being lost upstream of the journal; see the runbook.
-    pub shares_refused_journal_full: u64,
-    pub accepted_difficulty: f64,
-    pub blocks_found: u64,
-    pub blocks_accepted: u64,
-    /// Never accepted; a node refused the block itself.
-    pub blocks_rejected: u64,
-    /// Never accepted; the chain passed it.
-    pub blocks_stale: u64,
-    /// Reached the maturity depth (100 confirmations by default).
-    pub blocks_confirmed: u64,
-    /// Accepted, then another block at its height won.
-    pub blocks_orphaned: u64,
-    /// Found blocks no node has taken yet (being submitted again): anything
-    /// but 0 for more than a few seconds pages the on-call.
-    pub blocks_pending: u64,
-    /// Height of the block being mined.
-    pub template_height: u64,
-    pub network_difficulty: f64,
-    /// Seconds since the current template was fetched.
-    pub template_age_seconds: Option<f64>,
-    pub redis_up: bool,
-    /// False while every node is unreachable (miners keep the last work).
-    pub node_up: bool,
-    /// Seconds since every node became unreachable.
-    pub nodes_down_seconds: Option<f64>,
 }
 
 /// Starts the pool: binds the stratum port, then serves until shutdown.
@@ -323,6 +290,10 @@ pub async fn start(settings: PoolSettings, deps: PoolDeps) -> Result<PoolHandle,
         addr: settings.stratum_bind,
         source,
     })?;
+    let tls = match settings.tls.clone() {
+        None => None,
+        Some(tls_settings) => Some(tls::open_port(tls_settings).await?),
+    };
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let user_sigs = Arc::new(usersig::UserSigCache::default());
     let stats = StatsRegistry::default();
@@ -367,7 +338,7 @@ pub async fn start(settings: PoolSettings, deps: PoolDeps) -> Result<PoolHandle,
         .settings
         .redis_url
         .clone()
-        .map(|url| spawn_user_sig_refresher(&shared, url, shutdown_rx.clone()));
+        .map(|url| usersig::spawn_for_pool(&shared, url, shutdown_rx.clone()));
 
     let (work_tx, work_rx) = watch::channel(None);
     background.push(tokio::spawn(work_source::run(
@@ -379,15 +350,41 @@ pub async fn start(settings: PoolSettings, deps: PoolDeps) -> Result<PoolHandle,
         shared.clone(),
         shutdown_rx.clone(),
     )));
-    let server = tokio::spawn(server::serve(
+    let plain = server::serve(
         listener,
         shared.clone(),
         work_rx.clone(),
-        shutdown_rx,
-    ));
+        shutdown_rx.clone(),
+        None,
+    );
     tracing::info!(%local_addr, network = %shared.settings.network, "stratum server listening");
+    let (tls_handle, tls_server) = match tls {
+        None => (None, None),
+        Some((listener, port, addr)) => {
+            tracing::info!(%addr, fingerprint = %port.current().fingerprint,
+                "stratum TLS server listening");
+            let serving = server::serve(
+                listener,
+                shared.clone(),
+                work_rx.clone(),
+                shutdown_rx,
+                Some(port.clone()),
+            );
+            (Some((addr, port)), Some(serving))
+        }
+    };
+    // One task for both ports: a stop waits for the connections of each.
+    let server = tokio::spawn(async move {
+        match tls_server {
+            None => plain.await,
+            Some(tls_server) => {
+                tokio::join!(plain, tls_server);
+            }
+        }
+    });
     Ok(PoolHandle {
         local_addr,
+        tls: tls_handle,
         shared,
         work_rx,
         shutdown_tx,
@@ -395,38 +392,6 @@ pub async fn start(settings: PoolSettings, deps: PoolDeps) -> Result<PoolHandle,
         background,
         user_sig_task: parking_lot::Mutex::new(user_sig_task),
     })
-}
-
-/// Keeps the per-user signatures in step with Redis at `url`; the lookup
-/// channel goes into `shared`.
-fn spawn_user_sig_refresher(
-    shared: &Arc<PoolShared>,
-    url: String,
-    shutdown: watch::Receiver<bool>,
-) -> tokio::task::JoinHandle<()> {
-    let weak = Arc::downgrade(shared);
-    let active: Arc<dyn Fn() -> Vec<String> + Send + Sync> = Arc::new(move || {
-        weak.upgrade()
-            .map(|shared| {
-                shared
-                    .stats
-                    .users(Instant::now())
-                    .into_iter()
-                    .filter(|u| u.workers_connected > 0)
-                    .map(|u| u.address)
-                    .collect()
-            })
-            .unwrap_or_default()
-    });
-    let (requests, task) = usersig::spawn_refresher(
-        url,
-        shared.user_sigs.clone(),
-        active,
-        shared.settings.user_sig_refresh,
-        shutdown,
-    );
-    *shared.user_sig_requests.write() = Some(requests);
-    task
 }
 
 /// Prunes idle records now and then so memory stays bounded.
@@ -448,6 +413,35 @@ impl PoolHandle {
     /// The stratum address actually bound (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The TLS port actually bound, when `[stratum_tls]` is on.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls.as_ref().map(|(addr, _)| *addr)
+    }
+
+    /// Reads the TLS certificate and key again (SIGHUP: certbot renewed
+    /// them) from the paths of `new` and serves them to the next TLS
+    /// connections; connected miners keep their session. A pair that does
+    /// not load changes nothing. `Ok(None)` without a TLS port; otherwise
+    /// the fingerprint now served.
+    pub async fn reload_tls(
+        &self,
+        new: Option<&tls::TlsSettings>,
+    ) -> Result<Option<String>, tls::TlsError> {
+        let Some((_, port)) = &self.tls else {
+            return Ok(None);
+        };
+        // The bind and the timeout stay as started; the files may move.
+        let mut paths = port.settings.clone();
+        if let Some(new) = new {
+            paths.cert_file = new.cert_file.clone();
+            paths.key_file = new.key_file.clone();
+        }
+        let identity = tls::load_identity(&paths).await?;
+        let fingerprint = identity.fingerprint.clone();
+        *port.identity.write() = identity;
+        Ok(Some(fingerprint))
     }
 
     pub fn counters(&self) -> &PoolCounters {
@@ -568,7 +562,7 @@ impl PoolHandle {
             }
             *self.shared.user_sig_requests.write() = None;
             *task = next.redis_url.clone().map(|url| {
-                spawn_user_sig_refresher(&self.shared, url, self.shutdown_tx.subscribe())
+                usersig::spawn_for_pool(&self.shared, url, self.shutdown_tx.subscribe())
             });
         }
         changes

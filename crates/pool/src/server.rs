@@ -1,16 +1,19 @@
 //! The accept loop: limits, one task per connection, graceful shutdown.
+//! The plain port and the TLS port run one loop each; a TLS connection's
+//! handshake happens in its own task, after the limits admitted it.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 
 use crate::guard::Ticket;
 use crate::limits::LimitKind;
-use crate::session::Session;
+use crate::session::{CloseReason, Session};
+use crate::tls::TlsPort;
 use crate::work_source::CurrentWork;
 use crate::PoolShared;
 
@@ -19,6 +22,7 @@ pub(crate) async fn serve(
     shared: Arc<PoolShared>,
     work_rx: watch::Receiver<Option<Arc<CurrentWork>>>,
     mut shutdown: watch::Receiver<bool>,
+    tls: Option<Arc<TlsPort>>,
 ) {
     let tracker = TaskTracker::new();
     let mut backoff = Duration::from_millis(5);
@@ -65,13 +69,20 @@ pub(crate) async fn serve(
         let client_id = shared
             .client_counter
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let session = Session::new(shared.clone(), client_id, peer);
+        let session = Box::new(Session::new(shared.clone(), client_id, peer));
         let shared = shared.clone();
         let work_rx = work_rx.clone();
         let shutdown = shutdown.clone();
+        let tls = tls.clone();
         shared.counters.connection_opened();
-        tracker.spawn(async move {
-            let reason = session.run(stream, work_rx, shutdown).await;
+        let task = async move {
+            let reason = match tls {
+                None => session.run(stream, work_rx, shutdown).await,
+                // Boxed: a TLS session's state (the handshake, rustls'
+                // connection) is kilobytes, and every plain connection's
+                // task would otherwise be as large.
+                Some(tls) => Box::pin(serve_tls(&tls, session, stream, work_rx, shutdown)).await,
+            };
             shared.counters.connection_closed();
             let live = shared.live();
             shared.guard.release(
@@ -82,7 +93,8 @@ pub(crate) async fn serve(
                 peer,
                 Instant::now(),
             );
-        });
+        };
+        tracker.spawn(task);
     }
     drop(listener);
     tracker.close();
@@ -99,4 +111,32 @@ fn admit(shared: &PoolShared, peer: SocketAddr, now: Instant) -> Result<Ticket, 
     shared
         .guard
         .admit(&settings.limits, &shared.counters, peer, now)
+}
+
+/// The TLS port's connection: the handshake (bounded in time), then the
+/// same session as plain TCP.
+async fn serve_tls(
+    tls: &TlsPort,
+    session: Box<Session>,
+    stream: TcpStream,
+    work_rx: watch::Receiver<Option<Arc<CurrentWork>>>,
+    shutdown: watch::Receiver<bool>,
+) -> CloseReason {
+    let (peer, shared) = (session.peer, session.shared.clone());
+    let handshake = tls.current().acceptor().accept(stream);
+    match tokio::time::timeout(tls.settings.handshake_timeout, handshake).await {
+        Ok(Ok(stream)) => session.run(stream, work_rx, shutdown).await,
+        Ok(Err(error)) => {
+            // A plain-TCP miner on the TLS port, a scanner, an old client:
+            // nothing of a session exists yet.
+            tracing::debug!(%peer, %error, "TLS handshake failed");
+            shared.counters.tls_handshake_failed();
+            CloseReason::TlsHandshake
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "TLS handshake timed out");
+            shared.counters.tls_handshake_failed();
+            CloseReason::TlsHandshake
+        }
+    }
 }

@@ -4,7 +4,8 @@
 //! hard length limit, answers every request in order, and pushes new work
 //! when the template changes. Nothing a miner sends can panic it or reach
 //! another connection; the worst a miner can do is get itself disconnected.
-//! `mining.submit` is in `session/shares.rs`; the share rules themselves are
+//! subscribe, authorize and configure are in `session/setup.rs`,
+//! `mining.submit` in `session/shares.rs`; the share rules themselves are
 //! `tbg_work::validate`, which this module only feeds.
 
 use std::net::SocketAddr;
@@ -15,9 +16,7 @@ use std::time::{Duration, Instant};
 use bitcoin::ScriptBuf;
 use serde_json::Value;
 use tbg_events::EventData;
-use tbg_stratum::{
-    ClientMessage, ConfigureRequest, ConfigureResponse, RejectReason, Request, Submit,
-};
+use tbg_stratum::{ClientMessage, ConfigureRequest, ConfigureResponse, RejectReason, Request};
 use tbg_work::{Job, KeptJob, ShareValidator, Vardiff};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::sync::watch;
@@ -33,6 +32,7 @@ use crate::PoolShared;
 
 mod difficulty;
 mod limits;
+mod setup;
 mod shares;
 
 use difficulty::network_difficulty;
@@ -43,6 +43,9 @@ pub const MAX_WORKERS_PER_CONNECTION: usize = 64;
 /// at a graceful stop: shares already on the wire arrive within a round
 /// trip; a miner that honours `client.reconnect` closes sooner.
 pub const STOP_LINGER: Duration = Duration::from_millis(500);
+
+/// Each connection's read buffer.
+const READ_BUFFER_BYTES: usize = 512;
 
 /// Longest wait of a block's share answer for the block store: a disk
 /// that hangs must not hold the miner (the block is submitted regardless).
@@ -69,6 +72,8 @@ pub enum CloseReason {
     /// Past `protocol_errors_per_minute` (garbage, unknown methods,
     /// malformed requests, requests other than submits over their rate).
     TooManyErrors,
+    /// The TLS port's handshake failed or timed out: no session began.
+    TlsHandshake,
 }
 
 struct Authorized {
@@ -80,9 +85,9 @@ struct Authorized {
 }
 
 pub(crate) struct Session {
-    shared: Arc<PoolShared>,
+    pub(crate) shared: Arc<PoolShared>,
     client_id: u64,
-    peer: SocketAddr,
+    pub(crate) peer: SocketAddr,
     connected_at: Instant,
     user_agent: String,
     allocation: Option<Allocation>,
@@ -187,9 +192,10 @@ impl Session {
     }
 
     /// Serves the connection until it closes; never returns an error: every
-    /// way a connection can end is a `CloseReason`.
+    /// way a connection can end is a `CloseReason`. Boxed: the task's
+    /// future holds a pointer, not a copy of the session per await state.
     pub(crate) async fn run<S: AsyncRead + AsyncWrite + Unpin>(
-        mut self,
+        mut self: Box<Self>,
         stream: S,
         mut work_rx: watch::Receiver<Option<Arc<CurrentWork>>>,
         mut shutdown: watch::Receiver<bool>,
@@ -198,13 +204,15 @@ impl Session {
         // writes alternate in this loop, and split's halves take a lock on
         // every poll (1.4 % of the pool's time in a 10,000-miner fan-out).
         // `BufReader` passes writes straight through to the stream.
-        // Stratum requests are 100-250 bytes: 1 KiB holds several, and
-        // every connection pays for it (10 MB per 10,000 miners); a longer
-        // line is gathered in `line` across reads.
-        let mut stream = BufReader::with_capacity(1024, stream);
-        let mut line = Vec::with_capacity(512);
+        // Every connection pays for these buffers (5 MB per 10,000 miners
+        // at these sizes). Stratum requests are 100-250 bytes: 512 bytes
+        // hold two or three, and a longer line is gathered in `line` across
+        // reads. `line` and `out` start empty and grow to what this miner's
+        // lines and answers (and its jobs' notify) need, then keep it.
+        let mut stream = BufReader::with_capacity(READ_BUFFER_BYTES, stream);
+        let mut line = Vec::new();
         let max_line = self.shared.settings.max_line_bytes;
-        let mut out = String::with_capacity(1024);
+        let mut out = String::new();
         let mut vardiff_tick = tokio::time::interval(
             self.shared
                 .live()
@@ -234,7 +242,9 @@ impl Session {
                 _ = shutdown.changed() => {
                     out.push_str(&tbg_stratum::client_reconnect(None, None, None));
                     if self.flush(&mut stream, &mut out).await.is_ok() {
-                        self.answer_until_closed(&mut stream, &mut line, &mut out, &work_rx).await;
+                        // Boxed: once per connection, and its waits would
+                        // otherwise be in every connection's future.
+                        Box::pin(self.answer_until_closed(&mut stream, &mut line, &mut out, &work_rx)).await;
                     }
                     break CloseReason::Shutdown;
                 }
@@ -382,10 +392,12 @@ impl Session {
                 }
             }
         }
-        let write = tokio::time::timeout(
-            self.shared.settings.write_timeout,
-            writer.write_all(out.as_bytes()),
-        );
+        // The flush is a no-op on TCP; on TLS it pushes out ciphertext a
+        // full socket left in the TLS session.
+        let write = tokio::time::timeout(self.shared.settings.write_timeout, async {
+            writer.write_all(out.as_bytes()).await?;
+            writer.flush().await
+        });
         let result = tokio::select! {
             biased;
             written = write => match written {
@@ -485,224 +497,6 @@ impl Session {
         Ok(())
     }
 
-    fn subscribe(
-        &mut self,
-        request: &Request,
-        user_agent: Option<String>,
-        session_id: Option<String>,
-        out: &mut String,
-    ) -> Result<(), CloseReason> {
-        if let Some(agent) = user_agent {
-            self.user_agent = agent;
-        }
-        if self.allocation.is_none() {
-            let now = Instant::now();
-            match self.shared.extranonces.allocate(session_id.as_deref(), now) {
-                Some(allocation) => {
-                    // Same extranonce1, same headers: what the previous
-                    // connection accepted stays a duplicate.
-                    if allocation.resumed {
-                        if let Some(seen) =
-                            self.shared.extranonces.take_shares(&allocation.session_id)
-                        {
-                            self.shares.resume(seen);
-                        }
-                    }
-                    self.allocation = Some(allocation);
-                }
-                None => {
-                    out.push_str(&tbg_stratum::response_error(&request.id, 20, "server full"));
-                    return Err(CloseReason::ServerFull);
-                }
-            }
-        }
-        let Some(allocation) = &self.allocation else {
-            return Ok(());
-        };
-        let result = tbg_stratum::subscribe_result(
-            &allocation.session_id,
-            &hex::encode(&allocation.extranonce1),
-            self.shared.settings.extranonce2_len,
-        );
-        out.push_str(&tbg_stratum::response_ok(&request.id, result));
-        Ok(())
-    }
-
-    fn authorize(
-        &mut self,
-        request: &Request,
-        username: &str,
-        out: &mut String,
-        work_rx: &watch::Receiver<Option<Arc<CurrentWork>>>,
-    ) {
-        let (address, worker) = split_address_worker(username);
-        let worker = worker.unwrap_or("default").to_string();
-        let payout = match tbg_work::parse_payout_address(address, self.shared.settings.network) {
-            Ok(script) => script,
-            Err(error) => {
-                tracing::info!(client = self.client_id, %error, "authorize refused: invalid payout address");
-                self.shared.counters.protocol_error("invalid_address");
-                out.push_str(&tbg_stratum::response_error(
-                    &request.id,
-                    RejectReason::InvalidAddress.code(),
-                    &format!("Invalid address: {error}"),
-                ));
-                return;
-            }
-        };
-        if let Some(existing) = &self.authorized {
-            if existing.address != address {
-                // Coinbase outputs are per connection: one payout address each.
-                out.push_str(&tbg_stratum::response_error(
-                    &request.id,
-                    RejectReason::WorkerMismatch.code(),
-                    "Worker mismatch: one payout address per connection",
-                ));
-                return;
-            }
-            if existing.workers.iter().any(|(name, _)| *name == worker) {
-                out.push_str(&tbg_stratum::response_ok(&request.id, Value::Bool(true)));
-                return;
-            }
-            if existing.workers.len() >= MAX_WORKERS_PER_CONNECTION {
-                // Each worker has stats kept for a day: bound what one connection can create.
-                out.push_str(&tbg_stratum::response_error(
-                    &request.id,
-                    RejectReason::Unauthorized.code(),
-                    "Too many workers on this connection",
-                ));
-                return;
-            }
-        }
-        let now = Instant::now();
-        let handle = self.shared.stats.attach(address, &worker, now);
-        let first_authorize = self.authorized.is_none();
-        match &mut self.authorized {
-            Some(existing) => existing.workers.push((worker.clone(), handle)),
-            None => {
-                let user_sig = self.shared.user_sigs.get(address);
-                self.shared.request_user_sig(address);
-                self.authorized = Some(Authorized {
-                    address: address.to_string(),
-                    payout,
-                    workers: vec![(worker.clone(), handle)],
-                    user_sig,
-                });
-            }
-        }
-        out.push_str(&tbg_stratum::response_ok(&request.id, Value::Bool(true)));
-        if !first_authorize {
-            self.announce_asicboost(&worker);
-            return;
-        }
-        self.shared.counters.miner_connected();
-        // Difficulty: one this worker earned with its own shares on an
-        // earlier connection, else the start difficulty; raised to what
-        // this connection asked for (which stays with this connection);
-        // capped by the network difficulty of the work and the maximum.
-        let remembered = self.shared.difficulty_memory.recall(address, &worker, now);
-        let seconds = self.shared.seconds(now);
-        let config = self.vardiff_config(self.shared.live().start_difficulty);
-        let mut vardiff = match remembered {
-            Some(earned) => Vardiff::resume(config, earned, seconds),
-            None => Vardiff::new(config, seconds),
-        };
-        if let Some(network) = network_difficulty(work_rx) {
-            vardiff.set_network_difficulty(network, seconds);
-        }
-        if let Some(floor) = self.suggested_difficulty {
-            vardiff.suggest_difficulty(floor, seconds);
-        }
-        // The difficulty below is announced as the first, not a change.
-        vardiff.settle();
-        self.difficulty = vardiff.difficulty();
-        self.vardiff = Some(vardiff);
-        self.emit(EventData::MinerConnected {
-            user: address.to_string(),
-            worker: worker.clone(),
-            client_id: self.client_id,
-            ip: self.peer.ip().to_string(),
-            useragent: self.user_agent.clone(),
-            initial_diff: self.difficulty,
-        });
-        tracing::info!(client = self.client_id, peer = %self.peer, user = %address, %worker,
-            difficulty = self.difficulty, useragent = %self.user_agent, "miner authorized");
-        self.announce_asicboost(&worker);
-        out.push_str(&tbg_stratum::set_difficulty(self.difficulty));
-        let work = work_rx.borrow().clone();
-        if let Some(work) = work {
-            self.push_job(&work, out);
-        }
-    }
-
-    fn configure(
-        &mut self,
-        request: &Request,
-        extensions: &[String],
-        params: &serde_json::Map<String, Value>,
-        out: &mut String,
-    ) {
-        let parsed = match ConfigureRequest::from_parts(extensions, params) {
-            Ok(parsed) => parsed,
-            Err(reason) => {
-                out.push_str(&tbg_stratum::response_reject(&request.id, reason));
-                return;
-            }
-        };
-        let mut response = ConfigureResponse::default();
-        if let Some(rolling) = parsed.version_rolling {
-            response.version_rolling_requested = true;
-            let mask = rolling.negotiate(self.shared.settings.version_mask);
-            if mask.count_ones() >= rolling.min_bit_count && mask != 0 {
-                let first = self.asicboost_mask.is_none();
-                self.shares.set_version_mask(Some(mask));
-                self.asicboost_mask = Some(rolling.mask);
-                response.version_mask = Some(mask);
-                // Once per connection: a configure sent again changes the
-                // mask, not the count. Workers already authorized hear of it
-                // now; those authorized later, at their authorize (miners
-                // usually configure first).
-                if first {
-                    self.shared.counters.asicboost_miner();
-                    let workers: Vec<String> = self
-                        .authorized
-                        .iter()
-                        .flat_map(|user| user.workers.iter().map(|(name, _)| name.clone()))
-                        .collect();
-                    for worker in workers {
-                        self.announce_asicboost(&worker);
-                    }
-                }
-            }
-        }
-        if let Some(minimum) = parsed.minimum_difficulty {
-            // A floor like suggest_difficulty, for this connection only
-            // (never remembered); applied at authorize when it comes first.
-            self.suggested_difficulty = Some(
-                self.suggested_difficulty
-                    .map_or(minimum, |s| s.max(minimum)),
-            );
-            response.minimum_difficulty = Some(true);
-        }
-        out.push_str(&tbg_stratum::response_ok(
-            &request.id,
-            tbg_stratum::configure_result(&response),
-        ));
-    }
-
-    /// `asicboost_detected` for `worker`, when this connection rolls versions.
-    fn announce_asicboost(&self, worker: &str) {
-        let (Some(user), Some(miner_mask)) = (&self.authorized, self.asicboost_mask) else {
-            return;
-        };
-        self.emit(EventData::AsicboostDetected {
-            user: user.address.clone(),
-            worker: worker.to_string(),
-            pool_mask: format!("{:08x}", self.shared.settings.version_mask),
-            miner_mask: format!("{miner_mask:08x}"),
-        });
-    }
-
     /// Sends a job for `work` (coinbase built for this user).
     fn push_job(&mut self, work: &Arc<CurrentWork>, out: &mut String) {
         let Some(user) = &mut self.authorized else {
@@ -752,65 +546,6 @@ impl Session {
         self.shared.counters.notify_sent(work.received_at);
     }
 
-    /// Answers a refused share and accounts for it; `journal`: with its
-    /// `share_submitted` event (not for a submit over its rate, whose
-    /// events the rate limit bounds). It counts towards the invalid-shares
-    /// limit either way: an invalid share is the miner's fault at any rate.
-    fn reject_share(
-        &mut self,
-        request: &Request,
-        submit: Option<&Submit>,
-        reason: RejectReason,
-        journal: bool,
-        out: &mut String,
-    ) -> Result<(), CloseReason> {
-        out.push_str(&tbg_stratum::response_reject(&request.id, reason));
-        self.shared.counters.share_rejected(reason);
-        tracing::debug!(
-            client = self.client_id,
-            worker = submit.map_or("", |s| s.worker.as_str()),
-            reason = reason.message(),
-            "share rejected"
-        );
-        let worker_name = submit
-            .map(|s| {
-                split_address_worker(&s.worker)
-                    .1
-                    .unwrap_or("default")
-                    .to_string()
-            })
-            .unwrap_or_default();
-        if let Some(user) = &self.authorized {
-            if let Some((_, handle)) = user.workers.iter().find(|(name, _)| *name == worker_name) {
-                handle.lock().record_rejected();
-            }
-            if journal {
-                self.emit(EventData::ShareSubmitted {
-                    user: user.address.clone(),
-                    worker: worker_name,
-                    client_id: self.client_id,
-                    diff: self.difficulty,
-                    sdiff: 0.0,
-                    accepted: false,
-                    reject_reason: Some(reason.message().to_string()),
-                    ip: self.peer.ip().to_string(),
-                });
-            }
-        }
-        let now = Instant::now();
-        let (window_start, count) = &mut self.invalid_window;
-        if now.saturating_duration_since(*window_start) > Duration::from_secs(60) {
-            *window_start = now;
-            *count = 0;
-        }
-        *count += 1;
-        if *count > self.shared.live().max_invalid_shares_per_minute {
-            tracing::info!(client = self.client_id, peer = %self.peer, "too many invalid shares; closing");
-            return Err(CloseReason::TooManyInvalidShares);
-        }
-        Ok(())
-    }
-
     /// Accounting when the connection ends.
     fn finish(&mut self, reason: CloseReason) {
         let now = Instant::now();
@@ -826,7 +561,18 @@ impl Session {
                 shares,
             );
         }
-        if let Some(user) = self.authorized.take() {
+        let authorized = self.authorized.take();
+        let connected_s = now.saturating_duration_since(self.connected_at).as_secs();
+        match &authorized {
+            // One info line per miner: its "miner authorized" and this.
+            Some(user) => tracing::info!(client = self.client_id, peer = %self.peer,
+                user = %user.address, shares = self.shares_session, connected_s,
+                ?reason, "connection closed"),
+            // Health probes, scanners, refused logins: debug only.
+            None => tracing::debug!(client = self.client_id, peer = %self.peer,
+                connected_s, ?reason, "connection closed before authorizing"),
+        }
+        if let Some(user) = authorized {
             self.shared.counters.miner_disconnected();
             // What this connection earned, not what it was set to.
             let earned = self.vardiff.as_ref().and_then(Vardiff::earned_difficulty);
@@ -849,10 +595,6 @@ impl Session {
                 });
             }
         }
-        tracing::info!(client = self.client_id, peer = %self.peer, user = self.authorized.as_ref().map_or("", |u| u.address.as_str()),
-            shares = self.shares_session,
-            connected_s = Instant::now().saturating_duration_since(self.connected_at).as_secs(),
-            ?reason, "connection closed");
     }
 }
 

@@ -78,6 +78,8 @@ pub struct PoolSettings {
     pub block_follow_interval: Duration,
     /// Confirmations after which a block is confirmed (coinbase maturity).
     pub block_maturity: u32,
+    /// Stratum over TLS on a port of its own; `None`: plain TCP only.
+    pub tls: Option<crate::tls::TlsSettings>,
 }
 
 impl PoolSettings {
@@ -113,6 +115,7 @@ impl PoolSettings {
             block_retry_max: Duration::from_secs(10),
             block_follow_interval: Duration::from_secs(30),
             block_maturity: 100,
+            tls: None,
         }
     }
 }

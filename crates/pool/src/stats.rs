@@ -69,8 +69,21 @@ pub struct WorkerStats {
     pub shares_rejected: u64,
     pub accepted_difficulty: f64,
     pub best_difficulty_ever: f64,
+    /// Best since the worker's connections last went from none to one.
+    pub best_difficulty_session: f64,
+    /// Best of the UTC day `best_day` (days since 1970): the dashboard
+    /// keeps a week of them.
+    pub best_difficulty_day: f64,
+    pub best_day: u64,
     pub last_share: Option<Instant>,
     pub connections: u32,
+}
+
+/// Days since 1970-01-01 (UTC), the day the best-share records go by.
+pub fn unix_day() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() / 86_400)
 }
 
 impl WorkerStats {
@@ -81,23 +94,33 @@ impl WorkerStats {
             shares_rejected: 0,
             accepted_difficulty: 0.0,
             best_difficulty_ever: 0.0,
+            best_difficulty_session: 0.0,
+            best_difficulty_day: 0.0,
+            best_day: 0,
             last_share: None,
             connections: 0,
         }
     }
 
-    /// Records an accepted share; returns the previous all-time best when this
-    /// share beats it.
+    /// Records an accepted share (`unix_day`: days since 1970, UTC); returns
+    /// the previous all-time best when this share beats it.
     pub fn record_accepted(
         &mut self,
         target_difficulty: f64,
         share_difficulty: f64,
         now: Instant,
+        unix_day: u64,
     ) -> Option<f64> {
         self.rates.record(target_difficulty, now);
         self.shares_accepted += 1;
         self.accepted_difficulty += target_difficulty;
         self.last_share = Some(now);
+        self.best_difficulty_session = self.best_difficulty_session.max(share_difficulty);
+        if self.best_day != unix_day {
+            self.best_day = unix_day;
+            self.best_difficulty_day = 0.0;
+        }
+        self.best_difficulty_day = self.best_difficulty_day.max(share_difficulty);
         if share_difficulty > self.best_difficulty_ever {
             let previous = self.best_difficulty_ever;
             self.best_difficulty_ever = share_difficulty;
@@ -156,7 +179,13 @@ pub struct WorkerSnapshot {
     pub hashrate_1d: f64,
     pub shares_accepted: u64,
     pub shares_rejected: u64,
+    /// Best since the pool started (or since the worker was last
+    /// forgotten after a day idle).
     pub best_difficulty: f64,
+    /// Best since the worker (re)connected.
+    pub best_difficulty_session: f64,
+    /// Best of today (UTC).
+    pub best_difficulty_today: f64,
     pub seconds_since_last_share: Option<f64>,
     pub connections: u32,
 }
@@ -172,8 +201,32 @@ pub struct UserSnapshot {
     pub shares_accepted: u64,
     pub shares_rejected: u64,
     pub best_difficulty: f64,
+    /// The best of its workers' sessions.
+    pub best_difficulty_session: f64,
+    /// Best of today (UTC), over its workers.
+    pub best_difficulty_today: f64,
     pub workers_connected: u32,
     pub workers: Vec<WorkerSnapshot>,
+}
+
+impl UserSnapshot {
+    /// An address with no worker and nothing counted.
+    pub fn empty(address: &str) -> UserSnapshot {
+        UserSnapshot {
+            address: address.to_string(),
+            hashrate_1m: 0.0,
+            hashrate_5m: 0.0,
+            hashrate_1h: 0.0,
+            hashrate_1d: 0.0,
+            shares_accepted: 0,
+            shares_rejected: 0,
+            best_difficulty: 0.0,
+            best_difficulty_session: 0.0,
+            best_difficulty_today: 0.0,
+            workers_connected: 0,
+            workers: Vec::new(),
+        }
+    }
 }
 
 impl StatsRegistry {
@@ -220,7 +273,13 @@ impl StatsRegistry {
                 handle
             }
         };
-        handle.lock().connections += 1;
+        let mut stats = handle.lock();
+        if stats.connections == 0 {
+            // A new session of this worker: its session best starts over.
+            stats.best_difficulty_session = 0.0;
+        }
+        stats.connections += 1;
+        drop(stats);
         handle
     }
 
@@ -322,18 +381,9 @@ fn snapshot_user(
     workers: &HashMap<String, WorkerHandle>,
     now: Instant,
 ) -> UserSnapshot {
-    let mut snapshot = UserSnapshot {
-        address: address.to_string(),
-        hashrate_1m: 0.0,
-        hashrate_5m: 0.0,
-        hashrate_1h: 0.0,
-        hashrate_1d: 0.0,
-        shares_accepted: 0,
-        shares_rejected: 0,
-        best_difficulty: 0.0,
-        workers_connected: 0,
-        workers: Vec::with_capacity(workers.len()),
-    };
+    let mut snapshot = UserSnapshot::empty(address);
+    snapshot.workers.reserve(workers.len());
+    let today = unix_day();
     for (name, handle) in workers {
         let stats = handle.lock();
         let [h1m, h5m, h1h, h1d] = stats.rates.hashrates(now);
@@ -344,6 +394,15 @@ fn snapshot_user(
         snapshot.shares_accepted += stats.shares_accepted;
         snapshot.shares_rejected += stats.shares_rejected;
         snapshot.best_difficulty = snapshot.best_difficulty.max(stats.best_difficulty_ever);
+        let best_today = if stats.best_day == today {
+            stats.best_difficulty_day
+        } else {
+            0.0
+        };
+        snapshot.best_difficulty_session = snapshot
+            .best_difficulty_session
+            .max(stats.best_difficulty_session);
+        snapshot.best_difficulty_today = snapshot.best_difficulty_today.max(best_today);
         snapshot.workers_connected += stats.connections;
         snapshot.workers.push(WorkerSnapshot {
             worker: name.clone(),
@@ -354,6 +413,8 @@ fn snapshot_user(
             shares_accepted: stats.shares_accepted,
             shares_rejected: stats.shares_rejected,
             best_difficulty: stats.best_difficulty_ever,
+            best_difficulty_session: stats.best_difficulty_session,
+            best_difficulty_today: best_today,
             seconds_since_last_share: stats
                 .last_share
                 .map(|t| now.saturating_duration_since(t).as_secs_f64()),
@@ -405,12 +466,41 @@ mod tests {
         let registry = StatsRegistry::default();
         let now = Instant::now();
         let worker = registry.attach("addr", "rig1", now);
-        assert_eq!(worker.lock().record_accepted(1.0, 5.0, now), Some(0.0));
-        assert_eq!(worker.lock().record_accepted(1.0, 3.0, now), None);
+        assert_eq!(
+            worker.lock().record_accepted(1.0, 5.0, now, unix_day()),
+            Some(0.0)
+        );
+        assert_eq!(
+            worker.lock().record_accepted(1.0, 3.0, now, unix_day()),
+            None
+        );
         let user = registry.user("addr", now).unwrap();
         assert_eq!(user.best_difficulty, 5.0);
+        assert_eq!(user.best_difficulty_session, 5.0);
+        assert_eq!(user.best_difficulty_today, 5.0);
         assert_eq!(user.workers_connected, 1);
+        // A second connection shares the session; a reconnect after all
+        // were gone starts a new one, the best ever and of today stay.
+        let second = registry.attach("addr", "rig1", now);
+        assert_eq!(
+            registry.user("addr", now).unwrap().best_difficulty_session,
+            5.0
+        );
+        StatsRegistry::detach(&second);
         StatsRegistry::detach(&worker);
+        let again = registry.attach("addr", "rig1", now);
+        let user = registry.user("addr", now).unwrap();
+        assert_eq!(user.best_difficulty_session, 0.0);
+        assert_eq!(
+            (user.best_difficulty, user.best_difficulty_today),
+            (5.0, 5.0)
+        );
+        again.lock().record_accepted(1.0, 2.0, now, unix_day());
+        assert_eq!(
+            registry.user("addr", now).unwrap().workers[0].best_difficulty_session,
+            2.0
+        );
+        StatsRegistry::detach(&again);
         registry.prune(Duration::from_secs(60), now + Duration::from_secs(120));
         assert!(registry.user("addr", now).is_none());
         assert!(registry.is_empty());
@@ -422,9 +512,9 @@ mod tests {
         let start = Instant::now();
         // A real miner, connected, and another one that mined and left.
         let live = registry.attach("honest", "rig", start);
-        live.lock().record_accepted(1.0, 1.0, start);
+        live.lock().record_accepted(1.0, 1.0, start, unix_day());
         let left = registry.attach("honest", "old-rig", start);
-        left.lock().record_accepted(1.0, 2.0, start);
+        left.lock().record_accepted(1.0, 2.0, start, unix_day());
         StatsRegistry::detach(&left);
         // A stranger authorizes 100,000 made-up names, one connection each.
         for i in 0..100_000u32 {

@@ -199,6 +199,38 @@ pub fn spawn_refresher(
     (lookup_tx, task)
 }
 
+/// Keeps the per-user signatures in step with Redis at `url`; the lookup
+/// channel goes into `shared`.
+pub(crate) fn spawn_for_pool(
+    shared: &Arc<crate::PoolShared>,
+    url: String,
+    shutdown: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    let weak = Arc::downgrade(shared);
+    let active: Arc<dyn Fn() -> Vec<String> + Send + Sync> = Arc::new(move || {
+        weak.upgrade()
+            .map(|shared| {
+                shared
+                    .stats
+                    .users(std::time::Instant::now())
+                    .into_iter()
+                    .filter(|u| u.workers_connected > 0)
+                    .map(|u| u.address)
+                    .collect()
+            })
+            .unwrap_or_default()
+    });
+    let (requests, task) = spawn_refresher(
+        url,
+        shared.user_sigs.clone(),
+        active,
+        shared.settings.user_sig_refresh,
+        shutdown,
+    );
+    *shared.user_sig_requests.write() = Some(requests);
+    task
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

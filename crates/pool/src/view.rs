@@ -5,11 +5,12 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use serde::Serialize;
 use tbg_journal::Journal;
 use tbg_node::{NodeHealth, NodeSet};
 use tokio::sync::watch;
 
-use crate::{BlockRecord, CurrentWork, PoolCounters, PoolShared, PoolStatus, StatsRegistry};
+use crate::{BlockRecord, CurrentWork, PoolCounters, PoolShared, StatsRegistry};
 
 #[derive(Clone)]
 pub struct PoolView {
@@ -104,4 +105,42 @@ impl PoolView {
             },
         }
     }
+}
+
+/// Pool-wide status for the status API and tests.
+#[derive(Debug, Clone, Serialize)]
+pub struct PoolStatus {
+    pub connections: u64,
+    pub miners: u64,
+    pub shares_accepted: u64,
+    /// Every rejection, including `shares_refused_journal_full`.
+    pub shares_rejected: u64,
+    /// Valid shares refused because the journal could not record them
+    /// (the pool's fault, not the miner's): non-zero means events are
+    /// being lost upstream of the journal; see the runbook.
+    pub shares_refused_journal_full: u64,
+    pub accepted_difficulty: f64,
+    pub blocks_found: u64,
+    pub blocks_accepted: u64,
+    /// Never accepted; a node refused the block itself.
+    pub blocks_rejected: u64,
+    /// Never accepted; the chain passed it.
+    pub blocks_stale: u64,
+    /// Reached the maturity depth (100 confirmations by default).
+    pub blocks_confirmed: u64,
+    /// Accepted, then another block at its height won.
+    pub blocks_orphaned: u64,
+    /// Found blocks no node has taken yet (being submitted again): anything
+    /// but 0 for more than a few seconds pages the on-call.
+    pub blocks_pending: u64,
+    /// Height of the block being mined.
+    pub template_height: u64,
+    pub network_difficulty: f64,
+    /// Seconds since the current template was fetched.
+    pub template_age_seconds: Option<f64>,
+    pub redis_up: bool,
+    /// False while every node is unreachable (miners keep the last work).
+    pub node_up: bool,
+    /// Seconds since every node became unreachable.
+    pub nodes_down_seconds: Option<f64>,
 }

@@ -2,8 +2,11 @@
 //! as in production, plus payout addresses of every type and private
 //! PostgreSQL and Redis servers.
 
+pub mod browser;
+pub mod pki;
 mod ports;
 pub mod servers;
+pub mod webhook;
 
 pub use ports::free_port;
 pub use servers::{NatsServer, PgServer, RedisServer};
@@ -294,6 +297,22 @@ impl TestEnv {
                 "timed out waiting for: {what}"
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Submits `count` valid shares from `miner` (on regtest each is a
+    /// block), waiting after each for the node to accept it and for the
+    /// job on the new tip.
+    pub async fn find_blocks(&self, miner: &mut ManualMiner, count: u64) {
+        let start = self.service.pool.status().blocks_accepted;
+        for found in 1..=count {
+            let reply = miner.submit_valid(found).await;
+            assert!(reply.is_ok(), "share {found}: {:?}", reply.error);
+            self.wait_until("the block accepted", Duration::from_secs(30), |env| {
+                env.service.pool.status().blocks_accepted >= start + found
+            })
+            .await;
+            miner.job_on(self.node.best_block_hash()).await;
         }
     }
 

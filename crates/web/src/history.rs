@@ -8,10 +8,10 @@
 //! idle for a whole day and is forgotten.
 
 use std::collections::{HashMap, VecDeque};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use parking_lot::Mutex;
-use tbg_pool::PoolView;
+use tbg_pool::UserSnapshot;
 
 /// Addresses followed at most (288 f32 points each: about 1.2 kB).
 pub const MAX_ADDRESSES: usize = 10_000;
@@ -49,13 +49,12 @@ impl History {
 
     /// Adds one point: the pool total and every address's current 5-minute
     /// hashrate.
-    pub fn sample(&self, pool: &PoolView) {
-        let users = pool.stats().users(Instant::now());
+    pub fn sample(&self, users: &[UserSnapshot]) {
         let mut inner = self.inner.lock();
         let total: f64 = users.iter().map(|u| u.hashrate_5m).sum();
         push(&mut inner.pool, total as f32, self.points);
         let mut seen = std::collections::HashSet::with_capacity(users.len());
-        for user in &users {
+        for user in users {
             seen.insert(user.address.as_str());
             let room = inner.addresses.len() < MAX_ADDRESSES;
             match inner.addresses.get_mut(&user.address) {

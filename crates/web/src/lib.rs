@@ -11,12 +11,15 @@
 //! the operator endpoints stay on loopback.
 #![forbid(unsafe_code)]
 
+pub mod best;
 pub mod chart;
 pub mod format;
 pub mod history;
+pub mod pg;
 pub mod render;
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -49,11 +52,19 @@ pub struct WebSources {
     pub network: String,
     /// One chart point per this (5 min: 288 points a day).
     pub sample_interval: Duration,
+    /// Where the week's and all-time best shares are kept across restarts
+    /// (`None`: in memory only).
+    pub state_file: Option<PathBuf>,
+    /// The collector's PostgreSQL (`collector.postgres_url`): longer
+    /// history for the address pages (`None`: the pool's own figures only).
+    pub postgres: Option<String>,
 }
 
 struct AppState {
     sources: WebSources,
     history: History,
+    best: best::BestRecords,
+    pg: Option<pg::PgAggregates>,
 }
 
 /// The running dashboard: its HTTP server and its chart sampler.
@@ -75,8 +86,11 @@ impl WebServer {
         let local_addr = listener
             .local_addr()
             .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+        let best = load_best(sources.state_file.clone()).await;
         let state = Arc::new(AppState {
             history: History::new(Duration::from_secs(86_400), sources.sample_interval),
+            best,
+            pg: sources.postgres.clone().map(pg::PgAggregates::new),
             sources,
         });
         let (stop, stop_rx) = watch::channel(false);
@@ -120,14 +134,57 @@ impl WebServer {
     }
 }
 
+/// The best-share record of an earlier run; a file that does not read is
+/// moved aside (`.bad`) with a warning: the dashboard starts afresh rather
+/// than keep the pool from starting.
+async fn load_best(path: Option<PathBuf>) -> best::BestRecords {
+    let Some(path) = path else {
+        return best::BestRecords::default();
+    };
+    let loaded = tokio::task::spawn_blocking(move || match best::BestRecords::load(&path) {
+        Ok(records) => records,
+        Err(error) => {
+            let aside = path.with_extension("bad");
+            let moved = std::fs::rename(&path, &aside).is_ok();
+            tracing::warn!(%error, moved_to = %aside.display(), moved,
+                "dashboard: best shares start afresh");
+            best::BestRecords::default()
+        }
+    })
+    .await;
+    loaded.unwrap_or_default()
+}
+
 async fn sample(state: Arc<AppState>, mut stop: watch::Receiver<bool>) {
     let mut ticker = tokio::time::interval(state.history.interval());
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tokio::select! {
-            _ = stop.wait_for(|stop| *stop) => return,
-            _ = ticker.tick() => state.history.sample(&state.sources.pool),
+        // The select ends before the save's await (the stop's wait holds a
+        // guard that must not cross an await).
+        let stopped = tokio::select! {
+            _ = stop.wait_for(|stop| *stop) => true,
+            _ = ticker.tick() => false,
+        };
+        if stopped {
+            break;
         }
+        let users = state.sources.pool.stats().users(Instant::now());
+        state.history.sample(&users);
+        state.best.observe(&users, tbg_pool::stats::unix_day());
+        save_best(&state).await;
+    }
+    save_best(&state).await;
+}
+
+/// Writes the best-share record; a failure is logged, the pages go on.
+async fn save_best(state: &Arc<AppState>) {
+    let Some(path) = state.sources.state_file.clone() else {
+        return;
+    };
+    let state = state.clone();
+    let saved = tokio::task::spawn_blocking(move || state.best.save(&path)).await;
+    if let Ok(Err(error)) = saved {
+        tracing::warn!(%error, "dashboard: best shares not saved");
     }
 }
 
@@ -196,27 +253,42 @@ async fn address_lookup(Query(lookup): Query<Lookup>) -> Response {
 
 async fn address_page(State(state): State<Arc<AppState>>, Path(address): Path<String>) -> Response {
     let pool = &state.sources.pool;
-    let Some(user) = pool.stats().user(&address, Instant::now()) else {
-        return (
-            StatusCode::NOT_FOUND,
-            html(render::unknown_address_page(&address)),
-        )
-            .into_response();
+    let live = pool.stats().user(&address, Instant::now());
+    let history = match &state.pg {
+        Some(pg) => pg.address(&address).await.unwrap_or_default(),
+        None => pg::AddressHistory::default(),
+    };
+    // Known to the pool now, or to the database from before.
+    let user = match live {
+        Some(user) => user,
+        // Known to the database only (after a restart, or mined in
+        // another region): no worker now.
+        None if !history.is_empty() => tbg_pool::UserSnapshot::empty(&address),
+        None => {
+            return (
+                StatusCode::NOT_FOUND,
+                html(render::unknown_address_page(&address)),
+            )
+                .into_response()
+        }
     };
     let blocks: Vec<_> = pool
         .blocks()
         .into_iter()
         .filter(|b| b.user == address)
         .collect();
-    let history = state.history.address(&address);
-    let span = state
-        .history
-        .span_label(history.as_ref().map_or(0, Vec::len));
+    let chart = state.history.address(&address);
+    let span = state.history.span_label(chart.as_ref().map_or(0, Vec::len));
+    let mut best = state.best.of(&user, tbg_pool::stats::unix_day());
+    best.week = best.week.max(history.week_best.unwrap_or(0.0));
+    best.all_time = best.all_time.max(history.all_time_best.unwrap_or(0.0));
     html(render::address_page(&render::AddressPage {
         user: &user,
+        best,
         blocks: &blocks,
-        history: history.as_deref(),
+        history: chart.as_deref(),
         span,
+        days: &history.days,
     }))
 }
 

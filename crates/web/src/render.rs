@@ -24,11 +24,15 @@ pub struct PoolPage<'a> {
 /// What an address's page shows.
 pub struct AddressPage<'a> {
     pub user: &'a UserSnapshot,
+    /// Session, 7-day and all-time best shares (`best.rs`).
+    pub best: crate::best::BestShares,
     pub blocks: &'a [BlockRecord],
     /// `None`: no chart kept for this address (see `history.rs`).
     pub history: Option<&'a [f64]>,
     /// What the history covers.
     pub span: String,
+    /// The last 30 days from PostgreSQL, newest first (empty without it).
+    pub days: &'a [crate::pg::Day],
 }
 
 const STYLE: &str = include_str!("style.css");
@@ -197,9 +201,19 @@ pub fn address_page(data: &AddressPage<'_>) -> String {
             "reject-rate",
         ),
         stat(
-            "Best share",
-            &format::difficulty(user.best_difficulty),
-            "best-share",
+            "Best share (session)",
+            &format::difficulty(data.best.session),
+            "best-share-session",
+        ),
+        stat(
+            "Best share (7 days)",
+            &format::difficulty(data.best.week),
+            "best-share-week",
+        ),
+        stat(
+            "Best share (all time)",
+            &format::difficulty(data.best.all_time),
+            "best-share-alltime",
         ),
         stat(
             "Last share",
@@ -219,7 +233,7 @@ pub fn address_page(data: &AddressPage<'_>) -> String {
             h1d = format::hashrate(w.hashrate_1d),
             last = w.seconds_since_last_share.map_or("never".to_owned(), format::ago),
             rejects = format::percent(w.shares_rejected, w.shares_accepted + w.shares_rejected),
-            best = format::difficulty(w.best_difficulty),
+            best = format::difficulty(w.best_difficulty_session),
             online = if w.connections > 0 { "online" } else { "offline" },
         ));
     }
@@ -232,11 +246,12 @@ pub fn address_page(data: &AddressPage<'_>) -> String {
             "<h1>Miner <span class=\"hash\" id=\"address-shown\">{address}</span></h1>",
             "<dl class=\"stats\">{stats}</dl>",
             "<h2>Hashrate, last 24 h</h2>{chart}",
-            "<h2>Workers</h2><div class=\"scroll\"><table id=\"workers\"><caption>Workers of this address (best share since the pool started)</caption>",
+            "<h2>Workers</h2><div class=\"scroll\"><table id=\"workers\"><caption>Workers of this address (best share of the current session)</caption>",
             "<thead><tr><th scope=\"col\">Worker</th><th scope=\"col\">1 min</th><th scope=\"col\">5 min</th><th scope=\"col\">1 h</th><th scope=\"col\">1 d</th><th scope=\"col\">Last share</th><th scope=\"col\">Rejects</th><th scope=\"col\">Best share</th><th scope=\"col\">State</th></tr></thead>",
             "<tbody>{rows}</tbody></table></div>",
-            "<h2>Blocks of this address</h2>{blocks}"
+            "{days}<h2>Blocks of this address</h2>{blocks}"
         ),
+        days = days_table(data.days),
         address = escape(&user.address),
         stats = stats,
         chart = chart,
@@ -244,6 +259,33 @@ pub fn address_page(data: &AddressPage<'_>) -> String {
         blocks = blocks_table(data.blocks, false),
     );
     page(&format!("{} · tbg solo pool", user.address), &body)
+}
+
+/// The last 30 days, when the collector's database is there.
+fn days_table(days: &[crate::pg::Day]) -> String {
+    if days.is_empty() {
+        return String::new();
+    }
+    let rows: String = days
+        .iter()
+        .map(|d| {
+            format!(
+                "<tr><th scope=\"row\">{day}</th><td>{accepted}</td><td>{rejects}</td><td>{best}</td></tr>",
+                day = escape(&d.day),
+                accepted = d.accepted,
+                rejects = format::percent(d.rejected.max(0) as u64, (d.accepted + d.rejected).max(0) as u64),
+                best = d.best.map_or("–".to_owned(), format::difficulty),
+            )
+        })
+        .collect();
+    format!(
+        concat!(
+            "<h2>Last 30 days</h2><div class=\"scroll\"><table id=\"days\"><caption>Per UTC day, from the pool's database</caption>",
+            "<thead><tr><th scope=\"col\">Day</th><th scope=\"col\">Shares accepted</th><th scope=\"col\">Rejects</th><th scope=\"col\">Best share</th></tr></thead>",
+            "<tbody>{rows}</tbody></table></div>"
+        ),
+        rows = rows
+    )
 }
 
 /// An address the pool has not seen (or no longer remembers).

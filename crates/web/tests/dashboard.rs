@@ -6,86 +6,13 @@
 //! `tmp/dashboard-screenshots/`.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
 use tbg_metrics::{MetricsServer, PoolSources};
+use tbg_testkit::browser::{chromium, text_of};
 use tbg_testkit::{regtest_address, AddressKind, ManualMiner, TestEnv};
 use tbg_web::{WebServer, WebSources};
-
-struct Rendered {
-    dom: String,
-    console: Vec<String>,
-}
-
-/// Loads `url` in headless Chromium; returns the DOM after load and every
-/// console line Chromium logged; with `screenshot`, also a 390×844 (phone)
-/// PNG of the page.
-async fn chromium(url: &str, screenshot: Option<&Path>) -> Rendered {
-    let url = url.to_owned();
-    let screenshot = screenshot.map(Path::to_path_buf);
-    tokio::task::spawn_blocking(move || {
-        let profile = tempfile::tempdir().unwrap();
-        let command = || {
-            let mut command = Command::new("chromium");
-            command.args([
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--no-first-run",
-                "--disable-extensions",
-                "--enable-logging=stderr",
-                "--v=0",
-                "--window-size=390,844",
-            ]);
-            command.arg(format!("--user-data-dir={}", profile.path().display()));
-            command
-        };
-        let dom = command()
-            .arg("--dump-dom")
-            .arg(&url)
-            .output()
-            .expect("chromium is installed by scripts/setup.sh (Debian package chromium)");
-        assert!(dom.status.success(), "chromium --dump-dom {url}: {dom:?}");
-        if let Some(path) = &screenshot {
-            let shot = command()
-                .arg(format!("--screenshot={}", path.display()))
-                .arg(&url)
-                .output()
-                .unwrap();
-            assert!(shot.status.success(), "chromium --screenshot: {shot:?}");
-            let png = std::fs::read(path).expect("a screenshot");
-            assert!(
-                png.starts_with(b"\x89PNG") && png.len() > 5_000,
-                "a real picture"
-            );
-        }
-        let stderr = String::from_utf8_lossy(&dom.stderr);
-        Rendered {
-            dom: String::from_utf8(dom.stdout).unwrap(),
-            console: stderr
-                .lines()
-                .filter(|l| l.contains(":CONSOLE"))
-                .map(str::to_owned)
-                .collect(),
-        }
-    })
-    .await
-    .unwrap()
-}
-
-/// The text of the element with `id` (our pages keep figures in leaf
-/// elements).
-fn text_of(dom: &str, id: &str) -> String {
-    let marker = format!("id=\"{id}\">");
-    let start = dom
-        .find(&marker)
-        .unwrap_or_else(|| panic!("#{id} in the page"))
-        + marker.len();
-    let end = start + dom[start..].find('<').unwrap();
-    dom[start..end].to_owned()
-}
 
 fn screenshot_dir() -> PathBuf {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard-screenshots");
@@ -108,31 +35,23 @@ async fn the_pages_show_real_mining_in_a_real_browser_and_match_status() {
     );
 
     let env = TestEnv::start().await;
-    let web = WebServer::start(
-        "127.0.0.1:0",
-        WebSources {
-            pool: env.service.pool.view(),
-            network: "regtest".to_owned(),
-            sample_interval: Duration::from_millis(100),
-        },
-    )
-    .await
-    .unwrap();
+    let state_dir = tempfile::tempdir().unwrap();
+    let state_file = state_dir.path().join("dashboard-best.json");
+    let web_of = |env: &TestEnv| WebSources {
+        pool: env.service.pool.view(),
+        network: "regtest".to_owned(),
+        sample_interval: Duration::from_millis(100),
+        state_file: Some(state_file.clone()),
+        postgres: None,
+    };
+    let web = WebServer::start("127.0.0.1:0", web_of(&env)).await.unwrap();
     let ops = MetricsServer::start_pool("127.0.0.1:0", PoolSources::new(&env.service, None))
         .await
         .unwrap();
     let (address, _) = regtest_address(AddressKind::P2wpkh);
     let mut rig = ManualMiner::connect(env.stratum_addr(), &format!("{address}.bitaxe")).await;
     // On regtest every valid share is a block too: the pages show both.
-    for counter in 1..=3 {
-        assert!(rig.submit_valid(counter).await.is_ok());
-        env.wait_until("the block accepted", Duration::from_secs(30), |env| {
-            env.service.pool.status().blocks_accepted >= counter
-        })
-        .await;
-        // The next share on the next block's work.
-        rig.job_on(env.node.best_block_hash()).await;
-    }
+    env.find_blocks(&mut rig, 3).await;
     // A few chart points with hashrate in them.
     tokio::time::sleep(Duration::from_millis(500)).await;
 
@@ -205,6 +124,15 @@ async fn the_pages_show_real_mining_in_a_real_browser_and_match_status() {
         user["workers_connected"].to_string()
     );
     assert_eq!(text_of(&mine.dom, "reject-rate"), "0.0 %");
+    // One session so far: its best is the week's and the all-time best.
+    let best = tbg_web::format::difficulty(user["best_difficulty"].as_f64().unwrap());
+    for id in [
+        "best-share-session",
+        "best-share-week",
+        "best-share-alltime",
+    ] {
+        assert_eq!(text_of(&mine.dom, id), best, "{id}");
+    }
     assert!(
         mine.dom.contains("<th scope=\"row\">bitaxe</th>"),
         "the worker's row"
@@ -230,6 +158,34 @@ async fn the_pages_show_real_mining_in_a_real_browser_and_match_status() {
     assert!(unknown.console.is_empty(), "console: {:?}", unknown.console);
 
     ops.shutdown().await;
+    web.shutdown().await;
+    env.shutdown().await;
+
+    // The pool restarted (its memory empty): the week's and all-time best
+    // come back from web.state_file; the session's is the new session's.
+    let env = TestEnv::start().await;
+    let web = WebServer::start("127.0.0.1:0", web_of(&env)).await.unwrap();
+    let mut rig = ManualMiner::connect(env.stratum_addr(), &format!("{address}.bitaxe")).await;
+    assert!(rig.submit_valid(1).await.is_ok());
+    let fresh = env
+        .service
+        .pool
+        .stats()
+        .user(&address, std::time::Instant::now())
+        .unwrap();
+    let before = user["best_difficulty"].as_f64().unwrap();
+    let again = chromium(
+        &format!("http://{}/address/{address}", web.local_addr()),
+        None,
+    )
+    .await;
+    assert_eq!(
+        text_of(&again.dom, "best-share-session"),
+        tbg_web::format::difficulty(fresh.best_difficulty_session)
+    );
+    let kept = tbg_web::format::difficulty(before.max(fresh.best_difficulty));
+    assert_eq!(text_of(&again.dom, "best-share-alltime"), kept);
+    assert_eq!(text_of(&again.dom, "best-share-week"), kept);
     web.shutdown().await;
     env.shutdown().await;
 }

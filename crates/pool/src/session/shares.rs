@@ -4,7 +4,7 @@
 //! stats, vardiff), and a block handed on to be submitted.
 
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 use tbg_events::EventData;
@@ -91,7 +91,10 @@ impl Session {
         work_rx: &watch::Receiver<Option<Arc<CurrentWork>>>,
     ) -> Result<(), CloseReason> {
         let started = Instant::now();
-        let (share, worker_index, decoded) = match self.judge(submit, work_rx) {
+        // One read of the wall clock per submit: the ntime check and the
+        // day of the best-share record.
+        let unix_secs = unix_now();
+        let (share, worker_index, decoded) = match self.judge(submit, unix_secs, work_rx) {
             Ok(judged) => judged,
             Err(reason) => {
                 return self.reject_share(request, Some(submit), reason, !over_rate, out)
@@ -114,7 +117,9 @@ impl Session {
             None
         };
         let reply_at = out.len();
-        let journaled = self.account_accepted(&share, worker_index, started, out, work_rx);
+        let unix_day = u64::from(unix_secs) / 86_400;
+        let journaled =
+            self.account_accepted(&share, worker_index, started, unix_day, out, work_rx);
         if let Some(block) = block {
             let stored = self.shared.block_found(block);
             self.block_stored.push(stored);
@@ -145,6 +150,7 @@ impl Session {
     fn judge(
         &mut self,
         submit: &Submit,
+        unix_secs: u32,
         work_rx: &watch::Receiver<Option<Arc<CurrentWork>>>,
     ) -> Result<(AcceptedShare, usize, Decoded), RejectReason> {
         let Some(allocation) = &self.allocation else {
@@ -171,7 +177,7 @@ impl Session {
             extranonce1: &allocation.extranonce1,
             extranonce2_len: settings.extranonce2_len,
             current_prev,
-            now: unix_now(),
+            now: unix_secs,
             ntime_window: u32::try_from(settings.ntime_future_window.as_secs()).unwrap_or(u32::MAX),
         };
         let submission = Submission {
@@ -198,6 +204,7 @@ impl Session {
         share: &tbg_work::AcceptedShare,
         worker_index: usize,
         now: Instant,
+        unix_day: u64,
         out: &mut String,
         work_rx: &watch::Receiver<Option<Arc<CurrentWork>>>,
     ) -> bool {
@@ -225,10 +232,12 @@ impl Session {
         if journaled {
             self.shares_session += 1;
             self.shared.counters.share_accepted(share.target_difficulty);
-            let previous_best =
-                handle
-                    .lock()
-                    .record_accepted(share.target_difficulty, share.share_difficulty, now);
+            let previous_best = handle.lock().record_accepted(
+                share.target_difficulty,
+                share.share_difficulty,
+                now,
+                unix_day,
+            );
             if let Some(prev_best) = previous_best {
                 self.emit(EventData::ShareBestDiff {
                     user: user.address.clone(),
@@ -359,4 +368,66 @@ fn reward_sats(kept: &KeptJob) -> u64 {
         .template
         .as_ref()
         .map_or(0, |template| template.coinbase_value)
+}
+
+/// A refused share's accounting.
+impl Session {
+    /// Answers a refused share and accounts for it; `journal`: with its
+    /// `share_submitted` event (not for a submit over its rate, whose
+    /// events the rate limit bounds). It counts towards the invalid-shares
+    /// limit either way: an invalid share is the miner's fault at any rate.
+    pub(super) fn reject_share(
+        &mut self,
+        request: &Request,
+        submit: Option<&Submit>,
+        reason: RejectReason,
+        journal: bool,
+        out: &mut String,
+    ) -> Result<(), CloseReason> {
+        out.push_str(&tbg_stratum::response_reject(&request.id, reason));
+        self.shared.counters.share_rejected(reason);
+        tracing::debug!(
+            client = self.client_id,
+            worker = submit.map_or("", |s| s.worker.as_str()),
+            reason = reason.message(),
+            "share rejected"
+        );
+        let worker_name = submit
+            .map(|s| {
+                split_address_worker(&s.worker)
+                    .1
+                    .unwrap_or("default")
+                    .to_string()
+            })
+            .unwrap_or_default();
+        if let Some(user) = &self.authorized {
+            if let Some((_, handle)) = user.workers.iter().find(|(name, _)| *name == worker_name) {
+                handle.lock().record_rejected();
+            }
+            if journal {
+                self.emit(EventData::ShareSubmitted {
+                    user: user.address.clone(),
+                    worker: worker_name,
+                    client_id: self.client_id,
+                    diff: self.difficulty,
+                    sdiff: 0.0,
+                    accepted: false,
+                    reject_reason: Some(reason.message().to_string()),
+                    ip: self.peer.ip().to_string(),
+                });
+            }
+        }
+        let now = Instant::now();
+        let (window_start, count) = &mut self.invalid_window;
+        if now.saturating_duration_since(*window_start) > Duration::from_secs(60) {
+            *window_start = now;
+            *count = 0;
+        }
+        *count += 1;
+        if *count > self.shared.live().max_invalid_shares_per_minute {
+            tracing::info!(client = self.client_id, peer = %self.peer, "too many invalid shares; closing");
+            return Err(CloseReason::TooManyInvalidShares);
+        }
+        Ok(())
+    }
 }
