@@ -79,6 +79,9 @@ pub struct ManagedProcess {
     /// Every pid it has run as, in order.
     pids: Vec<u32>,
     last_exit: Option<ExitStatus>,
+    /// The scenario's directory: files a config names relatively (the
+    /// dashboard's state) stay in it.
+    work_dir: PathBuf,
 }
 
 impl ManagedProcess {
@@ -93,6 +96,7 @@ impl ManagedProcess {
                 ("NO_COLOR".into(), "1".into()),
             ],
             log: log_dir.join(format!("{name}.log")),
+            work_dir: log_dir.to_path_buf(),
             child: None,
             pids: Vec::new(),
             last_exit: None,
@@ -118,6 +122,7 @@ impl ManagedProcess {
         let mut command = Command::new(&self.program);
         command
             .args(&self.args)
+            .current_dir(&self.work_dir)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log);

@@ -13,7 +13,7 @@ use support::{kill_and_reap, signal, tbg, wait_exit, LogLines};
 
 /// Tests run in parallel: no fixed metrics ports.
 const METRICS_ON_FREE_PORTS: &str =
-    "[metrics]\nbind = \"127.0.0.1:0\"\ncollector_bind = \"127.0.0.1:0\"\n";
+    "[metrics]\nbind = \"127.0.0.1:0\"\ncollector_bind = \"127.0.0.1:0\"\n[web]\nbind = \"127.0.0.1:0\"\n";
 
 /// `tbg check-config --config <path>`, run to the end.
 fn check_config(path: &Path) -> Output {
@@ -25,8 +25,14 @@ fn check_config(path: &Path) -> Output {
 }
 
 /// `tbg <subcommand> --config <config>`, stdout discarded.
+/// Run in the config's directory, as systemd runs it in /var/lib/tbg: the
+/// files a config names relatively (the dashboard's state) stay in the
+/// test's directory.
 fn tbg_with_config(subcommand: &str, config: &Path) -> Command {
     let mut command = tbg();
+    if let Some(dir) = config.parent().filter(|dir| !dir.as_os_str().is_empty()) {
+        command.current_dir(dir);
+    }
     command
         .args([subcommand, "--config"])
         .arg(config)
@@ -321,7 +327,7 @@ fn pool_config(dir: &Path, port: u16) -> PathBuf {
     std::fs::write(
         &path,
         format!(
-            "network = \"regtest\"\n[[nodes]]\nurl = \"127.0.0.1:1\"\nuser = \"u\"\npass = \"p\"\n[pool]\nbind = \"127.0.0.1:{port}\"\n[events]\nsocket_path = {socket:?}\n[journal]\npath = {journal:?}\n[blocks]\ndir = {blocks:?}\n[metrics]\nbind = \"127.0.0.1:0\"\ncollector_bind = \"127.0.0.1:0\"\n",
+            "network = \"regtest\"\n[[nodes]]\nurl = \"127.0.0.1:1\"\nuser = \"u\"\npass = \"p\"\n[pool]\nbind = \"127.0.0.1:{port}\"\n[events]\nsocket_path = {socket:?}\n[journal]\npath = {journal:?}\n[blocks]\ndir = {blocks:?}\n{METRICS_ON_FREE_PORTS}",
             blocks = dir.join(format!("blocks-{port}")),
         ),
     )
