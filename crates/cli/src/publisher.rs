@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use tbg_config::Config;
-use tbg_nats::{Publisher, PublisherConfig, StreamSettings};
+use tbg_nats::{Publisher, PublisherConfig, ReconcileConfig, StreamSettings};
 use tokio_util::sync::CancellationToken;
 
 /// How long one dial of a NATS server may take before the next is tried.
@@ -50,7 +50,10 @@ pub async fn run(config: &Config) -> Result<()> {
     if !ready {
         return Ok(());
     }
-    let publisher_config = PublisherConfig::new(config.journal.path.clone(), cursor_path(config));
+    let mut publisher_config =
+        PublisherConfig::new(config.journal.path.clone(), cursor_path(config));
+    // The primary's receipts say what JetStream lost after acking it.
+    publisher_config.reconcile = Some(ReconcileConfig::new(&config.events.region));
     tracing::info!(
         journal = %publisher_config.journal.display(),
         cursor = %publisher_config.cursor.display(),

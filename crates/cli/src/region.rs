@@ -161,7 +161,12 @@ fn start_ingest(
         max_bytes: nats.max_bytes,
         duplicate_window: Duration::from_secs(nats.duplicate_window_s),
     };
-    let ingest_config = IngestConfig::new(&nats.stream, &nats.consumer, &config.events.region);
+    let mut ingest_config = IngestConfig::new(&nats.stream, &nats.consumer, &config.events.region);
+    // Beside the journal, so that a restored journal and its receipts stay
+    // together.
+    let mut receipts = config.journal.path.clone().into_os_string();
+    receipts.push(".receipts");
+    ingest_config.receipts = Some(receipts.into());
     let url = url.to_owned();
     let stop = CancellationToken::new();
     let stats = Arc::new(IngestStats::default());

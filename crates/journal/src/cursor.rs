@@ -76,18 +76,30 @@ impl Cursor {
             path: self.path.clone(),
             source,
         };
-        let tmp = self.path.with_extension("tmp");
-        let mut file = File::create(&tmp).map_err(io)?;
-        file.write_all(format!("{seq}\n").as_bytes()).map_err(io)?;
-        file.sync_all().map_err(io)?;
-        fs::rename(&tmp, &self.path).map_err(io)?;
-        if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
-        }
+        write_atomically(&self.path, format!("{seq}\n").as_bytes()).map_err(io)?;
         self.seq = seq;
         self.stored = seq;
         Ok(())
     }
+}
+
+/// Replaces the file at `path` with `bytes` so that a crash leaves the old
+/// content or the new one: write beside it, fsync, rename, fsync the
+/// directory. The temporary file is `<path>.tmp`, never shared by two
+/// files of one directory (`a.db.x` and `a.db.y` would both be `a.db.tmp`
+/// by extension).
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let mut file = File::create(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        File::open(dir).and_then(|d| d.sync_all())?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

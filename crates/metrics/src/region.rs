@@ -48,6 +48,8 @@ impl RegionSources {
                 "pending": stats.pending.load(Ordering::Relaxed),
                 "malformed": stats.malformed.load(Ordering::Relaxed),
                 "failures": stats.failures.load(Ordering::Relaxed),
+                "receipts_answered": stats.receipts_answered.load(Ordering::Relaxed),
+                "stall_stepdowns": stats.stall_stepdowns.load(Ordering::Relaxed),
             })),
         })
     }
@@ -153,6 +155,18 @@ pub(crate) fn encode_region(
             "ckpool_nats_ingest_malformed",
             "Messages on the events stream that were not events (dropped).",
             stats.malformed.load(Ordering::Relaxed),
+        )?;
+        encode::counter_u64(
+            enc,
+            "ckpool_nats_ingest_receipts_answered",
+            "Receipt requests of relay publishers answered (what this primary holds of their events).",
+            stats.receipts_answered.load(Ordering::Relaxed),
+        )?;
+        encode::counter_u64(
+            enc,
+            "ckpool_nats_ingest_stall_stepdowns",
+            "Times the consumer stood still short of the stream's end and its leader was stepped down.",
+            stats.stall_stepdowns.load(Ordering::Relaxed),
         )?;
     }
     Ok(())

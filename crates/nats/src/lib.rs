@@ -13,11 +13,17 @@
 
 mod ingest;
 mod publisher;
+mod receipts;
 mod servers;
 mod stream;
 
 pub use ingest::{Ingest, IngestConfig, IngestError, IngestStats};
-pub use publisher::{subject, PublishError, Publisher, PublisherConfig, PublisherStats};
+pub use publisher::{
+    subject, PublishError, Publisher, PublisherConfig, PublisherStats, ReconcileConfig,
+};
+pub use receipts::{
+    missing, receipt_subject, Receipt, ReceiptBook, ReceiptFileError, Reconciler, RELAY_SEQ_HEADER,
+};
 pub use servers::{connect, server_addrs, ConnectError, ServerListError};
 pub use stream::{ensure_stream, wait_for_stream, StreamError, StreamSettings};
 pub use tbg_journal::{Cursor, CursorError};

@@ -5,7 +5,7 @@ use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
 use async_nats::jetstream::context::PublishAckFuture;
@@ -13,6 +13,8 @@ use tbg_journal::{JournalError, JournalReader, JournalRecord};
 use tokio_util::sync::CancellationToken;
 
 use tbg_journal::{Cursor, CursorError};
+
+use crate::receipts::{receipt_subject, Receipt, Reconciler, RELAY_SEQ_HEADER};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
@@ -28,24 +30,30 @@ pub enum PublishError {
 /// becomes `_` (the config refuses such regions; old journal rows may have
 /// one).
 pub fn subject(region: &str, event_type: &str) -> String {
-    let token = |text: &str| -> String {
-        let cleaned: String = text
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect();
-        if cleaned.is_empty() {
-            "_".to_owned()
-        } else {
-            cleaned
-        }
-    };
-    format!("events.{}.{}", token(region), token(event_type))
+    format!(
+        "events.{}.{}",
+        subject_token(region),
+        subject_token(event_type)
+    )
+}
+
+/// `text` as one subject token: what a token cannot hold becomes `_`.
+pub(crate) fn subject_token(text: &str) -> String {
+    let cleaned: String = text
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if cleaned.is_empty() {
+        "_".to_owned()
+    } else {
+        cleaned
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -61,6 +69,34 @@ pub struct PublisherConfig {
     pub idle_poll: Duration,
     /// Longest wait between two tries while NATS fails.
     pub retry_max: Duration,
+    /// Asking the primary for its receipts and sending again what it
+    /// lacks (`None`: never).
+    pub reconcile: Option<ReconcileConfig>,
+}
+
+/// How a publisher checks its events against the primary's receipts.
+#[derive(Debug, Clone)]
+pub struct ReconcileConfig {
+    /// This region's name, as its events carry it.
+    pub region: String,
+    /// How often the primary is asked.
+    pub every: Duration,
+    /// How long a gap must last before it is sent again: longer than a
+    /// primary's catch-up pause or a leader election.
+    pub grace: Duration,
+    /// Most events sent again per round.
+    pub limit: u64,
+}
+
+impl ReconcileConfig {
+    pub fn new(region: &str) -> ReconcileConfig {
+        ReconcileConfig {
+            region: region.to_owned(),
+            every: Duration::from_secs(15),
+            grace: Duration::from_secs(60),
+            limit: 50_000,
+        }
+    }
 }
 
 impl PublisherConfig {
@@ -71,6 +107,7 @@ impl PublisherConfig {
             batch: 500,
             idle_poll: Duration::from_millis(50),
             retry_max: Duration::from_secs(2),
+            reconcile: None,
         }
     }
 }
@@ -86,6 +123,10 @@ pub struct PublisherStats {
     pub failures: AtomicU64,
     /// The cursor: every journal seq up to it is in the stream.
     pub cursor: AtomicU64,
+    /// Events sent again because the primary's receipts lacked them.
+    pub resent: AtomicU64,
+    /// Receipts received from the primary.
+    pub receipts: AtomicU64,
 }
 
 pub struct Publisher {
@@ -122,9 +163,23 @@ impl Publisher {
         let mut backoff = Duration::from_millis(250);
         let mut in_flight: VecDeque<SentBatch> = VecDeque::with_capacity(IN_FLIGHT);
         let mut sent_up_to = cursor.seq();
+        let mut reconciler = self
+            .config
+            .reconcile
+            .as_ref()
+            .map(|config| (Reconciler::new(config.grace), config, Instant::now()));
         loop {
             if stop.is_cancelled() {
                 return Ok(());
+            }
+            if let Some((reconciler, config, last)) = reconciler.as_mut() {
+                if last.elapsed() >= config.every {
+                    *last = Instant::now();
+                    tokio::select! {
+                        () = self.reconcile(&reader, config, reconciler, cursor.seq()) => {}
+                        () = stop.cancelled() => return Ok(()),
+                    }
+                }
             }
             if in_flight.len() < IN_FLIGHT {
                 let limit = self.config.batch.max(1);
@@ -137,7 +192,7 @@ impl Publisher {
                     // the batches given up on hold the client's ack permits
                     // until they time out, and a send then waits for one.
                     let sent = tokio::select! {
-                        sent = self.send(&batch) => sent,
+                        sent = self.send(&batch, None) => sent,
                         () = stop.cancelled() => return Ok(()),
                     };
                     match sent {
@@ -198,16 +253,23 @@ impl Publisher {
         *backoff = (*backoff * 2).min(self.config.retry_max);
     }
 
-    /// Sends the batch; its acks are awaited by [`settle`].
-    async fn send(&self, batch: &[JournalRecord]) -> Result<Vec<PublishAckFuture>, PublishError> {
+    /// Sends the batch; its acks are awaited by [`settle`]. A resend's
+    /// message ids carry its tag: JetStream may remember the ids of the
+    /// messages it lost.
+    async fn send(
+        &self,
+        batch: &[JournalRecord],
+        resend: Option<&str>,
+    ) -> Result<Vec<PublishAckFuture>, PublishError> {
         let mut pending = Vec::with_capacity(batch.len());
         for record in batch {
             let mut headers = async_nats::HeaderMap::new();
-            headers.insert(
-                async_nats::header::NATS_MESSAGE_ID,
-                record.event_id.as_str(),
-            );
-            headers.insert("Tbg-Seq", record.seq.to_string().as_str());
+            let id = match resend {
+                None => record.event_id.clone(),
+                Some(tag) => format!("{}:{tag}", record.event_id),
+            };
+            headers.insert(async_nats::header::NATS_MESSAGE_ID, id.as_str());
+            headers.insert(RELAY_SEQ_HEADER, record.seq.to_string().as_str());
             let ack = self
                 .js
                 .publish_with_headers(
@@ -222,6 +284,110 @@ impl Publisher {
         Ok(pending)
     }
 }
+
+impl Publisher {
+    /// One round of reconciliation: the primary's receipt for this region,
+    /// and the gaps that outlived the grace sent again. Every failure
+    /// (no primary answering, NATS down) just waits for the next round.
+    async fn reconcile(
+        &self,
+        reader: &Arc<JournalReader>,
+        config: &ReconcileConfig,
+        reconciler: &mut Reconciler,
+        cursor: u64,
+    ) {
+        let client = self.js.client();
+        let request = client.request(receipt_subject(&config.region), bytes::Bytes::new());
+        let answer = match tokio::time::timeout(RECEIPT_TIMEOUT, request).await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(error)) => {
+                tracing::debug!(%error, "no receipt from the primary this round");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!("no receipt from the primary this round (timed out)");
+                return;
+            }
+        };
+        let receipt: Option<Receipt> = match serde_json::from_slice(&answer.payload) {
+            Ok(receipt) => receipt,
+            Err(error) => {
+                tracing::warn!(%error, "the primary's receipt is not one; ignored");
+                return;
+            }
+        };
+        self.stats.receipts.fetch_add(1, Ordering::Relaxed);
+        // None: the primary holds nothing of this region yet.
+        let Some(receipt) = receipt else { return };
+        let ranges = reconciler.observe(&receipt, cursor, Instant::now(), config.limit);
+        if ranges.is_empty() {
+            return;
+        }
+        let tag = format!(
+            "resend-{}",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |since| since.as_millis())
+        );
+        let (mut asked, mut sent) = (0, 0);
+        for &(start, end) in &ranges {
+            asked += end - start + 1;
+            match self.resend(reader, start, end, &tag).await {
+                Ok(count) => sent += count,
+                Err(error) => {
+                    tracing::warn!(%error, start, end,
+                        "sending again what the primary lacks failed; the next round retries");
+                    break;
+                }
+            }
+        }
+        self.stats.resent.fetch_add(sent, Ordering::Relaxed);
+        tracing::warn!(
+            ?ranges,
+            asked,
+            sent,
+            covered = receipt.covered,
+            "the primary lacked events JetStream had acked: sent again (stored once)"
+        );
+        if sent < asked {
+            tracing::warn!(
+                missing = asked - sent,
+                "some events the primary lacks are no longer in this journal (retention)"
+            );
+        }
+    }
+
+    /// Publishes journal seqs `start..=end` again and waits for their acks.
+    async fn resend(
+        &self,
+        reader: &Arc<JournalReader>,
+        start: u64,
+        end: u64,
+        tag: &str,
+    ) -> Result<u64, PublishError> {
+        let mut after = start - 1;
+        let mut sent = 0;
+        while after < end {
+            let limit = self.config.batch.max(1).min((end - after) as usize);
+            let read = reader.clone();
+            let mut batch = tokio::task::spawn_blocking(move || read.read_after(after, limit))
+                .await
+                .map_err(|e| PublishError::Nats(format!("journal read task: {e}")))??;
+            batch.retain(|record| record.seq <= end);
+            let Some(last) = batch.last().map(|record| record.seq) else {
+                break;
+            };
+            let acks = self.send(&batch, Some(tag)).await?;
+            settle(acks).await?;
+            sent += batch.len() as u64;
+            after = last;
+        }
+        Ok(sent)
+    }
+}
+
+/// How long a publisher waits for the primary's receipt.
+const RECEIPT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Batches on the wire at once, their acks not yet all in. With the
 /// default batch of 500 that is 2,000 acks outstanding, well within the

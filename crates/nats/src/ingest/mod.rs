@@ -17,8 +17,9 @@
 //! catching up after an outage can never make the journal refuse a local
 //! miner's share.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer, AckKind};
@@ -26,6 +27,10 @@ use futures::StreamExt;
 use tbg_events::Event;
 use tbg_journal::{Journal, JournalError};
 use tokio_util::sync::CancellationToken;
+
+use crate::receipts::{ReceiptBook, RELAY_SEQ_HEADER};
+
+mod upkeep;
 
 #[derive(Debug, Clone)]
 pub struct IngestConfig {
@@ -47,6 +52,11 @@ pub struct IngestConfig {
     pub retry_max: Duration,
     /// How long JetStream waits for an ack before it redelivers.
     pub ack_wait: Duration,
+    /// Where the receipts of every region are kept across restarts
+    /// (`None`: in memory only, for tests).
+    pub receipts: Option<PathBuf>,
+    /// How often the consumer is checked against the stream for a stall.
+    pub watch_interval: Duration,
 }
 
 impl IngestConfig {
@@ -59,6 +69,8 @@ impl IngestConfig {
             fetch_wait: Duration::from_secs(1),
             retry_max: Duration::from_secs(2),
             ack_wait: Duration::from_secs(30),
+            receipts: None,
+            watch_interval: Duration::from_secs(5),
         }
     }
 }
@@ -80,6 +92,13 @@ pub struct IngestStats {
     pub pending: AtomicU64,
     /// Rounds that waited because the journal's ring was half full.
     pub paused_for_journal: AtomicU64,
+    /// The last fetch found nothing more to deliver.
+    pub caught_up: AtomicBool,
+    /// Receipt requests of relays' publishers answered.
+    pub receipts_answered: AtomicU64,
+    /// Times the consumer stood still short of the stream's end and its
+    /// leader was asked to step down.
+    pub stall_stepdowns: AtomicU64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -95,6 +114,8 @@ pub struct Ingest {
     js: jetstream::Context,
     journal: Journal,
     stats: Arc<IngestStats>,
+    /// What is durable of each region, by its relay journal seqs.
+    book: Mutex<ReceiptBook>,
 }
 
 impl Ingest {
@@ -104,6 +125,7 @@ impl Ingest {
             js,
             journal,
             stats: Arc::default(),
+            book: Mutex::default(),
         }
     }
 
@@ -118,12 +140,24 @@ impl Ingest {
     }
 
     /// Consumes until `stop`, retrying every failure with backoff (NATS
-    /// may be down when the pool starts, or for hours).
+    /// may be down when the pool starts, or for hours); meanwhile answers
+    /// the relays' receipt requests, keeps the receipts file and watches
+    /// the consumer for a stall.
     pub async fn run(self, stop: CancellationToken) {
+        self.load_receipts().await;
+        tokio::join!(
+            self.consume_with_retries(&stop),
+            self.answer_receipts(&stop),
+            self.keep_receipts(&stop),
+            self.watch_for_stall(&stop),
+        );
+    }
+
+    async fn consume_with_retries(&self, stop: &CancellationToken) {
         let mut backoff = Duration::from_millis(250);
         while !stop.is_cancelled() {
             let ingested_before = self.stats.ingested.load(Ordering::Relaxed);
-            let Err(error) = self.consume(&stop).await else {
+            let Err(error) = self.consume(stop).await else {
                 return;
             };
             if self.stats.ingested.load(Ordering::Relaxed) > ingested_before {
@@ -185,6 +219,7 @@ impl Ingest {
                 if appended.last_seq > 0 {
                     self.journal.wait_durable(appended.last_seq).await?;
                 }
+                self.record_receipts(&appended.receipts);
                 self.stats
                     .ingested
                     .fetch_add(appended.count, Ordering::Relaxed);
@@ -270,9 +305,13 @@ impl Ingest {
             .await
             .map_err(|e| IngestError::Nats(format!("fetching: {e}")))?;
         let mut appended = Appended::default();
+        let mut received = 0;
+        let mut pending = 0;
         while let Some(message) = messages.next().await {
             let message = message.map_err(|e| IngestError::Nats(format!("receiving: {e}")))?;
+            received += 1;
             if let Ok(info) = message.info() {
+                pending = info.pending;
                 self.stats.pending.store(info.pending, Ordering::Relaxed);
             }
             let event = std::str::from_utf8(&message.payload)
@@ -296,11 +335,19 @@ impl Ingest {
                 appended.to_ack.push(message);
                 continue;
             }
+            let relay_seq = message
+                .headers
+                .as_ref()
+                .and_then(|headers| headers.get(RELAY_SEQ_HEADER))
+                .and_then(|value| value.as_str().parse::<u64>().ok());
             match self.journal.append(&event) {
                 Ok(seq) => {
                     appended.last_seq = seq;
                     appended.count += 1;
                     appended.to_ack.push(message);
+                    if let Some(relay_seq) = relay_seq {
+                        appended.receipts.push((event.region, relay_seq));
+                    }
                 }
                 Err(error) => {
                     // Not acked: JetStream redelivers it (and the rest of
@@ -310,6 +357,8 @@ impl Ingest {
                 }
             }
         }
+        let caught_up = received < self.config.batch.max(1) && pending == 0;
+        self.stats.caught_up.store(caught_up, Ordering::Relaxed);
         Ok(appended)
     }
 }
@@ -335,4 +384,7 @@ struct Appended {
     to_ack: Vec<jetstream::Message>,
     /// The journal refused an event: the fetch stopped there.
     refused: Option<JournalError>,
+    /// (region, relay journal seq) of each event appended, for the
+    /// receipts once they are durable.
+    receipts: Vec<(String, u64)>,
 }
