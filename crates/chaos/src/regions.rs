@@ -130,6 +130,9 @@ batch_wait_ms = 100
 [nats]
 url = "{nats}"
 replicas = 3
+# A lost acked message is sent again within the scenarios' convergence wait.
+receipts_interval_s = 2
+resend_after_s = 10
 [region]
 instance_id = {instance}
 heartbeat_s = {heartbeat}

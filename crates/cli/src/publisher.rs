@@ -53,7 +53,11 @@ pub async fn run(config: &Config) -> Result<()> {
     let mut publisher_config =
         PublisherConfig::new(config.journal.path.clone(), cursor_path(config));
     // The primary's receipts say what JetStream lost after acking it.
-    publisher_config.reconcile = Some(ReconcileConfig::new(&config.events.region));
+    publisher_config.reconcile = Some(ReconcileConfig {
+        every: Duration::from_secs(nats.receipts_interval_s),
+        grace: Duration::from_secs(nats.resend_after_s),
+        ..ReconcileConfig::new(&config.events.region)
+    });
     tracing::info!(
         journal = %publisher_config.journal.display(),
         cursor = %publisher_config.cursor.display(),

@@ -206,6 +206,13 @@ pub struct NatsSection {
     pub duplicate_window_s: u64,
     /// The primary collector's durable consumer.
     pub consumer: String,
+    /// How often a relay's publisher asks the primary for its receipts
+    /// (what it holds of the relay's events), seconds.
+    pub receipts_interval_s: u64,
+    /// How long a gap in the primary's receipts must last before the relay
+    /// publishes those events again, seconds: longer than a leader election
+    /// or a primary's pause while catching up.
+    pub resend_after_s: u64,
 }
 
 impl Default for NatsSection {
@@ -218,6 +225,8 @@ impl Default for NatsSection {
             max_bytes: 1 << 30,
             duplicate_window_s: 120,
             consumer: "tbg-collector".to_owned(),
+            receipts_interval_s: 15,
+            resend_after_s: 60,
         }
     }
 }
@@ -232,6 +241,8 @@ impl fmt::Debug for NatsSection {
             .field("max_bytes", &self.max_bytes)
             .field("duplicate_window_s", &self.duplicate_window_s)
             .field("consumer", &self.consumer)
+            .field("receipts_interval_s", &self.receipts_interval_s)
+            .field("resend_after_s", &self.resend_after_s)
             .finish()
     }
 }
@@ -282,6 +293,20 @@ impl NatsSection {
                 "nats.duplicate_window_s",
                 self.duplicate_window_s.to_string(),
                 "must be 1..=max_age_s",
+            ));
+        }
+        if !(1..=3_600).contains(&self.receipts_interval_s) {
+            return Err(ConfigError::new(
+                "nats.receipts_interval_s",
+                self.receipts_interval_s.to_string(),
+                "must be 1..=3600",
+            ));
+        }
+        if !(1..=86_400).contains(&self.resend_after_s) {
+            return Err(ConfigError::new(
+                "nats.resend_after_s",
+                self.resend_after_s.to_string(),
+                "must be 1..=86400",
             ));
         }
         if self.max_bytes < 1 << 20 {
