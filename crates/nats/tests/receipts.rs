@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream;
-use common::{connect, share};
+use common::{append, connect, Running};
 use tbg_events::EventFactory;
 use tbg_journal::{Journal, JournalConfig, JournalReader};
 use tbg_nats::{
@@ -27,18 +27,6 @@ use tbg_nats::{
 };
 use tbg_testkit::NatsServer;
 use tokio_util::sync::CancellationToken;
-
-struct Running {
-    stop: CancellationToken,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Running {
-    async fn stop(self) {
-        self.stop.cancel();
-        self.task.await.unwrap();
-    }
-}
 
 fn publish(js: &jetstream::Context, dir: &Path) -> (Running, Arc<PublisherStats>) {
     let mut config = PublisherConfig::new(dir.join("relay.db"), dir.join("relay.cursor"));
@@ -71,14 +59,6 @@ fn ingest(js: &jetstream::Context, journal: &Journal, dir: &Path) -> (Running, A
     let stop = CancellationToken::new();
     let task = tokio::spawn(ingest.run(stop.clone()));
     (Running { stop, task }, stats)
-}
-
-async fn append(journal: &Journal, factory: &EventFactory, from: usize, count: usize) {
-    let mut last = 0;
-    for n in from..from + count {
-        last = journal.append(&factory.make(share(n))).unwrap();
-    }
-    journal.wait_committed(last).await.unwrap();
 }
 
 async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {

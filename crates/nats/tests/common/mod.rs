@@ -1,7 +1,9 @@
 //! What both NATS tests need: events to journal and a JetStream context.
 
 use async_nats::jetstream;
-use tbg_events::EventData;
+use tbg_events::{EventData, EventFactory};
+use tbg_journal::Journal;
+use tokio_util::sync::CancellationToken;
 
 /// The n-th test share (of one of 7 users).
 pub fn share(n: usize) -> EventData {
@@ -25,4 +27,29 @@ pub async fn connect(url: &str) -> jetstream::Context {
         .await
         .unwrap();
     jetstream::new(client)
+}
+
+/// Appends the test shares `from..from + count` and waits for their commit.
+#[allow(dead_code)] // not every test file appends this way
+pub async fn append(journal: &Journal, factory: &EventFactory, from: usize, count: usize) {
+    let mut last = 0;
+    for n in from..from + count {
+        last = journal.append(&factory.make(share(n))).unwrap();
+    }
+    journal.wait_committed(last).await.unwrap();
+}
+
+/// A publisher or an ingest running in its task, until [`Running::stop`].
+#[allow(dead_code)]
+pub struct Running {
+    pub stop: CancellationToken,
+    pub task: tokio::task::JoinHandle<()>,
+}
+
+#[allow(dead_code)]
+impl Running {
+    pub async fn stop(self) {
+        self.stop.cancel();
+        self.task.await.unwrap();
+    }
 }
