@@ -158,6 +158,10 @@ enum Command {
     /// Check a backup against its manifest and restore it into a scratch
     /// database to compare row counts.
     VerifyBackup(ops::VerifyArgs),
+    /// Make a Stratum V2 authority key pair: the secret for
+    /// `stratum_v2.authority_secret_key` (or TBG_SV2_SECRET_KEY), the public
+    /// key for miners and proxies (`authority_pubkey`).
+    Sv2Keygen,
     /// Check a config file (exit code 2 when it is wrong) and print it as TOML.
     CheckConfig {
         #[command(flatten)]
@@ -341,6 +345,12 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Backup(args) => ops::backup(args).await,
         Command::Restore(args) => ops::restore(args).await,
         Command::VerifyBackup(args) => ops::verify_backup(args).await,
+        Command::Sv2Keygen => {
+            let key = tbg_sv2::AuthorityKey::generate();
+            println!("authority_secret_key = \"{}\"", key.secret_base58());
+            println!("authority_public_key = \"{}\"", key.public_base58());
+            Ok(())
+        }
         Command::CheckConfig { config } => {
             let config = load_config(&config, false)?;
             if config.network_from_node {

@@ -49,6 +49,18 @@ pub fn pool_settings(config: &Config) -> Result<PoolSettings> {
             handshake_timeout: Duration::from_secs(tls.handshake_timeout_s),
         });
     }
+    let sv2 = &config.stratum_v2;
+    if sv2.enabled() {
+        let public = Some(sv2.authority_public_key.as_str()).filter(|key| !key.is_empty());
+        let key = tbg_sv2::AuthorityKey::from_base58(&sv2.authority_secret_key, public)
+            .context("stratum_v2.authority_secret_key (or TBG_SV2_SECRET_KEY)")?;
+        let bind =
+            resolve_bind(&sv2.bind).with_context(|| format!("stratum_v2.bind = {}", sv2.bind))?;
+        let mut port = tbg_pool::sv2::Sv2Settings::new(bind, key);
+        port.cert_validity = Duration::from_secs(sv2.cert_validity_s);
+        port.handshake_timeout = Duration::from_secs(sv2.handshake_timeout_s);
+        settings.sv2 = Some(port);
+    }
     Ok(settings)
 }
 

@@ -17,6 +17,7 @@ mod model;
 mod monitor;
 mod notify;
 mod region;
+mod sv2;
 mod tls;
 mod validate;
 mod web;
@@ -32,6 +33,7 @@ pub use model::{
 pub use monitor::{HealthMonitorSection, MonitoredRegion};
 pub use notify::{webhook_key, NotifySection, WebhookConfig, NOTICE_TYPES};
 pub use region::{NatsSection, RegionMode, RegionSection, MIN_RELAY_SECRET_CHARS};
+pub use sv2::StratumV2Section;
 pub use tls::StratumTlsSection;
 pub use validate::{MAX_DIFFICULTY, MAX_POOL_TAG_LEN, VERSION_MASK_ALLOWED};
 pub use web::WebSection;
@@ -114,6 +116,7 @@ impl Config {
     /// - `TBG_RELAY_SECRET`: `region.relay_secret`.
     /// - `TBG_NATS_URL`: `nats.url`.
     /// - `TBG_METRICS_TOKEN`: `metrics.token`.
+    /// - `TBG_SV2_SECRET_KEY`: `stratum_v2.authority_secret_key`.
     /// - `TBG_WEBHOOK_<N>_SECRET`: `notify.webhooks[N].secret`.
     pub fn apply_env(&mut self, env: &dyn Fn(&str) -> Option<String>) -> Vec<String> {
         let mut applied = Vec::new();
@@ -147,6 +150,9 @@ impl Config {
         }
         if let Some(url) = lookup("TBG_NATS_URL".to_owned()) {
             self.nats.url = Some(url);
+        }
+        if let Some(secret) = lookup("TBG_SV2_SECRET_KEY".to_owned()) {
+            self.stratum_v2.authority_secret_key = secret;
         }
         if let Some(token) = lookup("TBG_METRICS_TOKEN".to_owned()) {
             self.metrics.token = Some(token);

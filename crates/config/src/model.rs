@@ -108,6 +108,7 @@ pub struct Config {
     pub web: crate::WebSection,
     /// Stratum over TLS on a port of its own (off by default).
     pub stratum_tls: crate::StratumTlsSection,
+    pub stratum_v2: crate::StratumV2Section,
     /// Signed webhooks (block found, confirmed, orphaned; worker offline).
     pub notify: crate::NotifySection,
 }
@@ -131,6 +132,7 @@ impl Default for Config {
             health_monitor: crate::HealthMonitorSection::default(),
             web: crate::WebSection::default(),
             stratum_tls: crate::StratumTlsSection::default(),
+            stratum_v2: crate::StratumV2Section::default(),
             notify: crate::NotifySection::default(),
         }
     }

@@ -39,6 +39,12 @@ pub(crate) fn encode_limits(c: &PoolCounters, enc: &mut DescriptorEncoder) -> Re
         "Connections to the stratum TLS port that failed or timed out in the TLS handshake.",
         PoolCounters::get(&c.tls_handshake_failures),
     )?;
+    encode::counter_u64(
+        enc,
+        "tbg_stratum_v2_handshake_failures",
+        "Connections to the Stratum V2 port that failed or timed out in the Noise handshake.",
+        PoolCounters::get(&c.sv2_handshake_failures),
+    )?;
     encode::gauge(
         enc,
         "ckpool_ip_sources",

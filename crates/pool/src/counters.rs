@@ -80,6 +80,9 @@ pub struct PoolCounters {
     pub ip_sources: AtomicU64,
     /// Connections to the TLS port that failed or timed out in the handshake.
     pub tls_handshake_failures: AtomicU64,
+    /// Connections to the Stratum V2 port that failed or timed out in the
+    /// Noise handshake or before `SetupConnection`.
+    pub sv2_handshake_failures: AtomicU64,
 }
 
 /// Number of distinct reject reasons tracked.
@@ -92,6 +95,9 @@ impl PoolCounters {
     }
     pub fn tls_handshake_failed(&self) {
         self.tls_handshake_failures.fetch_add(1, Ordering::Relaxed);
+    }
+    pub fn sv2_handshake_failed(&self) {
+        self.sv2_handshake_failures.fetch_add(1, Ordering::Relaxed);
     }
     pub fn connection_closed(&self) {
         self.connections.fetch_sub(1, Ordering::Relaxed);

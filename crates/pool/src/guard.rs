@@ -100,7 +100,9 @@ impl Guard {
         now: Instant,
     ) {
         let abuse = match reason {
-            CloseReason::TooManyErrors => Some(LimitKind::ProtocolErrors),
+            CloseReason::TooManyErrors | CloseReason::MalformedFrame => {
+                Some(LimitKind::ProtocolErrors)
+            }
             CloseReason::TooManyInvalidShares => Some(LimitKind::InvalidShares),
             _ => None,
         };

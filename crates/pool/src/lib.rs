@@ -21,6 +21,7 @@ pub mod service;
 pub mod session;
 pub mod settings;
 pub mod stats;
+pub mod sv2;
 pub mod tls;
 pub mod usersig;
 pub mod view;
@@ -31,6 +32,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::FutureExt;
 use tbg_events::{EventData, EventFactory, EventSink};
 use tbg_journal::Journal;
 use tbg_node::{FetchedTemplate, NodeHealth, NodeSet, RefreshTrigger};
@@ -181,6 +183,11 @@ impl PoolShared {
         now.saturating_duration_since(self.epoch).as_secs_f64()
     }
 
+    /// A new connection's (or V2 channel's) client id.
+    pub(crate) fn next_client_id(&self) -> u64 {
+        self.client_counter.fetch_add(1, Ordering::Relaxed)
+    }
+
     pub(crate) fn next_job_id(&self) -> u64 {
         self.job_counter.fetch_add(1, Ordering::Relaxed)
     }
@@ -246,6 +253,7 @@ pub struct PoolHandle {
     local_addr: SocketAddr,
     /// The TLS port and what it serves, when there is one.
     tls: Option<(SocketAddr, Arc<tls::TlsPort>)>,
+    sv2_addr: Option<SocketAddr>,
     shared: Arc<PoolShared>,
     work_rx: watch::Receiver<Option<Arc<CurrentWork>>>,
     shutdown_tx: watch::Sender<bool>,
@@ -293,6 +301,16 @@ pub async fn start(settings: PoolSettings, deps: PoolDeps) -> Result<PoolHandle,
     let tls = match settings.tls.clone() {
         None => None,
         Some(tls_settings) => Some(tls::open_port(tls_settings).await?),
+    };
+    let sv2 = match settings.sv2.clone() {
+        None => None,
+        Some(sv2_settings) => {
+            let bind = sv2_settings.bind;
+            let bind_error = |source| PoolError::Bind { addr: bind, source };
+            let listener = listen::stratum_listener(bind).map_err(bind_error)?;
+            let addr = listener.local_addr().map_err(bind_error)?;
+            Some((listener, addr, sv2_settings))
+        }
     };
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let user_sigs = Arc::new(usersig::UserSigCache::default());
@@ -350,41 +368,59 @@ pub async fn start(settings: PoolSettings, deps: PoolDeps) -> Result<PoolHandle,
         shared.clone(),
         shutdown_rx.clone(),
     )));
-    let plain = server::serve(
+    let mut servers = vec![server::serve(
         listener,
         shared.clone(),
         work_rx.clone(),
         shutdown_rx.clone(),
-        None,
-    );
+        server::Port::Plain,
+    )
+    .boxed()];
     tracing::info!(%local_addr, network = %shared.settings.network, "stratum server listening");
-    let (tls_handle, tls_server) = match tls {
-        None => (None, None),
+    let tls_handle = match tls {
+        None => None,
         Some((listener, port, addr)) => {
             tracing::info!(%addr, fingerprint = %port.current().fingerprint,
                 "stratum TLS server listening");
-            let serving = server::serve(
-                listener,
-                shared.clone(),
-                work_rx.clone(),
-                shutdown_rx,
-                Some(port.clone()),
+            servers.push(
+                server::serve(
+                    listener,
+                    shared.clone(),
+                    work_rx.clone(),
+                    shutdown_rx.clone(),
+                    server::Port::Tls(port.clone()),
+                )
+                .boxed(),
             );
-            (Some((addr, port)), Some(serving))
+            Some((addr, port))
         }
     };
-    // One task for both ports: a stop waits for the connections of each.
-    let server = tokio::spawn(async move {
-        match tls_server {
-            None => plain.await,
-            Some(tls_server) => {
-                tokio::join!(plain, tls_server);
-            }
+    let sv2_addr = match sv2 {
+        None => None,
+        Some((listener, addr, sv2_settings)) => {
+            tracing::info!(%addr, authority_public_key = %sv2_settings.key.public_base58(),
+                "stratum v2 server listening");
+            servers.push(
+                server::serve(
+                    listener,
+                    shared.clone(),
+                    work_rx.clone(),
+                    shutdown_rx,
+                    server::Port::Sv2(Arc::new(sv2_settings)),
+                )
+                .boxed(),
+            );
+            Some(addr)
         }
+    };
+    // One task for every port: a stop waits for the connections of each.
+    let server = tokio::spawn(async move {
+        futures::future::join_all(servers).await;
     });
     Ok(PoolHandle {
         local_addr,
         tls: tls_handle,
+        sv2_addr,
         shared,
         work_rx,
         shutdown_tx,
@@ -413,6 +449,11 @@ impl PoolHandle {
     /// The stratum address actually bound (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The Stratum V2 port actually bound, when `[stratum_v2]` is on.
+    pub fn sv2_addr(&self) -> Option<SocketAddr> {
+        self.sv2_addr
     }
 
     /// The TLS port actually bound, when `[stratum_tls]` is on.

@@ -17,12 +17,20 @@ use crate::tls::TlsPort;
 use crate::work_source::CurrentWork;
 use crate::PoolShared;
 
+/// What a port speaks.
+#[derive(Clone)]
+pub(crate) enum Port {
+    Plain,
+    Tls(Arc<TlsPort>),
+    Sv2(Arc<crate::sv2::Sv2Settings>),
+}
+
 pub(crate) async fn serve(
     listener: TcpListener,
     shared: Arc<PoolShared>,
     work_rx: watch::Receiver<Option<Arc<CurrentWork>>>,
     mut shutdown: watch::Receiver<bool>,
-    tls: Option<Arc<TlsPort>>,
+    port: Port,
 ) {
     let tracker = TaskTracker::new();
     let mut backoff = Duration::from_millis(5);
@@ -69,19 +77,37 @@ pub(crate) async fn serve(
         let client_id = shared
             .client_counter
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let session = Box::new(Session::new(shared.clone(), client_id, peer));
         let shared = shared.clone();
         let work_rx = work_rx.clone();
         let shutdown = shutdown.clone();
-        let tls = tls.clone();
+        let port = port.clone();
         shared.counters.connection_opened();
         let task = async move {
-            let reason = match tls {
-                None => session.run(stream, work_rx, shutdown).await,
+            let reason = match port {
+                Port::Plain => {
+                    let session = Box::new(Session::new(shared.clone(), client_id, peer));
+                    session.run(stream, work_rx, shutdown).await
+                }
                 // Boxed: a TLS session's state (the handshake, rustls'
                 // connection) is kilobytes, and every plain connection's
                 // task would otherwise be as large.
-                Some(tls) => Box::pin(serve_tls(&tls, session, stream, work_rx, shutdown)).await,
+                Port::Tls(tls) => {
+                    let session = Box::new(Session::new(shared.clone(), client_id, peer));
+                    Box::pin(serve_tls(&tls, session, stream, work_rx, shutdown)).await
+                }
+                // A V2 connection's channels are sessions of their own.
+                Port::Sv2(sv2) => {
+                    Box::pin(crate::sv2::serve_connection(
+                        shared.clone(),
+                        client_id,
+                        peer,
+                        stream,
+                        work_rx,
+                        shutdown,
+                        sv2,
+                    ))
+                    .await
+                }
             };
             shared.counters.connection_closed();
             let live = shared.live();

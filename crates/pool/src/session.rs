@@ -34,6 +34,9 @@ mod difficulty;
 mod limits;
 mod setup;
 mod shares;
+pub(crate) mod v2;
+
+pub(crate) use setup::AuthorizeRefusal;
 
 use difficulty::network_difficulty;
 
@@ -74,6 +77,11 @@ pub enum CloseReason {
     TooManyErrors,
     /// The TLS port's handshake failed or timed out: no session began.
     TlsHandshake,
+    /// The Stratum V2 port's Noise handshake failed or timed out.
+    Sv2Handshake,
+    /// A Stratum V2 frame that does not decrypt, parse or fit the size
+    /// limit, or a message out of place: the connection cannot go on.
+    MalformedFrame,
 }
 
 struct Authorized {
@@ -119,6 +127,13 @@ pub(crate) struct Session {
     /// bumps the pool's generation.
     live: Arc<PoolSettings>,
     live_generation: u64,
+    /// A Stratum V2 channel's own wire state (`crate::sv2`); `None` on a
+    /// V1 connection. Jobs, difficulty changes and share answers go to
+    /// its outbox instead of the V1 text.
+    pub(crate) wire: Option<Box<crate::sv2::ChannelWire>>,
+    /// The difficulty to start at instead of `start_difficulty` when
+    /// nothing was earned yet (a V2 channel's nominal hash rate).
+    pub(crate) start_hint: Option<f64>,
 }
 
 enum LineRead {
@@ -188,7 +203,19 @@ impl Session {
             limiter: ConnectionLimiter::new(now),
             live,
             live_generation,
+            wire: None,
+            start_hint: None,
         }
+    }
+
+    /// The extranonce2 (V2: rollable extranonce) length of this session's
+    /// jobs.
+    pub(crate) fn extranonce2_len(&self) -> usize {
+        self.wire
+            .as_ref()
+            .map_or(self.shared.settings.extranonce2_len, |wire| {
+                wire.extranonce2_len
+            })
     }
 
     /// Serves the connection until it closes; never returns an error: every
@@ -368,30 +395,8 @@ impl Session {
         if out.is_empty() {
             return Ok(());
         }
-        // A block's share is answered once the block is in the block store
-        // (or the store failed, logged with the hex): "accepted" for a
-        // block means it survives a crash of the pool.
-        if !self.block_stored.is_empty() {
-            let stored = futures::future::join_all(self.block_stored.drain(..));
-            let _ = tokio::time::timeout(BLOCK_STORE_WAIT, stored).await;
-        }
-        // Nothing is confirmed to the miner before its events are durable.
-        // The waits are polled first (`biased`): a write that is ready at
-        // once, as nearly every one is, never registers with the stop token.
+        self.settle().await?;
         let stop = &self.shared.sessions_stop;
-        if let Some(journal) = &self.shared.journal {
-            let seq = self.pending_seq.load(Ordering::Relaxed);
-            if seq > journal.durable_seq() {
-                let durable = tokio::select! {
-                    biased;
-                    durable = journal.wait_durable(seq) => durable.is_ok(),
-                    () = stop.cancelled() => false,
-                };
-                if !durable {
-                    return Err(CloseReason::Shutdown);
-                }
-            }
-        }
         // The flush is a no-op on TCP; on TLS it pushes out ciphertext a
         // full socket left in the TLS session.
         let write = tokio::time::timeout(self.shared.settings.write_timeout, async {
@@ -409,6 +414,35 @@ impl Session {
         };
         out.clear();
         result
+    }
+
+    /// Waits until what this session is about to confirm holds: a block's
+    /// share is answered once the block is in the block store (or the
+    /// store failed, logged with the hex), so "accepted" for a block means
+    /// it survives a crash of the pool; and nothing is confirmed before
+    /// its events are durable.
+    pub(crate) async fn settle(&mut self) -> Result<(), CloseReason> {
+        if !self.block_stored.is_empty() {
+            let stored = futures::future::join_all(self.block_stored.drain(..));
+            let _ = tokio::time::timeout(BLOCK_STORE_WAIT, stored).await;
+        }
+        // The waits are polled first (`biased`): a write that is ready at
+        // once, as nearly every one is, never registers with the stop token.
+        let stop = &self.shared.sessions_stop;
+        if let Some(journal) = &self.shared.journal {
+            let seq = self.pending_seq.load(Ordering::Relaxed);
+            if seq > journal.durable_seq() {
+                let durable = tokio::select! {
+                    biased;
+                    durable = journal.wait_durable(seq) => durable.is_ok(),
+                    () = stop.cancelled() => false,
+                };
+                if !durable {
+                    return Err(CloseReason::Shutdown);
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Handles one line; `Err` closes the connection after flushing `out`.
@@ -499,6 +533,7 @@ impl Session {
 
     /// Sends a job for `work` (coinbase built for this user).
     fn push_job(&mut self, work: &Arc<CurrentWork>, out: &mut String) {
+        let extranonce2_len = self.extranonce2_len();
         let Some(user) = &mut self.authorized else {
             return;
         };
@@ -511,6 +546,9 @@ impl Session {
         // shares on it are judged at the new difficulty. Otherwise the job
         // every session of this user gets for this template.
         let retarget = work.generation == self.work_generation_sent;
+        // The shared per-user job fits only sessions with the pool's
+        // extranonce2 length (a V2 channel may ask for more).
+        let shareable = !retarget && extranonce2_len == self.shared.settings.extranonce2_len;
         let live = self.shared.live();
         let inputs = JobInputs {
             template: &work.template,
@@ -519,10 +557,10 @@ impl Session {
             pool_tag: &live.pool_tag,
             user_sig: user.user_sig.as_deref(),
             extranonce1_len: allocation.extranonce1.len(),
-            extranonce2_len: self.shared.settings.extranonce2_len,
+            extranonce2_len,
             clean_jobs: work.clean_jobs && !retarget,
         };
-        let built = if retarget {
+        let built = if !shareable {
             crate::notify::build_user_job(&inputs, self.shared.next_job_id()).map(Arc::new)
         } else {
             work.notifies
@@ -536,18 +574,23 @@ impl Session {
             }
         };
         self.work_generation_sent = work.generation;
-        out.push_str(&user_job.line);
         let job = Job {
             template: work.job_template.clone(),
             coinbase: user_job.coinbase.clone(),
         };
-        self.shares
-            .push_job(KeptJob::new(user_job.id.clone(), job, self.difficulty));
+        let id = match &mut self.wire {
+            None => {
+                out.push_str(&user_job.line);
+                user_job.id.clone()
+            }
+            Some(wire) => wire.push_job(&job, &allocation.extranonce1),
+        };
+        self.shares.push_job(KeptJob::new(id, job, self.difficulty));
         self.shared.counters.notify_sent(work.received_at);
     }
 
     /// Accounting when the connection ends.
-    fn finish(&mut self, reason: CloseReason) {
+    pub(crate) fn finish(&mut self, reason: CloseReason) {
         let now = Instant::now();
         if let Some(allocation) = &self.allocation {
             // Parked for a connection that resumes this session.

@@ -80,6 +80,8 @@ pub struct PoolSettings {
     pub block_maturity: u32,
     /// Stratum over TLS on a port of its own; `None`: plain TCP only.
     pub tls: Option<crate::tls::TlsSettings>,
+    /// The Stratum V2 port (`[stratum_v2]`); `None`: V1 only.
+    pub sv2: Option<crate::sv2::Sv2Settings>,
 }
 
 impl PoolSettings {
@@ -116,6 +118,7 @@ impl PoolSettings {
             block_follow_interval: Duration::from_secs(30),
             block_maturity: 100,
             tls: None,
+            sv2: None,
         }
     }
 }

@@ -119,6 +119,18 @@ async fn a_full_journal_refuses_shares_with_an_error_and_the_pool_recovers_by_it
         useragent: "filler".into(),
         initial_diff: 1.0,
     });
+    // A commit the writer began before the lock frees its ring space when
+    // it ends: fill only once the writer has tried a commit under the lock
+    // and failed (CI saw the ring get room again after the fill).
+    handle.append(&filler).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while handle.stats().consecutive_failures == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the writer never failed a commit under the lock"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     while handle.append(&filler).is_ok() {}
     assert!(
         !handle.is_healthy(),

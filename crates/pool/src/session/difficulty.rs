@@ -14,7 +14,7 @@ use super::Session;
 use crate::work_source::CurrentWork;
 
 impl Session {
-    pub(super) fn vardiff_config(&self, start: f64) -> tbg_work::VardiffConfig {
+    pub(crate) fn vardiff_config(&self, start: f64) -> tbg_work::VardiffConfig {
         let settings = self.shared.live();
         tbg_work::VardiffConfig {
             target_interval_secs: settings.share_interval.as_secs_f64(),
@@ -57,7 +57,10 @@ impl Session {
     pub(super) fn change_difficulty(&mut self, new: f64, now: Instant, out: &mut String) {
         let old = self.difficulty;
         self.difficulty = new;
-        out.push_str(&tbg_stratum::set_difficulty(new));
+        match &mut self.wire {
+            None => out.push_str(&tbg_stratum::set_difficulty(new)),
+            Some(wire) => wire.set_target(new),
+        }
         // Only a difficulty the share rate set outlives the connection:
         // anyone can authorize as any worker and suggest anything.
         let earned = self.vardiff.as_ref().and_then(Vardiff::earned_difficulty) == Some(new);
@@ -81,7 +84,7 @@ impl Session {
 
     /// A new difficulty from vardiff: tell the miner, then give it a job
     /// issued at that difficulty (miners apply it from the next job).
-    pub(super) fn retarget(
+    pub(crate) fn retarget(
         &mut self,
         new: f64,
         now: Instant,
@@ -101,7 +104,7 @@ impl Session {
     /// Periodic vardiff check: the network difficulty of the current work
     /// as the cap, a change that waited for its interval, and an easier
     /// difficulty for a miner whose shares stopped.
-    pub(super) fn poll_vardiff(
+    pub(crate) fn poll_vardiff(
         &mut self,
         out: &mut String,
         work_rx: &watch::Receiver<Option<Arc<CurrentWork>>>,

@@ -6,6 +6,28 @@
 
 use super::*;
 
+/// A worker authorized on a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Authorization {
+    /// The session's first: its difficulty is set, its first job is due.
+    First,
+    /// One more worker of the session's address.
+    Another,
+    /// Already authorized here.
+    Again,
+}
+
+/// Why a worker was not authorized.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum AuthorizeRefusal {
+    /// Not an address of the pool's network (the reason).
+    InvalidAddress(String),
+    /// The session pays another address (one payout per connection).
+    AnotherAddress,
+    /// Past [`MAX_WORKERS_PER_CONNECTION`].
+    TooManyWorkers,
+}
+
 impl Session {
     pub(super) fn subscribe(
         &mut self,
@@ -57,6 +79,49 @@ impl Session {
         out: &mut String,
         work_rx: &watch::Receiver<Option<Arc<CurrentWork>>>,
     ) {
+        match self.authorize_worker(username, work_rx) {
+            Ok(authorized) => {
+                out.push_str(&tbg_stratum::response_ok(&request.id, Value::Bool(true)));
+                if authorized == Authorization::First {
+                    out.push_str(&tbg_stratum::set_difficulty(self.difficulty));
+                    let work = work_rx.borrow().clone();
+                    if let Some(work) = work {
+                        self.push_job(&work, out);
+                    }
+                }
+            }
+            Err(refusal) => {
+                let (code, message) = match &refusal {
+                    AuthorizeRefusal::InvalidAddress(error) => (
+                        RejectReason::InvalidAddress.code(),
+                        format!("Invalid address: {error}"),
+                    ),
+                    AuthorizeRefusal::AnotherAddress => (
+                        RejectReason::WorkerMismatch.code(),
+                        "Worker mismatch: one payout address per connection".to_string(),
+                    ),
+                    AuthorizeRefusal::TooManyWorkers => (
+                        RejectReason::Unauthorized.code(),
+                        "Too many workers on this connection".to_string(),
+                    ),
+                };
+                out.push_str(&tbg_stratum::response_error(&request.id, code, &message));
+            }
+        }
+    }
+
+    /// Authorizes `address[.worker]` on this session, whatever the
+    /// protocol: the address checked against the network, the worker's
+    /// stats attached; for the session's first worker its difficulty (one
+    /// it earned before, else the start, raised to this session's floor and
+    /// capped by the network's) and `miner_connected`. The caller sends
+    /// the answer, and for [`Authorization::First`] the difficulty and the
+    /// first job.
+    pub(crate) fn authorize_worker(
+        &mut self,
+        username: &str,
+        work_rx: &watch::Receiver<Option<Arc<CurrentWork>>>,
+    ) -> Result<Authorization, AuthorizeRefusal> {
         let (address, worker) = split_address_worker(username);
         let worker = worker.unwrap_or("default").to_string();
         let payout = match tbg_work::parse_payout_address(address, self.shared.settings.network) {
@@ -64,36 +129,20 @@ impl Session {
             Err(error) => {
                 tracing::info!(client = self.client_id, %error, "authorize refused: invalid payout address");
                 self.shared.counters.protocol_error("invalid_address");
-                out.push_str(&tbg_stratum::response_error(
-                    &request.id,
-                    RejectReason::InvalidAddress.code(),
-                    &format!("Invalid address: {error}"),
-                ));
-                return;
+                return Err(AuthorizeRefusal::InvalidAddress(error.to_string()));
             }
         };
         if let Some(existing) = &self.authorized {
             if existing.address != address {
                 // Coinbase outputs are per connection: one payout address each.
-                out.push_str(&tbg_stratum::response_error(
-                    &request.id,
-                    RejectReason::WorkerMismatch.code(),
-                    "Worker mismatch: one payout address per connection",
-                ));
-                return;
+                return Err(AuthorizeRefusal::AnotherAddress);
             }
             if existing.workers.iter().any(|(name, _)| *name == worker) {
-                out.push_str(&tbg_stratum::response_ok(&request.id, Value::Bool(true)));
-                return;
+                return Ok(Authorization::Again);
             }
             if existing.workers.len() >= MAX_WORKERS_PER_CONNECTION {
                 // Each worker has stats kept for a day: bound what one connection can create.
-                out.push_str(&tbg_stratum::response_error(
-                    &request.id,
-                    RejectReason::Unauthorized.code(),
-                    "Too many workers on this connection",
-                ));
-                return;
+                return Err(AuthorizeRefusal::TooManyWorkers);
             }
         }
         let now = Instant::now();
@@ -112,10 +161,9 @@ impl Session {
                 });
             }
         }
-        out.push_str(&tbg_stratum::response_ok(&request.id, Value::Bool(true)));
         if !first_authorize {
             self.announce_asicboost(&worker);
-            return;
+            return Ok(Authorization::Another);
         }
         self.shared.counters.miner_connected();
         // Difficulty: one this worker earned with its own shares on an
@@ -124,7 +172,10 @@ impl Session {
         // capped by the network difficulty of the work and the maximum.
         let remembered = self.shared.difficulty_memory.recall(address, &worker, now);
         let seconds = self.shared.seconds(now);
-        let config = self.vardiff_config(self.shared.live().start_difficulty);
+        let start = self
+            .start_hint
+            .unwrap_or_else(|| self.shared.live().start_difficulty);
+        let config = self.vardiff_config(start);
         let mut vardiff = match remembered {
             Some(earned) => Vardiff::resume(config, earned, seconds),
             None => Vardiff::new(config, seconds),
@@ -150,11 +201,7 @@ impl Session {
         tracing::info!(client = self.client_id, peer = %self.peer, user = %address, %worker,
             difficulty = self.difficulty, useragent = %self.user_agent, "miner authorized");
         self.announce_asicboost(&worker);
-        out.push_str(&tbg_stratum::set_difficulty(self.difficulty));
-        let work = work_rx.borrow().clone();
-        if let Some(work) = work {
-            self.push_job(&work, out);
-        }
+        Ok(Authorization::First)
     }
 
     pub(super) fn configure(

@@ -104,33 +104,16 @@ impl Session {
             self.refuse_over_rate(request, started, out, work_rx);
             return Ok(());
         }
-        // Built before the accounting, which may retarget and so push a job
-        // (the share's job index is only valid until then).
-        let block = if share.is_block {
-            let block = self.found_block(&share, worker_index, decoded.extranonce2());
-            if block.is_none() {
-                // `judge` just found the job and the miner: unreachable, but never silent.
-                tracing::error!(hash = %share.hash, "BLOCK FOUND but its job or miner is gone; not submitted");
-            }
-            block
-        } else {
-            None
-        };
         let reply_at = out.len();
-        let unix_day = u64::from(unix_secs) / 86_400;
-        let journaled =
-            self.account_accepted(&share, worker_index, started, unix_day, out, work_rx);
-        if let Some(block) = block {
-            let stored = self.shared.block_found(block);
-            self.block_stored.push(stored);
-        }
-        // A share is confirmed only once its event is journaled; when the
-        // journal refuses it (full), the miner hears an error at once rather
-        // than waiting on a journal that may not recover soon. A block in it
-        // was still submitted. A block on a job whose previous block was
-        // replaced meanwhile is answered `true` like any block: it was
-        // submitted, it may still win the race, and the miner did its work
-        // on the job it was given (ckpool answers such a block the same).
+        let journaled = self.credit_share(
+            &share,
+            worker_index,
+            decoded.extranonce2(),
+            started,
+            unix_secs,
+            out,
+            work_rx,
+        );
         let reply = if journaled {
             tbg_stratum::response_ok(&request.id, Value::Bool(true))
         } else {
@@ -145,6 +128,42 @@ impl Session {
         Ok(())
     }
 
+    /// An accepted share's consequences, whatever the protocol: a block in
+    /// it built and handed on to be stored and submitted, the share's
+    /// events, stats and vardiff. False when the journal refused its event
+    /// (the caller answers with that).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn credit_share(
+        &mut self,
+        share: &AcceptedShare,
+        worker_index: usize,
+        extranonce2: &[u8],
+        started: Instant,
+        unix_secs: u32,
+        out: &mut String,
+        work_rx: &watch::Receiver<Option<Arc<CurrentWork>>>,
+    ) -> bool {
+        // Built before the accounting, which may retarget and so push a job
+        // (the share's job index is only valid until then).
+        let block = if share.is_block {
+            let block = self.found_block(share, worker_index, extranonce2);
+            if block.is_none() {
+                // The validator just found the job and the miner: unreachable, but never silent.
+                tracing::error!(hash = %share.hash, "BLOCK FOUND but its job or miner is gone; not submitted");
+            }
+            block
+        } else {
+            None
+        };
+        let unix_day = u64::from(unix_secs) / 86_400;
+        let journaled = self.account_accepted(share, worker_index, started, unix_day, out, work_rx);
+        if let Some(block) = block {
+            let stored = self.shared.block_found(block);
+            self.block_stored.push(stored);
+        }
+        journaled
+    }
+
     /// Who may submit (the connection's business), then the share rules
     /// (the validator's). Returns the share, its worker's index and fields.
     fn judge(
@@ -153,9 +172,9 @@ impl Session {
         unix_secs: u32,
         work_rx: &watch::Receiver<Option<Arc<CurrentWork>>>,
     ) -> Result<(AcceptedShare, usize, Decoded), RejectReason> {
-        let Some(allocation) = &self.allocation else {
+        if self.allocation.is_none() {
             return Err(RejectReason::NotSubscribed);
-        };
+        }
         let Some(user) = &self.authorized else {
             return Err(RejectReason::Unauthorized);
         };
@@ -168,18 +187,6 @@ impl Session {
             return Err(RejectReason::Unauthorized);
         };
         let decoded = decode(submit)?;
-        let current_prev = work_rx
-            .borrow()
-            .as_ref()
-            .map(|work| work.template.previous_block_hash);
-        let settings = &self.shared.settings;
-        let context = ShareContext {
-            extranonce1: &allocation.extranonce1,
-            extranonce2_len: settings.extranonce2_len,
-            current_prev,
-            now: unix_secs,
-            ntime_window: u32::try_from(settings.ntime_future_window.as_secs()).unwrap_or(u32::MAX),
-        };
         let submission = Submission {
             job_id: &submit.job_id,
             extranonce2: decoded.extranonce2(),
@@ -187,14 +194,37 @@ impl Session {
             nonce: decoded.nonce,
             version_bits: decoded.version_bits,
         };
-        let found_blocks = &self.shared.found_blocks;
-        let share = self
-            .shares
-            .validate(&submission, &context, |hash| {
-                found_blocks.lock().claim(hash)
-            })
-            .map_err(reject_reason)?;
+        let share = self.validate_share(&submission, unix_secs, work_rx)?;
         Ok((share, worker_index, decoded))
+    }
+
+    /// The share rules (`tbg_work::validate`) for this connection's
+    /// extranonces, the pool's tip and the time.
+    pub(crate) fn validate_share(
+        &mut self,
+        submission: &Submission<'_>,
+        unix_secs: u32,
+        work_rx: &watch::Receiver<Option<Arc<CurrentWork>>>,
+    ) -> Result<AcceptedShare, RejectReason> {
+        let Some(allocation) = &self.allocation else {
+            return Err(RejectReason::NotSubscribed);
+        };
+        let current_prev = work_rx
+            .borrow()
+            .as_ref()
+            .map(|work| work.template.previous_block_hash);
+        let settings = &self.shared.settings;
+        let context = ShareContext {
+            extranonce1: &allocation.extranonce1,
+            extranonce2_len: self.extranonce2_len(),
+            current_prev,
+            now: unix_secs,
+            ntime_window: u32::try_from(settings.ntime_future_window.as_secs()).unwrap_or(u32::MAX),
+        };
+        let found_blocks = &self.shared.found_blocks;
+        self.shares
+            .validate(submission, &context, |hash| found_blocks.lock().claim(hash))
+            .map_err(reject_reason)
     }
 
     /// Credits an accepted share (events, stats, vardiff); false when the
@@ -303,7 +333,7 @@ impl Session {
 
     /// One more valid share for vardiff's rate measurement; retargets when
     /// it says so.
-    fn vardiff_share(
+    pub(super) fn vardiff_share(
         &mut self,
         now: Instant,
         out: &mut String,
@@ -385,21 +415,28 @@ impl Session {
         out: &mut String,
     ) -> Result<(), CloseReason> {
         out.push_str(&tbg_stratum::response_reject(&request.id, reason));
+        let worker_name = submit
+            .map(|s| split_address_worker(&s.worker).1.unwrap_or("default"))
+            .unwrap_or_default();
+        self.account_rejected(worker_name, reason, journal)
+    }
+
+    /// A refused share's accounting, whatever the protocol: the worker's
+    /// stats, its event (`journal`), and the invalid-shares limit, which
+    /// closes the connection when it is passed.
+    pub(crate) fn account_rejected(
+        &mut self,
+        worker_name: &str,
+        reason: RejectReason,
+        journal: bool,
+    ) -> Result<(), CloseReason> {
         self.shared.counters.share_rejected(reason);
         tracing::debug!(
             client = self.client_id,
-            worker = submit.map_or("", |s| s.worker.as_str()),
+            worker = worker_name,
             reason = reason.message(),
             "share rejected"
         );
-        let worker_name = submit
-            .map(|s| {
-                split_address_worker(&s.worker)
-                    .1
-                    .unwrap_or("default")
-                    .to_string()
-            })
-            .unwrap_or_default();
         if let Some(user) = &self.authorized {
             if let Some((_, handle)) = user.workers.iter().find(|(name, _)| *name == worker_name) {
                 handle.lock().record_rejected();
@@ -407,7 +444,7 @@ impl Session {
             if journal {
                 self.emit(EventData::ShareSubmitted {
                     user: user.address.clone(),
-                    worker: worker_name,
+                    worker: worker_name.to_string(),
                     client_id: self.client_id,
                     diff: self.difficulty,
                     sdiff: 0.0,

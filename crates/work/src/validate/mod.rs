@@ -206,6 +206,11 @@ impl ShareValidator {
         self.jobs.get(index)
     }
 
+    /// A job by the id it was sent with, newest first.
+    pub fn find(&self, id: &str) -> Option<&KeptJob> {
+        self.jobs.iter().rev().find(|job| *job.id == *id)
+    }
+
     /// The duplicate store, to hand on to a resumed session.
     pub fn into_seen(self) -> SeenShares {
         self.seen

@@ -1,0 +1,626 @@
+//! One V2 connection: the Noise handshake, `SetupConnection`, then any
+//! number of channels (each a [`Session`]), their shares and their work.
+//!
+//! Reads happen in a task of their own (the codec's reads are not
+//! cancellation-safe) that hands parsed messages over a bounded queue: when
+//! the connection falls behind, the reader stops reading and TCP pushes
+//! back on the miner. Answers are written only once the events behind them
+//! are durable and any block in them is stored, as on V1.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tbg_sv2::common_messages_sv2::{
+    has_version_rolling, has_work_selection, Protocol, SetupConnectionErrorOwned,
+    SetupConnectionOwned, SetupConnectionSuccess,
+};
+use tbg_sv2::mining_sv2::{
+    OpenExtendedMiningChannelSuccessOwned, OpenMiningChannelErrorOwned,
+    OpenStandardMiningChannelSuccessOwned, UpdateChannelErrorOwned,
+};
+use tbg_sv2::parsers_sv2::{AnyMessageOwned, CommonMessagesOwned, MiningOwned};
+use tbg_sv2::transport::{self, FrameReader, FrameWriter, TransportError};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch};
+
+use super::wire::{self, error_code, extranonce_prefix, mining, ChannelKind};
+use super::Sv2Settings;
+use crate::limits::{ConnectionLimiter, RequestKind, Verdict};
+use crate::session::v2::{ChannelRequest, OpenRefusal, V2Share};
+use crate::session::{CloseReason, Session, MAX_WORKERS_PER_CONNECTION};
+use crate::settings::PoolSettings;
+use crate::work_source::CurrentWork;
+use crate::PoolShared;
+
+/// Messages read ahead of the connection's handling.
+const READ_QUEUE: usize = 16;
+/// The one group every channel of a connection is in; channel ids start
+/// after it (a proxy requires them to differ from the group's).
+const GROUP_CHANNEL_ID: u32 = 1;
+/// The largest extranonce V2 allows (prefix and rollable part together).
+const MAX_EXTRANONCE: usize = 32;
+
+type Read = Result<AnyMessageOwned, TransportError>;
+
+pub(crate) async fn serve_connection(
+    shared: Arc<PoolShared>,
+    client_id: u64,
+    peer: SocketAddr,
+    mut stream: TcpStream,
+    work_rx: watch::Receiver<Option<Arc<CurrentWork>>>,
+    shutdown: watch::Receiver<bool>,
+    port: Arc<Sv2Settings>,
+) -> CloseReason {
+    let handshake = transport::accept(&mut stream, &port.key, port.cert_validity);
+    let (encrypt, decrypt) = match tokio::time::timeout(port.handshake_timeout, handshake).await {
+        Ok(Ok(states)) => states,
+        Ok(Err(error)) => {
+            // A V1 miner on the V2 port, a scanner, a wrong key: nothing
+            // of a session exists yet.
+            tracing::debug!(%peer, %error, "stratum v2 handshake failed");
+            shared.counters.sv2_handshake_failed();
+            return CloseReason::Sv2Handshake;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "stratum v2 handshake timed out");
+            shared.counters.sv2_handshake_failed();
+            return CloseReason::Sv2Handshake;
+        }
+    };
+    let (read_half, write_half) = stream.into_split();
+    let (reads_tx, reads) = mpsc::channel(READ_QUEUE);
+    let reader = tokio::spawn(read_loop(
+        FrameReader::new(read_half, decrypt, transport::POOL_MAX_INBOUND_PAYLOAD),
+        reads_tx,
+    ));
+    let now = Instant::now();
+    let live = shared.live();
+    let mut connection = Connection {
+        live_generation: shared.live_generation.load(Ordering::Acquire),
+        live,
+        shared,
+        client_id,
+        peer,
+        writer: FrameWriter::new(write_half, encrypt),
+        channels: Vec::new(),
+        user_agent: None,
+        version_rolling: false,
+        next_channel_id: GROUP_CHANNEL_ID + 1,
+        connected_at: now,
+        last_activity: now,
+        limiter: ConnectionLimiter::new(now),
+        setup_deadline: now + port.handshake_timeout,
+    };
+    let reason = connection.run(reads, work_rx, shutdown).await;
+    reader.abort();
+    for mut channel in connection.channels.drain(..) {
+        channel.finish(reason);
+    }
+    reason
+}
+
+async fn read_loop(mut reader: FrameReader<OwnedReadHalf>, reads: mpsc::Sender<Read>) {
+    loop {
+        let read = reader.next().await;
+        let last = read.is_err();
+        if reads.send(read).await.is_err() || last {
+            return;
+        }
+    }
+}
+
+fn push_message(
+    writer: &mut FrameWriter<OwnedWriteHalf>,
+    client_id: u64,
+    message: AnyMessageOwned,
+) -> Result<(), CloseReason> {
+    writer.push(message).map_err(|error| {
+        tracing::error!(client = client_id, %error, "cannot encode a stratum v2 message");
+        CloseReason::IoError
+    })
+}
+
+struct Connection {
+    shared: Arc<PoolShared>,
+    client_id: u64,
+    peer: SocketAddr,
+    writer: FrameWriter<OwnedWriteHalf>,
+    /// Open channels, each a session of its own (at most
+    /// `MAX_WORKERS_PER_CONNECTION`, like a V1 connection's workers).
+    /// Boxed: a session is large, and channels come and go.
+    #[allow(clippy::vec_box)]
+    channels: Vec<Box<Session>>,
+    /// Set by `SetupConnection`: nothing else is taken before it.
+    user_agent: Option<String>,
+    version_rolling: bool,
+    next_channel_id: u32,
+    connected_at: Instant,
+    /// The last valid-looking submit on any channel (the idle timeout).
+    last_activity: Instant,
+    /// Channel opens and protocol errors of the connection (each channel
+    /// has its own submit and invalid-share limits).
+    limiter: ConnectionLimiter,
+    setup_deadline: Instant,
+    live: Arc<PoolSettings>,
+    live_generation: u64,
+}
+
+impl Connection {
+    async fn run(
+        &mut self,
+        mut reads: mpsc::Receiver<Read>,
+        mut work_rx: watch::Receiver<Option<Arc<CurrentWork>>>,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> CloseReason {
+        let mut vardiff_tick = tokio::time::interval(
+            self.live
+                .share_interval
+                .max(std::time::Duration::from_secs(1)),
+        );
+        vardiff_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // One timer, re-armed only when it fires early or the deadline
+        // moved earlier (as on V1).
+        let mut armed = self.deadline();
+        let timeout = tokio::time::sleep_until(armed.into());
+        tokio::pin!(timeout);
+        loop {
+            self.refresh_live();
+            let deadline = self.deadline();
+            if deadline < armed {
+                armed = deadline;
+                timeout.as_mut().reset(armed.into());
+            }
+            let ended = tokio::select! {
+                biased;
+                // V2's Reconnect would tell the miner to go, but the
+                // reference translator panics on it: the stop closes the
+                // connection once the answers due are out.
+                _ = shutdown.changed() => Some(CloseReason::Shutdown),
+                read = reads.recv() => match read {
+                    None => Some(CloseReason::ClientClosed),
+                    Some(Err(error)) => Some(self.read_failed(&error)),
+                    Some(Ok(message)) => self.handle(message, &work_rx).err(),
+                },
+                changed = work_rx.changed() => {
+                    if changed.is_err() {
+                        Some(CloseReason::Shutdown)
+                    } else {
+                        let work = work_rx.borrow_and_update().clone();
+                        if let Some(work) = work {
+                            for channel in &mut self.channels {
+                                channel.on_work(&work);
+                            }
+                        }
+                        None
+                    }
+                }
+                _ = vardiff_tick.tick() => {
+                    for channel in &mut self.channels {
+                        channel.tick_v2(&work_rx);
+                    }
+                    None
+                }
+                () = &mut timeout => {
+                    if Instant::now() >= deadline {
+                        Some(if self.user_agent.is_none() {
+                            // Any 64 bytes pass for a Noise key: garbage
+                            // fails here, with no SetupConnection after.
+                            self.shared.counters.sv2_handshake_failed();
+                            CloseReason::Sv2Handshake
+                        } else if self.channels.is_empty() {
+                            CloseReason::AuthorizeTimeout
+                        } else {
+                            CloseReason::IdleTimeout
+                        })
+                    } else {
+                        armed = deadline;
+                        timeout.as_mut().reset(armed.into());
+                        None
+                    }
+                }
+            };
+            // What is due goes out even when the connection ends: a share's
+            // answer, the error that explains the close.
+            if let Err(reason) = self.flush().await {
+                return reason;
+            }
+            if let Some(reason) = ended {
+                return reason;
+            }
+        }
+    }
+
+    fn refresh_live(&mut self) {
+        let generation = self.shared.live_generation.load(Ordering::Acquire);
+        if generation != self.live_generation {
+            self.live_generation = generation;
+            self.live = self.shared.live();
+        }
+    }
+
+    /// The setup must come within the handshake timeout, a channel within
+    /// the authorize timeout, then a share within the idle timeout.
+    fn deadline(&self) -> Instant {
+        if self.user_agent.is_none() {
+            self.setup_deadline
+        } else if self.channels.is_empty() {
+            self.connected_at + self.live.authorize_timeout
+        } else {
+            self.last_activity + self.live.idle_timeout
+        }
+    }
+
+    fn read_failed(&self, error: &TransportError) -> CloseReason {
+        match error {
+            TransportError::Closed => CloseReason::ClientClosed,
+            TransportError::Io(_) => CloseReason::IoError,
+            TransportError::FrameTooLarge { .. } => {
+                tracing::debug!(client = self.client_id, peer = %self.peer, %error, "stratum v2 frame refused");
+                self.shared.counters.protocol_error("sv2_frame_too_large");
+                CloseReason::LineTooLong
+            }
+            _ => {
+                tracing::debug!(client = self.client_id, peer = %self.peer, %error, "stratum v2 frame refused");
+                self.shared.counters.protocol_error("sv2_malformed");
+                CloseReason::MalformedFrame
+            }
+        }
+    }
+
+    /// Writes every channel's queued messages once what they confirm holds
+    /// (each channel's events durable, its blocks stored).
+    async fn flush(&mut self) -> Result<(), CloseReason> {
+        for channel in &mut self.channels {
+            for message in channel.take_outbox() {
+                push_message(&mut self.writer, self.client_id, message)?;
+            }
+        }
+        if !self.writer.has_pending() {
+            return Ok(());
+        }
+        for channel in &mut self.channels {
+            channel.settle().await?;
+        }
+        let write = tokio::time::timeout(self.shared.settings.write_timeout, self.writer.flush());
+        let stop = self.shared.sessions_stop.clone();
+        tokio::select! {
+            biased;
+            written = write => match written {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(_)) => Err(CloseReason::IoError),
+                Err(_) => Err(CloseReason::WriteTimeout),
+            },
+            () = stop.cancelled() => Err(CloseReason::Shutdown),
+        }
+    }
+
+    fn push(&mut self, message: AnyMessageOwned) -> Result<(), CloseReason> {
+        push_message(&mut self.writer, self.client_id, message)
+    }
+
+    /// A message built with a conversion that can fail only on sizes the
+    /// pool never produces.
+    fn push_built(
+        &mut self,
+        built: Result<AnyMessageOwned, tbg_sv2::binary_sv2::Error>,
+    ) -> Result<(), CloseReason> {
+        match built {
+            Ok(message) => self.push(message),
+            Err(error) => {
+                tracing::error!(
+                    client = self.client_id,
+                    ?error,
+                    "cannot build a stratum v2 message"
+                );
+                Err(CloseReason::IoError)
+            }
+        }
+    }
+
+    fn handle(
+        &mut self,
+        message: AnyMessageOwned,
+        work_rx: &watch::Receiver<Option<Arc<CurrentWork>>>,
+    ) -> Result<(), CloseReason> {
+        let message = match message {
+            AnyMessageOwned::Common(CommonMessagesOwned::SetupConnection(setup))
+                if self.user_agent.is_none() =>
+            {
+                return self.setup_connection(&setup);
+            }
+            // Nothing before the setup (the specification's first message).
+            _ if self.user_agent.is_none() => {
+                self.shared.counters.protocol_error("sv2_no_setup");
+                return Err(CloseReason::MalformedFrame);
+            }
+            AnyMessageOwned::Mining(message) => message,
+            _ => return self.protocol_error("sv2_unexpected_message"),
+        };
+        match message {
+            MiningOwned::OpenStandardMiningChannel(open) => self.open_channel(
+                open.request_id,
+                ChannelKind::Standard,
+                open.user_identity.as_bytes(),
+                open.nominal_hash_rate,
+                open.max_target.to_array(),
+                0,
+                work_rx,
+            ),
+            MiningOwned::OpenExtendedMiningChannel(open) => self.open_channel(
+                open.request_id,
+                ChannelKind::Extended,
+                open.user_identity.as_bytes(),
+                open.nominal_hash_rate,
+                open.max_target.to_array(),
+                usize::from(open.min_extranonce_size),
+                work_rx,
+            ),
+            MiningOwned::SubmitSharesStandard(submit) => self.submit(
+                submit.channel_id,
+                &V2Share {
+                    sequence_number: submit.sequence_number,
+                    job_id: submit.job_id,
+                    nonce: submit.nonce,
+                    ntime: submit.ntime,
+                    version: submit.version,
+                    extranonce: None,
+                },
+                work_rx,
+            ),
+            MiningOwned::SubmitSharesExtended(submit) => self.submit(
+                submit.channel_id,
+                &V2Share {
+                    sequence_number: submit.sequence_number,
+                    job_id: submit.job_id,
+                    nonce: submit.nonce,
+                    ntime: submit.ntime,
+                    version: submit.version,
+                    extranonce: Some(submit.extranonce.as_bytes()),
+                },
+                work_rx,
+            ),
+            MiningOwned::UpdateChannel(update) => {
+                let floor = wire::difficulty_of(update.maximum_target.to_array());
+                match self.channel(update.channel_id) {
+                    Some(channel) => {
+                        channel.update_channel(floor, work_rx);
+                        Ok(())
+                    }
+                    None => {
+                        let channel_id = update.channel_id;
+                        self.push_built(error_code("invalid-channel-id").map(|error_code| {
+                            mining(MiningOwned::UpdateChannelError(UpdateChannelErrorOwned {
+                                channel_id,
+                                error_code,
+                            }))
+                        }))?;
+                        self.protocol_error("sv2_unknown_channel")
+                    }
+                }
+            }
+            MiningOwned::CloseChannel(close) => {
+                if let Some(index) = self
+                    .channels
+                    .iter()
+                    .position(|channel| channel.channel_id() == Some(close.channel_id))
+                {
+                    let mut channel = self.channels.swap_remove(index);
+                    for message in channel.take_outbox() {
+                        self.push(message)?;
+                    }
+                    channel.finish(CloseReason::ClientClosed);
+                }
+                Ok(())
+            }
+            _ => self.protocol_error("sv2_unexpected_message"),
+        }
+    }
+
+    /// Counted; past the connection's allowance it closes.
+    fn protocol_error(&mut self, label: &str) -> Result<(), CloseReason> {
+        self.shared.counters.protocol_error(label);
+        match self
+            .limiter
+            .protocol_error(&self.live.limits, Instant::now())
+        {
+            Verdict::Close(_) => Err(CloseReason::TooManyErrors),
+            Verdict::Allow | Verdict::Refuse(_) => Ok(()),
+        }
+    }
+
+    fn channel(&mut self, channel_id: u32) -> Option<&mut Box<Session>> {
+        self.channels
+            .iter_mut()
+            .find(|channel| channel.channel_id() == Some(channel_id))
+    }
+
+    fn setup_connection(&mut self, setup: &SetupConnectionOwned) -> Result<(), CloseReason> {
+        let refusal = if setup.protocol != Protocol::MiningProtocol {
+            Some((0, "unsupported-protocol"))
+        } else if setup.get_version(2, 2).is_none() {
+            Some((0, "protocol-version-mismatch"))
+        } else if has_work_selection(setup.flags) {
+            // Job declaration is out of scope: the pool chooses the work.
+            Some((0b10, "unsupported-feature-flags"))
+        } else {
+            None
+        };
+        if let Some((flags, code)) = refusal {
+            tracing::info!(client = self.client_id, peer = %self.peer, code, "stratum v2 setup refused");
+            self.push_built(error_code(code).map(|error_code| {
+                AnyMessageOwned::Common(CommonMessagesOwned::SetupConnectionError(
+                    SetupConnectionErrorOwned { flags, error_code },
+                ))
+            }))?;
+            return Err(CloseReason::MalformedFrame);
+        }
+        let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+        let agent = format!(
+            "{} {} {}",
+            text(setup.vendor.as_bytes()),
+            text(setup.hardware_version.as_bytes()),
+            text(setup.firmware.as_bytes())
+        );
+        self.user_agent = Some(tbg_stratum::sanitize_printable(
+            agent.trim(),
+            tbg_stratum::MAX_USER_AGENT_CHARS,
+        ));
+        self.version_rolling = has_version_rolling(setup.flags);
+        self.push(AnyMessageOwned::Common(
+            CommonMessagesOwned::SetupConnectionSuccess(SetupConnectionSuccess {
+                used_version: 2,
+                flags: 0,
+            }),
+        ))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn open_channel(
+        &mut self,
+        request_id: u32,
+        kind: ChannelKind,
+        user_identity: &[u8],
+        nominal_hash_rate: f32,
+        max_target: [u8; 32],
+        min_extranonce_size: usize,
+        work_rx: &watch::Receiver<Option<Arc<CurrentWork>>>,
+    ) -> Result<(), CloseReason> {
+        let now = Instant::now();
+        let refuse = |connection: &mut Connection, code: &str| {
+            connection.push_built(error_code(code).map(|error_code| {
+                mining(MiningOwned::OpenMiningChannelError(
+                    OpenMiningChannelErrorOwned {
+                        request_id,
+                        error_code,
+                    },
+                ))
+            }))
+        };
+        match self
+            .limiter
+            .request(RequestKind::Authorize, &self.live.limits, now)
+        {
+            Verdict::Allow => {}
+            Verdict::Refuse(limit) => {
+                self.shared.guard.refused(
+                    &self.shared.counters,
+                    limit,
+                    self.peer,
+                    Some(self.client_id),
+                    now,
+                );
+                return refuse(self, "rate-limited");
+            }
+            Verdict::Close(_) => return Err(CloseReason::TooManyErrors),
+        }
+        if self.channels.len() >= MAX_WORKERS_PER_CONNECTION {
+            return refuse(self, "too-many-channels");
+        }
+        let extranonce1_len = self.shared.settings.extranonce1_len;
+        let extranonce2_len = match kind {
+            ChannelKind::Standard => self.shared.settings.extranonce2_len,
+            ChannelKind::Extended => min_extranonce_size.max(self.shared.settings.extranonce2_len),
+        };
+        if extranonce1_len + extranonce2_len > MAX_EXTRANONCE {
+            return refuse(self, "unsupported-extranonce-size");
+        }
+        let identity = String::from_utf8_lossy(user_identity);
+        if identity.chars().any(tbg_stratum::is_unsafe_in_names) {
+            self.shared.counters.protocol_error("invalid_address");
+            return refuse(self, "unknown-user");
+        }
+        let channel_id = self.next_channel_id;
+        self.next_channel_id = self.next_channel_id.saturating_add(1);
+        let request = ChannelRequest {
+            channel_id,
+            kind,
+            user_identity: &identity,
+            user_agent: self.user_agent.as_deref().unwrap_or_default(),
+            nominal_hash_rate,
+            min_difficulty: wire::difficulty_of(max_target),
+            extranonce2_len,
+            version_rolling: self.version_rolling,
+        };
+        let client_id = self.shared.next_client_id();
+        let mut channel = Session::for_channel(self.shared.clone(), client_id, self.peer, &request);
+        let opened = channel.open_channel(&request, work_rx, |extranonce1, target| {
+            let target = tbg_sv2::binary_sv2::U256Owned::from(target);
+            Ok(mining(match kind {
+                ChannelKind::Extended => MiningOwned::OpenExtendedMiningChannelSuccess(
+                    OpenExtendedMiningChannelSuccessOwned {
+                        request_id,
+                        channel_id,
+                        target,
+                        extranonce_size: extranonce2_len as u16,
+                        extranonce_prefix: extranonce_prefix(extranonce1)?,
+                        group_channel_id: GROUP_CHANNEL_ID,
+                    },
+                ),
+                ChannelKind::Standard => {
+                    // The standard channel's whole extranonce is the pool's.
+                    let mut full = extranonce1.to_vec();
+                    full.resize(extranonce1.len() + extranonce2_len, 0);
+                    MiningOwned::OpenStandardMiningChannelSuccess(
+                        OpenStandardMiningChannelSuccessOwned {
+                            request_id,
+                            channel_id,
+                            target,
+                            extranonce_prefix: extranonce_prefix(&full)?,
+                            group_channel_id: GROUP_CHANNEL_ID,
+                        },
+                    )
+                }
+            }))
+        });
+        match opened {
+            Ok(()) => {
+                self.last_activity = now;
+                self.channels.push(channel);
+                Ok(())
+            }
+            Err(refusal) => {
+                if let OpenRefusal::UnknownUser(reason) = &refusal {
+                    tracing::info!(client = client_id, peer = %self.peer, %reason,
+                        "stratum v2 channel refused: invalid user identity");
+                }
+                channel.finish(CloseReason::ClientClosed);
+                refuse(self, refusal.code())
+            }
+        }
+    }
+
+    fn submit(
+        &mut self,
+        channel_id: u32,
+        share: &V2Share<'_>,
+        work_rx: &watch::Receiver<Option<Arc<CurrentWork>>>,
+    ) -> Result<(), CloseReason> {
+        let index = self
+            .channels
+            .iter()
+            .position(|channel| channel.channel_id() == Some(channel_id));
+        match index {
+            Some(index) => {
+                // Only a submit on an open channel keeps the connection.
+                self.last_activity = Instant::now();
+                self.channels[index].submit_v2(share, work_rx)
+            }
+            None => {
+                let sequence_number = share.sequence_number;
+                self.push_built(error_code("invalid-channel-id").map(|error_code| {
+                    mining(MiningOwned::SubmitSharesError(
+                        tbg_sv2::mining_sv2::SubmitSharesErrorOwned {
+                            channel_id,
+                            sequence_number,
+                            error_code,
+                        },
+                    ))
+                }))?;
+                self.protocol_error("sv2_unknown_channel")
+            }
+        }
+    }
+}
