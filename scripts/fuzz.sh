@@ -15,7 +15,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-TARGETS=(stratum_line gbt_template ckpool_config journal_ring share_validator relay_frames)
+TARGETS=(stratum_line gbt_template ckpool_config journal_ring share_validator relay_frames sv2_frames)
 TARGET_DIR=${TBG_FUZZ_TARGET_DIR:-/var/tmp/tbg-fuzz-target}
 WORK=${TBG_FUZZ_WORK:-/var/tmp/tbg-fuzz}
 SMOKE_SECONDS=${TBG_FUZZ_SMOKE_SECONDS:-25}

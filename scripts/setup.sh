@@ -32,3 +32,13 @@ if [ ${#need[@]} -gt 0 ]; then
   $SUDO apt-get update -q
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${need[@]}"
 fi
+
+if [ "${TBG_SETUP_TEST_DEPS:-0}" = 1 ]; then
+  # The Stratum V2 reference implementation's translator proxy (crates.io,
+  # pinned): the V2 port's interoperability test runs a V1 miner behind it.
+  tools="${TBG_TOOLS:-/var/tmp/tbg-tools}"
+  if ! "$tools/bin/translator_sv2" --version 2>/dev/null | grep -q '0\.6\.0'; then
+    echo "setup: installing translator_sv2 0.6.0 into $tools"
+    cargo install translator_sv2 --version 0.6.0 --locked --no-default-features --root "$tools"
+  fi
+fi
