@@ -361,6 +361,7 @@ async fn run(cli: Cli) -> Result<()> {
                 );
             }
             check_tls_files(&config).await?;
+            check_sv2_key(&config)?;
             print!("{}", config.to_toml_string()?);
             Ok(())
         }
@@ -389,6 +390,18 @@ async fn check_tls_files(config: &Config) -> Result<()> {
         )
         .into()),
     }
+}
+
+/// The V2 port's authority key pair loads (and is the pair named), so a
+/// wrong secret stops `check-config` rather than the pool's start.
+fn check_sv2_key(config: &Config) -> Result<()> {
+    let sv2 = &config.stratum_v2;
+    if !sv2.enabled() {
+        return Ok(());
+    }
+    let key = settings::sv2_authority_key(sv2)?;
+    tracing::info!(authority_public_key = %key.public_base58(), "stratum_v2: authority key loads");
+    Ok(())
 }
 
 pub(crate) async fn start_pool(config: &Config) -> Result<observability::RunningPool> {

@@ -51,9 +51,7 @@ pub fn pool_settings(config: &Config) -> Result<PoolSettings> {
     }
     let sv2 = &config.stratum_v2;
     if sv2.enabled() {
-        let public = Some(sv2.authority_public_key.as_str()).filter(|key| !key.is_empty());
-        let key = tbg_sv2::AuthorityKey::from_base58(&sv2.authority_secret_key, public)
-            .context("stratum_v2.authority_secret_key (or TBG_SV2_SECRET_KEY)")?;
+        let key = sv2_authority_key(sv2)?;
         let bind =
             resolve_bind(&sv2.bind).with_context(|| format!("stratum_v2.bind = {}", sv2.bind))?;
         let mut port = tbg_pool::sv2::Sv2Settings::new(bind, key);
@@ -62,6 +60,21 @@ pub fn pool_settings(config: &Config) -> Result<PoolSettings> {
         settings.sv2 = Some(port);
     }
     Ok(settings)
+}
+
+/// `[stratum_v2]`'s key pair; a config error (exit 2) naming the key, never
+/// the secret, when it does not load.
+pub(crate) fn sv2_authority_key(
+    sv2: &tbg_config::StratumV2Section,
+) -> Result<tbg_sv2::AuthorityKey> {
+    let public = Some(sv2.authority_public_key.as_str()).filter(|key| !key.is_empty());
+    tbg_sv2::AuthorityKey::from_base58(&sv2.authority_secret_key, public).map_err(|error| {
+        let key = match error {
+            tbg_sv2::KeyError::Mismatch { .. } => "stratum_v2.authority_public_key",
+            _ => "stratum_v2.authority_secret_key",
+        };
+        tbg_config::ConfigError::new(key, "<secret or its public key>", error.to_string()).into()
+    })
 }
 
 /// The abuse limits of `[pool]`.

@@ -78,6 +78,63 @@ fn a_bad_config_value_is_named_and_exits_with_code_2() {
 }
 
 #[test]
+fn sv2_keygen_makes_a_pair_that_check_config_takes_and_a_wrong_pair_stops_it() {
+    let output = tbg().arg("sv2-keygen").output().unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let text = String::from_utf8(output.stdout).unwrap();
+    let value = |key: &str| {
+        text.lines()
+            .find_map(|line| line.strip_prefix(&format!("{key} = \"")))
+            .and_then(|rest| rest.strip_suffix('"'))
+            .unwrap_or_else(|| panic!("{key} in {text}"))
+            .to_string()
+    };
+    let (secret, public) = (value("authority_secret_key"), value("authority_public_key"));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tbg.toml");
+    let config = |public: &str| {
+        format!(
+            "network = \"regtest\"\n[[nodes]]\nurl = \"http://127.0.0.1:18443\"\nuser = \"u\"\npass = \"p\"\n[stratum_v2]\nbind = \"127.0.0.1:3336\"\nauthority_public_key = \"{public}\"\n"
+        )
+    };
+    std::fs::write(&path, config(&public)).unwrap();
+    // The secret from the environment, as the unit's EnvironmentFile gives it.
+    let checked = tbg()
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .env("TBG_SV2_SECRET_KEY", &secret)
+        .output()
+        .unwrap();
+    assert!(checked.status.success(), "{checked:?}");
+    // No secret: a config error naming the key.
+    let missing = check_config(&path);
+    assert_eq!(missing.status.code(), Some(2), "{missing:?}");
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("stratum_v2.authority_secret_key"));
+    // Another pair's public key: refused, and the secret is never printed.
+    let other = String::from_utf8(tbg().arg("sv2-keygen").output().unwrap().stdout).unwrap();
+    let other_public = other
+        .lines()
+        .find_map(|line| line.strip_prefix("authority_public_key = \""))
+        .and_then(|rest| rest.strip_suffix('"'))
+        .unwrap()
+        .to_string();
+    std::fs::write(&path, config(&other_public)).unwrap();
+    let wrong = tbg()
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .env("TBG_SV2_SECRET_KEY", &secret)
+        .output()
+        .unwrap();
+    assert_eq!(wrong.status.code(), Some(2), "{wrong:?}");
+    let stderr = String::from_utf8_lossy(&wrong.stderr);
+    assert!(
+        stderr.contains("stratum_v2.authority_public_key"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains(&secret), "{stderr}");
+}
+
+#[test]
 fn a_ckpool_config_is_read_unchanged() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("ckpool.conf");

@@ -54,7 +54,7 @@ impl StratumV2Section {
         !self.bind.is_empty()
     }
 
-    pub(crate) fn check(&self, stratum_bind: &str) -> Result<(), ConfigError> {
+    pub(crate) fn check(&self, stratum_bind: &str, tls_bind: &str) -> Result<(), ConfigError> {
         if !self.enabled() {
             return Ok(());
         }
@@ -65,6 +65,13 @@ impl StratumV2Section {
                 "stratum_v2.bind",
                 format!("{:?}", self.bind),
                 "must differ from pool.bind: V2 miners need a port of their own",
+            ));
+        }
+        if port(&self.bind).is_some_and(|p| p != 0) && port(&self.bind) == port(tls_bind) {
+            return Err(ConfigError::new(
+                "stratum_v2.bind",
+                format!("{:?}", self.bind),
+                "must differ from stratum_tls.bind",
             ));
         }
         if self.authority_secret_key.is_empty() {

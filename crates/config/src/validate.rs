@@ -62,7 +62,8 @@ impl Config {
         self.health_monitor.check()?;
         self.web.check()?;
         self.stratum_tls.check(&self.pool.bind)?;
-        self.stratum_v2.check(&self.pool.bind)?;
+        self.stratum_v2
+            .check(&self.pool.bind, &self.stratum_tls.bind)?;
         self.notify.check()?;
         if !self.notify.webhooks.is_empty() && !self.journal.enabled {
             return Err(ConfigError::new(

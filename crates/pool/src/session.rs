@@ -82,6 +82,10 @@ pub enum CloseReason {
     /// A Stratum V2 frame that does not decrypt, parse or fit the size
     /// limit, or a message out of place: the connection cannot go on.
     MalformedFrame,
+    /// A Stratum V2 `SetupConnection` the pool cannot serve (another
+    /// protocol or version, job declaration): answered, then closed; not
+    /// abuse.
+    SetupRefused,
 }
 
 struct Authorized {
@@ -596,11 +600,12 @@ impl Session {
             // Parked for a connection that resumes this session.
             let shares = std::mem::take(&mut self.shares).into_seen();
             // Only a session that authorized keeps its extranonce1 for a
-            // resume: connect/subscribe/close loops reserve nothing.
+            // resume: connect/subscribe/close loops reserve nothing. A V2
+            // channel never resumes (the protocol has no session id).
             self.shared.extranonces.release_with_shares(
                 &allocation.session_id,
                 now,
-                self.authorized.is_some(),
+                self.authorized.is_some() && self.wire.is_none(),
                 shares,
             );
         }

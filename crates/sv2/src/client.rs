@@ -299,15 +299,23 @@ impl Sv2Client {
             MiningOwned::SetTarget(target) => {
                 self.channel.target = target.maximum_target.to_array()
             }
-            MiningOwned::SubmitSharesSuccess(ok) => self
-                .answers
-                .push((ok.last_sequence_number, ShareAnswer::Accepted)),
-            MiningOwned::SubmitSharesError(error) => self.answers.push((
+            MiningOwned::SubmitSharesSuccess(ok) => {
+                self.answer_arrived(ok.last_sequence_number, ShareAnswer::Accepted)
+            }
+            MiningOwned::SubmitSharesError(error) => self.answer_arrived(
                 error.sequence_number,
                 ShareAnswer::Refused(text(error.error_code.as_bytes())),
-            )),
+            ),
             _ => {}
         }
+    }
+
+    fn answer_arrived(&mut self, sequence: u32, answer: ShareAnswer) {
+        // Bounded: answers nobody waits for are the oldest.
+        if self.answers.len() == 1024 {
+            self.answers.remove(0);
+        }
+        self.answers.push((sequence, answer));
     }
 
     fn add_job(&mut self, job: Job) {

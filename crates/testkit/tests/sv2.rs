@@ -141,6 +141,10 @@ async fn v2_standard_and_extended_channels_find_blocks_paid_to_their_identity() 
             .user(&address, Instant::now())
             .expect("the V2 miner's stats");
         assert_eq!(user.shares_accepted, 2);
+        // /status counts the channel as a miner and its shares.
+        let status = env.service.pool.status();
+        assert_eq!(status.miners, 1, "{status:?}");
+        assert!(status.shares_accepted >= 2, "{status:?}");
         drop(client);
         env.wait_until("miner_disconnected", Duration::from_secs(10), |env| {
             env.events_of("miner_disconnected").iter().any(|e| {
@@ -149,6 +153,7 @@ async fn v2_standard_and_extended_channels_find_blocks_paid_to_their_identity() 
             })
         })
         .await;
+        assert_eq!(env.service.pool.status().miners, 0);
     }
     env.wait_until(
         "the four blocks counted accepted",
@@ -211,6 +216,20 @@ async fn v2_shares_are_judged_by_the_pools_rules() {
         client.submit_and_wait(&rolled).await.unwrap(),
         ShareAnswer::Accepted
     );
+    // UpdateChannel: the device's easiest target becomes the channel's
+    // floor, answered with a target no easier than it.
+    let floor = tbg_work::difficulty_to_target(0.001).unwrap();
+    client
+        .update_channel(1e6, floor.to_le_bytes())
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while bitcoin::Target::from_le_bytes(client.channel.target) > floor {
+            client.next_message().await.unwrap();
+        }
+    })
+    .await
+    .expect("a SetTarget no easier than the device's maximum target");
     let rejected = env
         .events_of("share_submitted")
         .iter()

@@ -13,6 +13,9 @@ use super::*;
 use crate::limits::{LimitKind, RequestKind, Verdict};
 use crate::sv2::wire::{ChannelKind, ChannelWire};
 
+/// The version bits a V2 miner may roll: BIP320's general-purpose bits.
+pub(crate) const V2_VERSION_MASK: u32 = 0x1fff_e000;
+
 /// One share as either kind of V2 submit carries it.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct V2Share<'a> {
@@ -59,10 +62,18 @@ pub(crate) enum OpenRefusal {
 impl OpenRefusal {
     pub(crate) fn code(&self) -> &'static str {
         match self {
-            OpenRefusal::ServerFull => "server-full",
-            OpenRefusal::UnknownUser(_) => "unknown-user",
-            OpenRefusal::MaxTargetOutOfRange => "max-target-out-of-range",
-            OpenRefusal::Encoding(_) => "unsupported-extranonce-size",
+            OpenRefusal::ServerFull => {
+                tbg_sv2::mining_sv2::ERROR_CODE_OPEN_MINING_CHANNEL_CHANNEL_CAPACITY_EXHAUSTED
+            }
+            OpenRefusal::UnknownUser(_) => {
+                tbg_sv2::mining_sv2::ERROR_CODE_OPEN_MINING_CHANNEL_UNKNOWN_USER
+            }
+            OpenRefusal::MaxTargetOutOfRange => {
+                tbg_sv2::mining_sv2::ERROR_CODE_OPEN_MINING_CHANNEL_MAX_TARGET_OUT_OF_RANGE
+            }
+            OpenRefusal::Encoding(_) => {
+                tbg_sv2::mining_sv2::ERROR_CODE_OPEN_MINING_CHANNEL_MIN_EXTRANONCE_SIZE_TOO_LARGE
+            }
         }
     }
 }
@@ -133,15 +144,13 @@ impl Session {
             .allocate(None, Instant::now())
             .ok_or(OpenRefusal::ServerFull)?;
         self.allocation = Some(allocation);
+        // V2 negotiates no mask: its jobs allow rolling the BIP320 bits,
+        // all of them (a V1 miner may be granted fewer by version_mask).
         if request.version_rolling {
-            // V2 rolls the BIP320 bits of every job: the pool's mask is
-            // the one granted, as to a V1 miner that configured it.
-            let mask = self.shared.settings.version_mask;
-            self.asicboost_mask = Some(mask);
+            self.asicboost_mask = Some(V2_VERSION_MASK);
             self.shared.counters.asicboost_miner();
         }
-        self.shares
-            .set_version_mask(Some(self.shared.settings.version_mask));
+        self.shares.set_version_mask(Some(V2_VERSION_MASK));
         // The device's easiest target is this channel's floor, like a V1
         // suggestion: its own, never remembered.
         if request.min_difficulty > live.min_difficulty {
@@ -304,31 +313,58 @@ impl Session {
         Ok((share, extranonce2))
     }
 
-    /// `UpdateChannel`: the device's new easiest target becomes the
-    /// channel's floor (a suggestion, as in V1: this channel only, at the
-    /// rate difficulty may change); answered with the target in force,
-    /// never easier than the device asked.
+    /// `UpdateChannel`: the device's easiest target becomes the channel's
+    /// floor and its difficulty (a suggestion, as in V1: this channel only,
+    /// never remembered, at the rate difficulty may change; raised or
+    /// lowered). A `SetTarget` goes out only for a difficulty in force: now
+    /// (`retarget`), or at the vardiff tick that applies a change held
+    /// back. `Err`: the specification's error code.
     pub(crate) fn update_channel(
         &mut self,
         min_difficulty: f64,
         work_rx: &watch::Receiver<Option<Arc<CurrentWork>>>,
-    ) {
+    ) -> Result<(), &'static str> {
         let now = Instant::now();
-        let seconds = self.shared.seconds(now);
-        let mut unused = String::new();
-        if min_difficulty > self.live.min_difficulty {
-            self.suggested_difficulty = Some(min_difficulty);
-            let changed = self
-                .vardiff
-                .as_mut()
-                .and_then(|vardiff| vardiff.suggest_difficulty(min_difficulty, seconds));
-            if let Some(new) = changed {
-                self.retarget(new, now, &mut unused, work_rx);
-                return;
-            }
+        self.refresh_live();
+        if self
+            .limiter
+            .request(RequestKind::Other, &self.live.limits, now)
+            != Verdict::Allow
+        {
+            self.shared.guard.refused(
+                &self.shared.counters,
+                LimitKind::RequestRate,
+                self.peer,
+                Some(self.client_id),
+                now,
+            );
+            return Err("rate-limited");
         }
-        let difficulty = self.difficulty.max(min_difficulty);
-        self.answer_v2(|wire| wire.set_target(difficulty));
+        let ceiling = self.live.max_difficulty.unwrap_or(tbg_work::MAX_DIFFICULTY);
+        if min_difficulty > ceiling {
+            return Err(tbg_sv2::mining_sv2::ERROR_CODE_UPDATE_CHANNEL_MAX_TARGET_OUT_OF_RANGE);
+        }
+        let floor = min_difficulty.max(self.live.min_difficulty);
+        self.suggested_difficulty = Some(floor);
+        let seconds = self.shared.seconds(now);
+        let changed = self
+            .vardiff
+            .as_mut()
+            .and_then(|vardiff| vardiff.suggest_difficulty(floor, seconds));
+        match changed {
+            Some(new) => {
+                let mut unused = String::new();
+                self.retarget(new, now, &mut unused, work_rx);
+            }
+            // Unchanged, or held back: the target in force, unless easier
+            // than the device takes (then the tick that applies it says so).
+            None if self.difficulty >= floor => {
+                let difficulty = self.difficulty;
+                self.answer_v2(|wire| wire.set_target(difficulty));
+            }
+            None => {}
+        }
+        Ok(())
     }
 
     /// The channel's queued messages, for the connection to send.

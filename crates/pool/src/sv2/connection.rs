@@ -10,14 +10,14 @@
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tbg_sv2::common_messages_sv2::{
     has_version_rolling, has_work_selection, Protocol, SetupConnectionErrorOwned,
     SetupConnectionOwned, SetupConnectionSuccess,
 };
 use tbg_sv2::mining_sv2::{
-    OpenExtendedMiningChannelSuccessOwned, OpenMiningChannelErrorOwned,
+    self, OpenExtendedMiningChannelSuccessOwned, OpenMiningChannelErrorOwned,
     OpenStandardMiningChannelSuccessOwned, UpdateChannelErrorOwned,
 };
 use tbg_sv2::parsers_sv2::{AnyMessageOwned, CommonMessagesOwned, MiningOwned};
@@ -28,9 +28,9 @@ use tokio::sync::{mpsc, watch};
 
 use super::wire::{self, error_code, extranonce_prefix, mining, ChannelKind};
 use super::Sv2Settings;
-use crate::limits::{ConnectionLimiter, RequestKind, Verdict};
+use crate::limits::{ConnectionLimiter, Verdict};
 use crate::session::v2::{ChannelRequest, OpenRefusal, V2Share};
-use crate::session::{CloseReason, Session, MAX_WORKERS_PER_CONNECTION};
+use crate::session::{CloseReason, Session, MAX_WORKERS_PER_CONNECTION, STOP_LINGER};
 use crate::settings::PoolSettings;
 use crate::work_source::CurrentWork;
 use crate::PoolShared;
@@ -42,6 +42,9 @@ const READ_QUEUE: usize = 16;
 const GROUP_CHANNEL_ID: u32 = 1;
 /// The largest extranonce V2 allows (prefix and rollable part together).
 const MAX_EXTRANONCE: usize = 32;
+/// Channel opens a connection may make per minute: a proxy's miners all
+/// at once, twice over (a reconnecting farm).
+const OPENS_PER_MINUTE: u32 = 2 * MAX_WORKERS_PER_CONNECTION as u32;
 
 type Read = Result<AnyMessageOwned, TransportError>;
 
@@ -72,10 +75,11 @@ pub(crate) async fn serve_connection(
     };
     let (read_half, write_half) = stream.into_split();
     let (reads_tx, reads) = mpsc::channel(READ_QUEUE);
-    let reader = tokio::spawn(read_loop(
+    // Aborted however this future ends (dropped at a stop included).
+    let _reader = AbortOnDrop(tokio::spawn(read_loop(
         FrameReader::new(read_half, decrypt, transport::POOL_MAX_INBOUND_PAYLOAD),
         reads_tx,
-    ));
+    )));
     let now = Instant::now();
     let live = shared.live();
     let mut connection = Connection {
@@ -89,17 +93,25 @@ pub(crate) async fn serve_connection(
         user_agent: None,
         version_rolling: false,
         next_channel_id: GROUP_CHANNEL_ID + 1,
-        connected_at: now,
+        without_channel_since: now,
         last_activity: now,
         limiter: ConnectionLimiter::new(now),
+        opens: (now, 0),
         setup_deadline: now + port.handshake_timeout,
     };
     let reason = connection.run(reads, work_rx, shutdown).await;
-    reader.abort();
     for mut channel in connection.channels.drain(..) {
         channel.finish(reason);
     }
     reason
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 async fn read_loop(mut reader: FrameReader<OwnedReadHalf>, reads: mpsc::Sender<Read>) {
@@ -137,12 +149,16 @@ struct Connection {
     user_agent: Option<String>,
     version_rolling: bool,
     next_channel_id: u32,
-    connected_at: Instant,
+    /// Since when the connection has had no channel (its start, or the
+    /// close of its last one): the authorize timeout runs from there.
+    without_channel_since: Instant,
     /// The last valid-looking submit on any channel (the idle timeout).
     last_activity: Instant,
     /// Channel opens and protocol errors of the connection (each channel
     /// has its own submit and invalid-share limits).
     limiter: ConnectionLimiter,
+    /// Channel opens of the current minute: (its start, count).
+    opens: (Instant, u32),
     setup_deadline: Instant,
     live: Arc<PoolSettings>,
     live_generation: u64,
@@ -166,9 +182,13 @@ impl Connection {
         let mut armed = self.deadline();
         let timeout = tokio::time::sleep_until(armed.into());
         tokio::pin!(timeout);
+        // At a stop: until when the connection still takes what the miner
+        // had sent (a block may be in it), as a V1 session does.
+        let mut stopping: Option<Instant> = None;
+        let stop = self.shared.sessions_stop.clone();
         loop {
             self.refresh_live();
-            let deadline = self.deadline();
+            let deadline = stopping.unwrap_or_else(|| self.deadline());
             if deadline < armed {
                 armed = deadline;
                 timeout.as_mut().reset(armed.into());
@@ -176,17 +196,22 @@ impl Connection {
             let ended = tokio::select! {
                 biased;
                 // V2's Reconnect would tell the miner to go, but the
-                // reference translator panics on it: the stop closes the
-                // connection once the answers due are out.
-                _ = shutdown.changed() => Some(CloseReason::Shutdown),
+                // reference translator panics on it: the stop stops the
+                // work, answers what arrives for `STOP_LINGER`, then closes.
+                _ = shutdown.changed(), if stopping.is_none() => {
+                    stopping = Some(Instant::now() + STOP_LINGER);
+                    None
+                }
+                () = stop.cancelled(), if stopping.is_some() => Some(CloseReason::Shutdown),
                 read = reads.recv() => match read {
                     None => Some(CloseReason::ClientClosed),
                     Some(Err(error)) => Some(self.read_failed(&error)),
                     Some(Ok(message)) => self.handle(message, &work_rx).err(),
                 },
-                changed = work_rx.changed() => {
+                changed = work_rx.changed(), if stopping.is_none() => {
                     if changed.is_err() {
-                        Some(CloseReason::Shutdown)
+                        // The pool is stopping.
+                        stopping = Some(Instant::now() + STOP_LINGER);
                     } else {
                         let work = work_rx.borrow_and_update().clone();
                         if let Some(work) = work {
@@ -194,10 +219,10 @@ impl Connection {
                                 channel.on_work(&work);
                             }
                         }
-                        None
                     }
+                    None
                 }
-                _ = vardiff_tick.tick() => {
+                _ = vardiff_tick.tick(), if stopping.is_none() => {
                     for channel in &mut self.channels {
                         channel.tick_v2(&work_rx);
                     }
@@ -205,7 +230,9 @@ impl Connection {
                 }
                 () = &mut timeout => {
                     if Instant::now() >= deadline {
-                        Some(if self.user_agent.is_none() {
+                        Some(if stopping.is_some() {
+                            CloseReason::Shutdown
+                        } else if self.user_agent.is_none() {
                             // Any 64 bytes pass for a Noise key: garbage
                             // fails here, with no SetupConnection after.
                             self.shared.counters.sv2_handshake_failed();
@@ -247,7 +274,7 @@ impl Connection {
         if self.user_agent.is_none() {
             self.setup_deadline
         } else if self.channels.is_empty() {
-            self.connected_at + self.live.authorize_timeout
+            self.without_channel_since + self.live.authorize_timeout
         } else {
             self.last_activity + self.live.idle_timeout
         }
@@ -384,22 +411,24 @@ impl Connection {
             ),
             MiningOwned::UpdateChannel(update) => {
                 let floor = wire::difficulty_of(update.maximum_target.to_array());
-                match self.channel(update.channel_id) {
-                    Some(channel) => {
-                        channel.update_channel(floor, work_rx);
-                        Ok(())
-                    }
-                    None => {
-                        let channel_id = update.channel_id;
-                        self.push_built(error_code("invalid-channel-id").map(|error_code| {
-                            mining(MiningOwned::UpdateChannelError(UpdateChannelErrorOwned {
-                                channel_id,
-                                error_code,
-                            }))
-                        }))?;
-                        self.protocol_error("sv2_unknown_channel")
-                    }
+                let channel_id = update.channel_id;
+                let refusal = match self.channel(channel_id) {
+                    Some(channel) => match channel.update_channel(floor, work_rx) {
+                        Ok(()) => return Ok(()),
+                        Err(code) => code,
+                    },
+                    None => mining_sv2::ERROR_CODE_UPDATE_CHANNEL_INVALID_CHANNEL_ID,
+                };
+                self.push_built(error_code(refusal).map(|error_code| {
+                    mining(MiningOwned::UpdateChannelError(UpdateChannelErrorOwned {
+                        channel_id,
+                        error_code,
+                    }))
+                }))?;
+                if refusal == mining_sv2::ERROR_CODE_UPDATE_CHANNEL_INVALID_CHANNEL_ID {
+                    return self.protocol_error("sv2_unknown_channel");
                 }
+                Ok(())
             }
             MiningOwned::CloseChannel(close) => {
                 if let Some(index) = self
@@ -412,6 +441,9 @@ impl Connection {
                         self.push(message)?;
                     }
                     channel.finish(CloseReason::ClientClosed);
+                    if self.channels.is_empty() {
+                        self.without_channel_since = Instant::now();
+                    }
                 }
                 Ok(())
             }
@@ -499,25 +531,34 @@ impl Connection {
                 ))
             }))
         };
-        match self
-            .limiter
-            .request(RequestKind::Authorize, &self.live.limits, now)
-        {
-            Verdict::Allow => {}
-            Verdict::Refuse(limit) => {
-                self.shared.guard.refused(
-                    &self.shared.counters,
-                    limit,
-                    self.peer,
-                    Some(self.client_id),
-                    now,
-                );
-                return refuse(self, "rate-limited");
-            }
-            Verdict::Close(_) => return Err(CloseReason::TooManyErrors),
+        // Opens have a budget of their own: a proxy opens one channel per
+        // miner behind it, at once, which V1's authorize limit (one miner
+        // per connection) would refuse and then count as abuse.
+        if now.saturating_duration_since(self.opens.0) >= Duration::from_secs(60) {
+            self.opens = (now, 0);
+        }
+        self.opens.1 += 1;
+        if self.opens.1 > OPENS_PER_MINUTE {
+            self.shared.guard.refused(
+                &self.shared.counters,
+                crate::limits::LimitKind::AuthorizeRate,
+                self.peer,
+                Some(self.client_id),
+                now,
+            );
+            return refuse(self, "rate-limited");
+        }
+        if self.next_channel_id == u32::MAX {
+            return refuse(
+                self,
+                mining_sv2::ERROR_CODE_OPEN_MINING_CHANNEL_CHANNEL_CAPACITY_EXHAUSTED,
+            );
         }
         if self.channels.len() >= MAX_WORKERS_PER_CONNECTION {
-            return refuse(self, "too-many-channels");
+            return refuse(
+                self,
+                mining_sv2::ERROR_CODE_OPEN_MINING_CHANNEL_CHANNEL_CAPACITY_EXHAUSTED,
+            );
         }
         let extranonce1_len = self.shared.settings.extranonce1_len;
         let extranonce2_len = match kind {
@@ -525,15 +566,21 @@ impl Connection {
             ChannelKind::Extended => min_extranonce_size.max(self.shared.settings.extranonce2_len),
         };
         if extranonce1_len + extranonce2_len > MAX_EXTRANONCE {
-            return refuse(self, "unsupported-extranonce-size");
+            return refuse(
+                self,
+                mining_sv2::ERROR_CODE_OPEN_MINING_CHANNEL_MIN_EXTRANONCE_SIZE_TOO_LARGE,
+            );
         }
         let identity = String::from_utf8_lossy(user_identity);
         if identity.chars().any(tbg_stratum::is_unsafe_in_names) {
             self.shared.counters.protocol_error("invalid_address");
-            return refuse(self, "unknown-user");
+            return refuse(
+                self,
+                mining_sv2::ERROR_CODE_OPEN_MINING_CHANNEL_UNKNOWN_USER,
+            );
         }
         let channel_id = self.next_channel_id;
-        self.next_channel_id = self.next_channel_id.saturating_add(1);
+        self.next_channel_id += 1;
         let request = ChannelRequest {
             channel_id,
             kind,

@@ -167,7 +167,7 @@ impl ChannelWire {
                 last_sequence_number: sequence_number,
                 new_submits_accepted_count: 1,
                 // The spec's "sum of shares" is in units of difficulty.
-                new_shares_sum: difficulty.max(0.0).round() as u64,
+                new_shares_sum: difficulty.max(0.0).ceil() as u64,
             },
         )));
     }
