@@ -10,10 +10,13 @@ use tbg_events::EventData;
 use tbg_miner::{mine_shares, MinerConfig};
 use tbg_pool::sv2::Sv2Settings;
 use tbg_pool::PoolCounters;
-use tbg_sv2::binary_sv2::{B064KOwned, Seq0255Owned, Sv2OptionOwned};
+use tbg_sv2::binary_sv2::{B064KOwned, Seq0255Owned, Seq064KOwned, Sv2OptionOwned};
 use tbg_sv2::client::{ChannelChoice, ClientConfig, ClientError, ShareAnswer, Sv2Client};
 use tbg_sv2::mining_sv2::NewExtendedMiningJobOwned;
-use tbg_sv2::parsers_sv2::{AnyMessageOwned, MiningOwned};
+use tbg_sv2::parsers_sv2::{
+    AnyMessageOwned, ExtensionsNegotiationOwned, ExtensionsOwned, MiningOwned,
+};
+use tbg_sv2::stratum_core::extensions_sv2::RequestExtensionsOwned;
 use tbg_sv2::AuthorityKey;
 use tbg_testkit::{regtest_address, AddressKind, TestEnv};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -216,6 +219,34 @@ async fn v2_shares_are_judged_by_the_pools_rules() {
         client.submit_and_wait(&rolled).await.unwrap(),
         ShareAnswer::Accepted
     );
+    // An extension asked for (as a translator with required_extensions
+    // does): answered unsupported, the connection goes on.
+    client
+        .send(AnyMessageOwned::Extensions(
+            ExtensionsOwned::ExtensionsNegotiation(ExtensionsNegotiationOwned::RequestExtensions(
+                RequestExtensionsOwned {
+                    request_id: 7,
+                    requested_extensions: Seq064KOwned::new(vec![0x0002]).unwrap(),
+                },
+            )),
+        ))
+        .await
+        .unwrap();
+    let refused = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let AnyMessageOwned::Extensions(ExtensionsOwned::ExtensionsNegotiation(
+                ExtensionsNegotiationOwned::RequestExtensionsError(error),
+            )) = client.next_message().await.unwrap()
+            {
+                return error;
+            }
+        }
+    })
+    .await
+    .expect("an answer to RequestExtensions");
+    assert_eq!(refused.request_id, 7);
+    assert_eq!(refused.unsupported_extensions.into_inner(), vec![0x0002]);
+
     // UpdateChannel: the device's easiest target becomes the channel's
     // floor, answered with a target no easier than it.
     let floor = tbg_work::difficulty_to_target(0.001).unwrap();

@@ -12,8 +12,11 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
+use tbg_sv2::binary_sv2::Seq064KOwned;
 use tbg_sv2::mining_sv2::{self, UpdateChannelErrorOwned};
-use tbg_sv2::parsers_sv2::{AnyMessageOwned, CommonMessagesOwned, MiningOwned};
+use tbg_sv2::parsers_sv2::{
+    AnyMessageOwned, CommonMessagesOwned, ExtensionsNegotiationOwned, ExtensionsOwned, MiningOwned,
+};
 use tbg_sv2::transport::{self, FrameReader, FrameWriter, TransportError};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
@@ -359,6 +362,9 @@ impl Connection {
                 return Err(CloseReason::MalformedFrame);
             }
             AnyMessageOwned::Mining(message) => message,
+            AnyMessageOwned::Extensions(ExtensionsOwned::ExtensionsNegotiation(
+                ExtensionsNegotiationOwned::RequestExtensions(request),
+            )) => return self.refuse_extensions(request),
             _ => return self.protocol_error("sv2_unexpected_message"),
         };
         match message {
@@ -444,6 +450,26 @@ impl Connection {
             }
             _ => self.protocol_error("sv2_unexpected_message"),
         }
+    }
+
+    /// No extension is served: each one asked for is answered unsupported
+    /// (a proxy that requires one then knows, rather than waiting).
+    fn refuse_extensions(
+        &mut self,
+        request: tbg_sv2::stratum_core::extensions_sv2::RequestExtensionsOwned,
+    ) -> Result<(), CloseReason> {
+        let reply = Seq064KOwned::new(Vec::new()).map(|required_extensions| {
+            AnyMessageOwned::Extensions(ExtensionsOwned::ExtensionsNegotiation(
+                ExtensionsNegotiationOwned::RequestExtensionsError(
+                    tbg_sv2::stratum_core::extensions_sv2::RequestExtensionsErrorOwned {
+                        request_id: request.request_id,
+                        unsupported_extensions: request.requested_extensions,
+                        required_extensions,
+                    },
+                ),
+            ))
+        });
+        self.push_built(reply)
     }
 
     /// Counted; past the connection's allowance it closes.
