@@ -4,7 +4,9 @@
 # and CPU per share of each pool process.
 #   CKPOOL=/path/to/ckpool scripts/bench-vs-ckpool.sh
 # CKPOOL is a ckpool binary built from its public source (nothing of it is
-# in this repository); POOLS=ours runs ours alone. Loads (LOADS, default "flood paced"):
+# in this repository); POOLS=ours runs ours alone; POOLS="ours oursv2" runs
+# ours under the same loads over Stratum V1 and over Stratum V2 (standard
+# channels, V2 on the V1 port). Loads (LOADS, default "flood paced"):
 #   flood: MINERS (1000) miners, 4 random-nonce submits in flight each, DURATION (15) s
 #   paced: MINERS miners at 10 shares/s each, DURATION s
 # Random nonces are hashed by the load tool first and those that would solve
@@ -50,6 +52,11 @@ cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 hz=$(getconf CLK_TCK)
 
 start_ours() {
+  start_ours_config "$1"
+  launch_ours
+}
+
+start_ours_config() {
   local port=$1
   cat > "$work/ours.toml" <<TOML
 network = "regtest"
@@ -75,8 +82,20 @@ socket_path = "$work/ours-events.sock"
 bind = "127.0.0.1:0"
 collector_bind = "127.0.0.1:0"
 TOML
+}
+
+launch_ours() {
   RUST_LOG=warn taskset -c "${POOL_CPUS:-1}" "$TBG" pool --config "$work/ours.toml" 2>>"$work/ours.log" &
   pool_pid=$!
+}
+
+# Ours again, the same config, the miners on Stratum V2 channels.
+sv2_keys=$("$TBG" sv2-keygen)
+sv2_public=$(sed -n 's/^authority_public_key = "\(.*\)"/\1/p' <<<"$sv2_keys")
+start_oursv2() {
+  start_ours_config "$1"
+  printf '[stratum_v2]\non_v1_port = true\n%s\n' "$(grep authority_secret_key <<<"$sv2_keys")" >> "$work/ours.toml"
+  launch_ours
 }
 
 start_ckpool() {
@@ -106,6 +125,7 @@ run_load() {
     paced) args="--profile standard --miners $count --rate 10 --duration $duration --ramp-up 5" ;;
     *) echo "unknown load $load" >&2; return 1 ;;
   esac
+  [ "$name" = oursv2 ] && args="$args --sv2-key $sv2_public"
   wait_for_port "$port"
   sleep 2
   local idle; idle=$(rss_kb "$pool_pid")

@@ -1,4 +1,5 @@
-//! `tbg loadtest`: simulated miners against any Stratum V1 pool.
+//! `tbg loadtest`: simulated miners against any Stratum V1 pool, or V2
+//! (`--sv2-key`).
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -51,6 +52,14 @@ pub struct LoadtestArgs {
     /// Difficulty to suggest to the pool.
     #[arg(long)]
     pub suggest_difficulty: Option<f64>,
+    /// Mine over Stratum V2 instead of V1: the pool's authority public key
+    /// (base58check, as `tbg sv2-keygen` prints it); each miner opens one
+    /// channel on its own Noise connection.
+    #[arg(long)]
+    pub sv2_key: Option<String>,
+    /// With `--sv2-key`: `standard` (header-only) or `extended` channels.
+    #[arg(long, default_value = "standard")]
+    pub sv2_channel: String,
     /// Print the report as JSON instead of text.
     #[arg(long)]
     pub json: bool,
@@ -95,6 +104,24 @@ pub async fn run(args: LoadtestArgs) -> Result<()> {
     };
     config.invalid_fraction = args.invalid.clamp(0.0, 1.0);
     config.suggest_difficulty = args.suggest_difficulty;
+    if let Some(key) = &args.sv2_key {
+        let authority_key = tbg_sv2::parse_public_key(key)
+            .map_err(|error| anyhow::anyhow!("--sv2-key: {error}"))?;
+        let channel = match args.sv2_channel.as_str() {
+            "standard" => tbg_loadtest::ChannelChoice::Standard,
+            "extended" => tbg_loadtest::ChannelChoice::Extended {
+                min_extranonce_size: 4,
+            },
+            other => bail!("--sv2-channel {other:?}: standard or extended"),
+        };
+        if config.suggest_difficulty.is_some() {
+            bail!("--suggest-difficulty is a V1 request: not with --sv2-key");
+        }
+        config.sv2 = Some(tbg_loadtest::V2Load {
+            authority_key,
+            channel,
+        });
+    }
     let report = tbg_loadtest::run(config, |live| {
         let p99 = live.share_round_trip.p99_us as f64 / 1000.0;
         eprint!(

@@ -52,9 +52,13 @@ pub fn pool_settings(config: &Config) -> Result<PoolSettings> {
     let sv2 = &config.stratum_v2;
     if sv2.enabled() {
         let key = sv2_authority_key(sv2)?;
-        let bind =
-            resolve_bind(&sv2.bind).with_context(|| format!("stratum_v2.bind = {}", sv2.bind))?;
-        let mut port = tbg_pool::sv2::Sv2Settings::new(bind, key);
+        let mut port = if sv2.on_v1_port {
+            tbg_pool::sv2::Sv2Settings::on_v1_port(key)
+        } else {
+            let bind = resolve_bind(&sv2.bind)
+                .with_context(|| format!("stratum_v2.bind = {}", sv2.bind))?;
+            tbg_pool::sv2::Sv2Settings::new(bind, key)
+        };
         port.cert_validity = Duration::from_secs(sv2.cert_validity_s);
         port.handshake_timeout = Duration::from_secs(sv2.handshake_timeout_s);
         settings.sv2 = Some(port);

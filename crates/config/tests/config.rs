@@ -174,6 +174,25 @@ fn bad_values_name_their_key() {
             "journal.writer_cpus",
             Box::new(|c| c.journal.writer_cpus = Some(vec![0, 4096])),
         ),
+        (
+            "stratum_v2.bind",
+            Box::new(|c| {
+                c.stratum_v2.bind = c.pool.bind.clone();
+                c.stratum_v2.authority_secret_key = "x".into();
+            }),
+        ),
+        (
+            "stratum_v2.bind",
+            Box::new(|c| {
+                c.stratum_v2.on_v1_port = true;
+                c.stratum_v2.bind = "[::]:3336".into();
+                c.stratum_v2.authority_secret_key = "x".into();
+            }),
+        ),
+        (
+            "stratum_v2.authority_secret_key",
+            Box::new(|c| c.stratum_v2.on_v1_port = true),
+        ),
     ];
     for (key, spoil) in cases {
         let mut config = valid();

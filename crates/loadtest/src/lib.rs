@@ -1,4 +1,5 @@
-//! `tbg loadtest`: thousands of simulated miners against any Stratum V1 pool.
+//! `tbg loadtest`: thousands of simulated miners against any Stratum V1
+//! pool, or a Stratum V2 one (`v2.rs`).
 //!
 //! Each simulated miner is one tokio task with its own connection (tasks are
 //! cheap: thousands fit in one process). Source addresses are spread over
@@ -9,6 +10,10 @@
 #![forbid(unsafe_code)]
 
 mod pacer;
+mod v2;
+
+pub use tbg_sv2::client::ChannelChoice;
+pub use v2::V2Load;
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -121,6 +126,8 @@ pub struct LoadConfig {
     /// Submits a miner keeps outstanding (pipelined, sent in one write);
     /// with a rate, shares that fall due while the window is full wait.
     pub window: usize,
+    /// Stratum V2 instead of V1: the pool's key and the channel to open.
+    pub sv2: Option<V2Load>,
 }
 
 impl LoadConfig {
@@ -138,6 +145,7 @@ impl LoadConfig {
             spread_sources: target.ip().is_loopback(),
             suggest_difficulty: None,
             window: 1,
+            sv2: None,
         }
     }
 }
@@ -508,7 +516,10 @@ async fn miner(
     let now_connected = shared.connected_now.fetch_add(1, Ordering::Relaxed) + 1;
     shared.connected_total.fetch_add(1, Ordering::Relaxed);
     shared.peak.fetch_max(now_connected, Ordering::Relaxed);
-    let outcome = session(index, &config, &shared, stream, deadline, pace).await;
+    let outcome = match config.sv2 {
+        None => session(index, &config, &shared, stream, deadline, pace).await,
+        Some(v2) => v2::session(index, &config, v2, &shared, stream, deadline, pace).await,
+    };
     shared.connected_now.fetch_sub(1, Ordering::Relaxed);
     if let Err(kind) = outcome {
         shared.error(kind);
@@ -764,12 +775,7 @@ async fn session(
     pace: Option<&Slot>,
 ) -> Result<(), &'static str> {
     let (mut read, mut write) = stream.into_split();
-    let address = config
-        .addresses
-        .get(index % config.addresses.len().max(1))
-        .cloned()
-        .unwrap_or_default();
-    let username = format!("{address}.m{index}");
+    let username = format!("{}.m{index}", address_of(config, index));
     let started = Instant::now();
     let send = |id: u64, method: &str, params: Value| {
         let mut text = json!({"id": id, "method": method, "params": params}).to_string();
@@ -1034,6 +1040,14 @@ async fn session(
     };
     stats.flush(shared, Instant::now());
     result
+}
+
+/// Miner `index`'s payout address: the addresses cycled over miners.
+fn address_of(config: &LoadConfig, index: usize) -> &str {
+    config
+        .addresses
+        .get(index % config.addresses.len().max(1))
+        .map_or("", String::as_str)
 }
 
 /// First and last clean-jobs notify per prevhash, across miners.

@@ -20,6 +20,7 @@ mod server;
 pub mod service;
 pub mod session;
 pub mod settings;
+mod sniff;
 pub mod stats;
 pub mod sv2;
 pub mod tls;
@@ -32,7 +33,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::FutureExt;
 use tbg_events::{EventData, EventFactory, EventSink};
 use tbg_journal::Journal;
 use tbg_node::{FetchedTemplate, NodeHealth, NodeSet, RefreshTrigger};
@@ -289,29 +289,7 @@ pub async fn start(settings: PoolSettings, deps: PoolDeps) -> Result<PoolHandle,
             (None, None)
         }
     };
-    let listener =
-        listen::stratum_listener(settings.stratum_bind).map_err(|source| PoolError::Bind {
-            addr: settings.stratum_bind,
-            source,
-        })?;
-    let local_addr = listener.local_addr().map_err(|source| PoolError::Bind {
-        addr: settings.stratum_bind,
-        source,
-    })?;
-    let tls = match settings.tls.clone() {
-        None => None,
-        Some(tls_settings) => Some(tls::open_port(tls_settings).await?),
-    };
-    let sv2 = match settings.sv2.clone() {
-        None => None,
-        Some(sv2_settings) => {
-            let bind = sv2_settings.bind;
-            let bind_error = |source| PoolError::Bind { addr: bind, source };
-            let listener = listen::stratum_listener(bind).map_err(bind_error)?;
-            let addr = listener.local_addr().map_err(bind_error)?;
-            Some((listener, addr, sv2_settings))
-        }
-    };
+    let ports = listen::open_ports(&settings).await?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let user_sigs = Arc::new(usersig::UserSigCache::default());
     let stats = StatsRegistry::default();
@@ -368,59 +346,27 @@ pub async fn start(settings: PoolSettings, deps: PoolDeps) -> Result<PoolHandle,
         shared.clone(),
         shutdown_rx.clone(),
     )));
-    let mut servers = vec![server::serve(
-        listener,
-        shared.clone(),
-        work_rx.clone(),
-        shutdown_rx.clone(),
-        server::Port::Plain,
-    )
-    .boxed()];
-    tracing::info!(%local_addr, network = %shared.settings.network, "stratum server listening");
-    let tls_handle = match tls {
-        None => None,
-        Some((listener, port, addr)) => {
-            tracing::info!(%addr, fingerprint = %port.current().fingerprint,
-                "stratum TLS server listening");
-            servers.push(
-                server::serve(
-                    listener,
-                    shared.clone(),
-                    work_rx.clone(),
-                    shutdown_rx.clone(),
-                    server::Port::Tls(port.clone()),
-                )
-                .boxed(),
-            );
-            Some((addr, port))
-        }
-    };
-    let sv2_addr = match sv2 {
-        None => None,
-        Some((listener, addr, sv2_settings)) => {
-            tracing::info!(%addr, authority_public_key = %sv2_settings.key.public_base58(),
-                "stratum v2 server listening");
-            servers.push(
-                server::serve(
-                    listener,
-                    shared.clone(),
-                    work_rx.clone(),
-                    shutdown_rx,
-                    server::Port::Sv2(Arc::new(sv2_settings)),
-                )
-                .boxed(),
-            );
-            Some(addr)
-        }
-    };
+    let servers: Vec<_> = ports
+        .listeners
+        .into_iter()
+        .map(|(listener, port)| {
+            server::serve(
+                listener,
+                shared.clone(),
+                work_rx.clone(),
+                shutdown_rx.clone(),
+                port,
+            )
+        })
+        .collect();
     // One task for every port: a stop waits for the connections of each.
     let server = tokio::spawn(async move {
         futures::future::join_all(servers).await;
     });
     Ok(PoolHandle {
-        local_addr,
-        tls: tls_handle,
-        sv2_addr,
+        local_addr: ports.stratum,
+        tls: ports.tls,
+        sv2_addr: ports.sv2,
         shared,
         work_rx,
         shutdown_tx,

@@ -3,9 +3,75 @@
 //! IPv6 gets `0.0.0.0:PORT` instead, with a warning.
 
 use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
 
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::TcpListener;
+
+use crate::server::Port;
+use crate::tls::TlsPort;
+use crate::{PoolError, PoolSettings};
+
+/// The ports a pool serves, bound before anything else starts.
+pub(crate) struct Ports {
+    /// Each listener with what it speaks.
+    pub(crate) listeners: Vec<(TcpListener, Port)>,
+    pub(crate) stratum: SocketAddr,
+    pub(crate) tls: Option<(SocketAddr, Arc<TlsPort>)>,
+    /// Where V2 miners connect: a port of its own, or the V1 port.
+    pub(crate) sv2: Option<SocketAddr>,
+}
+
+/// Binds the V1 port, then the TLS and V2 ports when configured; V2 on
+/// the V1 port (`Sv2Settings::bind` unset) makes that port a shared one.
+pub(crate) async fn open_ports(settings: &PoolSettings) -> Result<Ports, PoolError> {
+    let bind = |addr: SocketAddr| {
+        let bind_error = |source| PoolError::Bind { addr, source };
+        let listener = stratum_listener(addr).map_err(bind_error)?;
+        let local = listener.local_addr().map_err(bind_error)?;
+        Ok::<_, PoolError>((listener, local))
+    };
+    let (listener, stratum) = bind(settings.stratum_bind)?;
+    let network = settings.network;
+    let mut ports = Ports {
+        listeners: Vec::new(),
+        stratum,
+        tls: None,
+        sv2: None,
+    };
+    let shared_v2 = settings.sv2.clone().filter(|sv2| sv2.bind.is_none());
+    match shared_v2 {
+        Some(sv2) => {
+            tracing::info!(%stratum, %network, authority_public_key = %sv2.key.public_base58(),
+                "stratum server listening, V1 and V2 on one port");
+            ports.sv2 = Some(stratum);
+            ports
+                .listeners
+                .push((listener, Port::Shared(Arc::new(sv2))));
+        }
+        None => {
+            tracing::info!(%stratum, %network, "stratum server listening");
+            ports.listeners.push((listener, Port::Plain));
+        }
+    }
+    if let Some(tls_settings) = settings.tls.clone() {
+        let (listener, port, addr) = crate::tls::open_port(tls_settings).await?;
+        tracing::info!(%addr, fingerprint = %port.current().fingerprint,
+            "stratum TLS server listening");
+        ports.listeners.push((listener, Port::Tls(port.clone())));
+        ports.tls = Some((addr, port));
+    }
+    if let Some(sv2) = settings.sv2.clone() {
+        if let Some(addr) = sv2.bind {
+            let (listener, addr) = bind(addr)?;
+            tracing::info!(%addr, authority_public_key = %sv2.key.public_base58(),
+                "stratum v2 server listening");
+            ports.sv2 = Some(addr);
+            ports.listeners.push((listener, Port::Sv2(Arc::new(sv2))));
+        }
+    }
+    Ok(ports)
+}
 
 /// Pending connections the kernel queues before the pool accepts them.
 const BACKLOG: i32 = 1024;

@@ -23,6 +23,8 @@ pub(crate) enum Port {
     Plain,
     Tls(Arc<TlsPort>),
     Sv2(Arc<crate::sv2::Sv2Settings>),
+    /// V1 and V2 on one port, told apart by each connection's first bytes.
+    Shared(Arc<crate::sv2::Sv2Settings>),
 }
 
 pub(crate) async fn serve(
@@ -108,6 +110,18 @@ pub(crate) async fn serve(
                     ))
                     .await
                 }
+                Port::Shared(sv2) => {
+                    Box::pin(serve_shared(
+                        shared.clone(),
+                        client_id,
+                        peer,
+                        stream,
+                        work_rx,
+                        shutdown,
+                        sv2,
+                    ))
+                    .await
+                }
             };
             shared.counters.connection_closed();
             let live = shared.live();
@@ -138,6 +152,44 @@ fn admit(shared: &PoolShared, peer: SocketAddr, now: Instant) -> Result<Ticket, 
         .guard
         .admit(&settings.limits, &shared.counters, peer, now)
 }
+
+/// A connection on the shared port: V1 or V2 by its first bytes, then
+/// served exactly as on a port of its own.
+async fn serve_shared(
+    shared: Arc<PoolShared>,
+    client_id: u64,
+    peer: SocketAddr,
+    stream: TcpStream,
+    work_rx: watch::Receiver<Option<Arc<CurrentWork>>>,
+    mut shutdown: watch::Receiver<bool>,
+    sv2: Arc<crate::sv2::Sv2Settings>,
+) -> CloseReason {
+    use crate::sniff::{SniffEnd, Sniffed};
+    // Both protocols speak first; a connection silent past the shorter of
+    // the two deadlines would be closed by either.
+    let deadline = sv2.handshake_timeout.min(shared.live().authorize_timeout);
+    let sniffed = tokio::select! {
+        _ = shutdown.changed() => return CloseReason::Shutdown,
+        sniffed = crate::sniff::sniff(&stream, deadline, SNIFF_PATIENCE) => sniffed,
+    };
+    match sniffed {
+        Ok(Sniffed::V2) => {
+            crate::sv2::serve_connection(shared, client_id, peer, stream, work_rx, shutdown, sv2)
+                .await
+        }
+        Ok(Sniffed::V1 | Sniffed::Undecided) => {
+            let session = Box::new(Session::new(shared, client_id, peer));
+            session.run(stream, work_rx, shutdown).await
+        }
+        Err(SniffEnd::Closed) => CloseReason::ClientClosed,
+        Err(SniffEnd::Silent) => CloseReason::AuthorizeTimeout,
+        Err(SniffEnd::IoError) => CloseReason::IoError,
+    }
+}
+
+/// How long the first bytes of a connection may stay undecided (a V1 line
+/// in pieces) before they count as V1.
+const SNIFF_PATIENCE: Duration = Duration::from_millis(500);
 
 /// The TLS port's connection: the handshake (bounded in time), then the
 /// same session as plain TCP.

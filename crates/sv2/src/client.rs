@@ -156,7 +156,18 @@ impl Sv2Client {
         authority_key: [u8; 32],
         config: &ClientConfig,
     ) -> Result<Sv2Client, ClientError> {
-        let mut stream = TcpStream::connect(addr).await.map_err(TransportError::Io)?;
+        let stream = TcpStream::connect(addr).await.map_err(TransportError::Io)?;
+        Sv2Client::connect_over(stream, authority_key, config).await
+    }
+
+    /// As `connect`, over a stream already connected (a load tool binds
+    /// its own source addresses).
+    pub async fn connect_over(
+        mut stream: TcpStream,
+        authority_key: [u8; 32],
+        config: &ClientConfig,
+    ) -> Result<Sv2Client, ClientError> {
+        let addr = stream.peer_addr().map_err(TransportError::Io)?;
         let _ = stream.set_nodelay(true);
         let (encrypt, decrypt) = transport::connect(&mut stream, authority_key).await?;
         let (read_half, write_half) = stream.into_split();
@@ -411,6 +422,19 @@ impl Sv2Client {
 
     /// Submits a share; returns its sequence number.
     pub async fn submit(&mut self, share: &Share) -> Result<u32, ClientError> {
+        let sequence = self.queue(share)?;
+        self.flush().await?;
+        Ok(sequence)
+    }
+
+    /// Sends what `queue` holds, in one write.
+    pub async fn flush(&mut self) -> Result<(), ClientError> {
+        Ok(self.writer.flush().await?)
+    }
+
+    /// Queues a share to go with the next `flush` (several submits in one
+    /// write); returns its sequence number.
+    pub fn queue(&mut self, share: &Share) -> Result<u32, ClientError> {
         let sequence_number = self.next_sequence;
         self.next_sequence = self.next_sequence.wrapping_add(1);
         let message = if self.channel.extranonce_size == 0 {
@@ -433,7 +457,7 @@ impl Sv2Client {
                 extranonce: encode(B032Owned::try_from(share.extranonce.clone()))?,
             })
         };
-        self.writer.send(AnyMessageOwned::Mining(message)).await?;
+        self.writer.push(AnyMessageOwned::Mining(message))?;
         Ok(sequence_number)
     }
 

@@ -13,7 +13,7 @@ pub mod keys;
 pub mod transport;
 pub mod work;
 
-pub use keys::{AuthorityKey, KeyError};
+pub use keys::{encode_public_key, parse_public_key, AuthorityKey, KeyError};
 pub use stratum_core;
 pub use stratum_core::{binary_sv2, common_messages_sv2, mining_sv2, parsers_sv2};
 pub use transport::{FrameReader, FrameWriter, TransportError};

@@ -385,3 +385,90 @@ async fn wrong_identities_keys_and_frames_are_refused_and_a_v1_miner_mines_on() 
     mine_block(&mut client).await;
     env.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v1_and_v2_on_one_port_are_told_apart_and_both_mine() {
+    let key = AuthorityKey::generate();
+    let port_key = key.clone();
+    let env = TestEnv::start_with(move |settings| {
+        let mut port = Sv2Settings::on_v1_port(port_key);
+        port.handshake_timeout = Duration::from_secs(2);
+        settings.sv2 = Some(port);
+    })
+    .await;
+    let addr = env.stratum_addr();
+    assert_eq!(sv2_addr(&env), addr, "V2 is on the V1 port");
+
+    // A V2 miner and a V1 miner on the same port each find a block.
+    let (v2_address, v2_script) = regtest_address(AddressKind::P2wpkh);
+    let config = ClientConfig::new(format!("{v2_address}.v2"), ChannelChoice::Standard);
+    let mut client = Sv2Client::connect(addr, key.public_bytes(), &config)
+        .await
+        .expect("a V2 client on the shared port");
+    let block = mine_block(&mut client).await;
+    let mined = env.node.get_block(&block.hash).unwrap();
+    assert_eq!(mined.txdata[0].output[0].script_pubkey, v2_script);
+    let (v1_address, _) = regtest_address(AddressKind::P2tr);
+    let mut miner = MinerConfig::new(addr, format!("{v1_address}.v1"));
+    miner.max_blocks = Some(1);
+    let (summary, _) = mine_shares(miner, Duration::from_secs(60)).await.unwrap();
+    assert_eq!(summary.block_candidates, 1, "the V1 miner's block");
+
+    // A V1 request that arrives in two segments is still V1.
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(b"{\"id\":7,\"meth").await.unwrap();
+    stream.flush().await.unwrap();
+    // The pause is the point: the rest comes in a segment of its own.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    stream
+        .write_all(b"od\":\"mining.subscribe\",\"params\":[]}\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        let mut buf = [0u8; 512];
+        while !answer.contains(&b'\n') {
+            let n = stream.read(&mut buf).await.unwrap();
+            assert!(n > 0, "closed before answering");
+            answer.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await
+    .expect("the subscribe answered");
+    let answer: serde_json::Value =
+        serde_json::from_slice(answer.split(|b| *b == b'\n').next().unwrap()).unwrap();
+    assert_eq!(answer["id"], 7);
+    assert!(answer["result"][1].is_string(), "an extranonce1: {answer}");
+
+    // Random bytes go to the Noise responder (a failed handshake, counted);
+    // a silent connection is closed once the handshake timeout passes.
+    let failures = PoolCounters::get(&env.service.pool.counters().sv2_handshake_failures);
+    for garbage in [vec![0xffu8; 64], Vec::new()] {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        stream.write_all(&garbage).await.unwrap();
+        let closed = tokio::time::timeout(Duration::from_secs(10), async {
+            let mut buf = [0u8; 512];
+            while matches!(stream.read(&mut buf).await, Ok(n) if n > 0) {}
+        })
+        .await;
+        assert!(closed.is_ok(), "closed after sending {garbage:?}");
+    }
+    env.wait_until(
+        "the garbage's handshake counted",
+        Duration::from_secs(10),
+        |env| PoolCounters::get(&env.service.pool.counters().sv2_handshake_failures) > failures,
+    )
+    .await;
+
+    // Each block is its finder's in the events, whatever the protocol.
+    for address in [&v2_address, &v1_address] {
+        assert!(
+            env.events_of("block_found")
+                .iter()
+                .any(|e| matches!(&e.data,
+                EventData::BlockFound { user, .. } if user == address)),
+            "{address}'s block"
+        );
+    }
+    env.shutdown().await;
+}

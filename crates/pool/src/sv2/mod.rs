@@ -20,7 +20,9 @@ pub(crate) use wire::ChannelWire;
 /// The V2 port's settings (`[stratum_v2]`).
 #[derive(Debug, Clone)]
 pub struct Sv2Settings {
-    pub bind: std::net::SocketAddr,
+    /// A port of its own; `None`: the V1 port, shared, each connection
+    /// told apart by its first bytes (`crate::sniff`).
+    pub bind: Option<std::net::SocketAddr>,
     pub key: tbg_sv2::AuthorityKey,
     /// How long each connection's certificate is valid (SRI's default,
     /// one hour; the miner checks it against its clock at the handshake).
@@ -30,12 +32,21 @@ pub struct Sv2Settings {
 }
 
 impl Sv2Settings {
+    /// V2 on a port of its own.
     pub fn new(bind: std::net::SocketAddr, key: tbg_sv2::AuthorityKey) -> Sv2Settings {
         Sv2Settings {
-            bind,
+            bind: Some(bind),
             key,
             cert_validity: Duration::from_secs(3600),
             handshake_timeout: Duration::from_secs(10),
+        }
+    }
+
+    /// V2 on the V1 port, beside V1.
+    pub fn on_v1_port(key: tbg_sv2::AuthorityKey) -> Sv2Settings {
+        Sv2Settings {
+            bind: None,
+            ..Sv2Settings::new(std::net::SocketAddr::from(([0, 0, 0, 0], 0)), key)
         }
     }
 }

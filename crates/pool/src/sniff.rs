@@ -1,0 +1,173 @@
+//! One port for Stratum V1 and V2 (`[stratum_v2] on_v1_port`): each
+//! connection is told apart by its first bytes, which it sends unprompted
+//! in both protocols. A V1 miner's first bytes are a JSON request, `{`
+//! and printable UTF-8 up to a newline; a V2 initiator's are its Noise
+//! handshake's first message, a 64-byte ElligatorSwift encoding of an
+//! ephemeral key, which looks like random bytes. The bytes are peeked, not
+//! read: the session or the Noise responder that takes the connection
+//! reads them as if nothing had looked.
+
+use std::time::Duration;
+
+use tokio::net::TcpStream;
+
+/// The V2 initiator's first handshake message: one ElligatorSwift-encoded
+/// public key.
+pub(crate) const V2_FIRST_MESSAGE_BYTES: usize = 64;
+
+/// What a connection's first bytes say it speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Sniffed {
+    V1,
+    V2,
+    /// Too few bytes to tell yet: a V1 line cut short by the network.
+    Undecided,
+}
+
+/// Judges a connection by the bytes it sent first. Pure, for tests.
+///
+/// A first byte other than `{` or JSON whitespace is V2 at once. Otherwise
+/// the bytes are V1 when they read as the start of a JSON line (UTF-8, no
+/// control characters but tab, CR and LF) and end a line or fill 64 bytes;
+/// random bytes that begin with `{` (1 in 256 handshakes) show a control
+/// character or invalid UTF-8 within 64 bytes all but always (the chance
+/// that 63 random bytes are printable UTF-8 is below 10^-4, so below 10^-6
+/// per handshake in all).
+pub(crate) fn classify(prefix: &[u8]) -> Sniffed {
+    let Some(&first) = prefix.first() else {
+        return Sniffed::Undecided;
+    };
+    if !matches!(first, b'{' | b' ' | b'\t' | b'\r' | b'\n') {
+        return Sniffed::V2;
+    }
+    let window = &prefix[..prefix.len().min(V2_FIRST_MESSAGE_BYTES)];
+    let control = |b: &u8| (*b < 0x20 && !matches!(b, b'\t' | b'\r' | b'\n')) || *b == 0x7f;
+    if window.iter().any(control) || !utf8_so_far(window) {
+        return Sniffed::V2;
+    }
+    if window.contains(&b'\n') || window.len() == V2_FIRST_MESSAGE_BYTES {
+        Sniffed::V1
+    } else {
+        Sniffed::Undecided
+    }
+}
+
+/// Valid UTF-8, allowing a character cut at the end of the window.
+fn utf8_so_far(bytes: &[u8]) -> bool {
+    match std::str::from_utf8(bytes) {
+        Ok(_) => true,
+        Err(error) => error.error_len().is_none(),
+    }
+}
+
+/// Why sniffing ended without a protocol.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum SniffEnd {
+    /// The peer closed before it sent anything.
+    Closed,
+    /// Nothing to tell by within the deadline.
+    Silent,
+    IoError,
+}
+
+/// Peeks at `stream` until its first bytes tell the protocol. Bytes that
+/// stay undecided (a V1 line arriving in pieces) are V1 once `patience`
+/// has passed since the first of them; a connection that sends nothing
+/// within `deadline` ends.
+pub(crate) async fn sniff(
+    stream: &TcpStream,
+    deadline: Duration,
+    patience: Duration,
+) -> Result<Sniffed, SniffEnd> {
+    let mut prefix = [0u8; V2_FIRST_MESSAGE_BYTES];
+    let first = tokio::time::timeout(deadline, stream.peek(&mut prefix)).await;
+    let mut seen = match first {
+        Err(_) => return Err(SniffEnd::Silent),
+        Ok(Err(_)) => return Err(SniffEnd::IoError),
+        Ok(Ok(0)) => return Err(SniffEnd::Closed),
+        Ok(Ok(n)) => n,
+    };
+    let started = tokio::time::Instant::now();
+    // `peek` returns at once while any byte is queued, so waiting for the
+    // rest of a line is polling, briefly and rarely: a miner's first line
+    // almost always arrives in one segment.
+    let mut pause = Duration::from_millis(1);
+    loop {
+        match classify(&prefix[..seen]) {
+            Sniffed::Undecided if started.elapsed() < patience => {}
+            Sniffed::Undecided => return Ok(Sniffed::V1),
+            decided => return Ok(decided),
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(50));
+        seen = match stream.peek(&mut prefix).await {
+            Ok(0) => return Err(SniffEnd::Closed),
+            Ok(n) => n,
+            Err(_) => return Err(SniffEnd::IoError),
+        };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_v1_request_is_v1() {
+        let subscribe =
+            br#"{"id":1,"method":"mining.subscribe","params":["bitaxe/BM1366/v2.4.1"]}"#;
+        assert_eq!(
+            classify(&subscribe[..]),
+            Sniffed::V1,
+            "64 bytes and more, no newline"
+        );
+        assert_eq!(classify(b"{\"id\":1}\n"), Sniffed::V1);
+        assert_eq!(classify(b" \r\n{\"id\":1}\n"), Sniffed::V1);
+        let unicode = "{\"params\":[\"bc1q\u{e9}\u{4e16}\"]}\n".as_bytes();
+        assert_eq!(classify(unicode), Sniffed::V1);
+    }
+
+    #[test]
+    fn a_v1_line_cut_short_waits() {
+        assert_eq!(classify(b""), Sniffed::Undecided);
+        assert_eq!(classify(b"{"), Sniffed::Undecided);
+        assert_eq!(classify(br#"{"id":1,"meth"#), Sniffed::Undecided);
+        // A multi-byte character cut at the end of what arrived.
+        let cut = &"{\"u\":\"\u{4e16}\"".as_bytes()[..7];
+        assert_eq!(classify(cut), Sniffed::Undecided);
+    }
+
+    #[test]
+    fn a_noise_handshake_is_v2() {
+        assert_eq!(classify(&[0x8a; 64]), Sniffed::V2);
+        assert_eq!(classify(&[0x03]), Sniffed::V2, "decided by its first byte");
+        // Starting with `{` by chance: a control byte or broken UTF-8 tells.
+        let mut key = [b'{'; 64];
+        key[40] = 0x01;
+        assert_eq!(classify(&key), Sniffed::V2);
+        let mut key = [b'{'; 64];
+        key[20] = 0xff;
+        assert_eq!(classify(&key), Sniffed::V2);
+    }
+
+    #[test]
+    fn random_handshakes_are_all_told_apart() {
+        // What the pool's sniffing sees of real V2 clients: the first
+        // message of Noise NX initiators, 64 random-looking bytes.
+        let mut misread = 0;
+        for _ in 0..20_000 {
+            let halves: [[u8; 32]; 2] = rand::random();
+            let mut key = [0u8; 64];
+            key[..32].copy_from_slice(&halves[0]);
+            key[32..].copy_from_slice(&halves[1]);
+            // Force the 1-in-256 case half of the time, the hard one.
+            if rand::random::<bool>() {
+                key[0] = b'{';
+            }
+            if classify(&key) != Sniffed::V2 {
+                misread += 1;
+            }
+        }
+        assert_eq!(misread, 0);
+    }
+}
