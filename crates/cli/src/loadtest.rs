@@ -57,9 +57,10 @@ pub struct LoadtestArgs {
     /// channel on its own Noise connection.
     #[arg(long)]
     pub sv2_key: Option<String>,
-    /// With `--sv2-key`: `standard` (header-only) or `extended` channels.
-    #[arg(long, default_value = "standard")]
-    pub sv2_channel: String,
+    /// With `--sv2-key`: `standard` (header-only, the default) or
+    /// `extended` channels.
+    #[arg(long, requires = "sv2_key")]
+    pub sv2_channel: Option<String>,
     /// Print the report as JSON instead of text.
     #[arg(long)]
     pub json: bool,
@@ -107,7 +108,7 @@ pub async fn run(args: LoadtestArgs) -> Result<()> {
     if let Some(key) = &args.sv2_key {
         let authority_key = tbg_sv2::parse_public_key(key)
             .map_err(|error| anyhow::anyhow!("--sv2-key: {error}"))?;
-        let channel = match args.sv2_channel.as_str() {
+        let channel = match args.sv2_channel.as_deref().unwrap_or("standard") {
             "standard" => tbg_loadtest::ChannelChoice::Standard,
             "extended" => tbg_loadtest::ChannelChoice::Extended {
                 min_extranonce_size: 4,

@@ -6,7 +6,9 @@
 use std::collections::VecDeque;
 use std::time::Instant;
 
-use tbg_sv2::client::{ChannelChoice, ClientConfig, ClientError, Share, ShareAnswer, Sv2Client};
+use tbg_sv2::client::{
+    covers, ChannelChoice, ClientConfig, ClientError, Share, ShareAnswer, Sv2Client,
+};
 use tbg_sv2::parsers_sv2::{AnyMessageOwned, MiningOwned};
 
 use crate::pacer::Slot;
@@ -60,7 +62,7 @@ pub(crate) async fn session(
         let ready = client.active_job().is_some();
         if ready && in_flight.len() < window && pace.is_none_or(Slot::owed) {
             while in_flight.len() < window {
-                if pace.is_some_and(|slot| !slot.take()) {
+                if pace.is_some_and(|slot| !slot.owed()) {
                     break;
                 }
                 counter += 1;
@@ -68,8 +70,15 @@ pub(crate) async fn session(
                     && (random.next() % 10_000) as f64 / 10_000.0 < config.invalid_fraction;
                 let Some(mut share) = make_share(&client, config.share_mode, counter, &mut random)
                 else {
+                    // Reported: a difficulty past what the tool grinds (real
+                    // shares) is a misconfigured run.
+                    shared.error("no_share_found");
                     break;
                 };
+                // Taken once the share exists: a share owed is never lost.
+                if pace.is_some_and(|slot| !slot.take()) {
+                    break;
+                }
                 if invalid {
                     share.job_id = u32::MAX;
                 }
@@ -106,17 +115,26 @@ pub(crate) async fn session(
             }
         }
         for (sequence, answer) in client.answers.drain(..) {
-            let Some(at) = in_flight.iter().position(|(sent, _)| *sent == sequence) else {
-                continue;
-            };
-            let Some((_, sent_at)) = in_flight.remove(at) else {
-                continue;
-            };
-            let verdict = match &answer {
-                ShareAnswer::Accepted => Ok(()),
-                ShareAnswer::Refused(code) => Err(code.as_str()),
-            };
-            stats.answered(micros(received.saturating_duration_since(sent_at)), verdict);
+            let round_trip = |sent_at: Instant| micros(received.saturating_duration_since(sent_at));
+            match &answer {
+                // A success covers every earlier share not refused (a pool
+                // may batch them); ours answers each share.
+                ShareAnswer::Accepted => {
+                    while let Some(&(sent, sent_at)) = in_flight.front() {
+                        if !covers(sequence, sent) {
+                            break;
+                        }
+                        in_flight.pop_front();
+                        stats.answered(round_trip(sent_at), Ok(()));
+                    }
+                }
+                ShareAnswer::Refused(code) => {
+                    let at = in_flight.iter().position(|(sent, _)| *sent == sequence);
+                    if let Some((_, sent_at)) = at.and_then(|at| in_flight.remove(at)) {
+                        stats.answered(round_trip(sent_at), Err(code.as_str()));
+                    }
+                }
+            }
         }
         stats.maybe_flush(shared, received);
     };

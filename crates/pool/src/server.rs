@@ -1,6 +1,7 @@
 //! The accept loop: limits, one task per connection, graceful shutdown.
-//! The plain port and the TLS port run one loop each; a TLS connection's
-//! handshake happens in its own task, after the limits admitted it.
+//! Each port (plain, TLS, V2, or V1 and V2 shared) runs one loop; a TLS or
+//! V2 connection's handshake, and a shared port's sniffing, happen in the
+//! connection's own task, after the limits admitted it.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -99,28 +100,25 @@ pub(crate) async fn serve(
                 }
                 // A V2 connection's channels are sessions of their own.
                 Port::Sv2(sv2) => {
-                    Box::pin(crate::sv2::serve_connection(
-                        shared.clone(),
+                    let accepted = Accepted {
+                        shared: shared.clone(),
                         client_id,
                         peer,
-                        stream,
-                        work_rx,
-                        shutdown,
-                        sv2,
+                        at: now,
+                    };
+                    Box::pin(crate::sv2::serve_connection(
+                        accepted, stream, work_rx, shutdown, sv2,
                     ))
                     .await
                 }
                 Port::Shared(sv2) => {
-                    Box::pin(serve_shared(
-                        shared.clone(),
+                    let accepted = Accepted {
+                        shared: shared.clone(),
                         client_id,
                         peer,
-                        stream,
-                        work_rx,
-                        shutdown,
-                        sv2,
-                    ))
-                    .await
+                        at: now,
+                    };
+                    Box::pin(serve_shared(accepted, stream, work_rx, shutdown, sv2)).await
                 }
             };
             shared.counters.connection_closed();
@@ -153,34 +151,48 @@ fn admit(shared: &PoolShared, peer: SocketAddr, now: Instant) -> Result<Ticket, 
         .admit(&settings.limits, &shared.counters, peer, now)
 }
 
+/// A connection the limits admitted, before its protocol's own state.
+pub(crate) struct Accepted {
+    pub(crate) shared: Arc<PoolShared>,
+    pub(crate) client_id: u64,
+    pub(crate) peer: SocketAddr,
+    /// When it was accepted: its handshake and authorize deadlines run
+    /// from here, whatever sniffing its protocol took.
+    pub(crate) at: Instant,
+}
+
 /// A connection on the shared port: V1 or V2 by its first bytes, then
 /// served exactly as on a port of its own.
 async fn serve_shared(
-    shared: Arc<PoolShared>,
-    client_id: u64,
-    peer: SocketAddr,
+    accepted: Accepted,
     stream: TcpStream,
     work_rx: watch::Receiver<Option<Arc<CurrentWork>>>,
     mut shutdown: watch::Receiver<bool>,
     sv2: Arc<crate::sv2::Sv2Settings>,
 ) -> CloseReason {
     use crate::sniff::{SniffEnd, Sniffed};
+    // The V1 session exists from the accept, so that its authorize timeout
+    // counts the sniffing too.
+    let session = Box::new(Session::new(
+        accepted.shared.clone(),
+        accepted.client_id,
+        accepted.peer,
+    ));
     // Both protocols speak first; a connection silent past the shorter of
     // the two deadlines would be closed by either.
-    let deadline = sv2.handshake_timeout.min(shared.live().authorize_timeout);
+    let deadline = sv2
+        .handshake_timeout
+        .min(accepted.shared.live().authorize_timeout);
     let sniffed = tokio::select! {
         _ = shutdown.changed() => return CloseReason::Shutdown,
         sniffed = crate::sniff::sniff(&stream, deadline, SNIFF_PATIENCE) => sniffed,
     };
     match sniffed {
         Ok(Sniffed::V2) => {
-            crate::sv2::serve_connection(shared, client_id, peer, stream, work_rx, shutdown, sv2)
-                .await
+            drop(session);
+            crate::sv2::serve_connection(accepted, stream, work_rx, shutdown, sv2).await
         }
-        Ok(Sniffed::V1 | Sniffed::Undecided) => {
-            let session = Box::new(Session::new(shared, client_id, peer));
-            session.run(stream, work_rx, shutdown).await
-        }
+        Ok(Sniffed::V1 | Sniffed::Undecided) => session.run(stream, work_rx, shutdown).await,
         Err(SniffEnd::Closed) => CloseReason::ClientClosed,
         Err(SniffEnd::Silent) => CloseReason::AuthorizeTimeout,
         Err(SniffEnd::IoError) => CloseReason::IoError,

@@ -52,6 +52,9 @@ pub const STOP_LINGER: Duration = Duration::from_millis(500);
 
 /// Each connection's read buffer.
 const READ_BUFFER_BYTES: usize = 512;
+/// What a session's write buffer keeps between writes: the answers of a
+/// few pipelined submits (an error answer is ~70 bytes).
+const OUT_KEEP_BYTES: usize = 512;
 
 /// Longest wait of a block's share answer for the block store: a disk
 /// that hangs must not hold the miner (the block is submitted regardless).
@@ -384,6 +387,10 @@ impl Session {
             () = stop.cancelled() => Err(CloseReason::Shutdown),
         };
         out.clear();
+        // A job (a notify of a kilobyte or more) is rare; answers are tens
+        // of bytes. Keeping a job's worth per idle miner between jobs is
+        // most of the buffer memory of a busy pool.
+        out.shrink_to(OUT_KEEP_BYTES);
         result
     }
 

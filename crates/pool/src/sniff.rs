@@ -13,7 +13,8 @@ use tokio::net::TcpStream;
 
 /// The V2 initiator's first handshake message: one ElligatorSwift-encoded
 /// public key.
-pub(crate) const V2_FIRST_MESSAGE_BYTES: usize = 64;
+pub(crate) const V2_FIRST_MESSAGE_BYTES: usize =
+    tbg_sv2::stratum_core::noise_sv2::ELLSWIFT_ENCODING_SIZE;
 
 /// What a connection's first bytes say it speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,31 +27,49 @@ pub(crate) enum Sniffed {
 
 /// Judges a connection by the bytes it sent first. Pure, for tests.
 ///
-/// A first byte other than `{` or JSON whitespace is V2 at once. Otherwise
-/// the bytes are V1 when they read as the start of a JSON line (UTF-8, no
-/// control characters but tab, CR and LF) and end a line or fill 64 bytes;
-/// random bytes that begin with `{` (1 in 256 handshakes) show a control
-/// character or invalid UTF-8 within 64 bytes all but always (the chance
-/// that 63 random bytes are printable UTF-8 is below 10^-4, so below 10^-6
-/// per handshake in all).
+/// A first non-whitespace byte other than `{` is V2 at once. Otherwise the
+/// bytes are V1 when the line they begin reads as JSON text (UTF-8, no
+/// control characters but tab and CR) and either fills the 64 bytes or
+/// ends as a request does (at least `MIN_REQUEST_BYTES`, closed by `}`);
+/// only that first line is judged, whatever follows it in the segment.
+/// Random bytes that begin with `{` or whitespace (5 in 256 handshakes)
+/// fail these checks all but always: a short line needs its `}` and its
+/// newline in two exact places, a long one dozens of printable bytes.
 pub(crate) fn classify(prefix: &[u8]) -> Sniffed {
-    let Some(&first) = prefix.first() else {
+    let window = &prefix[..prefix.len().min(V2_FIRST_MESSAGE_BYTES)];
+    let Some(start) = window.iter().position(|b| !b.is_ascii_whitespace()) else {
+        // Nothing but whitespace so far: a V1 line's start, or a V2 key
+        // that began with some (a whole one never is whitespace alone).
         return Sniffed::Undecided;
     };
-    if !matches!(first, b'{' | b' ' | b'\t' | b'\r' | b'\n') {
+    if window[start] != b'{' {
         return Sniffed::V2;
     }
-    let window = &prefix[..prefix.len().min(V2_FIRST_MESSAGE_BYTES)];
-    let control = |b: &u8| (*b < 0x20 && !matches!(b, b'\t' | b'\r' | b'\n')) || *b == 0x7f;
-    if window.iter().any(control) || !utf8_so_far(window) {
+    let (line, ended) = match window[start..].iter().position(|b| *b == b'\n') {
+        Some(end) => (&window[start..start + end], true),
+        None => (&window[start..], false),
+    };
+    let control = |b: &u8| (*b < 0x20 && !matches!(b, b'\t' | b'\r')) || *b == 0x7f;
+    if line.iter().any(control) || !utf8_so_far(line) {
         return Sniffed::V2;
     }
-    if window.contains(&b'\n') || window.len() == V2_FIRST_MESSAGE_BYTES {
+    if ended {
+        let request = line.trim_ascii_end();
+        if request.len() >= MIN_REQUEST_BYTES && request.ends_with(b"}") {
+            Sniffed::V1
+        } else {
+            Sniffed::V2
+        }
+    } else if window.len() == V2_FIRST_MESSAGE_BYTES {
         Sniffed::V1
     } else {
         Sniffed::Undecided
     }
 }
+
+/// The shortest stratum request line: `{"id":1,"method":"","params":[]}`
+/// is 33 bytes; nothing a V1 miner sends first is shorter than this.
+const MIN_REQUEST_BYTES: usize = 24;
 
 /// Valid UTF-8, allowing a character cut at the end of the window.
 fn utf8_so_far(bytes: &[u8]) -> bool {
@@ -121,16 +140,21 @@ mod tests {
             Sniffed::V1,
             "64 bytes and more, no newline"
         );
-        assert_eq!(classify(b"{\"id\":1}\n"), Sniffed::V1);
-        assert_eq!(classify(b" \r\n{\"id\":1}\n"), Sniffed::V1);
-        let unicode = "{\"params\":[\"bc1q\u{e9}\u{4e16}\"]}\n".as_bytes();
+        let short = br#"{"id":1,"method":"mining.subscribe","params":[]}"#;
+        let line = |prefix: &[u8], end: &[u8]| [prefix, &short[..], end].concat();
+        assert_eq!(classify(&line(b"", b"\n")), Sniffed::V1);
+        assert_eq!(classify(&line(b" \r\n", b"\r\n")), Sniffed::V1);
+        let unicode = "{\"id\":2,\"params\":[\"bc1q.\u{e9}\u{4e16}\"]}\n".as_bytes();
         assert_eq!(classify(unicode), Sniffed::V1);
+        // Only the first line is judged: a C string's NUL after it is not.
+        assert_eq!(classify(&line(b"", b"\n\0\x01")), Sniffed::V1);
     }
 
     #[test]
     fn a_v1_line_cut_short_waits() {
         assert_eq!(classify(b""), Sniffed::Undecided);
         assert_eq!(classify(b"{"), Sniffed::Undecided);
+        assert_eq!(classify(b"\r\n"), Sniffed::Undecided, "no brace yet");
         assert_eq!(classify(br#"{"id":1,"meth"#), Sniffed::Undecided);
         // A multi-byte character cut at the end of what arrived.
         let cut = &"{\"u\":\"\u{4e16}\"".as_bytes()[..7];
@@ -148,6 +172,9 @@ mod tests {
         let mut key = [b'{'; 64];
         key[20] = 0xff;
         assert_eq!(classify(&key), Sniffed::V2);
+        // A newline early in random bytes ends no request.
+        assert_eq!(classify(b"{\n\x8a\x13"), Sniffed::V2);
+        assert_eq!(classify(b"{a}\n"), Sniffed::V2);
     }
 
     #[test]
@@ -155,14 +182,20 @@ mod tests {
         // What the pool's sniffing sees of real V2 clients: the first
         // message of Noise NX initiators, 64 random-looking bytes.
         let mut misread = 0;
-        for _ in 0..20_000 {
+        for _ in 0..100_000 {
             let halves: [[u8; 32]; 2] = rand::random();
             let mut key = [0u8; 64];
             key[..32].copy_from_slice(&halves[0]);
             key[32..].copy_from_slice(&halves[1]);
-            // Force the 1-in-256 case half of the time, the hard one.
-            if rand::random::<bool>() {
-                key[0] = b'{';
+            // The hard cases, 5 in 256 handshakes, most of the time: a first
+            // byte that a V1 line may begin with.
+            let hard = [b'{', b' ', b'\t', b'\r', b'\n'];
+            let pick = usize::from(key[63]) % 8;
+            if let Some(first) = hard.get(pick) {
+                key[0] = *first;
+            }
+            if pick == 4 {
+                key[1] = b'{';
             }
             if classify(&key) != Sniffed::V2 {
                 misread += 1;

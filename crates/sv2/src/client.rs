@@ -1,7 +1,7 @@
 //! A Stratum V2 mining client: the handshake, `SetupConnection`, one
 //! standard or extended channel, its jobs, and shares found by hashing on
-//! the CPU. Tests drive it against the pool; it checks nothing the pool
-//! should check for it.
+//! the CPU. Tests and the load tool (`tbg loadtest --sv2-key`) drive it
+//! against the pool; it checks nothing the pool should check for it.
 
 use std::net::SocketAddr;
 
@@ -467,11 +467,20 @@ impl Sv2Client {
         self.answer(sequence).await
     }
 
-    /// Waits for the answer to the share `sequence`.
+    /// Waits for the answer to the share `sequence`: its own, or a
+    /// success that acknowledges it with later shares (a pool may batch
+    /// them: `SubmitSharesSuccess` names the last sequence it covers).
     pub async fn answer(&mut self, sequence: u32) -> Result<ShareAnswer, ClientError> {
         loop {
             if let Some(index) = self.answers.iter().position(|(seq, _)| *seq == sequence) {
                 return Ok(self.answers.remove(index).1);
+            }
+            let covered = self
+                .answers
+                .iter()
+                .any(|(last, answer)| *answer == ShareAnswer::Accepted && covers(*last, sequence));
+            if covered {
+                return Ok(ShareAnswer::Accepted);
             }
             self.next_message().await?;
         }
@@ -503,4 +512,10 @@ impl Sv2Client {
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Whether a success for `last` covers share `sequence`: at or before it,
+/// in the wrapping order of sequence numbers.
+pub fn covers(last: u32, sequence: u32) -> bool {
+    last.wrapping_sub(sequence) < 1 << 31
 }

@@ -35,6 +35,11 @@ pub const POOL_MAX_INBOUND_PAYLOAD: usize = 4 * 1024;
 /// most 64 KiB each.
 pub const CLIENT_MAX_INBOUND_PAYLOAD: usize = 256 * 1024;
 
+/// Bytes a read may take beyond the frame being decoded: several small
+/// frames (a miner's pipelined submits) in one read, for a buffer of
+/// 512 bytes per connection.
+const READ_AHEAD: usize = 512;
+
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
     #[error("connection closed")]
@@ -160,7 +165,10 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                     });
                 }
                 while self.buffer.len() < window {
-                    self.buffer.reserve(window - self.buffer.len());
+                    // Room for what the decoder needs and some more: the
+                    // frames a peer sent together come in one read.
+                    self.buffer
+                        .reserve(window.max(READ_AHEAD) - self.buffer.len());
                     // Cancellation-safe: what it read is in the buffer.
                     if self.io.read_buf(&mut self.buffer).await? == 0 {
                         return Err(TransportError::Closed);

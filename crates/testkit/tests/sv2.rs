@@ -460,6 +460,24 @@ async fn v1_and_v2_on_one_port_are_told_apart_and_both_mine() {
     )
     .await;
 
+    // A V2 key whose first byte came alone (and happens to be `{`) is
+    // waited for, then answered by the Noise responder, not by V1.
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(b"{").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    stream.write_all(&[0x8a; 63]).await.unwrap();
+    let mut reply =
+        vec![0u8; tbg_sv2::stratum_core::noise_sv2::INITIATOR_EXPECTED_HANDSHAKE_MESSAGE_SIZE];
+    tokio::time::timeout(Duration::from_secs(10), stream.read_exact(&mut reply))
+        .await
+        .expect("the responder's reply in time")
+        .expect("the responder's whole reply");
+    assert!(
+        !reply.starts_with(b"{"),
+        "a handshake reply, not a V1 answer"
+    );
+    drop(stream);
+
     // Each block is its finder's in the events, whatever the protocol.
     for address in [&v2_address, &v1_address] {
         assert!(

@@ -1,17 +1,19 @@
 //! One V2 connection: the Noise handshake, `SetupConnection`, then any
 //! number of channels (each a [`Session`]), their shares and their work.
 //!
-//! Reads happen in a task of their own (the codec's reads are not
-//! cancellation-safe) that hands parsed messages over a bounded queue: when
-//! the connection falls behind, the reader stops reading and TCP pushes
-//! back on the miner. Answers are written only once the events behind them
-//! are durable and any block in them is stored, as on V1.
+//! Frames are read in the connection's own loop (`FrameReader::next` is
+//! cancellation-safe): when the connection falls behind it stops reading
+//! and TCP pushes back on the miner. What arrived together is handled
+//! together and answered in one write. Answers are written only once the
+//! events behind them are durable and any block in them is stored, as on
+//! V1.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
+use futures::FutureExt;
 use tbg_sv2::binary_sv2::Seq064KOwned;
 use tbg_sv2::mining_sv2::{self, UpdateChannelErrorOwned};
 use tbg_sv2::parsers_sv2::{
@@ -20,7 +22,7 @@ use tbg_sv2::parsers_sv2::{
 use tbg_sv2::transport::{self, FrameReader, FrameWriter, TransportError};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 use super::wire::{self, error_code, mining, ChannelKind};
 use super::Sv2Settings;
@@ -33,8 +35,9 @@ use crate::PoolShared;
 
 mod open;
 
-/// Messages read ahead of the connection's handling.
-const READ_QUEUE: usize = 16;
+/// Frames handled after the one awaited before the answers are written:
+/// a miner's pipelined submits, bounded so a flood still gets answers.
+const READ_BATCH: usize = 16;
 /// The one group every channel of a connection is in; channel ids start
 /// after it (a proxy requires them to differ from the group's).
 const GROUP_CHANNEL_ID: u32 = 1;
@@ -44,19 +47,24 @@ const MAX_EXTRANONCE: usize = 32;
 /// at once, twice over (a reconnecting farm).
 const OPENS_PER_MINUTE: u32 = 2 * MAX_WORKERS_PER_CONNECTION as u32;
 
-type Read = Result<AnyMessageOwned, TransportError>;
-
 pub(crate) async fn serve_connection(
-    shared: Arc<PoolShared>,
-    client_id: u64,
-    peer: SocketAddr,
+    accepted: crate::server::Accepted,
     mut stream: TcpStream,
     work_rx: watch::Receiver<Option<Arc<CurrentWork>>>,
     shutdown: watch::Receiver<bool>,
     port: Arc<Sv2Settings>,
 ) -> CloseReason {
+    let crate::server::Accepted {
+        shared,
+        client_id,
+        peer,
+        at: accepted_at,
+    } = accepted;
+    // The handshake and SetupConnection are due from the accept.
+    let setup_deadline = accepted_at + port.handshake_timeout;
     let handshake = transport::accept(&mut stream, &port.key, port.cert_validity);
-    let (encrypt, decrypt) = match tokio::time::timeout(port.handshake_timeout, handshake).await {
+    let handshake = tokio::time::timeout_at(setup_deadline.into(), handshake);
+    let (encrypt, decrypt) = match handshake.await {
         Ok(Ok(states)) => states,
         Ok(Err(error)) => {
             // A V1 miner on the V2 port, a scanner, a wrong key: nothing
@@ -72,12 +80,7 @@ pub(crate) async fn serve_connection(
         }
     };
     let (read_half, write_half) = stream.into_split();
-    let (reads_tx, reads) = mpsc::channel(READ_QUEUE);
-    // Aborted however this future ends (dropped at a stop included).
-    let _reader = AbortOnDrop(tokio::spawn(read_loop(
-        FrameReader::new(read_half, decrypt, transport::POOL_MAX_INBOUND_PAYLOAD),
-        reads_tx,
-    )));
+    let reader = FrameReader::new(read_half, decrypt, transport::POOL_MAX_INBOUND_PAYLOAD);
     let now = Instant::now();
     let live = shared.live();
     let mut connection = Connection {
@@ -95,31 +98,13 @@ pub(crate) async fn serve_connection(
         last_activity: now,
         limiter: ConnectionLimiter::new(now),
         opens: (now, 0),
-        setup_deadline: now + port.handshake_timeout,
+        setup_deadline,
     };
-    let reason = connection.run(reads, work_rx, shutdown).await;
+    let reason = connection.run(reader, work_rx, shutdown).await;
     for mut channel in connection.channels.drain(..) {
         channel.finish(reason);
     }
     reason
-}
-
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-async fn read_loop(mut reader: FrameReader<OwnedReadHalf>, reads: mpsc::Sender<Read>) {
-    loop {
-        let read = reader.next().await;
-        let last = read.is_err();
-        if reads.send(read).await.is_err() || last {
-            return;
-        }
-    }
 }
 
 fn push_message(
@@ -165,7 +150,7 @@ struct Connection {
 impl Connection {
     async fn run(
         &mut self,
-        mut reads: mpsc::Receiver<Read>,
+        mut reader: FrameReader<OwnedReadHalf>,
         mut work_rx: watch::Receiver<Option<Arc<CurrentWork>>>,
         mut shutdown: watch::Receiver<bool>,
     ) -> CloseReason {
@@ -201,11 +186,22 @@ impl Connection {
                     None
                 }
                 () = stop.cancelled(), if stopping.is_some() => Some(CloseReason::Shutdown),
-                read = reads.recv() => match read {
-                    None => Some(CloseReason::ClientClosed),
-                    Some(Err(error)) => Some(self.read_failed(&error)),
-                    Some(Ok(message)) => self.handle(message, &work_rx).err(),
-                },
+                read = reader.next() => {
+                    let mut ended = self.on_read(read, &work_rx);
+                    // Frames already here (pipelined submits) are handled
+                    // before the answers go out, in one write. Dropping a
+                    // pending `next` loses nothing.
+                    for _ in 0..READ_BATCH {
+                        if ended.is_some() {
+                            break;
+                        }
+                        let Some(read) = reader.next().now_or_never() else {
+                            break;
+                        };
+                        ended = self.on_read(read, &work_rx);
+                    }
+                    ended
+                }
                 changed = work_rx.changed(), if stopping.is_none() => {
                     if changed.is_err() {
                         // The pool is stopping.
@@ -275,6 +271,17 @@ impl Connection {
             self.without_channel_since + self.live.authorize_timeout
         } else {
             self.last_activity + self.live.idle_timeout
+        }
+    }
+
+    fn on_read(
+        &mut self,
+        read: Result<AnyMessageOwned, TransportError>,
+        work_rx: &watch::Receiver<Option<Arc<CurrentWork>>>,
+    ) -> Option<CloseReason> {
+        match read {
+            Ok(message) => self.handle(message, work_rx).err(),
+            Err(error) => Some(self.read_failed(&error)),
         }
     }
 
