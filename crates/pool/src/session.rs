@@ -50,6 +50,24 @@ pub const MAX_WORKERS_PER_CONNECTION: usize = 64;
 /// trip; a miner that honours `client.reconnect` closes sooner.
 pub const STOP_LINGER: Duration = Duration::from_millis(500);
 
+/// A connection's write, V1 or V2: bounded by `write_timeout` (a miner
+/// that reads nothing), and given up at the stop's deadline.
+pub(crate) async fn write_unless_stopped<E>(
+    write: impl std::future::Future<Output = Result<(), E>>,
+    shared: &PoolShared,
+) -> Result<(), CloseReason> {
+    let write = tokio::time::timeout(shared.settings.write_timeout, write);
+    tokio::select! {
+        biased;
+        written = write => match written {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(CloseReason::IoError),
+            Err(_) => Err(CloseReason::WriteTimeout),
+        },
+        () = shared.sessions_stop.cancelled() => Err(CloseReason::Shutdown),
+    }
+}
+
 /// Each connection's read buffer.
 const READ_BUFFER_BYTES: usize = 512;
 /// What a session's write buffer keeps between writes: the answers of a
@@ -370,22 +388,13 @@ impl Session {
             return Ok(());
         }
         self.settle().await?;
-        let stop = &self.shared.sessions_stop;
         // The flush is a no-op on TCP; on TLS it pushes out ciphertext a
         // full socket left in the TLS session.
-        let write = tokio::time::timeout(self.shared.settings.write_timeout, async {
+        let write = async {
             writer.write_all(out.as_bytes()).await?;
             writer.flush().await
-        });
-        let result = tokio::select! {
-            biased;
-            written = write => match written {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(_)) => Err(CloseReason::IoError),
-                Err(_) => Err(CloseReason::WriteTimeout),
-            },
-            () = stop.cancelled() => Err(CloseReason::Shutdown),
         };
+        let result = write_unless_stopped(write, &self.shared).await;
         out.clear();
         // A job (a notify of a kilobyte or more) is rare; answers are tens
         // of bytes. Keeping a job's worth per idle miner between jobs is

@@ -316,17 +316,7 @@ impl Connection {
         for channel in &mut self.channels {
             channel.settle().await?;
         }
-        let write = tokio::time::timeout(self.shared.settings.write_timeout, self.writer.flush());
-        let stop = self.shared.sessions_stop.clone();
-        tokio::select! {
-            biased;
-            written = write => match written {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(_)) => Err(CloseReason::IoError),
-                Err(_) => Err(CloseReason::WriteTimeout),
-            },
-            () = stop.cancelled() => Err(CloseReason::Shutdown),
-        }
+        crate::session::write_unless_stopped(self.writer.flush(), &self.shared).await
     }
 
     fn push(&mut self, message: AnyMessageOwned) -> Result<(), CloseReason> {
