@@ -12,7 +12,9 @@ use tbg_pool::sv2::Sv2Settings;
 use tbg_pool::PoolCounters;
 use tbg_sv2::binary_sv2::{B064KOwned, Seq0255Owned, Seq064KOwned, Sv2OptionOwned};
 use tbg_sv2::client::{ChannelChoice, ClientConfig, ClientError, ShareAnswer, Sv2Client};
-use tbg_sv2::mining_sv2::NewExtendedMiningJobOwned;
+use tbg_sv2::mining_sv2::{
+    NewExtendedMiningJobOwned, OpenStandardMiningChannelOwned, SubmitSharesStandard,
+};
 use tbg_sv2::parsers_sv2::{
     AnyMessageOwned, ExtensionsNegotiationOwned, ExtensionsOwned, MiningOwned,
 };
@@ -488,5 +490,83 @@ async fn v1_and_v2_on_one_port_are_told_apart_and_both_mine() {
             "{address}'s block"
         );
     }
+    env.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_channels_of_one_connection_share_its_submit_budget() {
+    let key = AuthorityKey::generate();
+    let port_key = key.clone();
+    let env = TestEnv::start_with(move |settings| {
+        settings.sv2 = Some(Sv2Settings::new("127.0.0.1:0".parse().unwrap(), port_key));
+        settings.limits.submits_per_minute = 20;
+        settings.max_invalid_shares_per_minute = u32::MAX;
+    })
+    .await;
+    let (address, _) = regtest_address(AddressKind::P2wpkh);
+    let config = ClientConfig::new(format!("{address}.a"), ChannelChoice::Standard);
+    let mut client = Sv2Client::connect(sv2_addr(&env), key.public_bytes(), &config)
+        .await
+        .unwrap();
+    // Two more channels on the same connection, as a proxy opens them.
+    let mut channels = vec![client.channel.id];
+    for request_id in [2u32, 3] {
+        let open = OpenStandardMiningChannelOwned {
+            request_id,
+            user_identity: format!("{address}.w{request_id}").try_into().unwrap(),
+            nominal_hash_rate: 0.0,
+            max_target: [0xffu8; 32].into(),
+        };
+        let open = MiningOwned::OpenStandardMiningChannel(open);
+        client.send(AnyMessageOwned::Mining(open)).await.unwrap();
+        loop {
+            if let AnyMessageOwned::Mining(MiningOwned::OpenStandardMiningChannelSuccess(ok)) =
+                client.next_message().await.unwrap()
+            {
+                assert_eq!(ok.request_id, request_id);
+                channels.push(ok.channel_id);
+                break;
+            }
+        }
+    }
+    // A minute's budget on each channel, with a job id never issued.
+    for &channel_id in &channels {
+        for sequence_number in 0..20 {
+            let submit = SubmitSharesStandard {
+                channel_id,
+                sequence_number,
+                job_id: u32::MAX,
+                nonce: 0,
+                ntime: 0,
+                version: 0x2000_0000,
+            };
+            let submit = MiningOwned::SubmitSharesStandard(submit);
+            client.send(AnyMessageOwned::Mining(submit)).await.unwrap();
+        }
+    }
+    let mut answered = 0;
+    while answered < 60 {
+        if let AnyMessageOwned::Mining(MiningOwned::SubmitSharesError(error)) =
+            client.next_message().await.unwrap()
+        {
+            answered += 1;
+            assert_eq!(error.error_code.as_bytes(), b"invalid-job-id");
+        }
+    }
+    // Every submit answered; the journal took one connection's budget,
+    // not one per channel.
+    let journaled = |env: &TestEnv| {
+        env.events_of("share_submitted")
+            .iter()
+            .filter(
+                |e| matches!(&e.data, EventData::ShareSubmitted { user, .. } if *user == address),
+            )
+            .count()
+    };
+    env.wait_until("the budget's events", Duration::from_secs(10), |env| {
+        journaled(env) >= 20
+    })
+    .await;
+    assert_eq!(journaled(&env), 20);
     env.shutdown().await;
 }

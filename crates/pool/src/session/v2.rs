@@ -187,11 +187,13 @@ impl Session {
         Ok(())
     }
 
-    /// A submit on this channel: the rate limit, the share rules, then the
+    /// A submit on this channel: the rate limit (the connection's,
+    /// `connection_over_rate`, and the channel's), the share rules, then the
     /// same accounting as a V1 share, answered on the wire.
     pub(crate) fn submit_v2(
         &mut self,
         submitted: &V2Share<'_>,
+        connection_over_rate: bool,
         work_rx: &watch::Receiver<Option<Arc<CurrentWork>>>,
     ) -> Result<(), CloseReason> {
         let started = Instant::now();
@@ -201,7 +203,7 @@ impl Session {
             .limiter
             .request(RequestKind::Submit, &self.live.limits, started)
         {
-            Verdict::Allow => false,
+            Verdict::Allow => connection_over_rate,
             Verdict::Refuse(_) => true,
             Verdict::Close(_) => return Err(CloseReason::TooManyErrors),
         };

@@ -26,7 +26,7 @@ use tokio::sync::watch;
 
 use super::wire::{self, error_code, mining, ChannelKind};
 use super::Sv2Settings;
-use crate::limits::{ConnectionLimiter, Verdict};
+use crate::limits::{ConnectionLimiter, RequestKind, Verdict};
 use crate::session::v2::V2Share;
 use crate::session::{CloseReason, Session, MAX_WORKERS_PER_CONNECTION, STOP_LINGER};
 use crate::settings::PoolSettings;
@@ -500,8 +500,16 @@ impl Connection {
         match index {
             Some(index) => {
                 // Only a submit on an open channel keeps the connection.
-                self.last_activity = Instant::now();
-                self.channels[index].submit_v2(share, work_rx)
+                let now = Instant::now();
+                self.last_activity = now;
+                // One submit budget for the whole connection, as a V1
+                // connection has for all its workers: 64 channels must not
+                // journal 64 times what one connection may.
+                let over_rate = self
+                    .limiter
+                    .request(RequestKind::Submit, &self.live.limits, now)
+                    != Verdict::Allow;
+                self.channels[index].submit_v2(share, over_rate, work_rx)
             }
             None => {
                 let sequence_number = share.sequence_number;
