@@ -297,3 +297,102 @@ async fn a_wrong_secret_and_a_taken_instance_id_are_refused_with_their_reason() 
     link.stop().await;
     primary.shutdown().await;
 }
+
+/// Stratum V2 in a relay region, on the V1 port: the region's instance id
+/// leads the channel's extranonce, its block reaches the primary, and its
+/// work follows the failover on the same connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_v2_miner_on_a_relay_mines_for_the_region_and_keeps_mining_through_a_failover() {
+    use tbg_sv2::client::{ChannelChoice, ClientConfig, ShareAnswer, Sv2Client};
+
+    let primary = start_primary().await;
+    let port = free_port();
+    let link = primary_link(&primary, port).await;
+    let relay_node = node_with_chain_of(&primary.node).await;
+    let (tap, blocks) = mpsc::channel(16);
+    let relay_link = RelayLink::start(relay_config(port, SECRET, 2), blocks);
+    let key = tbg_sv2::AuthorityKey::generate();
+    let mut settings = test_settings();
+    settings.instance_id = Some(2);
+    settings.sv2 = Some(tbg_pool::sv2::Sv2Settings::on_v1_port(key.clone()));
+    let wiring = RegionWiring {
+        route_templates: Some(relay_link.router()),
+        block_tap: Some(tap),
+    };
+    let relay = TestEnv::start_region(relay_node, settings, "eu-west", wiring).await;
+    relay_link.attach(relay.service.pool.link());
+    wait_for(
+        "the relay on the primary's templates",
+        Duration::from_secs(20),
+        || relay_link.status().source == "primary",
+    )
+    .await;
+
+    let (address, script) = regtest_address(AddressKind::P2wpkh);
+    let channel = ChannelChoice::Extended {
+        min_extranonce_size: 4,
+    };
+    let config = ClientConfig::new(format!("{address}.v2"), channel);
+    let mut client = Sv2Client::connect(relay.stratum_addr(), key.public_bytes(), &config)
+        .await
+        .expect("a V2 channel on the relay");
+    assert_eq!(
+        client.channel.extranonce_prefix.first(),
+        Some(&2),
+        "the relay's instance id leads the channel's extranonce"
+    );
+
+    // A block of the V2 miner reaches the primary's node and its table.
+    client.wait_for_work().await.unwrap();
+    while let Ok(read) =
+        tokio::time::timeout(Duration::from_millis(100), client.next_message()).await
+    {
+        read.expect("the relay's messages");
+    }
+    let extranonce = vec![0u8; client.channel.extranonce_size];
+    let share = client
+        .find_share(&extranonce, 0, 0, 50_000_000, true)
+        .expect("a share");
+    assert!(share.is_block, "on regtest a share is a block");
+    let answer = client.submit_and_wait(&share).await.unwrap();
+    assert_eq!(answer, ShareAnswer::Accepted);
+    wait_for(
+        "the V2 block on the primary's node",
+        Duration::from_secs(20),
+        || primary.node.best_block_hash() == share.hash,
+    )
+    .await;
+    wait_for(
+        "the primary to say it stored the block",
+        Duration::from_secs(20),
+        || relay_link.status().blocks_stored_by_primary == 1,
+    )
+    .await;
+    let kept = primary.service.pool.blocks();
+    assert_eq!(
+        (kept[0].user.as_str(), kept[0].origin.as_deref()),
+        (address.as_str(), Some("eu-west"))
+    );
+
+    // The primary goes away: the V2 miner, still connected, gets the
+    // relay's own node's work.
+    link.stop().await;
+    wait_for("the failover", Duration::from_secs(15), || {
+        relay_link.status().source == "local"
+    })
+    .await;
+    let local_tip = relay.node.mine_blocks(1, &script).await.unwrap()[0];
+    let wanted = bitcoin::hashes::Hash::to_byte_array(local_tip);
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while client.tip.map(|tip| tip.prev_hash) != Some(wanted) || client.active_job().is_none() {
+            client.next_message().await.expect("the relay's messages");
+        }
+    })
+    .await
+    .expect("work on the relay's own tip");
+    assert_eq!(relay.service.pool.status().connections, 1);
+
+    relay_link.stop().await;
+    relay.shutdown().await;
+    primary.shutdown().await;
+}
