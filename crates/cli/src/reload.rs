@@ -36,6 +36,7 @@ pub const POOL_LIVE_KEYS: &[&str] = &[
     "pool.max_protocol_errors_per_minute",
     "pool.authorize_timeout_s",
     "pool.idle_timeout_s",
+    "pool.wakeup_coalescing_us",
     "pool.blockpoll_ms",
     "pool.update_interval_s",
     "events.socket_path",
@@ -293,6 +294,9 @@ impl Reloader {
         let mut tls = None;
         let reloaded = self.reload_with(|config| {
             let settings = crate::settings::pool_settings(config)?;
+            crate::coalesce::set_window(std::time::Duration::from_micros(
+                config.pool.wakeup_coalescing_us,
+            ));
             for change in running.pool.reload(&settings) {
                 tracing::debug!(%change, "pool setting changed");
             }

@@ -28,6 +28,9 @@ const MIN_IP_TABLE: u32 = 16;
 const MAX_IP_TABLE: u32 = 10_000_000;
 /// A week: bans and timeouts longer than that are a typo.
 const MAX_LIMIT_SECONDS: u64 = 7 * 24 * 3600;
+/// Longest wake-up coalescing window: past it a busy pool's answers and
+/// jobs wait long enough for a miner to notice.
+const MAX_WAKEUP_COALESCING_US: u64 = 10_000;
 
 impl Config {
     /// Checks every value; at least one node is required.
@@ -353,6 +356,13 @@ impl Config {
                     format!("must be between {min} and {MAX_LIMIT_SECONDS} seconds"),
                 ));
             }
+        }
+        if pool.wakeup_coalescing_us > MAX_WAKEUP_COALESCING_US {
+            return Err(ConfigError::new(
+                "pool.wakeup_coalescing_us",
+                pool.wakeup_coalescing_us,
+                format!("must be at most {MAX_WAKEUP_COALESCING_US} (10 ms); 0 turns it off"),
+            ));
         }
         Ok(())
     }

@@ -513,6 +513,10 @@ fn limits_default_to_the_plan_and_bad_ones_name_their_key() {
             Box::new(|c| c.pool.idle_timeout_s = 0),
         ),
         (
+            "pool.wakeup_coalescing_us",
+            Box::new(|c| c.pool.wakeup_coalescing_us = 10_001),
+        ),
+        (
             "pool.authorize_timeout_s",
             Box::new(|c| c.pool.authorize_timeout_s = 0),
         ),

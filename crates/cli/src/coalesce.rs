@@ -1,0 +1,117 @@
+//! Wake-up coalescing for the runtime's worker threads (`pool.wakeup_coalescing_us`).
+//!
+//! A busy pool answers thousands of shares a second that each arrive alone.
+//! Each would cost a wake-up of its own: the worker blocks in epoll, the
+//! kernel switches it out and back in (in a virtual machine an exit to the
+//! hypervisor each way), for a share that takes a few microseconds to judge.
+//! Measured on a 2-core VM at 10,000-20,000 paced shares/s, that is most of
+//! the CPU of a share. A worker whose last block ended less than half a
+//! window after it began (work arrives more than ~4,000 times a second at
+//! the default) sleeps one window before it blocks again: the shares
+//! arriving meanwhile are read and answered in one wake-up, and no answer
+//! waits longer than the window. A pool at 1,000 shares/s, let alone the
+//! usual solo pool of a few miners, never waits: a share, a block or a new
+//! job is handled the moment it arrives.
+
+use std::cell::Cell;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// The window in microseconds; 0 turns coalescing off (the default of a
+/// process that runs no pool, such as the load tool, whose latencies are
+/// its measurement).
+static WINDOW_US: AtomicU64 = AtomicU64::new(0);
+
+thread_local! {
+    /// When this worker last began to block.
+    static BLOCKED_AT: Cell<Option<Instant>> = const { Cell::new(None) };
+    /// How long its last block lasted (`None`: not known yet).
+    static LAST_BLOCK: Cell<Option<Duration>> = const { Cell::new(None) };
+}
+
+/// Sets the window (at start and on SIGHUP).
+pub fn set_window(window: Duration) {
+    let micros = u64::try_from(window.as_micros()).unwrap_or(u64::MAX);
+    WINDOW_US.store(micros, Ordering::Relaxed);
+}
+
+fn window() -> Duration {
+    Duration::from_micros(WINDOW_US.load(Ordering::Relaxed))
+}
+
+/// How long a worker about to block waits first, given how long its last
+/// block lasted.
+fn wait_before_park(last_block: Option<Duration>, window: Duration) -> Option<Duration> {
+    if window.is_zero() {
+        return None;
+    }
+    (last_block? < window / 2).then_some(window)
+}
+
+/// The runtime's `on_thread_park` hook.
+pub fn before_park() {
+    let window = window();
+    if window.is_zero() {
+        return;
+    }
+    if let Some(wait) = wait_before_park(LAST_BLOCK.get(), window) {
+        // A blocking sleep on purpose: the worker has nothing to run, and
+        // anything scheduled meanwhile is run right after it.
+        std::thread::sleep(wait);
+    }
+    BLOCKED_AT.set(Some(Instant::now()));
+}
+
+/// The runtime's `on_thread_unpark` hook.
+pub fn after_unpark() {
+    if let Some(at) = BLOCKED_AT.take() {
+        LAST_BLOCK.set(Some(at.elapsed()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const WINDOW: Duration = Duration::from_micros(500);
+
+    #[test]
+    fn a_worker_woken_again_at_once_waits_one_window() {
+        // Blocked 70 us: about 14,000 wake-ups a second.
+        let busy = Some(Duration::from_micros(70));
+        assert_eq!(wait_before_park(busy, WINDOW), Some(WINDOW));
+        // Coalescing already: the work was waiting when it blocked.
+        assert_eq!(wait_before_park(Some(Duration::ZERO), WINDOW), Some(WINDOW));
+    }
+
+    #[test]
+    fn a_quiet_worker_never_waits() {
+        // The thread's first block: nothing known about its rate.
+        assert_eq!(wait_before_park(None, WINDOW), None);
+        // 1,000 shares a second: blocked ~1 ms between them.
+        assert_eq!(
+            wait_before_park(Some(Duration::from_micros(970)), WINDOW),
+            None
+        );
+        // Just at the threshold.
+        assert_eq!(wait_before_park(Some(WINDOW / 2), WINDOW), None);
+    }
+
+    #[test]
+    fn a_zero_window_turns_it_off() {
+        assert_eq!(wait_before_park(Some(Duration::ZERO), Duration::ZERO), None);
+    }
+
+    #[test]
+    fn the_hooks_measure_the_block_between_them() {
+        set_window(WINDOW);
+        after_unpark();
+        assert_eq!(LAST_BLOCK.get(), None, "no block began on this thread");
+        before_park();
+        std::thread::sleep(Duration::from_millis(2));
+        after_unpark();
+        let blocked = LAST_BLOCK.get().expect("measured");
+        assert!(blocked >= Duration::from_millis(2), "{blocked:?}");
+        set_window(Duration::ZERO);
+    }
+}
