@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use serde_json::json;
 use tbg_stratum::RejectReason;
-use tbg_testkit::{mine_shares, regtest_address, AddressKind, ManualMiner, MinerConfig, TestEnv};
+use tbg_testkit::{
+    mine_shares, regtest_address, AddressKind, ManualMiner, MinerConfig, StratumClient, TestEnv,
+};
 
 fn reject_message(reply: &tbg_miner::Reply) -> String {
     reply
@@ -206,6 +208,56 @@ async fn every_reject_reason_is_answered_in_ckpool_wording() {
             reasons.iter().any(|r| r == expected),
             "event with reason {expected}: {reasons:?}"
         );
+    }
+    env.shutdown().await;
+}
+
+/// Requests reach the pool however TCP cuts them: longer than the pool's
+/// 512-byte read buffer, in pieces, several in one write with the last one
+/// cut in the middle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_cut_anywhere_by_tcp_are_answered_in_order() {
+    let env = TestEnv::start().await;
+    let (address, _) = regtest_address(AddressKind::P2wpkh);
+    let mut client = StratumClient::connect(env.stratum_addr())
+        .await
+        .expect("connect");
+
+    let agent = format!("cgminer/4.12.1 {}", "x".repeat(700));
+    let subscribe = json!({"id": 1, "method": "mining.subscribe", "params": [agent]});
+    client
+        .send_raw(format!("{subscribe}\n").as_bytes())
+        .await
+        .expect("send");
+    let reply = client.wait_reply(1).await.expect("subscribe answered");
+    assert!(reply.is_ok(), "{reply:?}");
+
+    let authorize =
+        json!({"id": 2, "method": "mining.authorize", "params": [format!("{address}.rig"), "x"]});
+    let line = format!("{authorize}\n");
+    let (head, tail) = line.as_bytes().split_at(17);
+    let (middle, tail) = tail.split_at(tail.len() / 2);
+    for piece in [head, middle, tail] {
+        client.send_raw(piece).await.expect("send");
+        // Apart, so that the pool reads them apart (it cannot tell).
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    let reply = client.wait_reply(2).await.expect("authorize answered");
+    assert_eq!(reply.result, json!(true), "{reply:?}");
+
+    // Three requests in one write, the third cut in two.
+    let mut batch = String::new();
+    for id in 3..=5 {
+        let request = json!({"id": id, "method": "mining.suggest_difficulty", "params": [64]});
+        batch.push_str(&format!("{request}\n"));
+    }
+    let (first, second) = batch.split_at(batch.len() - 20);
+    client.send_raw(first.as_bytes()).await.expect("send");
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    client.send_raw(second.as_bytes()).await.expect("send");
+    for id in 3..=5 {
+        let reply = client.wait_reply(id).await.expect("each request answered");
+        assert!(reply.error.is_null(), "request {id}: {reply:?}");
     }
     env.shutdown().await;
 }

@@ -31,11 +31,10 @@ impl Session {
                 read = tokio::time::timeout_at(until.into(), read_line_limited(stream, line, max_line)) => read,
                 () = stop.cancelled() => return,
             };
-            if !matches!(read, Ok(Ok(LineRead::Line))) {
+            let Ok(Ok(LineRead::Line(at))) = read else {
                 return;
-            }
-            let keep = self.handle_line(line, out, work_rx);
-            line.clear();
+            };
+            let keep = self.take_line(stream, line, at, out, work_rx);
             if self.flush(stream, out).await.is_err() || keep.is_err() {
                 return;
             }
