@@ -129,6 +129,8 @@ run_load() {
   wait_for_port "$port"
   sleep 2
   local idle; idle=$(rss_kb "$pool_pid")
+  # e.g. POOL_HOOK='perf record -F 999 -g -p $pool_pid -o /tmp/pool.perf -- sleep 10'
+  [ -n "${POOL_HOOK:-}" ] && [ "$name" != ckpool ] && (eval "$POOL_HOOK" >/dev/null 2>&1 &)
   local ticks_before; ticks_before=$(cpu_ticks "$pool_pid")
   local out="$work/$name-$load-$count.txt"
   taskset -c 0 "$TBG" loadtest --pool "127.0.0.1:$port" --addresses "$address" $args > "$out"
