@@ -10,13 +10,15 @@
 #![forbid(unsafe_code)]
 
 mod pacer;
+mod report;
+mod stats;
 mod v1;
 mod v2;
 
+pub use report::{Latency, LoadReport};
 pub use tbg_sv2::client::ChannelChoice;
 pub use v2::V2Load;
 
-use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -27,6 +29,8 @@ use serde::Serialize;
 use tokio::net::TcpSocket;
 
 use pacer::{Pacer, Schedule, Slot};
+use report::snapshot;
+use stats::{micros, microsecond_histogram, Shared};
 
 /// How shares are made.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -184,164 +188,6 @@ impl XorShift64 {
     }
 }
 
-/// Latency percentiles in microseconds.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct Latency {
-    pub count: u64,
-    pub p50_us: u64,
-    pub p95_us: u64,
-    pub p99_us: u64,
-    pub max_us: u64,
-}
-
-/// What a run measured.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct LoadReport {
-    pub miners: usize,
-    pub duration_s: f64,
-    pub connected: u64,
-    pub peak_connections: u64,
-    pub connect: Latency,
-    pub subscribe_authorize: Latency,
-    pub share_round_trip: Latency,
-    pub shares_sent: u64,
-    pub shares_answered: u64,
-    pub shares_per_second: f64,
-    pub accepted: u64,
-    pub rejected: BTreeMap<String, u64>,
-    pub errors: BTreeMap<String, u64>,
-    /// Miners the pool told to reconnect (`client.reconnect`, e.g. at its
-    /// graceful stop); each then closed its connection, as miners do.
-    pub reconnect_requests: u64,
-    /// For each new block seen: time from the first miner's `mining.notify`
-    /// (clean_jobs) to the last one's.
-    pub new_block_notify_spread: Latency,
-    /// How late the tool handed paced miners their shares (its own
-    /// scheduling, not the pool's): large values mean the load tool could
-    /// not keep the rate, and the round trips say less.
-    pub pacing_lateness: Latency,
-}
-
-impl LoadReport {
-    /// Human-readable summary.
-    pub fn to_text(&self) -> String {
-        let lat = |l: &Latency| {
-            format!(
-                "n={} p50={:.3}ms p95={:.3}ms p99={:.3}ms max={:.3}ms",
-                l.count,
-                l.p50_us as f64 / 1000.0,
-                l.p95_us as f64 / 1000.0,
-                l.p99_us as f64 / 1000.0,
-                l.max_us as f64 / 1000.0
-            )
-        };
-        let mut text = String::new();
-        text.push_str(&format!(
-            "miners {} (connected {}, peak {}), {:.1} s\n",
-            self.miners, self.connected, self.peak_connections, self.duration_s
-        ));
-        text.push_str(&format!("connect            {}\n", lat(&self.connect)));
-        text.push_str(&format!(
-            "subscribe+authorize {}\n",
-            lat(&self.subscribe_authorize)
-        ));
-        text.push_str(&format!(
-            "share round trip   {}\n",
-            lat(&self.share_round_trip)
-        ));
-        text.push_str(&format!(
-            "shares sent {} answered {} ({:.0}/s), accepted {}\n",
-            self.shares_sent, self.shares_answered, self.shares_per_second, self.accepted
-        ));
-        for (reason, count) in &self.rejected {
-            text.push_str(&format!("  rejected {reason}: {count}\n"));
-        }
-        for (kind, count) in &self.errors {
-            text.push_str(&format!("  error {kind}: {count}\n"));
-        }
-        if self.reconnect_requests > 0 {
-            text.push_str(&format!(
-                "told to reconnect {} (connections closed)\n",
-                self.reconnect_requests
-            ));
-        }
-        text.push_str(&format!(
-            "new block -> last notify {}\n",
-            lat(&self.new_block_notify_spread)
-        ));
-        if self.pacing_lateness.count > 0 {
-            text.push_str(&format!(
-                "share pacing late  {}\n",
-                lat(&self.pacing_lateness)
-            ));
-        }
-        text
-    }
-}
-
-struct Shared {
-    connect: Mutex<Vec<u64>>,
-    authorize: Mutex<Vec<u64>>,
-    round_trip: Mutex<hdrhistogram::Histogram<u64>>,
-    /// Filled by the pacer thread.
-    pacing_late: Arc<Mutex<hdrhistogram::Histogram<u64>>>,
-    sent: AtomicU64,
-    answered: AtomicU64,
-    accepted: AtomicU64,
-    connected_now: AtomicU64,
-    connected_total: AtomicU64,
-    peak: AtomicU64,
-    rejected: Mutex<BTreeMap<String, u64>>,
-    errors: Mutex<BTreeMap<String, u64>>,
-    reconnect_requests: AtomicU64,
-    /// prevhash -> (first notify, last notify)
-    notifies: Mutex<BTreeMap<String, (Instant, Instant)>>,
-}
-
-impl Shared {
-    fn error(&self, kind: &str) {
-        *self.errors.lock().entry(kind.to_string()).or_default() += 1;
-    }
-}
-
-fn latency(samples: &[u64]) -> Latency {
-    if samples.is_empty() {
-        return Latency::default();
-    }
-    let mut sorted = samples.to_vec();
-    sorted.sort_unstable();
-    let pick = |q: f64| sorted[((sorted.len() as f64 - 1.0) * q).round() as usize];
-    Latency {
-        count: sorted.len() as u64,
-        p50_us: pick(0.50),
-        p95_us: pick(0.95),
-        p99_us: pick(0.99),
-        max_us: *sorted.last().unwrap_or(&0),
-    }
-}
-
-fn histogram_latency(histogram: &hdrhistogram::Histogram<u64>) -> Latency {
-    Latency {
-        count: histogram.len(),
-        p50_us: histogram.value_at_quantile(0.50),
-        p95_us: histogram.value_at_quantile(0.95),
-        p99_us: histogram.value_at_quantile(0.99),
-        max_us: histogram.max(),
-    }
-}
-
-/// 1 µs .. 60 s at 3 significant digits: fixed bounds, cannot fail.
-fn microsecond_histogram() -> hdrhistogram::Histogram<u64> {
-    hdrhistogram::Histogram::new_with_bounds(1, 60_000_000, 3).unwrap_or_else(|_| {
-        hdrhistogram::Histogram::new(3)
-            .unwrap_or_else(|_| unreachable!("3 significant digits is valid"))
-    })
-}
-
-fn micros(duration: Duration) -> u64 {
-    u64::try_from(duration.as_micros()).unwrap_or(u64::MAX)
-}
-
 /// Source address for miner `index`: 127.x.y.z, never 127.0.0.0 or .255.
 fn source_ip(index: usize) -> IpAddr {
     let n = (index % (250 * 250 * 250)) as u32;
@@ -445,39 +291,6 @@ pub async fn run(config: LoadConfig, mut progress: impl FnMut(&LoadReport)) -> L
     snapshot(&shared, &config, started)
 }
 
-fn snapshot(shared: &Shared, config: &LoadConfig, started: Instant) -> LoadReport {
-    let elapsed = started.elapsed().as_secs_f64();
-    let answered = shared.answered.load(Ordering::Relaxed);
-    let spreads: Vec<u64> = shared
-        .notifies
-        .lock()
-        .values()
-        .map(|(first, last)| micros(last.saturating_duration_since(*first)))
-        .collect();
-    LoadReport {
-        miners: config.miners,
-        duration_s: elapsed,
-        connected: shared.connected_total.load(Ordering::Relaxed),
-        peak_connections: shared.peak.load(Ordering::Relaxed),
-        connect: latency(&shared.connect.lock()),
-        subscribe_authorize: latency(&shared.authorize.lock()),
-        share_round_trip: histogram_latency(&shared.round_trip.lock()),
-        shares_sent: shared.sent.load(Ordering::Relaxed),
-        shares_answered: answered,
-        shares_per_second: if elapsed > 0.0 {
-            answered as f64 / elapsed
-        } else {
-            0.0
-        },
-        accepted: shared.accepted.load(Ordering::Relaxed),
-        rejected: shared.rejected.lock().clone(),
-        errors: shared.errors.lock().clone(),
-        reconnect_requests: shared.reconnect_requests.load(Ordering::Relaxed),
-        new_block_notify_spread: latency(&spreads),
-        pacing_lateness: histogram_latency(&shared.pacing_late.lock()),
-    }
-}
-
 async fn miner(
     index: usize,
     config: Arc<LoadConfig>,
@@ -525,82 +338,6 @@ async fn miner(
     }
 }
 
-/// Answered shares a miner keeps before adding them to the shared totals.
-const LOCAL_SAMPLES: usize = 256;
-/// How often a miner adds its local counts to the shared totals.
-const FLUSH_EVERY: Duration = Duration::from_millis(250);
-
-/// A miner's counts, added to `Shared` now and then so that the share path
-/// takes no lock and touches no shared cache line.
-struct LocalStats {
-    round_trips_us: Vec<u64>,
-    sent: u64,
-    answered: u64,
-    accepted: u64,
-    rejected: Vec<(String, u64)>,
-    last_flush: Instant,
-}
-
-impl LocalStats {
-    fn new() -> LocalStats {
-        LocalStats {
-            round_trips_us: Vec::with_capacity(LOCAL_SAMPLES),
-            sent: 0,
-            answered: 0,
-            accepted: 0,
-            rejected: Vec::new(),
-            last_flush: Instant::now(),
-        }
-    }
-
-    fn answered(&mut self, rtt_us: u64, verdict: Result<(), &str>) {
-        self.round_trips_us.push(rtt_us.max(1));
-        self.answered += 1;
-        match verdict {
-            Ok(()) => self.accepted += 1,
-            Err(reason) => match self.rejected.iter_mut().find(|(r, _)| r == reason) {
-                Some((_, count)) => *count += 1,
-                None => self.rejected.push((reason.to_string(), 1)),
-            },
-        }
-    }
-
-    fn maybe_flush(&mut self, shared: &Shared, now: Instant) {
-        if self.round_trips_us.len() >= LOCAL_SAMPLES
-            || now.saturating_duration_since(self.last_flush) >= FLUSH_EVERY
-        {
-            self.flush(shared, now);
-        }
-    }
-
-    fn flush(&mut self, shared: &Shared, now: Instant) {
-        self.last_flush = now;
-        if !self.round_trips_us.is_empty() {
-            let mut histogram = shared.round_trip.lock();
-            for rtt in self.round_trips_us.drain(..) {
-                let _ = histogram.record(rtt);
-            }
-        }
-        shared
-            .sent
-            .fetch_add(std::mem::take(&mut self.sent), Ordering::Relaxed);
-        shared
-            .answered
-            .fetch_add(std::mem::take(&mut self.answered), Ordering::Relaxed);
-        shared
-            .accepted
-            .fetch_add(std::mem::take(&mut self.accepted), Ordering::Relaxed);
-        if self.rejected.iter().any(|(_, count)| *count > 0) {
-            let mut rejected = shared.rejected.lock();
-            for (reason, count) in &mut self.rejected {
-                if *count > 0 {
-                    *rejected.entry(reason.clone()).or_default() += std::mem::take(count);
-                }
-            }
-        }
-    }
-}
-
 /// Resolves when a paced miner owes a share; never for a flood miner, whose
 /// next share waits only for an answer.
 async fn share_falls_due(pace: Option<&Slot>) {
@@ -616,21 +353,6 @@ fn address_of(config: &LoadConfig, index: usize) -> &str {
         .addresses
         .get(index % config.addresses.len().max(1))
         .map_or("", String::as_str)
-}
-
-/// First and last clean-jobs notify per prevhash, across miners.
-fn note_notify(shared: &Shared, prevhash: &[u8], received: Instant) {
-    let prevhash = String::from_utf8_lossy(prevhash);
-    let mut notifies = shared.notifies.lock();
-    match notifies.get_mut(prevhash.as_ref()) {
-        Some(entry) => {
-            entry.0 = entry.0.min(received);
-            entry.1 = entry.1.max(received);
-        }
-        None => {
-            notifies.insert(prevhash.into_owned(), (received, received));
-        }
-    }
 }
 
 #[cfg(test)]

@@ -22,7 +22,8 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
-use crate::{micros, poisson_gap, Pacing, XorShift64};
+use crate::stats::micros;
+use crate::{poisson_gap, Pacing, XorShift64};
 
 /// Shares a stalled miner may owe (not yet authorized, window full): it
 /// catches up by at most this many, as a real miner's queue would not grow

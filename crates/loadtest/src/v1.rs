@@ -9,10 +9,8 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::pacer::Slot;
-use crate::{
-    address_of, micros, note_notify, share_falls_due, LoadConfig, LocalStats, ShareMode, Shared,
-    XorShift64,
-};
+use crate::stats::{micros, note_notify, LocalStats, Shared};
+use crate::{address_of, share_falls_due, LoadConfig, ShareMode, XorShift64};
 
 /// Largest line the tool accepts from the pool.
 const MAX_LINE: usize = 1 << 20;

@@ -12,7 +12,8 @@ use tbg_sv2::client::{
 use tbg_sv2::parsers_sv2::{AnyMessageOwned, MiningOwned};
 
 use crate::pacer::Slot;
-use crate::{micros, note_notify, share_falls_due, LoadConfig, LocalStats, ShareMode, Shared};
+use crate::stats::{micros, note_notify, LocalStats, Shared};
+use crate::{share_falls_due, LoadConfig, ShareMode};
 
 /// What a V2 load needs to know of the pool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
