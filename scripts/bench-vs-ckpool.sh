@@ -135,6 +135,9 @@ run_load() {
   local out="$work/$name-$load-$count.txt"
   taskset -c 0 "$TBG" loadtest --pool "127.0.0.1:$port" --addresses "$address" $args > "$out"
   local ticks_after; ticks_after=$(cpu_ticks "$pool_pid")
+  # RSS once the pool has settled: what a miner costs after the load, not
+  # the backlog still being written (SETTLE seconds, 0 = at once).
+  sleep "${SETTLE:-3}"
   local after; after=$(rss_kb "$pool_pid")
   anon_kb "$pool_pid" > "$work/$name-$load-$count.anon"
   local answered

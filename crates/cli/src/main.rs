@@ -1,6 +1,5 @@
 //! `tbg`: the solo-mining service's one binary.
 
-mod coalesce;
 mod collector;
 mod devnet;
 mod loadtest;
@@ -175,8 +174,8 @@ fn main() {
     logging::init(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
-        .on_thread_park(coalesce::before_park)
-        .on_thread_unpark(coalesce::after_unpark)
+        .on_thread_park(tbg_pool::coalesce::before_park)
+        .on_thread_unpark(tbg_pool::coalesce::after_unpark)
         .build()
     {
         Ok(runtime) => runtime,
@@ -410,7 +409,7 @@ fn check_sv2_key(config: &Config) -> Result<()> {
 pub(crate) async fn start_pool(config: &Config) -> Result<observability::RunningPool> {
     let pool_settings = settings::pool_settings(config)?;
     let node_settings = settings::node_settings(config);
-    coalesce::set_window(Duration::from_micros(config.pool.wakeup_coalescing_us));
+    tbg_pool::coalesce::set_window(Duration::from_micros(config.pool.wakeup_coalescing_us));
     let events = event_sink(config)?;
     let factory = EventFactory::new(config.events.region.clone(), config.events.source.clone());
     // Opening preallocates the staging ring, recovers it and may wait for a

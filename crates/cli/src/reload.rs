@@ -294,7 +294,7 @@ impl Reloader {
         let mut tls = None;
         let reloaded = self.reload_with(|config| {
             let settings = crate::settings::pool_settings(config)?;
-            crate::coalesce::set_window(std::time::Duration::from_micros(
+            tbg_pool::coalesce::set_window(std::time::Duration::from_micros(
                 config.pool.wakeup_coalescing_us,
             ));
             for change in running.pool.reload(&settings) {

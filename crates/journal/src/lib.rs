@@ -23,8 +23,9 @@
 //!
 //! Schema (version 1, `PRAGMA user_version = 1`): see [`SCHEMA_VERSION`] and
 //! `docs/design/crate-contracts.md`.
-// Two functions need `unsafe`: one FFI call (`sched::set_policy`) and the
-// copy into the mapped stage ring (`stage::copy_into_mapping`).
+// Three functions need `unsafe`: two FFI calls (`sched::set_policy`,
+// `writer::thread::release_free_heap`) and the copy into the mapped stage
+// ring (`stage::copy_into_mapping`).
 #![deny(unsafe_code)]
 
 pub mod cursor;

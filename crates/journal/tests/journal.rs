@@ -60,6 +60,36 @@ async fn appended_events_are_durable_and_read_back_in_order_with_exact_payloads(
     journal.close().await.unwrap();
 }
 
+/// A burst bigger than a caught-up queue keeps room for (the writer lets
+/// that memory go once it is committed), then a trickle: every event is
+/// stored once, in order, across the release.
+#[tokio::test]
+async fn events_after_a_backlog_is_committed_are_stored_once_and_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("journal.db");
+    let journal = Journal::open(config(&path)).unwrap();
+    let burst = 30_000u64;
+    for n in 0..burst {
+        journal.append(&share_at(n, now())).unwrap();
+    }
+    journal.wait_committed(burst).await.unwrap();
+    for n in burst..burst + 300 {
+        journal.append(&share_at(n, now())).unwrap();
+        if n % 100 == 0 {
+            // Small batches again: the rounds that release the backlog.
+            journal.wait_committed(n + 1).await.unwrap();
+        }
+    }
+    journal.wait_committed(burst + 300).await.unwrap();
+    assert_eq!(stored_seqs(&path), (1..=burst + 300).collect::<Vec<u64>>());
+    let stats = journal.stats();
+    assert_eq!(
+        (stats.appended, stats.committed, stats.backlog),
+        (burst + 300, burst + 300, 0)
+    );
+    journal.close().await.unwrap();
+}
+
 #[tokio::test]
 async fn event_sink_emit_journals_and_duplicate_ids_are_stored_once() {
     let dir = tempfile::tempdir().unwrap();

@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub mod blocks;
+pub mod coalesce;
 pub mod counters;
 pub mod extranonce;
 mod guard;

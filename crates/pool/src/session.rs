@@ -269,11 +269,11 @@ impl Session {
         // writes alternate in this loop, and split's halves take a lock on
         // every poll (1.4 % of the pool's time in a 10,000-miner fan-out).
         // `BufReader` passes writes straight through to the stream.
-        // Every connection pays for these buffers (5 MB per 10,000 miners
-        // at these sizes). Stratum requests are 100-250 bytes: 512 bytes
-        // hold two or three, and a longer line is gathered in `line` across
-        // reads. `line` and `out` start empty and grow to what this miner's
-        // lines and answers (and its jobs' notify) need, then keep it.
+        // Every connection pays for the read buffer (5 MB per 10,000 miners).
+        // Stratum requests are 100-250 bytes: 512 bytes hold two or three,
+        // and a line is handled where it lies in it; one that spans reads
+        // is gathered in `line`. `line` and `out` are empty between uses
+        // and hold no memory then (`take_line`, `flush`).
         let mut stream = BufReader::with_capacity(READ_BUFFER_BYTES, stream);
         let mut line = Vec::new();
         let max_line = self.shared.settings.max_line_bytes;

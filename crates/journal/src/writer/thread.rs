@@ -31,6 +31,27 @@ const BACKOFF_MAX: Duration = Duration::from_secs(1);
 const STAGED_LINGER: Duration = Duration::from_millis(20);
 /// On close, give up after this many consecutive failed commits.
 const CLOSE_ATTEMPTS: u32 = 5;
+/// Rows a caught-up queue keeps room for (the room alone ~0.5 MB). A
+/// backlog (a flood of shares, a slow disk) grows the queue and the heap
+/// behind its rows' strings to tens of megabytes; once it is committed
+/// that memory goes back to the system instead of staying in the
+/// process's RSS for good.
+const KEEP_QUEUED_ROWS: usize = 4096;
+
+/// Hands the heap's free pages back to the system (glibc keeps them
+/// otherwise: a thread arena is only trimmed at its top).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[allow(unsafe_code)]
+fn release_free_heap() {
+    // SAFETY: malloc_trim takes no pointers; it walks glibc's own arenas
+    // under their locks.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn release_free_heap() {}
 
 /// Starts the checkpointer, then the writer thread that owns `db` and
 /// commits from `shared`'s queue, announcing each commit on `committed`.
@@ -201,7 +222,7 @@ impl Writer {
                         backoff = BACKOFF_FIRST;
                         close_failures = 0;
                         if !closing {
-                            self.lower_when_caught_up();
+                            self.settle_when_caught_up(&mut pending);
                         }
                         if self.config.durability == Durability::ProcessCrash && !closing {
                             // Nobody waits for these commits (the stage made
@@ -276,23 +297,54 @@ impl Writer {
         }
     }
 
-    /// Back to idle priority once the ring is (nearly) empty; also the
-    /// first switch to idle after the start.
-    fn lower_when_caught_up(&self) {
+    /// Once the ring is (nearly) empty: the memory of a backlog goes back
+    /// to the system, then the writer goes back to idle priority (also the
+    /// first switch to idle after the start).
+    ///
+    /// A backlog that filled an eighth of the ring raised the writer to the
+    /// normal policy, so it is still there when the backlog is committed:
+    /// it shrinks both of the queue's buffers (the one it holds and the one
+    /// appends fill, under the queue lock, which an idle writer must not
+    /// take) and trims the heap, which takes the allocator's locks (at
+    /// idle priority it could be preempted holding them). A writer already
+    /// idle only lets go of its own buffer: a backlog too small to raise it
+    /// left little to trim.
+    fn settle_when_caught_up(&self, pending: &mut Vec<PendingRow>) {
         let shared = &self.shared;
-        if !shared.idle_available || shared.writer_idle.load(Ordering::Acquire) {
+        let backlog = pending.capacity() > KEEP_QUEUED_ROWS;
+        if shared.writer_idle.load(Ordering::Acquire) {
+            if backlog {
+                *pending = Vec::with_capacity(KEEP_QUEUED_ROWS);
+            }
             return;
         }
         let used = {
-            let queue = shared.queue.lock();
-            queue.head - queue.tail
+            let mut queue = shared.queue.lock();
+            let used = queue.head - queue.tail;
+            if backlog && used * LOWER_WRITER_AT <= shared.stage.capacity() {
+                queue.rows.shrink_to(KEEP_QUEUED_ROWS);
+            }
+            used
         };
-        if used * LOWER_WRITER_AT <= shared.stage.capacity() {
-            match sched::set_idle(sched::current_tid()) {
-                Ok(()) => shared.writer_idle.store(true, Ordering::Release),
-                Err(error) => {
-                    tracing::debug!(%error, "cannot lower the journal writer to idle priority")
-                }
+        if used * LOWER_WRITER_AT > shared.stage.capacity() {
+            return;
+        }
+        if backlog {
+            *pending = Vec::with_capacity(KEEP_QUEUED_ROWS);
+            let started = Instant::now();
+            release_free_heap();
+            tracing::debug!(
+                took_us = started.elapsed().as_micros() as u64,
+                "journal caught up after a backlog; its memory released"
+            );
+        }
+        if !shared.idle_available {
+            return;
+        }
+        match sched::set_idle(sched::current_tid()) {
+            Ok(()) => shared.writer_idle.store(true, Ordering::Release),
+            Err(error) => {
+                tracing::debug!(%error, "cannot lower the journal writer to idle priority")
             }
         }
     }

@@ -55,6 +55,7 @@ pub(crate) fn found(
     shared: &Arc<PoolShared>,
     block: FoundBlock,
 ) -> tokio::sync::oneshot::Receiver<()> {
+    crate::coalesce::hold_off(crate::coalesce::BLOCK_HOLD_OFF);
     let (stored_tx, stored_rx) = tokio::sync::oneshot::channel();
     let stored = StoredBlock {
         hash: block.hash.to_string(),

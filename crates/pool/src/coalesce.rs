@@ -6,16 +6,23 @@
 //! hypervisor each way), for a share that takes a few microseconds to judge.
 //! Measured on a 2-core VM at 10,000-20,000 paced shares/s, that is most of
 //! the CPU of a share. A worker whose blocks lasted less than half a window
-//! on average (a moving average over the last ~8; work arrives more than
-//! ~4,000 times a second at the default) sleeps one window before it
-//! blocks again: the shares
-//! arriving meanwhile are read and answered in one wake-up, and no answer
-//! waits longer than the window. A pool at 1,000 shares/s, let alone the
-//! usual solo pool of a few miners, never waits: a share, a block or a new
-//! job is handled the moment it arrives.
+//! on average (a moving average over the last ~8) sleeps one window before
+//! it blocks again: what arrives meanwhile is read and answered in one
+//! wake-up, at most one window later. A block measured after such a sleep
+//! is short when work came during it, so the average has hysteresis: at the
+//! default 500 us a worker starts waiting above ~4,000 wake-ups a second
+//! and stops below ~1,700. The usual solo pool of a few miners never waits.
+//!
+//! A found block never waits: from the moment one is found (here or by a
+//! relay region) no worker sleeps for `BLOCK_HOLD_OFF`, so its store, its
+//! submission to every node and its answer go at full speed.
+//!
+//! The runtime is the binary's (`tbg`'s `main` installs the hooks); the
+//! window is the pool's setting, hence this module here.
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 /// The window in microseconds; 0 turns coalescing off (the default of a
@@ -23,11 +30,36 @@ use std::time::{Duration, Instant};
 /// its measurement).
 static WINDOW_US: AtomicU64 = AtomicU64::new(0);
 
+/// No worker sleeps before this many milliseconds after `EPOCH`.
+static HOLD_OFF_UNTIL_MS: AtomicU64 = AtomicU64::new(0);
+static EPOCH: OnceLock<Instant> = OnceLock::new();
+
+/// How long coalescing stops after a block is found: its store, its
+/// submissions (with retries of an unreachable node after 1 s) and the new
+/// job that follows fit in it.
+pub const BLOCK_HOLD_OFF: Duration = Duration::from_secs(5);
+
 thread_local! {
     /// When this worker last began to block.
     static BLOCKED_AT: Cell<Option<Instant>> = const { Cell::new(None) };
     /// How long its blocks last, a moving average (`None`: not known yet).
     static TYPICAL_BLOCK: Cell<Option<Duration>> = const { Cell::new(None) };
+}
+
+fn millis_since_epoch(now: Instant) -> u64 {
+    let epoch = *EPOCH.get_or_init(Instant::now);
+    u64::try_from(now.saturating_duration_since(epoch).as_millis()).unwrap_or(u64::MAX)
+}
+
+/// No worker waits for the next `span`: a block was found.
+pub fn hold_off(span: Duration) {
+    let until = millis_since_epoch(Instant::now())
+        .saturating_add(u64::try_from(span.as_millis()).unwrap_or(u64::MAX));
+    HOLD_OFF_UNTIL_MS.fetch_max(until, Ordering::Relaxed);
+}
+
+fn held_off(now: Instant) -> bool {
+    millis_since_epoch(now) < HOLD_OFF_UNTIL_MS.load(Ordering::Relaxed)
 }
 
 /// Sets the window (at start and on SIGHUP).
@@ -65,7 +97,8 @@ pub fn before_park() {
     if window.is_zero() {
         return;
     }
-    if let Some(wait) = wait_before_park(TYPICAL_BLOCK.get(), window) {
+    let wait = wait_before_park(TYPICAL_BLOCK.get(), window);
+    if let Some(wait) = wait.filter(|_| !held_off(Instant::now())) {
         // A blocking sleep on purpose: the worker has nothing to run, and
         // anything scheduled meanwhile is run right after it.
         std::thread::sleep(wait);
@@ -122,6 +155,17 @@ mod tests {
             Some(WINDOW),
             "{typical:?}"
         );
+    }
+
+    #[test]
+    fn a_found_block_holds_coalescing_off() {
+        let now = Instant::now();
+        hold_off(Duration::from_millis(200));
+        assert!(held_off(now));
+        assert!(!held_off(now + Duration::from_secs(1)));
+        // A shorter hold-off never cuts a longer one short.
+        hold_off(Duration::ZERO);
+        assert!(held_off(now));
     }
 
     #[test]
