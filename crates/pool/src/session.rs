@@ -35,6 +35,8 @@ use crate::PoolShared;
 mod close;
 mod difficulty;
 mod limits;
+mod lines;
+use lines::{read_line_limited, LineRead};
 mod setup;
 mod shares;
 pub(crate) mod v2;
@@ -159,55 +161,6 @@ pub(crate) struct Session {
     /// The difficulty to start at instead of `start_difficulty` when
     /// nothing was earned yet (a V2 channel's nominal hash rate).
     pub(crate) start_hint: Option<f64>,
-}
-
-enum LineRead {
-    Line(LineAt),
-    Eof,
-    TooLong,
-}
-
-/// Where a line `read_line_limited` read is.
-enum LineAt {
-    /// The first this many bytes of the reader's buffer, not yet consumed
-    /// (the usual case: no copy, and an idle miner holds no line buffer).
-    Buffer(usize),
-    /// In `buf`, gathered across reads.
-    Gathered,
-}
-
-/// Reads one '\n'-terminated line (without the newline), never holding
-/// more than `max` bytes. A line that spans reads is gathered in `buf`;
-/// partial data stays there, so the call can be cancelled in a `select!`
-/// and resumed. `take_line` hands the line on and lets go of it.
-async fn read_line_limited<R: AsyncRead + Unpin>(
-    reader: &mut BufReader<R>,
-    buf: &mut Vec<u8>,
-    max: usize,
-) -> std::io::Result<LineRead> {
-    loop {
-        let available = reader.fill_buf().await?;
-        if available.is_empty() {
-            return Ok(LineRead::Eof);
-        }
-        if let Some(pos) = available.iter().position(|b| *b == b'\n') {
-            if buf.len() + pos > max {
-                return Ok(LineRead::TooLong);
-            }
-            if buf.is_empty() {
-                return Ok(LineRead::Line(LineAt::Buffer(pos)));
-            }
-            buf.extend_from_slice(&available[..pos]);
-            reader.consume(pos + 1);
-            return Ok(LineRead::Line(LineAt::Gathered));
-        }
-        let len = available.len();
-        if buf.len() + len > max {
-            return Ok(LineRead::TooLong);
-        }
-        buf.extend_from_slice(available);
-        reader.consume(len);
-    }
 }
 
 impl Session {
@@ -438,31 +391,6 @@ impl Session {
             }
         }
         Ok(())
-    }
-
-    /// Handles the line `read_line_limited` read at `at`, then lets go of
-    /// it: consumed from the reader's buffer, or `line` freed (a line that
-    /// spanned reads is rare for a paced miner; an idle one keeps nothing).
-    fn take_line<R: AsyncRead + Unpin>(
-        &mut self,
-        stream: &mut BufReader<R>,
-        line: &mut Vec<u8>,
-        at: LineAt,
-        out: &mut String,
-        work_rx: &watch::Receiver<Option<Arc<CurrentWork>>>,
-    ) -> Result<(), CloseReason> {
-        match at {
-            LineAt::Buffer(len) => {
-                let keep = self.handle_line(&stream.buffer()[..len], out, work_rx);
-                stream.consume(len + 1);
-                keep
-            }
-            LineAt::Gathered => {
-                let keep = self.handle_line(line, out, work_rx);
-                *line = Vec::new();
-                keep
-            }
-        }
     }
 
     /// Handles one line; `Err` closes the connection after flushing `out`.
