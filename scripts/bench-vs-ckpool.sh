@@ -13,10 +13,11 @@
 # a regtest block are skipped, so every share is judged and none is a block.
 # Each pool runs alone on core 1 (POOL_CPUS), the node and the load tool on
 # core 0; each load runs on a freshly started pool, with MINERS and then
-# 2 x MINERS miners. Memory per miner is the slope between the two, RSS
-# after the load: what one more miner costs, without the fixed costs that
-# do not grow with miners (our journal's 16 MiB staging ring, touched by
-# the first burst of events; allocator arenas).
+# 2 x MINERS miners. Memory per miner is the slope between the two: what
+# one more miner costs, without the fixed costs that do not grow with
+# miners (our journal's 16 MiB staging ring, in the idle RSS already). RSS
+# is read twice: 2 s before the load ends, every miner connected, and
+# SETTLE (3) s after it, the miners gone: what the pool kept of them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 pools=${POOLS:-ours ckpool}
@@ -85,7 +86,7 @@ TOML
 }
 
 launch_ours() {
-  RUST_LOG=warn taskset -c "${POOL_CPUS:-1}" "$TBG" pool --config "$work/ours.toml" 2>>"$work/ours.log" &
+  RUST_LOG=${POOL_LOG:-warn} taskset -c "${POOL_CPUS:-1}" "$TBG" pool --config "$work/ours.toml" 2>>"$work/ours.log" &
   pool_pid=$!
 }
 
@@ -133,23 +134,33 @@ run_load() {
   [ -n "${POOL_HOOK:-}" ] && [ "$name" != ckpool ] && (eval "$POOL_HOOK" >/dev/null 2>&1 &)
   local ticks_before; ticks_before=$(cpu_ticks "$pool_pid")
   local out="$work/$name-$load-$count.txt"
+  # RSS with every miner still connected, 2 s before the load ends.
+  (sleep $((duration - 2)); rss_kb "$pool_pid" > "$work/$name-$load-$count.live") &
+  local sampler=$!
   taskset -c 0 "$TBG" loadtest --pool "127.0.0.1:$port" --addresses "$address" $args > "$out"
   local ticks_after; ticks_after=$(cpu_ticks "$pool_pid")
+  wait "$sampler" 2>/dev/null || true
+  local live; live=$(cat "$work/$name-$load-$count.live" 2>/dev/null || echo 0)
   # RSS once the pool has settled: what a miner costs after the load, not
   # the backlog still being written (SETTLE seconds, 0 = at once).
   sleep "${SETTLE:-3}"
   local after; after=$(rss_kb "$pool_pid")
   anon_kb "$pool_pid" > "$work/$name-$load-$count.anon"
+  # SMAPS_DIR=dir keeps each pool's memory by kind (anonymous, shared, file)
+  [ -n "${SMAPS_DIR:-}" ] && cp "/proc/$pool_pid/smaps_rollup" "$SMAPS_DIR/$name-$load-$count.smaps"
+  # e.g. AFTER_HOOK='gdb -p $pool_pid -batch -ex "call (void) malloc_stats()"'
+  [ -n "${AFTER_HOOK:-}" ] && [ "$name" != ckpool ] && (eval "$AFTER_HOOK" >"$SMAPS_DIR/$name-$load-$count.hook" 2>&1)
   local answered
   answered=$(sed -n 's/^shares sent [0-9]* answered \([0-9]*\).*/\1/p' "$out")
   echo "$after" > "$work/$name-$load-$count.rss"
-  python3 - "$name" "$load" "$idle" "$after" "$count" "$ticks_before" "$ticks_after" "$hz" "${answered:-0}" <<'PY'
+  python3 - "$name" "$load" "$idle" "$after" "$count" "$ticks_before" "$ticks_after" "$hz" "${answered:-0}" "$live" <<'PY'
 import sys
-name, load, idle, after, miners, t0, t1, hz, answered = sys.argv[1:]
-idle, after, miners, t0, t1, hz, answered = int(idle), int(after), int(miners), int(t0), int(t1), int(hz), int(answered)
+name, load, idle, after, miners, t0, t1, hz, answered, live = sys.argv[1:]
+idle, after, miners, t0, t1, hz, answered, live = int(idle), int(after), int(miners), int(t0), int(t1), int(hz), int(answered), int(live)
 cpu = (t1 - t0) / hz
 per_share = cpu / answered * 1e6 if answered else float("nan")
-print(f"{name:7} {load:5} {miners:5} miners: RSS idle {idle} kB -> {after} kB after "
+print(f"{name:7} {load:5} {miners:5} miners: RSS idle {idle} kB, {live} kB connected "
+      f"({(live - idle) / miners:.1f} kB per miner over idle), {after} kB after "
       f"({(after - idle) / miners:.1f} kB per miner over idle); {answered} shares answered, "
       f"CPU {cpu:.2f} s = {per_share:.2f} us per share")
 PY
@@ -159,11 +170,12 @@ PY
 
 slope() {
   local name=$1 load=$2
-  local small big
+  local small big small_live big_live
   small=$(cat "$work/$name-$load-$miners.rss"); big=$(cat "$work/$name-$load-$((2 * miners)).rss")
+  small_live=$(cat "$work/$name-$load-$miners.live"); big_live=$(cat "$work/$name-$load-$((2 * miners)).live")
   local small_anon big_anon
   small_anon=$(cat "$work/$name-$load-$miners.anon"); big_anon=$(cat "$work/$name-$load-$((2 * miners)).anon")
-  python3 -c "print(f'$name $load: {($big - $small) / $miners:.2f} kB per miner (RSS after the load, {2 * $miners} vs $miners miners; anonymous alone {($big_anon - $small_anon) / $miners:.2f} kB)')"
+  python3 -c "print(f'$name $load: {($big - $small) / $miners:.2f} kB per miner (RSS after the load, {2 * $miners} vs $miners miners; anonymous alone {($big_anon - $small_anon) / $miners:.2f} kB); connected: {($big_live - $small_live) / $miners:.2f} kB per miner')"
 }
 
 echo "machine: $(nproc) cores, $(lscpu | sed -n 's/Model name: *//p'), $(date -u +%Y-%m-%dT%H:%MZ)"

@@ -7,6 +7,8 @@ need=()
 command -v cmake >/dev/null 2>&1 || need+=(cmake)
 [ -f /usr/include/boost/version.hpp ] || need+=(libboost-dev)
 command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
+# make: the tbg binary's allocator (jemalloc) is built with its own makefile.
+command -v make >/dev/null 2>&1 || need+=(make)
 if [ "${TBG_SETUP_TEST_DEPS:-0}" = 1 ]; then
   command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
   # prometheus + promtool: alert rule tests and the real scrape test.

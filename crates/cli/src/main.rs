@@ -169,6 +169,27 @@ enum Command {
     },
 }
 
+/// jemalloc instead of glibc's malloc. Sessions, answers and journal rows
+/// are small blocks made and freed by the thousand on every worker thread;
+/// glibc left the memory of miners who had left in its arenas, pinned page
+/// by page by the few blocks that outlive a session (its worker's stats):
+/// after 2,000 miners flooding shares had gone, RSS stayed 6 kB per miner
+/// above the live heap, for good, and `malloc_trim` could not give those
+/// pages back. jemalloc keeps blocks of one size together, so a departed
+/// session's pages empty out and are returned (docs/benchmarks.md, "Side
+/// by side with ckpool").
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// jemalloc's settings (read at its first allocation): pages unused for a
+/// second are returned to the system by its background threads, never by
+/// an allocation on a session's path; `muzzy_decay_ms:0` returns them at
+/// once (`MADV_DONTNEED`) rather than lazily (`MADV_FREE`, which still
+/// counts in RSS until the kernel needs the memory).
+#[allow(non_upper_case_globals)]
+#[export_name = "_rjem_malloc_conf"]
+pub static malloc_conf: &[u8] = b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0\0";
+
 fn main() {
     let cli = Cli::parse();
     logging::init(cli.log_format);

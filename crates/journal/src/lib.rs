@@ -23,9 +23,8 @@
 //!
 //! Schema (version 1, `PRAGMA user_version = 1`): see [`SCHEMA_VERSION`] and
 //! `docs/design/crate-contracts.md`.
-// Three functions need `unsafe`: two FFI calls (`sched::set_policy`,
-// `writer::thread::release_free_heap`) and the copy into the mapped stage
-// ring (`stage::copy_into_mapping`).
+// Two functions need `unsafe`: an FFI call (`sched::set_policy`) and the
+// copy into the mapped stage ring (`stage::copy_into_mapping`).
 #![deny(unsafe_code)]
 
 pub mod cursor;

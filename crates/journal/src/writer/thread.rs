@@ -38,21 +38,6 @@ const CLOSE_ATTEMPTS: u32 = 5;
 /// process's RSS for good.
 const KEEP_QUEUED_ROWS: usize = 4096;
 
-/// Hands the heap's free pages back to the system (glibc keeps them
-/// otherwise: a thread arena is only trimmed at its top).
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-#[allow(unsafe_code)]
-fn release_free_heap() {
-    // SAFETY: malloc_trim takes no pointers; it walks glibc's own arenas
-    // under their locks.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}
-
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn release_free_heap() {}
-
 /// Starts the checkpointer, then the writer thread that owns `db` and
 /// commits from `shared`'s queue, announcing each commit on `committed`.
 pub(super) fn spawn_writer_threads(
@@ -298,17 +283,18 @@ impl Writer {
     }
 
     /// Once the ring is (nearly) empty: the memory of a backlog goes back
-    /// to the system, then the writer goes back to idle priority (also the
-    /// first switch to idle after the start).
+    /// to the allocator (which gives it back to the system: the `tbg`
+    /// binary's jemalloc purges pages unused for a second), then the writer
+    /// goes back to idle priority (also the first switch to idle after the
+    /// start).
     ///
     /// A backlog that filled an eighth of the ring raised the writer to the
     /// normal policy, so it is still there when the backlog is committed:
     /// it shrinks both of the queue's buffers (the one it holds and the one
     /// appends fill, under the queue lock, which an idle writer must not
-    /// take) and trims the heap, which takes the allocator's locks (at
-    /// idle priority it could be preempted holding them). A writer already
-    /// idle only lets go of its own buffer: a backlog too small to raise it
-    /// left little to trim.
+    /// take: it could be preempted holding it). A writer already idle only
+    /// lets go of its own buffer: a backlog too small to raise it left
+    /// little to give back.
     fn settle_when_caught_up(&self, pending: &mut Vec<PendingRow>) {
         let shared = &self.shared;
         let backlog = pending.capacity() > KEEP_QUEUED_ROWS;
@@ -331,12 +317,7 @@ impl Writer {
         }
         if backlog {
             *pending = Vec::with_capacity(KEEP_QUEUED_ROWS);
-            let started = Instant::now();
-            release_free_heap();
-            tracing::debug!(
-                took_us = started.elapsed().as_micros() as u64,
-                "journal caught up after a backlog; its memory released"
-            );
+            tracing::debug!("journal caught up after a backlog; its queues shrunk");
         }
         if !shared.idle_available {
             return;
