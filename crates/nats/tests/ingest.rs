@@ -172,3 +172,74 @@ async fn a_relay_regions_events_reach_the_primary_journal_exactly_once() {
     );
     assert_eq!(rows.len(), 2);
 }
+
+/// Waits until the consumer has acked every message of the stream and
+/// returns its ack policy.
+async fn wait_all_acked(js: &jetstream::Context, count: u64) -> jetstream::consumer::AckPolicy {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let stream = js.get_stream("EVENTS").await.unwrap();
+        let mut consumer: jetstream::consumer::PullConsumer =
+            stream.get_consumer("tbg-collector").await.unwrap();
+        let info = consumer.info().await.unwrap().clone();
+        if info.ack_floor.stream_sequence >= count && info.num_ack_pending == 0 {
+            return info.config.ack_policy;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not every message acked: ack floor {}, {} awaiting an ack",
+            info.ack_floor.stream_sequence,
+            info.num_ack_pending
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_message_is_acked_by_a_new_consumer_and_by_one_an_older_release_made() {
+    for older_release in [false, true] {
+        let nats = NatsServer::start();
+        let js = connect(&nats.url()).await;
+        ensure_stream(&js, &StreamSettings::default())
+            .await
+            .unwrap();
+        if older_release {
+            let stream = js.get_stream("EVENTS").await.unwrap();
+            // Releases before this one made the durable consumer with an
+            // ack per message; JetStream cannot change a consumer's policy.
+            stream
+                .create_consumer(jetstream::consumer::pull::Config {
+                    durable_name: Some("tbg-collector".into()),
+                    filter_subject: "events.>".into(),
+                    ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let relay = Journal::open(JournalConfig::new(dir.path().join("relay.db"))).unwrap();
+        let relay_events = EventFactory::new("eu-west", "hosted");
+        let primary_path = dir.path().join("primary.db");
+        let primary = Journal::open(JournalConfig::new(&primary_path)).unwrap();
+        // More than one fetch (500 messages each).
+        append(&relay, &relay_events, 0, 1_200).await;
+        let publisher = publish(&js, dir.path());
+        let (consumer, _) = ingest(&js, &primary);
+        wait_for_rows(&primary_path, "eu-west", 1_200, "the relay's events").await;
+        let policy = wait_all_acked(&js, 1_200).await;
+        let expected = if older_release {
+            jetstream::consumer::AckPolicy::Explicit
+        } else {
+            jetstream::consumer::AckPolicy::All
+        };
+        assert_eq!(policy, expected, "older release: {older_release}");
+        publisher.stop().await;
+        consumer.stop().await;
+        primary.close().await.unwrap();
+        relay.close().await.unwrap();
+        let rows = primary_rows(&primary_path);
+        assert_eq!(rows["eu-west"].len(), 1_200);
+        assert!(rows["eu-west"].values().all(|&n| n == 1));
+    }
+}
