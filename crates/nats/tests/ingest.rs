@@ -13,9 +13,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream;
-use common::{append, connect, share, Running};
+use common::{append, connect, share, two_regions, Running};
 use tbg_events::EventFactory;
-use tbg_journal::{Journal, JournalConfig, JournalReader};
+use tbg_journal::{Journal, JournalReader};
 use tbg_nats::{
     ensure_stream, Ingest, IngestConfig, IngestStats, Publisher, PublisherConfig, StreamSettings,
 };
@@ -87,10 +87,7 @@ async fn a_relay_regions_events_reach_the_primary_journal_exactly_once() {
     };
     ensure_stream(&js, &settings).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let relay = Journal::open(JournalConfig::new(dir.path().join("relay.db"))).unwrap();
-    let relay_events = EventFactory::new("eu-west", "hosted");
-    let primary_path = dir.path().join("primary.db");
-    let primary = Journal::open(JournalConfig::new(&primary_path)).unwrap();
+    let (relay, relay_events, primary, primary_path) = two_regions(dir.path());
     let primary_events = EventFactory::new("us-east", "hosted");
     // The primary's own miners write its journal all along.
     append(&primary, &primary_events, 0, 50).await;
@@ -218,10 +215,7 @@ async fn every_message_is_acked_by_a_new_consumer_and_by_one_an_older_release_ma
                 .unwrap();
         }
         let dir = tempfile::tempdir().unwrap();
-        let relay = Journal::open(JournalConfig::new(dir.path().join("relay.db"))).unwrap();
-        let relay_events = EventFactory::new("eu-west", "hosted");
-        let primary_path = dir.path().join("primary.db");
-        let primary = Journal::open(JournalConfig::new(&primary_path)).unwrap();
+        let (relay, relay_events, primary, primary_path) = two_regions(dir.path());
         // More than one fetch (500 messages each).
         append(&relay, &relay_events, 0, 1_200).await;
         let publisher = publish(&js, dir.path());

@@ -18,9 +18,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream;
-use common::{append, connect, Running};
-use tbg_events::EventFactory;
-use tbg_journal::{Journal, JournalConfig, JournalReader};
+use common::{append, connect, two_regions, Running};
+use tbg_journal::{Journal, JournalReader};
 use tbg_nats::{
     ensure_stream, Ingest, IngestConfig, IngestStats, Publisher, PublisherConfig, PublisherStats,
     ReconcileConfig, StreamSettings, RELAY_SEQ_HEADER,
@@ -112,10 +111,7 @@ async fn events_jetstream_acked_and_lost_are_sent_again_and_stored_once() {
         .await
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let relay = Journal::open(JournalConfig::new(dir.path().join("relay.db"))).unwrap();
-    let relay_events = EventFactory::new("eu-west", "hosted");
-    let primary_path = dir.path().join("primary.db");
-    let primary = Journal::open(JournalConfig::new(&primary_path)).unwrap();
+    let (relay, relay_events, primary, primary_path) = two_regions(dir.path());
 
     // The relay publishes 200 events; all acked, then 40 in the middle lost
     // before the primary consumed them.

@@ -53,3 +53,16 @@ impl Running {
         self.task.await.unwrap();
     }
 }
+
+/// A relay region's journal (region eu-west) with its event factory, and
+/// the primary's journal with its path, in `dir`.
+#[allow(dead_code)]
+pub fn two_regions(dir: &std::path::Path) -> (Journal, EventFactory, Journal, std::path::PathBuf) {
+    let primary_path = dir.join("primary.db");
+    (
+        Journal::open(tbg_journal::JournalConfig::new(dir.join("relay.db"))).unwrap(),
+        EventFactory::new("eu-west", "hosted"),
+        Journal::open(tbg_journal::JournalConfig::new(&primary_path)).unwrap(),
+        primary_path,
+    )
+}
