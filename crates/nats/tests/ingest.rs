@@ -222,12 +222,11 @@ async fn every_message_is_acked_by_a_new_consumer_and_by_one_an_older_release_ma
         let (consumer, _) = ingest(&js, &primary);
         wait_for_rows(&primary_path, "eu-west", 1_200, "the relay's events").await;
         let policy = wait_all_acked(&js, 1_200).await;
-        let expected = if older_release {
-            jetstream::consumer::AckPolicy::Explicit
-        } else {
-            jetstream::consumer::AckPolicy::All
-        };
-        assert_eq!(policy, expected, "older release: {older_release}");
+        assert_eq!(
+            policy,
+            jetstream::consumer::AckPolicy::Explicit,
+            "older release: {older_release}"
+        );
         publisher.stop().await;
         consumer.stop().await;
         primary.close().await.unwrap();

@@ -184,8 +184,6 @@ impl Ingest {
             consumer = self.consumer() => consumer?,
             () = stop.cancelled() => return Ok(()),
         };
-        // A consumer made by an older release acks every message.
-        let ack_last_only = consumer.cached_info().config.ack_policy == consumer::AckPolicy::All;
         let (appended_tx, mut appended_rx) = tokio::sync::mpsc::channel::<Appended>(ACK_QUEUE);
         let fetching = async {
             // Moved in: dropped when this half ends, which ends the
@@ -225,12 +223,12 @@ impl Ingest {
                 self.stats
                     .ingested
                     .fetch_add(appended.count, Ordering::Relaxed);
-                let skip = if ack_last_only {
-                    appended.to_ack.len().saturating_sub(1)
-                } else {
-                    0
-                };
-                for message in &appended.to_ack[skip..] {
+                // Every message acked on its own, never `AckPolicy::All`:
+                // after a restart a fetch can deliver messages past ones a
+                // killed process fetched but never appended, and acking
+                // the later ones would ack those too (lost events; seen
+                // in the chaos scenario region-primary-lost).
+                for message in &appended.to_ack {
                     message
                         .ack()
                         .await
@@ -287,11 +285,7 @@ impl Ingest {
                 consumer::pull::Config {
                     durable_name: Some(self.config.consumer.clone()),
                     filter_subject: "events.>".to_owned(),
-                    // One ack per fetch, on its last message: fetches
-                    // are appended and acked in delivery order, so that
-                    // ack covers exactly the messages before it, and an
-                    // R3 consumer replicates one ack, not one per event.
-                    ack_policy: consumer::AckPolicy::All,
+                    ack_policy: consumer::AckPolicy::Explicit,
                     ack_wait: self.config.ack_wait,
                     deliver_policy: consumer::DeliverPolicy::All,
                     // Bounded: JetStream holds the rest until these are acked.
@@ -391,8 +385,7 @@ struct Appended {
     last_seq: u64,
     /// Events appended.
     count: u64,
-    /// Acked once `last_seq` is durable (with `AckPolicy::All`, the last
-    /// alone, which acks the rest).
+    /// Acked once `last_seq` is durable.
     to_ack: Vec<jetstream::Message>,
     /// The journal refused an event: the fetch stopped there.
     refused: Option<JournalError>,
