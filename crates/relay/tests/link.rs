@@ -54,13 +54,17 @@ async fn start_primary() -> TestEnv {
     TestEnv::start_region(node, settings, "us-east", RegionWiring::default()).await
 }
 
+/// The relay region's pool on `node`, its templates routed by `link`;
+/// `customize` changes the test's settings first.
 async fn start_relay(
     node: DevNodeHandle,
     link: &Arc<RelayLink>,
     tap: mpsc::Sender<StoredBlock>,
+    customize: impl FnOnce(&mut tbg_pool::PoolSettings),
 ) -> TestEnv {
     let mut settings = test_settings();
     settings.instance_id = Some(2);
+    customize(&mut settings);
     let wiring = RegionWiring {
         route_templates: Some(link.router()),
         block_tap: Some(tap),
@@ -111,7 +115,7 @@ async fn a_relay_mines_the_primarys_work_fails_over_and_back_and_its_blocks_reac
     let relay_node = node_with_chain_of(&primary.node).await;
     let (tap, blocks) = mpsc::channel(16);
     let relay_link = RelayLink::start(relay_config(port, SECRET, 2), blocks);
-    let relay = start_relay(relay_node, &relay_link, tap).await;
+    let relay = start_relay(relay_node, &relay_link, tap, |_| {}).await;
     wait_for(
         "the relay on the primary's templates",
         Duration::from_secs(20),
@@ -312,15 +316,10 @@ async fn a_v2_miner_on_a_relay_mines_for_the_region_and_keeps_mining_through_a_f
     let (tap, blocks) = mpsc::channel(16);
     let relay_link = RelayLink::start(relay_config(port, SECRET, 2), blocks);
     let key = tbg_sv2::AuthorityKey::generate();
-    let mut settings = test_settings();
-    settings.instance_id = Some(2);
-    settings.sv2 = Some(tbg_pool::sv2::Sv2Settings::on_v1_port(key.clone()));
-    let wiring = RegionWiring {
-        route_templates: Some(relay_link.router()),
-        block_tap: Some(tap),
-    };
-    let relay = TestEnv::start_region(relay_node, settings, "eu-west", wiring).await;
-    relay_link.attach(relay.service.pool.link());
+    let relay = start_relay(relay_node, &relay_link, tap, |settings| {
+        settings.sv2 = Some(tbg_pool::sv2::Sv2Settings::on_v1_port(key.clone()));
+    })
+    .await;
     wait_for(
         "the relay on the primary's templates",
         Duration::from_secs(20),
@@ -344,11 +343,10 @@ async fn a_v2_miner_on_a_relay_mines_for_the_region_and_keeps_mining_through_a_f
 
     // A block of the V2 miner reaches the primary's node and its table.
     client.wait_for_work().await.unwrap();
-    while let Ok(read) =
-        tokio::time::timeout(Duration::from_millis(100), client.next_message()).await
-    {
-        read.expect("the relay's messages");
-    }
+    client
+        .take_pending(Duration::from_millis(100))
+        .await
+        .expect("the relay's messages");
     let extranonce = vec![0u8; client.channel.extranonce_size];
     let share = client
         .find_share(&extranonce, 0, 0, 50_000_000, true)
@@ -383,13 +381,10 @@ async fn a_v2_miner_on_a_relay_mines_for_the_region_and_keeps_mining_through_a_f
     .await;
     let local_tip = relay.node.mine_blocks(1, &script).await.unwrap()[0];
     let wanted = bitcoin::hashes::Hash::to_byte_array(local_tip);
-    tokio::time::timeout(Duration::from_secs(20), async {
-        while client.tip.map(|tip| tip.prev_hash) != Some(wanted) || client.active_job().is_none() {
-            client.next_message().await.expect("the relay's messages");
-        }
-    })
-    .await
-    .expect("work on the relay's own tip");
+    tokio::time::timeout(Duration::from_secs(20), client.wait_for_tip(wanted))
+        .await
+        .expect("work on the relay's own tip")
+        .expect("the relay's messages");
     assert_eq!(relay.service.pool.status().connections, 1);
 
     relay_link.stop().await;

@@ -4,6 +4,7 @@
 //! against the pool; it checks nothing the pool should check for it.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use bitcoin::{BlockHash, Target};
 use stratum_core::binary_sv2::{B032Owned, Str0255Owned, U256Owned};
@@ -347,6 +348,29 @@ impl Sv2Client {
         loop {
             if let Some(job) = self.active_job() {
                 return Ok(job.clone());
+            }
+            self.next_message().await?;
+        }
+    }
+
+    /// Reads what the pool has already sent (a newer tip, a new target)
+    /// until nothing more comes for `quiet`: a share found afterwards is
+    /// on the newest work.
+    pub async fn take_pending(&mut self, quiet: Duration) -> Result<(), ClientError> {
+        while let Ok(read) = tokio::time::timeout(quiet, self.next_message()).await {
+            read?;
+        }
+        Ok(())
+    }
+
+    /// Reads until the tip is `prev_hash` (internal byte order) and a job
+    /// on it is active.
+    pub async fn wait_for_tip(&mut self, prev_hash: [u8; 32]) -> Result<Job, ClientError> {
+        loop {
+            if self.tip.map(|tip| tip.prev_hash) == Some(prev_hash) {
+                if let Some(job) = self.active_job() {
+                    return Ok(job.clone());
+                }
             }
             self.next_message().await?;
         }

@@ -43,12 +43,10 @@ fn sv2_addr(env: &TestEnv) -> std::net::SocketAddr {
 /// a block.
 async fn mine_block(client: &mut Sv2Client) -> tbg_sv2::client::Share {
     client.wait_for_work().await.expect("work");
-    // Take what the pool already sent (a newer tip, a target) first.
-    while let Ok(read) =
-        tokio::time::timeout(Duration::from_millis(100), client.next_message()).await
-    {
-        read.expect("the pool's messages");
-    }
+    client
+        .take_pending(Duration::from_millis(100))
+        .await
+        .expect("the pool's messages");
     let extranonce = vec![0u8; client.channel.extranonce_size];
     let share = client
         .find_share(&extranonce, 0, 0, 50_000_000, true)
@@ -70,13 +68,10 @@ async fn mine_block(client: &mut Sv2Client) -> tbg_sv2::client::Share {
 /// Reads until the client's tip is `hash` and it has a job on it.
 async fn wait_for_tip(client: &mut Sv2Client, hash: bitcoin::BlockHash) {
     let wanted = bitcoin::hashes::Hash::to_byte_array(hash);
-    tokio::time::timeout(Duration::from_secs(30), async {
-        while client.tip.map(|tip| tip.prev_hash) != Some(wanted) || client.active_job().is_none() {
-            client.next_message().await.expect("the pool's messages");
-        }
-    })
-    .await
-    .expect("the job on the new tip");
+    tokio::time::timeout(Duration::from_secs(30), client.wait_for_tip(wanted))
+        .await
+        .expect("the job on the new tip")
+        .expect("the pool's messages");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
