@@ -153,7 +153,7 @@ pub(crate) fn encode_region(
         encode::counter_u64(
             enc,
             "ckpool_nats_ingest_malformed",
-            "Messages on the events stream that were not events (dropped).",
+            "Messages on the events stream that were not events of their subject's region and type (dropped).",
             stats.malformed.load(Ordering::Relaxed),
         )?;
         encode::counter_u64(

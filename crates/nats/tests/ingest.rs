@@ -127,6 +127,14 @@ async fn a_relay_regions_events_reach_the_primary_journal_exactly_once() {
         .unwrap()
         .await
         .unwrap();
+    // An event of another region on eu-west's subject (credentials that
+    // may publish only there, speaking for ap-south): dropped.
+    let forged = EventFactory::new("ap-south", "hosted").make(share(1));
+    js.publish("events.eu-west.share_submitted", forged.to_json().into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
     // The primary's own events, if its publisher sends them, come back
     // here too: skipped, they are in the journal already.
     let own = primary_events.make(share(9_999));
@@ -140,7 +148,7 @@ async fn a_relay_regions_events_reach_the_primary_journal_exactly_once() {
     // too, so it alone does not say that).
     wait_for_rows(&primary_path, "eu-west", 650, "the republished journal").await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while stats_after_restart.malformed.load(Ordering::Relaxed) < 1
+    while stats_after_restart.malformed.load(Ordering::Relaxed) < 2
         || stats_after_restart.own_skipped.load(Ordering::Relaxed) < 1
     {
         assert!(
@@ -166,6 +174,10 @@ async fn a_relay_regions_events_reach_the_primary_journal_exactly_once() {
         rows["us-east"].len(),
         50,
         "the primary's own events, once; its echo from NATS not added"
+    );
+    assert!(
+        !rows.contains_key("ap-south"),
+        "an event on another region's subject is not stored"
     );
     assert_eq!(rows.len(), 2);
 }

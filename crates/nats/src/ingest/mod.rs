@@ -83,7 +83,8 @@ pub struct IngestStats {
     pub ingested: AtomicU64,
     /// Messages of this region's own events, acked and skipped.
     pub own_skipped: AtomicU64,
-    /// Messages whose payload is not an event: logged, terminated (a retry
+    /// Messages whose payload is not an event, or an event of another
+    /// region or type than its subject says: logged, terminated (a retry
     /// cannot mend them), counted.
     pub malformed: AtomicU64,
     /// Rounds that failed (NATS down, the journal refusing); each retried.
@@ -321,13 +322,14 @@ impl Ingest {
             }
             let event = std::str::from_utf8(&message.payload)
                 .map_err(|e| e.to_string())
-                .and_then(|text| Event::from_json(text).map_err(|e| e.to_string()));
+                .and_then(|text| Event::from_json(text).map_err(|e| e.to_string()))
+                .and_then(|event| matches_subject(event, message.subject.as_str()));
             let event = match event {
                 Ok(event) => event,
                 Err(reason) => {
                     self.stats.malformed.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(subject = %message.subject, %reason,
-                        "a message on the events stream is not an event; dropped");
+                        "a message on the events stream is not an event of its subject; dropped");
                     message
                         .ack_with(AckKind::Term)
                         .await
@@ -365,6 +367,22 @@ impl Ingest {
         let caught_up = received < self.config.batch.max(1) && pending == 0;
         self.stats.caught_up.store(caught_up, Ordering::Relaxed);
         Ok(appended)
+    }
+}
+
+/// `event` if its region and type are those of `subject`. NATS permits a
+/// region's credentials to publish only `events.<region>.>`; this check
+/// makes that bind the events' contents too, so one region's credentials
+/// cannot speak for another region.
+fn matches_subject(event: Event, subject: &str) -> Result<Event, String> {
+    let expected = crate::subject(&event.region, event.event_type());
+    if subject == expected {
+        Ok(event)
+    } else {
+        Err(format!(
+            "its region {:?} and type make the subject {expected}",
+            event.region
+        ))
     }
 }
 
