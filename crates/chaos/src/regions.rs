@@ -188,14 +188,6 @@ cluster {{
     )
 }
 
-fn nats_binary() -> PathBuf {
-    ["/usr/sbin/nats-server", "/usr/bin/nats-server"]
-        .into_iter()
-        .map(PathBuf::from)
-        .find(|path| path.is_file())
-        .unwrap_or_else(|| PathBuf::from("nats-server"))
-}
-
 /// A process inside host `index`.
 fn in_host(
     wan: &Wan,
@@ -236,7 +228,7 @@ impl Regions {
                 &wan,
                 index,
                 &format!("nats-{name}"),
-                &nats_binary(),
+                &tbg_testkit::nats_server_binary(),
                 &["-c", &nats_conf],
                 dir.path(),
             );

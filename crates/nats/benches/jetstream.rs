@@ -59,7 +59,7 @@ impl Cluster {
             let path = dir.path().join(format!("n{i}.conf"));
             std::fs::write(&path, config).expect("write the server's config");
             servers.push(
-                Command::new(nats_binary())
+                Command::new(tbg_testkit::nats_server_binary())
                     .arg("-c")
                     .arg(&path)
                     .stdout(Stdio::null())
@@ -99,14 +99,6 @@ impl Drop for Cluster {
             let _ = child.wait();
         }
     }
-}
-
-fn nats_binary() -> PathBuf {
-    ["/usr/sbin/nats-server", "/usr/bin/nats-server"]
-        .into_iter()
-        .map(PathBuf::from)
-        .find(|path| path.is_file())
-        .unwrap_or_else(|| PathBuf::from("nats-server"))
 }
 
 /// utime + stime of a process, from /proc.
@@ -226,14 +218,61 @@ async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     }
 }
 
-fn report(what: &str, replicas: usize, events: usize, started: Instant, nats_cpu: f64) {
-    let seconds = started.elapsed().as_secs_f64();
-    println!(
-        "R{replicas} {what:<12} {events} events in {seconds:.2} s = {:>7.0} events/s; \
-         NATS servers {:.2} cores",
-        events as f64 / seconds,
-        nats_cpu / seconds
-    );
+/// A phase's start: its wall time and the servers' CPU so far.
+struct Phase {
+    started: Instant,
+    cpu: f64,
+}
+
+impl Phase {
+    fn start(cluster: &Cluster) -> Phase {
+        Phase {
+            started: Instant::now(),
+            cpu: cluster.cpu_seconds(),
+        }
+    }
+
+    fn report(&self, what: &str, replicas: usize, events: usize, cluster: &Cluster) {
+        let seconds = self.started.elapsed().as_secs_f64();
+        println!(
+            "R{replicas} {what:<12} {events} events in {seconds:.2} s = {:>7.0} events/s; \
+             NATS servers {:.2} cores",
+            events as f64 / seconds,
+            (cluster.cpu_seconds() - self.cpu) / seconds
+        );
+    }
+}
+
+/// Two relay journals of `per_relay` events each and a new cluster with
+/// the stream.
+struct Round {
+    dir: tempfile::TempDir,
+    journals: Vec<PathBuf>,
+    cluster: Cluster,
+    js: jetstream::Context,
+    stop: CancellationToken,
+}
+
+impl Round {
+    async fn new(replicas: usize, per_relay: usize) -> Round {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let journals = fill_journals(dir.path(), per_relay).await;
+        let cluster = Cluster::start();
+        let js = stream_on(&cluster, replicas).await;
+        Round {
+            dir,
+            journals,
+            cluster,
+            js,
+            stop: CancellationToken::new(),
+        }
+    }
+}
+
+impl Drop for Round {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
 }
 
 /// async-nats alone: `events` messages like the publishers', 4,000 acks
@@ -274,79 +313,41 @@ async fn run(replicas: usize, events: usize) {
 
     let cluster = Cluster::start();
     let js = stream_on(&cluster, replicas).await;
-    let cpu = cluster.cpu_seconds();
-    let started = Instant::now();
+    let phase = Phase::start(&cluster);
     raw_publish(&js, events).await;
-    report(
-        "raw publish",
-        replicas,
-        events,
-        started,
-        cluster.cpu_seconds() - cpu,
-    );
+    phase.report("raw publish", replicas, events, &cluster);
     drop(cluster);
 
     // Publishers, then the ingest, one after the other.
-    let dir = tempfile::tempdir().expect("tempdir");
-    let journals = fill_journals(dir.path(), per_relay).await;
-    let cluster = Cluster::start();
-    let js = stream_on(&cluster, replicas).await;
-    let stop = CancellationToken::new();
-    let cpu = cluster.cpu_seconds();
-    let started = Instant::now();
-    let stats = start_publishers(&cluster.url(), &journals, &stop);
+    let round = Round::new(replicas, per_relay).await;
+    let phase = Phase::start(&round.cluster);
+    let stats = start_publishers(&round.cluster.url(), &round.journals, &round.stop);
     wait_until("the publishers", || {
         stats
             .iter()
             .all(|s| s.cursor.load(Ordering::Relaxed) >= per_relay as u64)
     })
     .await;
-    report(
-        "publishers",
-        replicas,
-        events,
-        started,
-        cluster.cpu_seconds() - cpu,
-    );
-    let cpu = cluster.cpu_seconds();
-    let started = Instant::now();
-    let ingest = start_ingest(&js, dir.path(), &stop);
+    phase.report("publishers", replicas, events, &round.cluster);
+    let phase = Phase::start(&round.cluster);
+    let ingest = start_ingest(&round.js, round.dir.path(), &round.stop);
     wait_until("the ingest", || {
         ingest.ingested.load(Ordering::Relaxed) >= events as u64
     })
     .await;
-    report(
-        "ingest",
-        replicas,
-        events,
-        started,
-        cluster.cpu_seconds() - cpu,
-    );
-    stop.cancel();
-    drop(cluster);
+    phase.report("ingest", replicas, events, &round.cluster);
+    drop(round);
 
     // Both at once: a backlog end to end.
-    let dir = tempfile::tempdir().expect("tempdir");
-    let journals = fill_journals(dir.path(), per_relay).await;
-    let cluster = Cluster::start();
-    let js = stream_on(&cluster, replicas).await;
-    let stop = CancellationToken::new();
-    let cpu = cluster.cpu_seconds();
-    let started = Instant::now();
-    start_publishers(&cluster.url(), &journals, &stop);
-    let ingest = start_ingest(&js, dir.path(), &stop);
+    let round = Round::new(replicas, per_relay).await;
+    let phase = Phase::start(&round.cluster);
+    start_publishers(&round.cluster.url(), &round.journals, &round.stop);
+    let ingest = start_ingest(&round.js, round.dir.path(), &round.stop);
     wait_until("the catch-up", || {
         ingest.ingested.load(Ordering::Relaxed) >= events as u64
     })
     .await;
-    report(
-        "catch-up",
-        replicas,
-        events,
-        started,
-        cluster.cpu_seconds() - cpu,
-    );
-    stop.cancel();
+    phase.report("catch-up", replicas, events, &round.cluster);
 }
 
 fn main() {

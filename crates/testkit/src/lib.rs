@@ -9,7 +9,7 @@ pub mod servers;
 pub mod webhook;
 
 pub use ports::free_port;
-pub use servers::{NatsServer, PgServer, RedisServer};
+pub use servers::{nats_server_binary, NatsServer, PgServer, RedisServer};
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Once};

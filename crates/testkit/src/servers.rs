@@ -282,12 +282,7 @@ impl NatsServer {
     /// it accepts connections.
     pub fn restart(&mut self) {
         self.kill();
-        // Debian puts it in /usr/sbin, which a user's PATH may lack.
-        let binary = ["/usr/sbin/nats-server", "/usr/bin/nats-server"]
-            .into_iter()
-            .map(PathBuf::from)
-            .find(|path| path.is_file())
-            .unwrap_or_else(|| find_binary("nats-server"));
+        let binary = nats_server_binary();
         let child = Command::new(&binary)
             .args(["-js", "-a", "127.0.0.1", "-p", &self.port.to_string()])
             .arg("-sd")
@@ -314,6 +309,16 @@ impl Drop for NatsServer {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// Debian's nats-server, in /usr/sbin, which a user's PATH may lack; else
+/// the one on the PATH.
+pub fn nats_server_binary() -> PathBuf {
+    ["/usr/sbin/nats-server", "/usr/bin/nats-server"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|path| path.is_file())
+        .unwrap_or_else(|| find_binary("nats-server"))
 }
 
 /// SIGKILL and reap a test server, if it runs.
