@@ -31,6 +31,7 @@ pub async fn run(config: &Config) -> Result<()> {
                 url,
                 stream: config.nats.stream.clone(),
                 consumer: config.nats.consumer.clone(),
+                access: crate::publisher::nats_access(&config.nats),
             }),
         // One operator token for every region: theirs is the same secret.
         token: config.metrics.token.clone(),

@@ -8,6 +8,15 @@ use tbg_config::Config;
 use tbg_nats::{Publisher, PublisherConfig, ReconcileConfig, StreamSettings};
 use tokio_util::sync::CancellationToken;
 
+/// The `[nats]` section's TLS and credentials files, for the client.
+pub(crate) fn nats_access(nats: &tbg_config::NatsSection) -> tbg_nats::NatsAccess {
+    tbg_nats::NatsAccess {
+        tls_ca_file: nats.tls_ca_file.clone(),
+        tls_client: nats.tls_cert_file.clone().zip(nats.tls_key_file.clone()),
+        creds_file: nats.creds_file.clone(),
+    }
+}
+
 /// How long one dial of a NATS server may take before the next is tried.
 pub(crate) const NATS_DIAL_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -33,7 +42,7 @@ pub async fn run(config: &Config) -> Result<()> {
     };
     // NATS may be down when the publisher starts: it connects when it can,
     // and the journal keeps the events meanwhile.
-    let client = tbg_nats::connect(&url, NATS_DIAL_TIMEOUT)
+    let client = tbg_nats::connect(&url, NATS_DIAL_TIMEOUT, &nats_access(nats))
         .await
         .with_context(|| format!("nats.url {}", tbg_config::redact_url(&url)))?;
     let js = async_nats::jetstream::new(client);

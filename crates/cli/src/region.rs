@@ -168,6 +168,7 @@ fn start_ingest(
     receipts.push(".receipts");
     ingest_config.receipts = Some(receipts.into());
     let url = url.to_owned();
+    let access = crate::publisher::nats_access(nats);
     let stop = CancellationToken::new();
     let stats = Arc::new(IngestStats::default());
     let task_stats = stats.clone();
@@ -175,7 +176,8 @@ fn start_ingest(
     let task = tokio::spawn(async move {
         // NATS may be down when the pool starts: connect in the background,
         // the ingest retries until it answers.
-        let client = match tbg_nats::connect(&url, crate::publisher::NATS_DIAL_TIMEOUT).await {
+        let connected = tbg_nats::connect(&url, crate::publisher::NATS_DIAL_TIMEOUT, &access).await;
+        let client = match connected {
             Ok(client) => client,
             Err(error) => {
                 tracing::error!(%error, "nats.url: the regions' events wait in JetStream");

@@ -2,6 +2,7 @@
 //! events' way to the primary over NATS JetStream.
 
 use std::fmt;
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
@@ -213,6 +214,20 @@ pub struct NatsSection {
     /// publishes those events again, seconds: longer than a leader election
     /// or a primary's pause while catching up.
     pub resend_after_s: u64,
+    /// PEM CA of the NATS servers' certificates (a private CA); set, the
+    /// connection must be TLS. Unset: `tls://` URLs trust the system's CAs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_ca_file: Option<PathBuf>,
+    /// This region's client certificate chain and key (PEM), for servers
+    /// that verify their clients (`tls { verify: true }`); both or neither.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert_file: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key_file: Option<PathBuf>,
+    /// A NATS credentials file (JWT and nkey seed), for servers run with
+    /// accounts; a user and password or a token go in the URL instead.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub creds_file: Option<PathBuf>,
 }
 
 impl Default for NatsSection {
@@ -227,6 +242,10 @@ impl Default for NatsSection {
             consumer: "tbg-collector".to_owned(),
             receipts_interval_s: 15,
             resend_after_s: 60,
+            tls_ca_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
+            creds_file: None,
         }
     }
 }
@@ -243,6 +262,10 @@ impl fmt::Debug for NatsSection {
             .field("consumer", &self.consumer)
             .field("receipts_interval_s", &self.receipts_interval_s)
             .field("resend_after_s", &self.resend_after_s)
+            .field("tls_ca_file", &self.tls_ca_file)
+            .field("tls_cert_file", &self.tls_cert_file)
+            .field("tls_key_file", &self.tls_key_file)
+            .field("creds_file", &self.creds_file)
             .finish()
     }
 }
@@ -280,6 +303,13 @@ impl NatsSection {
                     format!("{reason}: one nats://host:port, or several separated by commas"),
                 ));
             }
+        }
+        if self.tls_cert_file.is_some() != self.tls_key_file.is_some() {
+            return Err(ConfigError::new(
+                "nats.tls_cert_file",
+                format!("{:?}", self.tls_cert_file),
+                "nats.tls_cert_file and nats.tls_key_file go together (mutual TLS)",
+            ));
         }
         if !(1..=5).contains(&self.replicas) {
             return Err(ConfigError::new(

@@ -588,6 +588,11 @@ fn multi_region_keys_are_checked_and_imported_from_ckpool() {
     primary.nats.replicas = 0;
     assert_eq!(primary.validate().unwrap_err().key, "nats.replicas");
     primary.nats.replicas = 3;
+    // Mutual TLS needs the certificate and its key.
+    primary.nats.tls_cert_file = Some("/etc/tbg/nats.crt".into());
+    assert_eq!(primary.validate().unwrap_err().key, "nats.tls_cert_file");
+    primary.nats.tls_key_file = Some("/etc/tbg/nats.key".into());
+    primary.validate().unwrap();
     // A cluster's servers, comma-separated; an empty entry is named.
     primary.nats.url = Some("nats://a:4222,nats://b:4222, nats://c:4222".into());
     primary.validate().unwrap();

@@ -36,6 +36,8 @@ pub struct NatsTarget {
     pub url: String,
     pub stream: String,
     pub consumer: String,
+    /// TLS and credentials files beyond the URL's.
+    pub access: tbg_nats::NatsAccess,
 }
 
 #[derive(Debug, Clone)]
@@ -210,7 +212,7 @@ async fn poll_loop(shared: Arc<Shared>, client: reqwest::Client, stop: Cancellat
         Some(target) => {
             // Connects in the background: NATS may be down right now,
             // which is what the monitor is there to say.
-            let connected = tbg_nats::connect(&target.url, shared.config.timeout)
+            let connected = tbg_nats::connect(&target.url, shared.config.timeout, &target.access)
                 .await
                 .map_err(|error| error.to_string());
             match connected {

@@ -43,6 +43,7 @@ fn config(regions: Vec<(String, String)>, nats: &NatsServer) -> MonitorConfig {
             url: nats.url(),
             stream: "EVENTS".to_owned(),
             consumer: "tbg-collector".to_owned(),
+            access: Default::default(),
         }),
     }
 }

@@ -158,7 +158,7 @@ async fn fill_journals(dir: &Path, per_relay: usize) -> Vec<PathBuf> {
 }
 
 async fn context(url: &str) -> jetstream::Context {
-    let client = tbg_nats::connect(url, Duration::from_secs(2))
+    let client = tbg_nats::connect(url, Duration::from_secs(2), &Default::default())
         .await
         .expect("NATS");
     jetstream::new(client)

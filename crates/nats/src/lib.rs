@@ -24,6 +24,6 @@ pub use publisher::{
 pub use receipts::{
     missing, receipt_subject, Receipt, ReceiptBook, ReceiptFileError, Reconciler, RELAY_SEQ_HEADER,
 };
-pub use servers::{connect, server_addrs, ConnectError, ServerListError};
+pub use servers::{connect, server_addrs, ConnectError, NatsAccess, ServerListError};
 pub use stream::{ensure_stream, wait_for_stream, StreamError, StreamSettings};
 pub use tbg_journal::{Cursor, CursorError};

@@ -4,9 +4,23 @@
 //! one, and on a cluster it also learns the others from the server it
 //! reached.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use async_nats::{Client, ServerAddr};
+
+/// How a client proves itself to NATS beyond the URL's user and password
+/// or token: TLS with a private CA, a client certificate for servers that
+/// verify clients (`verify: true`), a `.creds` file (JWT and nkey).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct NatsAccess {
+    /// PEM CA that signed the servers' certificates; set, TLS is required.
+    pub tls_ca_file: Option<PathBuf>,
+    /// PEM certificate chain and key of this client (mutual TLS).
+    pub tls_client: Option<(PathBuf, PathBuf)>,
+    /// A NATS credentials file (`nsc` or `nats` made it).
+    pub creds_file: Option<PathBuf>,
+}
 
 /// `nats.url` unusable, or the client refused its options.
 #[derive(Debug, thiserror::Error)]
@@ -15,21 +29,76 @@ pub enum ConnectError {
     Servers(#[from] ServerListError),
     #[error("connecting to NATS: {0}")]
     Connect(String),
+    /// A TLS or credentials file that cannot be read: named at once
+    /// rather than retried as if NATS were down.
+    #[error("nats file {path}: {reason}")]
+    File { path: String, reason: String },
 }
 
 /// A client for `nats.url` that connects in the background (NATS may be
 /// down right now; the journal keeps the events meanwhile), tries the
 /// servers in the order listed instead of shuffling them, and times a dial
-/// out after `dial_timeout`.
-pub async fn connect(urls: &str, dial_timeout: Duration) -> Result<Client, ConnectError> {
+/// out after `dial_timeout`; `access` adds TLS and credentials.
+pub async fn connect(
+    urls: &str,
+    dial_timeout: Duration,
+    access: &NatsAccess,
+) -> Result<Client, ConnectError> {
     let servers = server_addrs(urls)?;
-    async_nats::ConnectOptions::new()
+    let files = [
+        access.tls_ca_file.as_ref(),
+        access.tls_client.as_ref().map(|(cert, _)| cert),
+        access.tls_client.as_ref().map(|(_, key)| key),
+    ];
+    for path in files.into_iter().flatten() {
+        if let Err(error) = tokio::fs::File::open(path).await {
+            return Err(file_error(path, error));
+        }
+    }
+    let mut options = match &access.creds_file {
+        Some(path) => async_nats::ConnectOptions::with_credentials_file(path)
+            .await
+            .map_err(|error| file_error(path, error))?,
+        None => async_nats::ConnectOptions::new(),
+    };
+    // async-nats reads no credentials from the URL itself: the first entry
+    // that carries them gives them (user and password, or a token alone).
+    if let Some(addr) = servers.iter().find(|addr| addr.username().is_some()) {
+        let user = decoded(addr.username().unwrap_or_default());
+        options = match addr.password() {
+            Some(password) => options.user_and_password(user, decoded(password)),
+            None => options.token(user),
+        };
+    }
+    if let Some(ca) = &access.tls_ca_file {
+        options = options.add_root_certificates(ca.clone()).require_tls(true);
+    }
+    if let Some((cert, key)) = &access.tls_client {
+        options = options
+            .add_client_certificate(cert.clone(), key.clone())
+            .require_tls(true);
+    }
+    options
         .retry_on_initial_connect()
         .retain_servers_order()
         .connection_timeout(dial_timeout)
         .connect(servers)
         .await
         .map_err(|error| ConnectError::Connect(error.to_string()))
+}
+
+/// A URL's user or password as typed (`%20` is a space).
+fn decoded(text: &str) -> String {
+    percent_encoding::percent_decode_str(text)
+        .decode_utf8_lossy()
+        .into_owned()
+}
+
+fn file_error(path: &std::path::Path, error: std::io::Error) -> ConnectError {
+    ConnectError::File {
+        path: path.display().to_string(),
+        reason: error.to_string(),
+    }
 }
 
 /// A `nats.url` entry the client cannot use.

@@ -256,14 +256,23 @@ pub struct NatsServer {
     child: Option<Child>,
     pub port: u16,
     dir: tempfile::TempDir,
+    /// More of nats-server's options (TLS, users).
+    extra_args: Vec<String>,
 }
 
 impl NatsServer {
     pub fn start() -> NatsServer {
+        NatsServer::start_with(&[])
+    }
+
+    /// A server started with more options, e.g. `--tls --tlscert ...` or
+    /// `--user u --pass p`.
+    pub fn start_with(extra_args: &[String]) -> NatsServer {
         let mut server = NatsServer {
             child: None,
             port: free_port(),
             dir: tempfile::tempdir().expect("tempdir"),
+            extra_args: extra_args.to_vec(),
         };
         server.restart();
         server
@@ -287,6 +296,7 @@ impl NatsServer {
             .args(["-js", "-a", "127.0.0.1", "-p", &self.port.to_string()])
             .arg("-sd")
             .arg(self.dir.path())
+            .args(&self.extra_args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

@@ -20,6 +20,7 @@ pub fn share(n: usize) -> EventData {
 }
 
 /// A JetStream context on `url`, connecting as soon as NATS answers.
+#[allow(dead_code)] // not every test file connects this way
 pub async fn connect(url: &str) -> jetstream::Context {
     let client = async_nats::ConnectOptions::new()
         .retry_on_initial_connect()
