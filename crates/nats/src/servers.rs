@@ -109,6 +109,24 @@ pub struct ServerListError {
     pub reason: String,
 }
 
+/// `entry` with each server's user, password or token (what comes before
+/// an `@`) replaced, for an error message.
+fn without_userinfo(entries: &str) -> String {
+    entries
+        .split(',')
+        .map(|entry| {
+            let Some((before, host)) = entry.rsplit_once('@') else {
+                return entry.to_owned();
+            };
+            match before.split_once("://") {
+                Some((scheme, _)) => format!("{scheme}://<redacted>@{host}"),
+                None => format!("<redacted>@{host}"),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// Parses `nats://a:4222,nats://b:4222` (or bare `host:port` entries).
 pub fn server_addrs(urls: &str) -> Result<Vec<ServerAddr>, ServerListError> {
     let addrs = urls
@@ -117,14 +135,14 @@ pub fn server_addrs(urls: &str) -> Result<Vec<ServerAddr>, ServerListError> {
         .map(|entry| {
             if entry.is_empty() {
                 return Err(ServerListError {
-                    entry: urls.to_owned(),
+                    entry: without_userinfo(urls),
                     reason: "an empty entry in the list".to_owned(),
                 });
             }
             entry
                 .parse::<ServerAddr>()
                 .map_err(|error| ServerListError {
-                    entry: entry.to_owned(),
+                    entry: without_userinfo(entry),
                     reason: error.to_string(),
                 })
         })
@@ -160,5 +178,9 @@ mod tests {
         assert!(error.reason.contains("empty"), "{error}");
         let error = server_addrs("http://a:4222").unwrap_err();
         assert_eq!(error.entry, "http://a:4222");
+        let error = server_addrs("http://user:secret@a:4222").unwrap_err();
+        assert_eq!(error.entry, "http://<redacted>@a:4222");
+        let error = server_addrs("nats://token@a:4222,,").unwrap_err();
+        assert!(!error.to_string().contains("token"), "{error}");
     }
 }
