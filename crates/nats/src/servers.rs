@@ -63,11 +63,13 @@ pub async fn connect(
     };
     // async-nats reads no credentials from the URL itself: the first entry
     // that carries them gives them (user and password, or a token alone).
-    if let Some(addr) = servers.iter().find(|addr| addr.username().is_some()) {
-        let user = decoded(addr.username().unwrap_or_default());
-        options = match addr.password() {
-            Some(password) => options.user_and_password(user, decoded(password)),
-            None => options.token(user),
+    let userinfo = servers
+        .iter()
+        .find_map(|addr| Some((addr.username()?, addr.password())));
+    if let Some((user, password)) = userinfo {
+        options = match password {
+            Some(password) => options.user_and_password(decoded(user), decoded(password)),
+            None => options.token(decoded(user)),
         };
     }
     if let Some(ca) = &access.tls_ca_file {
